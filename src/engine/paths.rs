@@ -1,0 +1,276 @@
+//! A path is `router × shared × contract` (design §3). This module says, for every path and
+//! known-bug variant, which weight each slot carries and what scales the output — the scaling
+//! contract — so every backend applies exactly the same arithmetic and the engine can report the
+//! *effective* weight on every routed expert and shared slot.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How the routing decision is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouterImpl {
+    /// One kernel per step of the PyTorch sequence.
+    Unfused,
+    /// One kernel for all of it, shared-slot append included.
+    Fused,
+}
+
+/// How the shared experts are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharedMode {
+    /// A dense shared MLP whose output is added after the routed experts.
+    Separate,
+    /// S extra slots E..E+S-1 of the grouped expert computation.
+    FusedSlot,
+}
+
+/// Where the routed scaling factor (rsf) is applied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RsfPlacement {
+    /// Inside the router weights; the shared slot carries 1 (× gate).
+    InRouter,
+    /// On the summed output afterwards; the shared slot carries 1/rsf (× gate).
+    OnOutput,
+}
+
+/// The correct contract or one of the known scaling bugs, runnable on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// The contract honoured for the path's rsf placement.
+    Correct,
+    /// rsf in the router, shared slot holds `sum/rsf` after renormalizing the routed slots only,
+    /// nothing scales the output: the shared weight stays at 1/rsf (review of vLLM PR #28540).
+    SharedInvRsf,
+    /// rsf inside the router weights and again on the output (vLLM #24119, #24132, #45037).
+    RsfTwice,
+    /// Shared slot hard-coded as `sum/2.5` with rsf on the output (early sglang `moe_fused_gate`):
+    /// right only where rsf is 2.5.
+    Hardcoded2_5,
+    /// The shared-expert count is not passed: a (top_k+S)-th routed expert replaces the shared
+    /// slot (sglang #38963).
+    SharedDropped,
+}
+
+pub const VARIANTS: &[Variant] = &[
+    Variant::Correct,
+    Variant::SharedInvRsf,
+    Variant::RsfTwice,
+    Variant::Hardcoded2_5,
+    Variant::SharedDropped,
+];
+
+impl Variant {
+    /// The name used on the command line (`--variant`) and in sessions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Correct => "correct",
+            Variant::SharedInvRsf => "shared-inv-rsf",
+            Variant::RsfTwice => "rsf-twice",
+            Variant::Hardcoded2_5 => "hardcoded-2.5",
+            Variant::SharedDropped => "shared-dropped",
+        }
+    }
+
+    /// One line on what the variant does and where it shipped.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Variant::Correct => "the scaling contract honoured",
+            Variant::SharedInvRsf => {
+                "shared slot holds sum/rsf, routed renormalized, output unscaled: shared weight 1/rsf (vLLM PR #28540 review)"
+            }
+            Variant::RsfTwice => "rsf in the router weights and on the output (vLLM #24119, #24132, #45037)",
+            Variant::Hardcoded2_5 => "shared slot hard-coded as sum/2.5, output × rsf (early sglang moe_fused_gate)",
+            Variant::SharedDropped => "shared count not passed: an extra routed expert replaces the shared slot (sglang #38963)",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Variant> {
+        VARIANTS.iter().copied().find(|v| v.name() == name)
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One of the two paths run side by side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathSpec {
+    pub router: RouterImpl,
+    pub shared: SharedMode,
+    pub rsf: RsfPlacement,
+    pub variant: Variant,
+}
+
+impl PathSpec {
+    /// Path A by default: the baseline engineers run today.
+    pub fn unfused_baseline() -> PathSpec {
+        PathSpec {
+            router: RouterImpl::Unfused,
+            shared: SharedMode::Separate,
+            rsf: RsfPlacement::InRouter,
+            variant: Variant::Correct,
+        }
+    }
+
+    /// Path B by default: fused router with the shared expert fused in as slot(s).
+    pub fn fused(variant: Variant) -> PathSpec {
+        PathSpec {
+            router: RouterImpl::Fused,
+            shared: SharedMode::FusedSlot,
+            rsf: RsfPlacement::OnOutput,
+            variant,
+        }
+    }
+
+    /// Short label, e.g. `fused router + fused slot, rsf on-output [rsf-twice]`.
+    pub fn label(&self) -> String {
+        let router = match self.router {
+            RouterImpl::Unfused => "unfused router",
+            RouterImpl::Fused => "fused router",
+        };
+        let shared = match self.shared {
+            SharedMode::Separate => "separate shared",
+            SharedMode::FusedSlot => "fused slot",
+        };
+        let rsf = match self.rsf {
+            RsfPlacement::InRouter => "rsf in-router",
+            RsfPlacement::OnOutput => "rsf on-output",
+        };
+        let mut s = format!("{router} + {shared}, {rsf}");
+        if self.variant != Variant::Correct {
+            s.push_str(&format!(" [{}]", self.variant));
+        }
+        s
+    }
+
+    /// Routed experts the router picks per token under this path (shared-dropped picks S more).
+    pub fn routed_per_token(&self, top_k: usize, n_shared: usize) -> usize {
+        if self.variant == Variant::SharedDropped {
+            top_k + n_shared
+        } else {
+            top_k
+        }
+    }
+
+    /// Shared slots appended per token (0 unless the shared experts are fused as slots).
+    pub fn shared_slots_per_token(&self, n_shared: usize) -> usize {
+        match (self.shared, self.variant) {
+            (_, Variant::SharedDropped) => 0,
+            (SharedMode::FusedSlot, _) => n_shared,
+            (SharedMode::Separate, _) => 0,
+        }
+    }
+
+    /// The arithmetic this path applies (see [`Contract`]).
+    pub fn contract(&self, rsf: f64, has_shared: bool) -> Contract {
+        // `routed_scale`: factor on the router's (renormalized) probabilities.
+        // `shared_weight`: weight on the shared output per unit of gate, before `out_scale`.
+        // `out_scale`: factor on the sum of the slots (routed and fused shared).
+        let (routed_scale, shared_weight, out_scale) = match (self.variant, self.rsf) {
+            (Variant::Correct, RsfPlacement::InRouter) => (rsf, 1.0, 1.0),
+            (Variant::Correct, RsfPlacement::OnOutput) => (1.0, 1.0 / rsf, rsf),
+            (Variant::SharedInvRsf, _) => (rsf, 1.0 / rsf, 1.0),
+            (Variant::RsfTwice, _) => (rsf, 1.0 / rsf, rsf),
+            (Variant::Hardcoded2_5, _) => (1.0, 1.0 / 2.5, rsf),
+            (Variant::SharedDropped, RsfPlacement::InRouter) => (rsf, 0.0, 1.0),
+            (Variant::SharedDropped, RsfPlacement::OnOutput) => (1.0, 0.0, rsf),
+        };
+        // A separate shared MLP is added after the output scale, so it carries its weight
+        // already multiplied by what the fused slot would have been scaled by.
+        let separate_shared_weight = match self.shared {
+            SharedMode::Separate if has_shared => shared_weight * out_scale,
+            _ => 0.0,
+        };
+        Contract {
+            routed_scale,
+            shared_slot_weight: if self.shared == SharedMode::FusedSlot && has_shared {
+                shared_weight
+            } else {
+                0.0
+            },
+            out_scale,
+            separate_shared_weight,
+        }
+    }
+}
+
+/// The arithmetic one path applies; every backend follows it.
+///
+/// Output for a token: `out_scale · (Σ_i routed_scale·p_i·E_i(x) + Σ_j shared_slot_weight·g·S_j(x))
+/// + separate_shared_weight·g·S(x)`, where `p_i` are the router's probabilities (renormalized if
+/// `norm_topk_prob`, rsf not included) and `g` the shared gate (1 unless Qwen3-Next).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Contract {
+    pub routed_scale: f64,
+    pub shared_slot_weight: f64,
+    pub out_scale: f64,
+    pub separate_shared_weight: f64,
+}
+
+impl Contract {
+    /// Weight the routed-expert slot carries in the kernels (before `out_scale`).
+    pub fn routed_slot_weight(&self, p: f64) -> f64 {
+        self.routed_scale * p
+    }
+    /// Effective weight on a routed expert's output, every scale included.
+    pub fn effective_routed(&self, p: f64) -> f64 {
+        self.routed_scale * p * self.out_scale
+    }
+    /// Effective weight on each shared expert's output per unit of gate, every scale included.
+    pub fn effective_shared(&self) -> f64 {
+        self.shared_slot_weight * self.out_scale + self.separate_shared_weight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn correct_contracts_give_rsf_on_routed_and_one_on_shared() {
+        for shared in [SharedMode::Separate, SharedMode::FusedSlot] {
+            for rsf_at in [RsfPlacement::InRouter, RsfPlacement::OnOutput] {
+                let spec = PathSpec {
+                    router: RouterImpl::Fused,
+                    shared,
+                    rsf: rsf_at,
+                    variant: Variant::Correct,
+                };
+                let c = spec.contract(2.827, true);
+                assert!(
+                    (c.effective_routed(0.25) - 0.25 * 2.827).abs() < 1e-12,
+                    "{spec:?}"
+                );
+                assert!((c.effective_shared() - 1.0).abs() < 1e-12, "{spec:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_bug_variant_breaks_the_contract_where_it_should() {
+        let rsf = 2.827;
+        let fused = |v| PathSpec::fused(v).contract(rsf, true);
+        assert!((fused(Variant::SharedInvRsf).effective_shared() - 1.0 / rsf).abs() < 1e-12);
+        assert!((fused(Variant::RsfTwice).effective_routed(1.0) - rsf * rsf).abs() < 1e-12);
+        assert!((fused(Variant::Hardcoded2_5).effective_shared() - rsf / 2.5).abs() < 1e-12);
+        assert_eq!(fused(Variant::SharedDropped).effective_shared(), 0.0);
+        // The hard-coded 2.5 is right only for a model whose rsf is 2.5.
+        let c = PathSpec::fused(Variant::Hardcoded2_5).contract(2.5, true);
+        assert!((c.effective_shared() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn variant_names_round_trip() {
+        for v in VARIANTS {
+            assert_eq!(Variant::from_name(v.name()), Some(*v));
+        }
+        assert_eq!(Variant::from_name("nope"), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! NVML sampler thread: GPU telemetry attached to each StepRecord.
