@@ -35,8 +35,11 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
-pub fn replay(_args: ReplayArgs) -> Result<()> {
-    bail!("replay is not built yet")
+pub fn replay(args: ReplayArgs) -> Result<()> {
+    if !args.summary {
+        return crate::ui::run_replay(&args.file);
+    }
+    bail!("replay --summary is not built yet")
 }
 
 pub fn export_command(_args: ExportArgs) -> Result<()> {

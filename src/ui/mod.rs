@@ -7,3 +7,8 @@ use anyhow::{bail, Result};
 pub fn run_tui(_args: RunArgs) -> Result<()> {
     bail!("the TUI is not built yet; use --headless")
 }
+
+/// Opens the TUI on a recorded session (`moescope replay FILE`).
+pub fn run_replay(_path: &std::path::Path) -> Result<()> {
+    bail!("the replay TUI is not built yet")
+}
