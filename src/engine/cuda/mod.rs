@@ -1,31 +1,95 @@
 //! CUDA backend (cudarc): module loading, buffers, launches, event timing.
+//!
+//! Kernels live in kernels/*.cu, are compiled at run time by NVRTC for the device's own
+//! architecture and cached on disk (`loader`). `gpu` holds the context and launches, `router` the
+//! fused and unfused routers, `layer` the weights on the device and the `Backend`.
 
 pub mod bench;
 pub mod check;
+pub mod gpu;
+pub mod layer;
+pub mod loader;
+pub mod router;
 
 use super::weights::WeightSource;
 use super::Backend;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
+use std::sync::Arc;
 
-/// Whether a CUDA driver and a device are present, without panicking where they are not.
+/// Whether a CUDA driver, a device and NVRTC are present, without panicking where they are not.
 pub fn probe() -> Result<(), String> {
-    Err("the CUDA backend is not built yet".to_string())
+    // SAFETY: only tries to dlopen the driver library by its names.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("no CUDA driver (libcuda.so) found".to_string());
+    }
+    // cudarc panics if the driver lacks a symbol it needs (a driver older than CUDA 13).
+    let count = std::panic::catch_unwind(cudarc::driver::CudaContext::device_count)
+        .map_err(|_| "the CUDA driver is older than CUDA 13.0 needs".to_string())?
+        .map_err(|e| format!("the CUDA driver failed to start: {e:?}"))?;
+    if count < 1 {
+        return Err("no CUDA device".to_string());
+    }
+    loader::nvrtc_available()?;
+    Ok(())
 }
 
 /// Opens the CUDA backend on these weights.
-pub fn open(_weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
-    bail!("the CUDA backend is not built yet")
+pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
+    let gpu = Arc::new(gpu::Gpu::open()?);
+    Ok(Box::new(layer::CudaBackend::new(gpu, weights)?))
 }
 
 /// Routes on the GPU with the fused router. `required`: fail where no GPU is present (for
 /// `--backend cuda`) instead of returning None (for `auto`, which then routes on the CPU).
 pub fn route_on_gpu(
-    _cfg: &crate::engine::config::MoeConfig,
-    _inputs: &crate::route::RouterInputs,
+    cfg: &crate::engine::config::MoeConfig,
+    inputs: &crate::route::RouterInputs,
     required: bool,
 ) -> Result<Option<crate::engine::routing::Routing>> {
-    if required {
-        bail!("the CUDA backend is not built yet")
+    if let Err(why) = probe() {
+        if required {
+            return Err(anyhow!("--backend cuda: no CUDA: {why}"));
+        }
+        return Ok(None);
     }
-    Ok(None)
+    let gpu = gpu::Gpu::open()?;
+    let k = cfg.num_experts_per_tok;
+    let routing = route_logits(&gpu, cfg, &inputs.logits, inputs.bias.as_deref(), k, inputs.tokens)?;
+    Ok(Some(routing))
+}
+
+/// Routes f32 logits [tokens × E] with the fused router, returning the reference's form (ids best
+/// first, probabilities in f64 without rsf).
+pub fn route_logits(
+    gpu: &gpu::Gpu,
+    cfg: &crate::engine::config::MoeConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+    tokens: usize,
+) -> Result<crate::engine::routing::Routing> {
+    let shape = router::RouterShape::new(cfg, k, 0, 1.0, 0.0)?;
+    let d_logits = gpu.upload(logits, "router logits")?;
+    let d_bias = match bias {
+        Some(b) => Some(gpu.upload(b, "router bias")?),
+        None => None,
+    };
+    let ids = gpu.alloc::<u32>(tokens * k, "routed ids")?;
+    let weights = gpu.alloc::<f32>(tokens * k, "routed weights")?;
+    let probs = gpu.alloc::<f64>(tokens * k, "routed probabilities")?;
+    let io = router::RouterIo {
+        logits: gpu::ptr(gpu, &d_logits),
+        logits_bf16: false,
+        bias: d_bias.as_ref().map(|b| gpu::ptr(gpu, b)).unwrap_or(0),
+        gate: 0,
+        ids: gpu::ptr(gpu, &ids),
+        weights: gpu::ptr(gpu, &weights),
+        probs: gpu::ptr(gpu, &probs),
+    };
+    router::fused(gpu, &shape, &io, tokens)?;
+    Ok(crate::engine::routing::Routing {
+        k,
+        ids: gpu.download(&ids, tokens * k, "routed ids")?,
+        probs: gpu.download(&probs, tokens * k, "routed probabilities")?,
+    })
 }

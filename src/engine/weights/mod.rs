@@ -41,6 +41,11 @@ pub trait WeightSource: Send + Sync {
     fn shared_gate(&self) -> anyhow::Result<Option<Vec<f32>>>;
     /// A short description for headers ("synthetic seed 7", "checkpoint DIR layer 3").
     fn describe(&self) -> String;
+    /// The synthetic weights behind this source, where it is one: the CUDA backend then
+    /// generates them on the device instead of uploading them.
+    fn synthetic(&self) -> Option<&synthetic::SyntheticWeights> {
+        None
+    }
 }
 
 /// Round an f32 to the nearest bf16 (ties to even) and back: the value a bf16 buffer holds.

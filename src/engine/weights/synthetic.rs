@@ -171,6 +171,9 @@ impl WeightSource for SyntheticWeights {
             amplitude(h),
         )))
     }
+    fn synthetic(&self) -> Option<&SyntheticWeights> {
+        Some(self)
+    }
     fn describe(&self) -> String {
         if self.skew == 0.0 {
             format!("synthetic, seed {}", self.seed)

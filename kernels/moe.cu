@@ -1,0 +1,266 @@
+// The expert side of the layer: alignment (tokens grouped by slot, on device), the grouped bf16
+// GEMM on tensor cores reading per-group offsets from device memory, SiLU*mul, combine, the
+// shared gate and output statistics.
+
+#define GM_BM 64
+#define GM_BN 128
+#define GM_BK 32
+#define GM_LD (GM_BK + 8) // padded row: conflict-free 32-bit fragment loads
+
+// --- moe_align: counts (memset to zero first), then offsets, then the permutation -----------------
+
+extern "C" __global__ void align_count(const u32* ids, u64 n, int* counts) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) atomicAdd(&counts[ids[i]], 1);
+}
+
+// One thread: offsets [slots + 1], GEMM tile offsets [slots + 1], fill cursors [slots].
+extern "C" __global__ void align_scan(const int* counts, int slots, int bm, int* offsets, int* tiles, int* cursor) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    int off = 0, tile = 0;
+    for (int s = 0; s < slots; s++) {
+        offsets[s] = off;
+        tiles[s] = tile;
+        cursor[s] = off;
+        off += counts[s];
+        tile += (counts[s] + bm - 1) / bm;
+    }
+    offsets[slots] = off;
+    tiles[slots] = tile;
+}
+
+// order[permuted row] = assignment index (token * spt + slot); position is the inverse.
+extern "C" __global__ void align_fill(const u32* ids, u64 n, int* cursor, int* order, int* position) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int p = atomicAdd(&cursor[ids[i]], 1);
+    order[p] = (int)i;
+    position[i] = p;
+}
+
+// --- grouped GEMM ------------------------------------------------------------------------------
+// For each group g, rows offsets[g]..offsets[g+1]: C[row, 0..N) = A[a_row(row)] . B_g^T (+ bias),
+// A bf16 [* x K], B_g bf16 [N x K] (checkpoint layout), C f32 [rows x N], fp32 accumulation.
+// a_mode 0: a_row = row; 1: a_map[row] / a_div (token of an assignment); 2: row - offsets[g].
+// B_g = g < n_first ? B0 + g * b_stride : B1 + (g - n_first) * b_stride.
+// Grid: x = an upper bound of the M tiles (blocks past tiles[groups] exit), y = N / 128 tiles.
+// 256 threads: 8 warps as 2 (M) x 4 (N), each 32 x 32 with mma.m16n8k16.
+
+__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, const bf16_t* B0,
+                  const bf16_t* B1, int n_first, i64 b_stride, float* C, const float* col_bias,
+                  const int* offsets, const int* tiles, int groups, int N, int K) {
+    __shared__ __align__(16) bf16_t As[2][GM_BM][GM_LD];
+    __shared__ __align__(16) bf16_t Bs[2][GM_BN][GM_LD];
+    const int tile = blockIdx.x;
+    if (tile >= tiles[groups]) return;
+    int lo = 0, hi = groups - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (tiles[mid] <= tile) lo = mid; else hi = mid - 1;
+    }
+    const int g = lo;
+    const int row0 = offsets[g] + (tile - tiles[g]) * GM_BM;
+    const int row_end = offsets[g + 1];
+    const int n0 = blockIdx.y * GM_BN;
+    const bf16_t* B = g < n_first ? B0 + (i64)g * b_stride : B1 + (i64)(g - n_first) * b_stride;
+
+    const int tid = threadIdx.x;
+    // Each thread copies one 16-byte chunk of the A tile and two of the B tile per K step.
+    const int ar = tid >> 2, ac = (tid & 3) * 8;
+    const bf16_t* a_src = 0;
+    {
+        int r = row0 + ar;
+        if (r < row_end) {
+            i64 phys = a_mode == 0 ? r : a_mode == 1 ? a_map[r] / a_div : r - offsets[g];
+            a_src = A + phys * K + ac;
+        }
+    }
+    const bf16_t* b_src[2];
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        int n = n0 + ar + 64 * j;
+        b_src[j] = n < N ? B + (i64)n * K + ac : 0;
+    }
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    uint4 ra, rb[2];
+    ra = a_src ? *(const uint4*)a_src : zero;
+#pragma unroll
+    for (int j = 0; j < 2; j++) rb[j] = b_src[j] ? *(const uint4*)b_src[j] : zero;
+    *(uint4*)&As[0][ar][ac] = ra;
+#pragma unroll
+    for (int j = 0; j < 2; j++) *(uint4*)&Bs[0][ar + 64 * j][ac] = rb[j];
+    __syncthreads();
+
+    const int warp = tid >> 5, lane = tid & 31;
+    const int wm = warp >> 2, wn = warp & 3;
+    const int gid = lane >> 2, tig = lane & 3;
+    float acc[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+
+    const int KT = K / GM_BK;
+    for (int kt = 0; kt < KT; kt++) {
+        const int cur = kt & 1;
+        const bool more = kt + 1 < KT;
+        if (more) {
+            const int k0 = (kt + 1) * GM_BK;
+            ra = a_src ? *(const uint4*)(a_src + k0) : zero;
+#pragma unroll
+            for (int j = 0; j < 2; j++) rb[j] = b_src[j] ? *(const uint4*)(b_src[j] + k0) : zero;
+        }
+#pragma unroll
+        for (int kk = 0; kk < GM_BK; kk += 16) {
+            u32 af[2][4], bfr[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++) {
+                const int r = wm * 32 + mi * 16 + gid;
+                af[mi][0] = *(const u32*)&As[cur][r][kk + tig * 2];
+                af[mi][1] = *(const u32*)&As[cur][r + 8][kk + tig * 2];
+                af[mi][2] = *(const u32*)&As[cur][r][kk + tig * 2 + 8];
+                af[mi][3] = *(const u32*)&As[cur][r + 8][kk + tig * 2 + 8];
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+                const int n = wn * 32 + ni * 8 + gid;
+                bfr[ni][0] = *(const u32*)&Bs[cur][n][kk + tig * 2];
+                bfr[ni][1] = *(const u32*)&Bs[cur][n][kk + tig * 2 + 8];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++)
+                    mma_bf16(acc[mi][ni], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bfr[ni][0], bfr[ni][1]);
+        }
+        if (more) {
+            const int nxt = cur ^ 1;
+            *(uint4*)&As[nxt][ar][ac] = ra;
+#pragma unroll
+            for (int j = 0; j < 2; j++) *(uint4*)&Bs[nxt][ar + 64 * j][ac] = rb[j];
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int r = row0 + wm * 32 + mi * 16 + gid + half * 8;
+            if (r >= row_end) continue;
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {
+#pragma unroll
+                for (int q = 0; q < 2; q++) {
+                    const int n = n0 + wn * 32 + ni * 8 + tig * 2 + q;
+                    if (n < N) {
+                        float v = acc[mi][ni][half * 2 + q];
+                        if (col_bias != 0) v += col_bias[n];
+                        C[(i64)r * N + n] = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// --- SiLU * mul: act[r, j] = bf16(silu(h[r, j]) * h[r, I + j]), as cpu::mlp_rows rounds it ------
+
+extern "C" __global__ void silu_mul(const float* h, bf16_t* act, u64 rows, int inter) {
+    u64 n = rows * inter;
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        u64 r = i / inter, j = i % inter;
+        float g = h[r * 2ull * inter + j];
+        float u = h[r * 2ull * inter + inter + j];
+        float s = __fdiv_rn(g, __fadd_rn(1.0f, expf(-g)));
+        act[i] = f32_to_bf16(__fmul_rn(s, u));
+    }
+}
+
+// --- combine: y[t] = out_scale * sum_s w[t, s] * eo[position[t, s]] + sep[t] * sum_j so[j * T + t] ----
+// One block per token. so / sep nullable (no separate shared MLP).
+extern "C" __global__ void combine(const float* eo, const int* position, const float* w, int spt,
+                                   float out_scale, const float* so, const float* sep, int S, int T,
+                                   int H, float* y) {
+    const int t = blockIdx.x;
+    for (int h = threadIdx.x; h < H; h += blockDim.x) {
+        float acc = 0.f;
+        for (int s = 0; s < spt; s++) {
+            u64 a = (u64)t * spt + s;
+            acc += w[a] * eo[(u64)position[a] * H + h];
+        }
+        acc *= out_scale;
+        if (so != 0) {
+            float sh = 0.f;
+            for (int j = 0; j < S; j++) sh += so[((u64)j * T + t) * H + h];
+            acc += sep[t] * sh;
+        }
+        y[(u64)t * H + h] = acc;
+    }
+}
+
+// --- Qwen3-Next shared gate: g[t] = sigmoid(x[t] . wg), one warp per token ------------------------
+extern "C" __global__ void shared_gate(const bf16_t* x, const float* wg, float* g, int T, int H) {
+    int t = (int)(((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (t >= T) return;
+    float acc = 0.f;
+    for (int h = lane; h < H; h += 32) acc += bf16_to_f32(x[(u64)t * H + h]) * wg[h];
+    acc = warp_sum_f(acc);
+    if (lane == 0) g[t] = 1.0f / (1.0f + expf(-acc));
+}
+
+// --- output statistics: per block sum of squares (double), max |y|, non-finite count ---------------
+extern "C" __global__ void output_stats(const float* y, u64 n, double* sumsq, float* maxabs, u64* nonfinite) {
+    __shared__ double s_sq[256];
+    __shared__ float s_max[256];
+    __shared__ u64 s_bad[256];
+    double sq = 0.0;
+    float mx = 0.f;
+    u64 bad = 0;
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float v = y[i];
+        if (v != v || v - v != 0.f) {
+            bad++;
+        } else {
+            sq += (double)v * (double)v;
+            mx = fmaxf(mx, fabsf(v));
+        }
+    }
+    s_sq[threadIdx.x] = sq;
+    s_max[threadIdx.x] = mx;
+    s_bad[threadIdx.x] = bad;
+    __syncthreads();
+    for (int off = blockDim.x / 2; off > 0; off >>= 1) {
+        if (threadIdx.x < off) {
+            s_sq[threadIdx.x] += s_sq[threadIdx.x + off];
+            s_max[threadIdx.x] = fmaxf(s_max[threadIdx.x], s_max[threadIdx.x + off]);
+            s_bad[threadIdx.x] += s_bad[threadIdx.x + off];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        sumsq[blockIdx.x] = s_sq[0];
+        maxabs[blockIdx.x] = s_max[0];
+        nonfinite[blockIdx.x] = s_bad[0];
+    }
+}
+
+// --- bandwidth probe: a plain device copy, for bench's copy-bandwidth ceiling ---------------------
+extern "C" __global__ void copy_u4(const uint4* src, uint4* dst, u64 n) {
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = src[i];
+}

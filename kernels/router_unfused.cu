@@ -1,0 +1,170 @@
+// The unfused router: one kernel per step of the PyTorch sequence, as cpu::unfused_router runs
+// them (scores, add bias, group scores, group top-k, mask, expert top-k, gather, renormalize,
+// scale). Each writes its intermediate to device memory, as the op-by-op router does.
+
+#define RU_PER_LANE 16
+
+// Sigmoid: one thread per element. Softmax: one warp per token (launch T warps).
+extern "C" __global__ void router_scores(const void* logits, int logits_bf16, float* scores, int T,
+                                         int E, int softmax) {
+    if (!softmax) {
+        u64 n = (u64)T * E;
+        u64 stride = (u64)gridDim.x * blockDim.x;
+        for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+            float x = logits_bf16 ? bf16_to_f32(((const bf16_t*)logits)[i]) : ((const float*)logits)[i];
+            scores[i] = sigmoid_score(x);
+        }
+        return;
+    }
+    int t = (int)(((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (t >= T) return;
+    u64 row = (u64)t * E;
+    float m = NEG_INF;
+    for (int e = lane; e < E; e += 32) {
+        float x = logits_bf16 ? bf16_to_f32(((const bf16_t*)logits)[row + e]) : ((const float*)logits)[row + e];
+        m = fmaxf(m, x);
+    }
+    m = warp_max_f(m);
+    double s = 0.0;
+    for (int e = lane; e < E; e += 32) {
+        float x = logits_bf16 ? bf16_to_f32(((const bf16_t*)logits)[row + e]) : ((const float*)logits)[row + e];
+        s += exp((double)x - (double)m);
+    }
+    s = warp_sum_d(s);
+    for (int e = lane; e < E; e += 32) {
+        float x = logits_bf16 ? bf16_to_f32(((const bf16_t*)logits)[row + e]) : ((const float*)logits)[row + e];
+        scores[row + e] = (float)(exp((double)x - (double)m) / s);
+    }
+}
+
+// sel = scores + bias (a copy where the model has no bias).
+extern "C" __global__ void router_add_bias(const float* scores, const float* bias, float* sel, int T, int E) {
+    u64 n = (u64)T * E;
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        sel[i] = bias != 0 ? scores[i] + bias[i % E] : scores[i];
+}
+
+// One thread per (token, group): top-2 sum with a bias, max without.
+extern "C" __global__ void router_group_scores(const float* sel, float* gs, int T, int E, int G, int top2) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)T * G) return;
+    int per = E / G;
+    u64 t = i / G, g = i % G;
+    const float* grp = sel + t * E + g * per;
+    float r;
+    if (top2) {
+        float first = NEG_INF, second = NEG_INF;
+        for (int j = 0; j < per; j++) {
+            float v = grp[j];
+            if (v > first) {
+                second = first;
+                first = v;
+            } else if (v > second) {
+                second = v;
+            }
+        }
+        r = first + second;
+    } else {
+        r = NEG_INF;
+        for (int j = 0; j < per; j++) r = fmaxf(r, grp[j]);
+    }
+    gs[i] = r;
+}
+
+// One thread per token: the best topk_group groups, as flags [T x G].
+extern "C" __global__ void router_group_topk(const float* gs, unsigned char* kept, int T, int G, int topk_group) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T) return;
+    const float* row = gs + (u64)t * G;
+    unsigned char* flags = kept + (u64)t * G;
+    for (int g = 0; g < G; g++) flags[g] = 0;
+    for (int r = 0; r < topk_group; r++) {
+        float bv = NEG_INF;
+        int bi = 0x7fffffff;
+        for (int g = 0; g < G; g++)
+            if (!flags[g] && sel_better(row[g], g, bv, bi)) {
+                bv = row[g];
+                bi = g;
+            }
+        if (bi < G) flags[bi] = 1;
+    }
+}
+
+// masked = sel where the expert's group is kept, else -inf.
+extern "C" __global__ void router_mask(const float* sel, const unsigned char* kept, float* masked, int T, int E, int G) {
+    u64 n = (u64)T * E;
+    int per = E / G;
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        u64 t = i / E;
+        int e = (int)(i % E);
+        masked[i] = kept[t * G + e / per] ? sel[i] : NEG_INF;
+    }
+}
+
+// One warp per token: top-k of masked over all E experts, best first, into ids [T x spt].
+extern "C" __global__ void router_expert_topk(const float* masked, u32* ids, int T, int E, int k, int spt) {
+    int t = (int)(((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int lane = threadIdx.x & 31;
+    if (t >= T) return;
+    const float* row = masked + (u64)t * E;
+    float v[RU_PER_LANE];
+    u32 cand = 0;
+#pragma unroll
+    for (int i = 0; i < RU_PER_LANE; i++) {
+        int e = lane + 32 * i;
+        v[i] = e < E ? row[e] : NEG_INF;
+        if (e < E) cand |= 1u << i;
+    }
+    for (int r = 0; r < k; r++) {
+        float bv = NEG_INF, dummy = 0.f;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int i = 0; i < RU_PER_LANE; i++)
+            if (((cand >> i) & 1u) && sel_better(v[i], lane + 32 * i, bv, bi)) {
+                bv = v[i];
+                bi = lane + 32 * i;
+            }
+        warp_best(bv, bi, dummy);
+        if ((bi & 31) == lane) cand &= ~(1u << (bi >> 5));
+        if (lane == 0) ids[(u64)t * spt + r] = (u32)bi;
+    }
+}
+
+// One thread per (token, slot < k): the chosen experts' unbiased scores, in double.
+extern "C" __global__ void router_gather(const float* scores, const u32* ids, double* w, int T, int E, int k, int spt) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)T * k) return;
+    u64 t = i / k, s = i % k;
+    w[i] = (double)scores[t * E + ids[t * spt + s]];
+}
+
+// One thread per token: renormalize to sum 1 (sum in selection order, double).
+extern "C" __global__ void router_renormalize(double* w, int T, int k, int norm) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T || !norm) return;
+    double* row = w + (u64)t * k;
+    double sum = 0.0;
+    for (int i = 0; i < k; i++) sum += row[i];
+    if (sum > 0.0)
+        for (int i = 0; i < k; i++) row[i] = row[i] / sum;
+}
+
+// One thread per (token, slot): routed slots get (float)(w * routed_scale); the S shared slots
+// after them get id E + j and the contract's shared weight times the gate.
+extern "C" __global__ void router_scale(const double* w, int T, int E, int k, double routed_scale, int S,
+                                        double shared_w, const float* gate, u32* ids, float* weights, int spt) {
+    u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (u64)T * spt) return;
+    u64 t = i / spt;
+    int s = (int)(i % spt);
+    if (s < k) {
+        weights[i] = (float)(w[t * k + s] * routed_scale);
+    } else {
+        float g = gate != 0 ? gate[t] : 1.0f;
+        ids[i] = (u32)(E + s - k);
+        weights[i] = (float)(shared_w * (double)g);
+    }
+}

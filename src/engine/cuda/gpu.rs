@@ -1,0 +1,250 @@
+//! The device: context, stream, loaded kernels, raw-pointer launches and event timing.
+//!
+//! Everything runs on one stream, so cudarc's per-buffer event tracking is switched off (it would
+//! add event records between launches and into the timings) and kernels take raw device pointers.
+
+use super::loader;
+use crate::engine::step::KernelTiming;
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One kernel argument, by the C type the kernel declares.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    /// A device pointer (0 for a null pointer).
+    Ptr(u64),
+    U64(u64),
+    I32(i32),
+    F32(f32),
+    F64(f64),
+}
+
+/// The opened device with every kernel loaded.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    /// e.g. "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    /// e.g. "sm_90".
+    pub arch: String,
+    pub sms: u32,
+    funcs: HashMap<&'static str, CudaFunction>,
+    _modules: Vec<Arc<CudaModule>>,
+}
+
+/// Turns a cudarc driver error into one naming what was being done.
+pub fn cuda_err<E: std::fmt::Debug>(what: &str) -> impl FnOnce(E) -> anyhow::Error + '_ {
+    move |e| anyhow!("CUDA error while {what}: {e:?}")
+}
+
+impl Gpu {
+    /// Opens device 0 and loads every kernel (compiled for its architecture, cached on disk).
+    pub fn open() -> Result<Gpu> {
+        super::probe().map_err(|why| anyhow!("no CUDA: {why}"))?;
+        let ctx = CudaContext::new(0).map_err(cuda_err("opening device 0"))?;
+        // SAFETY: the backend uses a single stream, so no cross-stream tracking is needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let name = ctx.name().map_err(cuda_err("reading the device name"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(cuda_err("reading the compute capability"))?;
+        let arch = format!("sm_{major}{minor}");
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(cuda_err("reading the multiprocessor count"))? as u32;
+        let mut funcs = HashMap::new();
+        let mut modules = Vec::new();
+        for m in loader::MODULES {
+            let cubin = loader::cubin_cached(m, &arch)?;
+            let module = ctx
+                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                .map_err(cuda_err(&format!("loading kernels/{}.cu for {arch}", m.name)))?;
+            for &f in m.functions {
+                let func = module
+                    .load_function(f)
+                    .map_err(cuda_err(&format!("loading kernel {f}")))?;
+                funcs.insert(f, func);
+            }
+            modules.push(module);
+        }
+        Ok(Gpu {
+            ctx,
+            stream,
+            name,
+            arch,
+            sms,
+            funcs,
+            _modules: modules,
+        })
+    }
+
+    /// "NVIDIA H100 80GB HBM3 (sm_90)".
+    pub fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    /// Launches kernel `name` on the stream.
+    pub fn launch(
+        &self,
+        name: &str,
+        grid: (u32, u32),
+        block: u32,
+        shared: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| anyhow!("kernel {name} is not loaded"))?;
+        if grid.0 == 0 || grid.1 == 0 {
+            return Ok(());
+        }
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+                Arg::I32(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+                Arg::F64(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: shared,
+        };
+        // SAFETY: every kernel's argument list is built to match its C signature at the call
+        // site, and every pointer refers to a live allocation of the size the kernel indexes.
+        unsafe { b.launch(cfg) }.map_err(cuda_err(&format!("launching {name}")))?;
+        Ok(())
+    }
+
+    /// Grid of a grid-stride kernel over `n` items: enough blocks to fill the device.
+    pub fn stride_grid(&self, n: usize, block: u32) -> (u32, u32) {
+        let want = n.div_ceil(block as usize).max(1);
+        (want.min(self.sms as usize * 16) as u32, 1)
+    }
+
+    /// Allocates `n` elements (at least one), zeroed.
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
+            let bytes = n * std::mem::size_of::<T>();
+            anyhow!(
+                "out of GPU memory or CUDA error allocating {what} ({:.2} GiB): {e:?}",
+                bytes as f64 / (1u64 << 30) as f64
+            )
+        })
+    }
+
+    pub fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, host: &[T], what: &str) -> Result<CudaSlice<T>> {
+        let mut d = self.alloc::<T>(host.len(), what)?;
+        self.stream
+            .memcpy_htod(host, &mut d)
+            .map_err(cuda_err(&format!("uploading {what}")))?;
+        Ok(d)
+    }
+
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, d: &CudaSlice<T>, len: usize, what: &str) -> Result<Vec<T>> {
+        self.download_at(d, 0, len, what)
+    }
+
+    /// Copies `len` elements starting at element `start` of `d` to the host.
+    pub fn download_at<T: DeviceRepr + Default + Clone>(
+        &self,
+        d: &CudaSlice<T>,
+        start: usize,
+        len: usize,
+        what: &str,
+    ) -> Result<Vec<T>> {
+        if start + len > d.len() {
+            bail!("downloading {what}: {start}+{len} past the buffer's {}", d.len());
+        }
+        let mut host = vec![T::default(); len];
+        if len > 0 {
+            self.stream
+                .memcpy_dtoh(&d.slice(start..start + len), &mut host)
+                .map_err(cuda_err(&format!("downloading {what}")))?;
+        }
+        self.sync(what)?;
+        Ok(host)
+    }
+
+    /// Waits for the stream; a kernel fault shows here.
+    pub fn sync(&self, what: &str) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(cuda_err(&format!("running {what}")))
+    }
+
+    /// A timing event recorded now on the stream.
+    pub fn event(&self) -> Result<CudaEvent> {
+        self.stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(cuda_err("recording an event"))
+    }
+}
+
+/// The raw device address of a buffer (one stream, no tracking: nothing to synchronize).
+pub fn ptr<T>(gpu: &Gpu, s: &CudaSlice<T>) -> u64 {
+    let (p, _sync) = s.device_ptr(&gpu.stream);
+    p
+}
+
+/// Per-kernel event timings; `on == false` records nothing (the clean run).
+pub struct Timer {
+    on: bool,
+    marks: Vec<(String, Option<u64>, CudaEvent, CudaEvent)>,
+    open: Option<CudaEvent>,
+}
+
+impl Timer {
+    pub fn new(on: bool) -> Timer {
+        Timer {
+            on,
+            marks: Vec::new(),
+            open: None,
+        }
+    }
+    /// Starts a stage.
+    pub fn start(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.on {
+            self.open = Some(gpu.event()?);
+        }
+        Ok(())
+    }
+    /// Ends the stage started last.
+    pub fn stop(&mut self, gpu: &Gpu, name: &str, bytes: Option<u64>) -> Result<()> {
+        if let Some(start) = self.open.take() {
+            let end = gpu.event()?;
+            self.marks.push((name.to_string(), bytes, start, end));
+        }
+        Ok(())
+    }
+    /// Synchronizes and returns the stage times.
+    pub fn finish(self, gpu: &Gpu) -> Result<Vec<KernelTiming>> {
+        gpu.sync("the timed kernels")?;
+        self.marks
+            .into_iter()
+            .map(|(name, bytes, a, b)| {
+                let ms = a
+                    .elapsed_ms(&b)
+                    .map_err(cuda_err(&format!("reading the time of {name}")))?;
+                Ok(KernelTiming {
+                    name,
+                    us: ms as f64 * 1e3,
+                    bytes,
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .context("kernel timings")
+    }
+}

@@ -1,0 +1,330 @@
+//! Router launches (fused and unfused) for the backend, `route`, `check` and `bench`.
+
+use super::gpu::{ptr, Arg, Gpu, Timer};
+use crate::engine::config::{MoeConfig, ScoringFunc};
+use anyhow::{bail, Result};
+use cudarc::driver::CudaSlice;
+
+/// Largest E the router kernels hold (16 experts per lane of one warp).
+pub const MAX_EXPERTS: usize = 512;
+/// Largest top-k of a model (the shared-dropped variant routes top_k + S more).
+pub const MAX_TOP_K: usize = 16;
+/// Largest number of shared slots.
+pub const MAX_SHARED: usize = 4;
+/// Tokens per block of the fused router (one warp each).
+const FUSED_WARPS: usize = 4;
+
+/// What one router launch computes.
+#[derive(Clone, Copy, Debug)]
+pub struct RouterShape {
+    pub e: usize,
+    pub n_group: usize,
+    pub topk_group: usize,
+    /// Routed experts per token.
+    pub k: usize,
+    /// Experts the router can pick (k, or fewer when the kept groups hold fewer).
+    pub k_eff: usize,
+    pub softmax: bool,
+    pub norm: bool,
+    /// Group score = top-2 sum (models with a correction bias), else the max.
+    pub top2: bool,
+    /// Shared slots appended per token.
+    pub s: usize,
+    pub routed_scale: f64,
+    pub shared_w: f64,
+}
+
+impl RouterShape {
+    /// Checks the kernels' limits and names the one a config breaks.
+    pub fn new(cfg: &MoeConfig, k: usize, s: usize, routed_scale: f64, shared_w: f64) -> Result<RouterShape> {
+        let e = cfg.n_routed_experts;
+        if e > MAX_EXPERTS {
+            bail!("the CUDA router supports at most {MAX_EXPERTS} routed experts; {} has {e}", cfg.name);
+        }
+        if cfg.num_experts_per_tok > MAX_TOP_K {
+            bail!(
+                "the CUDA router supports top_k <= {MAX_TOP_K}; {} has num_experts_per_tok {}",
+                cfg.name,
+                cfg.num_experts_per_tok
+            );
+        }
+        if cfg.n_shared_experts > MAX_SHARED {
+            bail!(
+                "the CUDA kernels support at most {MAX_SHARED} shared experts; {} has {}",
+                cfg.name,
+                cfg.n_shared_experts
+            );
+        }
+        if cfg.n_group == 0 || e % cfg.n_group != 0 {
+            bail!("n_group ({}) must divide n_routed_experts ({e})", cfg.n_group);
+        }
+        if k > e {
+            bail!("{} routes {k} experts per token but has only {e}", cfg.name);
+        }
+        let in_kept = if cfg.n_group > 1 {
+            cfg.topk_group * cfg.experts_per_group()
+        } else {
+            e
+        };
+        Ok(RouterShape {
+            e,
+            n_group: cfg.n_group,
+            topk_group: cfg.topk_group,
+            k,
+            k_eff: k.min(in_kept),
+            softmax: cfg.scoring_func == ScoringFunc::Softmax,
+            norm: cfg.norm_topk_prob,
+            top2: cfg.has_bias,
+            s,
+            routed_scale,
+            shared_w,
+        })
+    }
+    pub fn spt(&self) -> usize {
+        self.k + self.s
+    }
+}
+
+/// Device pointers a router reads and writes (0 = none).
+#[derive(Clone, Copy, Debug)]
+pub struct RouterIo {
+    pub logits: u64,
+    pub logits_bf16: bool,
+    pub bias: u64,
+    /// [T] shared gate, or 0 for 1.
+    pub gate: u64,
+    /// [T × spt]
+    pub ids: u64,
+    pub weights: u64,
+    /// [T × k] double probabilities (fused only), or 0.
+    pub probs: u64,
+}
+
+/// The fused router: one launch.
+pub fn fused(gpu: &Gpu, sh: &RouterShape, io: &RouterIo, t: usize) -> Result<()> {
+    let blocks = t.div_ceil(FUSED_WARPS) as u32;
+    gpu.launch(
+        "router_fused",
+        (blocks, 1),
+        (FUSED_WARPS * 32) as u32,
+        0,
+        &[
+            Arg::Ptr(io.logits),
+            Arg::I32(io.logits_bf16 as i32),
+            Arg::Ptr(io.bias),
+            Arg::I32(sh.top2 as i32),
+            Arg::I32(t as i32),
+            Arg::I32(sh.e as i32),
+            Arg::I32(sh.n_group as i32),
+            Arg::I32(sh.topk_group as i32),
+            Arg::I32(sh.k as i32),
+            Arg::I32(sh.k_eff as i32),
+            Arg::I32(sh.softmax as i32),
+            Arg::I32(sh.norm as i32),
+            Arg::F64(sh.routed_scale),
+            Arg::I32(sh.s as i32),
+            Arg::F64(sh.shared_w),
+            Arg::Ptr(io.gate),
+            Arg::Ptr(io.ids),
+            Arg::Ptr(io.weights),
+            Arg::Ptr(io.probs),
+            Arg::I32(sh.spt() as i32),
+        ],
+    )
+}
+
+/// Intermediates of the unfused router, as the op-by-op router keeps them in memory.
+pub struct UnfusedBufs {
+    pub scores: CudaSlice<f32>,
+    pub sel: CudaSlice<f32>,
+    pub masked: CudaSlice<f32>,
+    pub group_scores: CudaSlice<f32>,
+    pub kept: CudaSlice<u8>,
+    pub weights: CudaSlice<f64>,
+}
+
+impl UnfusedBufs {
+    pub fn new(gpu: &Gpu, t: usize, e: usize, groups: usize, k: usize) -> Result<UnfusedBufs> {
+        Ok(UnfusedBufs {
+            scores: gpu.alloc(t * e, "router scores")?,
+            sel: gpu.alloc(t * e, "router sel")?,
+            masked: gpu.alloc(t * e, "router masked sel")?,
+            group_scores: gpu.alloc(t * groups, "group scores")?,
+            kept: gpu.alloc(t * groups, "kept groups")?,
+            weights: gpu.alloc(t * k, "router weights")?,
+        })
+    }
+}
+
+/// The unfused router: one launch per step, each timed by `timer`.
+pub fn unfused(
+    gpu: &Gpu,
+    sh: &RouterShape,
+    io: &RouterIo,
+    t: usize,
+    b: &UnfusedBufs,
+    timer: &mut Timer,
+) -> Result<()> {
+    let (e, g, k, spt) = (sh.e, sh.n_group, sh.k, sh.spt());
+    let te = t * e;
+    let (scores, sel, masked) = (ptr(gpu, &b.scores), ptr(gpu, &b.sel), ptr(gpu, &b.masked));
+    let (gs, kept, w) = (ptr(gpu, &b.group_scores), ptr(gpu, &b.kept), ptr(gpu, &b.weights));
+    let f32b = |n: usize| Some(4 * n as u64);
+    let per_token = |n: usize| (n.div_ceil(256) as u32, 1);
+    let logit_bytes = if io.logits_bf16 { 2 } else { 4 } * te as u64;
+
+    timer.start(gpu)?;
+    let grid = if sh.softmax {
+        ((t * 32).div_ceil(256) as u32, 1)
+    } else {
+        gpu.stride_grid(te, 256)
+    };
+    gpu.launch(
+        "router_scores",
+        grid,
+        256,
+        0,
+        &[
+            Arg::Ptr(io.logits),
+            Arg::I32(io.logits_bf16 as i32),
+            Arg::Ptr(scores),
+            Arg::I32(t as i32),
+            Arg::I32(e as i32),
+            Arg::I32(sh.softmax as i32),
+        ],
+    )?;
+    timer.stop(gpu, "router_scores", Some(logit_bytes + 4 * te as u64))?;
+
+    timer.start(gpu)?;
+    gpu.launch(
+        "router_add_bias",
+        gpu.stride_grid(te, 256),
+        256,
+        0,
+        &[Arg::Ptr(scores), Arg::Ptr(io.bias), Arg::Ptr(sel), Arg::I32(t as i32), Arg::I32(e as i32)],
+    )?;
+    timer.stop(gpu, "router_add_bias", f32b(2 * te))?;
+
+    let topk_input = if g > 1 {
+        timer.start(gpu)?;
+        gpu.launch(
+            "router_group_scores",
+            per_token(t * g),
+            256,
+            0,
+            &[
+                Arg::Ptr(sel),
+                Arg::Ptr(gs),
+                Arg::I32(t as i32),
+                Arg::I32(e as i32),
+                Arg::I32(g as i32),
+                Arg::I32(sh.top2 as i32),
+            ],
+        )?;
+        timer.stop(gpu, "router_group_scores", f32b(te + t * g))?;
+
+        timer.start(gpu)?;
+        gpu.launch(
+            "router_group_topk",
+            per_token(t),
+            256,
+            0,
+            &[
+                Arg::Ptr(gs),
+                Arg::Ptr(kept),
+                Arg::I32(t as i32),
+                Arg::I32(g as i32),
+                Arg::I32(sh.topk_group as i32),
+            ],
+        )?;
+        timer.stop(gpu, "router_group_topk", Some((4 * t * g + t * g) as u64))?;
+
+        timer.start(gpu)?;
+        gpu.launch(
+            "router_mask",
+            gpu.stride_grid(te, 256),
+            256,
+            0,
+            &[
+                Arg::Ptr(sel),
+                Arg::Ptr(kept),
+                Arg::Ptr(masked),
+                Arg::I32(t as i32),
+                Arg::I32(e as i32),
+                Arg::I32(g as i32),
+            ],
+        )?;
+        timer.stop(gpu, "router_mask", Some((8 * te + t * g) as u64))?;
+        masked
+    } else {
+        sel
+    };
+
+    timer.start(gpu)?;
+    gpu.launch(
+        "router_expert_topk",
+        ((t * 32).div_ceil(256) as u32, 1),
+        256,
+        0,
+        &[
+            Arg::Ptr(topk_input),
+            Arg::Ptr(io.ids),
+            Arg::I32(t as i32),
+            Arg::I32(e as i32),
+            Arg::I32(k as i32),
+            Arg::I32(spt as i32),
+        ],
+    )?;
+    timer.stop(gpu, "router_expert_topk", Some((4 * te + 4 * t * k) as u64))?;
+
+    timer.start(gpu)?;
+    gpu.launch(
+        "router_gather",
+        per_token(t * k),
+        256,
+        0,
+        &[
+            Arg::Ptr(scores),
+            Arg::Ptr(io.ids),
+            Arg::Ptr(w),
+            Arg::I32(t as i32),
+            Arg::I32(e as i32),
+            Arg::I32(k as i32),
+            Arg::I32(spt as i32),
+        ],
+    )?;
+    timer.stop(gpu, "router_gather", Some((16 * t * k) as u64))?;
+
+    timer.start(gpu)?;
+    gpu.launch(
+        "router_renormalize",
+        per_token(t),
+        256,
+        0,
+        &[Arg::Ptr(w), Arg::I32(t as i32), Arg::I32(k as i32), Arg::I32(sh.norm as i32)],
+    )?;
+    timer.stop(gpu, "router_renormalize", Some((16 * t * k) as u64))?;
+
+    timer.start(gpu)?;
+    gpu.launch(
+        "router_scale",
+        per_token(t * spt),
+        256,
+        0,
+        &[
+            Arg::Ptr(w),
+            Arg::I32(t as i32),
+            Arg::I32(e as i32),
+            Arg::I32(k as i32),
+            Arg::F64(sh.routed_scale),
+            Arg::I32(sh.s as i32),
+            Arg::F64(sh.shared_w),
+            Arg::Ptr(io.gate),
+            Arg::Ptr(io.ids),
+            Arg::Ptr(io.weights),
+            Arg::I32(spt as i32),
+        ],
+    )?;
+    timer.stop(gpu, "router_scale", Some((8 * t * k + 8 * t * spt) as u64))?;
+    Ok(())
+}
