@@ -50,7 +50,8 @@ impl Gpu {
         let ctx = CudaContext::new(0).map_err(cuda_err("opening device 0"))?;
         // SAFETY: the backend uses a single stream, so no cross-stream tracking is needed.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of its own: the legacy default stream cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(cuda_err("creating a stream"))?;
         let name = ctx.name().map_err(cuda_err("reading the device name"))?;
         let (major, minor) = ctx
             .compute_capability()
