@@ -87,3 +87,27 @@ __device__ __forceinline__ float warp_sum_f(float v) {
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     return v;
 }
+
+// Order-preserving u32 key of a selection value: NaN sorts as -inf, -0 as +0 (they compare equal
+// in routing.rs), larger value -> larger key. Key 0 is below every value's key ("none").
+__device__ __forceinline__ u32 sort_key(float v) {
+    if (v != v) v = NEG_INF;
+    if (v == 0.0f) v = 0.0f;
+    u32 b = __float_as_uint(v);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(u32 k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Warp-wide max / min of a u32 in one instruction (redux.sync, sm_80+).
+__device__ __forceinline__ u32 warp_umax(u32 v) {
+    u32 r;
+    asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    return r;
+}
+__device__ __forceinline__ u32 warp_umin(u32 v) {
+    u32 r;
+    asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+    return r;
+}

@@ -1,5 +1,7 @@
 // The fused router: scores, bias, group scores, group top-k, expert top-k, weights and the shared
-// slots in ONE kernel, one warp per token. Selection mirrors routing::route_token exactly.
+// slots in ONE kernel, one warp per token. Selection mirrors routing::route_token exactly: values
+// are compared through order-preserving u32 keys (NaN lowest), ties to the lower index, and the
+// warp-wide best is found with redux.sync (max key, then min index among the lanes holding it).
 // Limits (checked on the host): E <= 512, k + S <= 32.
 
 #define RF_MAX_E 512
@@ -22,103 +24,168 @@ router_fused(const void* logits, int logits_bf16, const float* bias, int group_t
     __shared__ unsigned char s_kept[RF_WARPS][RF_MAX_E];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int per = E / n_group;
+    // Group paths: groups of 32 are one register across the warp; up to 32 groups are one lane
+    // each; anything else goes through shared memory.
+    const bool warp_groups = n_group > 1 && per == 32;
+    const bool lane_groups = n_group > 1 && n_group <= 32;
+    float b[RF_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < RF_PER_LANE; i++) {
+        int e = lane + 32 * i;
+        b[i] = (bias != 0 && e < E) ? bias[e] : 0.f;
+    }
     for (int t = blockIdx.x * RF_WARPS + warp; t < T; t += gridDim.x * RF_WARPS) {
         const u64 row = (u64)t * E;
-        float x[RF_PER_LANE], score[RF_PER_LANE], sel[RF_PER_LANE];
+        float score[RF_PER_LANE];
+        u32 key[RF_PER_LANE];
 #pragma unroll
         for (int i = 0; i < RF_PER_LANE; i++) {
             int e = lane + 32 * i;
-            x[i] = e < E ? load_logit(logits, row + e, logits_bf16) : NEG_INF;
+            score[i] = e < E ? load_logit(logits, row + e, logits_bf16) : NEG_INF;
         }
         if (softmax) {
             float m = NEG_INF;
 #pragma unroll
-            for (int i = 0; i < RF_PER_LANE; i++) m = fmaxf(m, x[i]);
+            for (int i = 0; i < RF_PER_LANE; i++) m = fmaxf(m, score[i]);
             m = warp_max_f(m);
             double s = 0.0;
 #pragma unroll
             for (int i = 0; i < RF_PER_LANE; i++)
-                if (lane + 32 * i < E) s += exp((double)x[i] - (double)m);
+                if (lane + 32 * i < E) s += exp((double)score[i] - (double)m);
             s = warp_sum_d(s);
 #pragma unroll
-            for (int i = 0; i < RF_PER_LANE; i++) score[i] = (float)(exp((double)x[i] - (double)m) / s);
+            for (int i = 0; i < RF_PER_LANE; i++)
+                if (lane + 32 * i < E) score[i] = (float)(exp((double)score[i] - (double)m) / s);
         } else {
 #pragma unroll
-            for (int i = 0; i < RF_PER_LANE; i++) score[i] = sigmoid_score(x[i]);
+            for (int i = 0; i < RF_PER_LANE; i++)
+                if (lane + 32 * i < E) score[i] = sigmoid_score(score[i]);
         }
 #pragma unroll
         for (int i = 0; i < RF_PER_LANE; i++) {
             int e = lane + 32 * i;
-            sel[i] = (bias != 0 && e < E) ? score[i] + bias[e] : score[i];
-            if (e < E) s_sel[warp][e] = sel[i];
+            float sel = bias != 0 ? score[i] + b[i] : score[i];
+            key[i] = e < E ? sort_key(sel) : 0u;
+            if (!warp_groups && n_group > 1 && e < E) s_sel[warp][e] = sel;
         }
-        __syncwarp();
+
+        // Group scores: top-2 sum of sel with a bias, the max without (NaN never chosen).
+        u32 kept_mask = 0xffffffffu;
         if (n_group > 1) {
-            for (int g = lane; g < n_group; g += 32) {
-                const float* grp = &s_sel[warp][g * per];
-                float r;
-                if (group_top2) {
-                    float first = NEG_INF, second = NEG_INF;
-                    for (int j = 0; j < per; j++) {
-                        float v = grp[j];
-                        if (v > first) {
-                            second = first;
-                            first = v;
-                        } else if (v > second) {
-                            second = v;
+            float my_gs = NEG_INF;
+            if (warp_groups) {
+#pragma unroll
+                for (int i = 0; i < RF_PER_LANE; i++) {
+                    if (i < n_group) {
+                        u32 k1 = warp_umax(key[i]);
+                        float r;
+                        if (group_top2) {
+                            u32 first_lane = warp_umin(key[i] == k1 ? (u32)lane : 32u);
+                            u32 k2 = warp_umax((u32)lane == first_lane ? 0u : key[i]);
+                            r = key_value(k1) + key_value(k2);
+                        } else {
+                            r = key_value(k1);
+                        }
+                        if (lane == i) my_gs = r;
+                        if (!lane_groups) s_gs[warp][i] = r;
+                    }
+                }
+            } else {
+                __syncwarp();
+                for (int g = lane; g < n_group; g += 32) {
+                    const float* grp = &s_sel[warp][g * per];
+                    float r;
+                    if (group_top2) {
+                        float first = NEG_INF, second = NEG_INF;
+                        for (int j = 0; j < per; j++) {
+                            float v = grp[j];
+                            if (v > first) {
+                                second = first;
+                                first = v;
+                            } else if (v > second) {
+                                second = v;
+                            }
+                        }
+                        r = first + second;
+                    } else {
+                        r = NEG_INF;
+                        for (int j = 0; j < per; j++) r = fmaxf(r, grp[j]);
+                    }
+                    if (lane_groups) my_gs = r;
+                    else s_gs[warp][g] = r;
+                }
+            }
+            if (lane_groups) {
+                // Best topk_group groups: one lane per group, redux per round.
+                u32 gk = lane < n_group ? sort_key(my_gs) : 0u;
+                kept_mask = 0;
+                for (int r = 0; r < topk_group; r++) {
+                    u32 mk = warp_umax(gk);
+                    u32 g = warp_umin(gk == mk ? (u32)lane : 32u);
+                    kept_mask |= 1u << g;
+                    if ((u32)lane == g) gk = 0u;
+                }
+            } else {
+                __syncwarp();
+                for (int g = lane; g < n_group; g += 32) s_kept[warp][g] = 0;
+                __syncwarp();
+                for (int r = 0; r < topk_group; r++) {
+                    float bv = NEG_INF, dummy = 0.f;
+                    int bi = 0x7fffffff;
+                    for (int g = lane; g < n_group; g += 32) {
+                        float v = s_gs[warp][g];
+                        if (!s_kept[warp][g] && sel_better(v, g, bv, bi)) {
+                            bv = v;
+                            bi = g;
                         }
                     }
-                    r = first + second;
-                } else {
-                    r = NEG_INF;
-                    for (int j = 0; j < per; j++) r = fmaxf(r, grp[j]);
+                    warp_best(bv, bi, dummy);
+                    if (lane == 0) s_kept[warp][bi] = 1;
+                    __syncwarp();
                 }
-                s_gs[warp][g] = r;
-                s_kept[warp][g] = 0;
-            }
-            __syncwarp();
-            for (int r = 0; r < topk_group; r++) {
-                float bv = NEG_INF, dummy = 0.f;
-                int bi = 0x7fffffff;
-                for (int g = lane; g < n_group; g += 32) {
-                    float v = s_gs[warp][g];
-                    if (!s_kept[warp][g] && sel_better(v, g, bv, bi)) {
-                        bv = v;
-                        bi = g;
-                    }
-                }
-                warp_best(bv, bi, dummy);
-                if (lane == 0) s_kept[warp][bi] = 1;
-                __syncwarp();
             }
         }
+        // Candidates: experts of the kept groups.
         u32 cand = 0;
 #pragma unroll
         for (int i = 0; i < RF_PER_LANE; i++) {
             int e = lane + 32 * i;
-            if (e < E && (n_group == 1 || s_kept[warp][e / per])) cand |= 1u << i;
+            bool in = e < E;
+            if (in && n_group > 1) in = lane_groups ? ((kept_mask >> (e / per)) & 1u) : s_kept[warp][e / per];
+            if (in) cand |= 1u << i;
         }
+        // Expert top-k: each lane keeps its best candidate; per round the warp's best by redux,
+        // and only the winning lane rescans.
+        u32 lb_key = 0u, lb_idx = 0xffffffffu;
+        float lb_score = 0.f;
+#pragma unroll
+        for (int i = 0; i < RF_PER_LANE; i++)
+            if (((cand >> i) & 1u) && key[i] > lb_key) {
+                lb_key = key[i];
+                lb_idx = lane + 32 * i;
+                lb_score = score[i];
+            }
         float my_score = 0.f;
         int my_id = 0;
         for (int r = 0; r < k_eff; r++) {
-            float bv = NEG_INF, bp = 0.f;
-            int bi = 0x7fffffff;
-#pragma unroll
-            for (int i = 0; i < RF_PER_LANE; i++) {
-                if ((cand >> i) & 1u) {
-                    int e = lane + 32 * i;
-                    if (sel_better(sel[i], e, bv, bi)) {
-                        bv = sel[i];
-                        bi = e;
-                        bp = score[i];
-                    }
-                }
-            }
-            warp_best(bv, bi, bp);
-            if ((bi & 31) == lane) cand &= ~(1u << (bi >> 5));
+            u32 mk = warp_umax(lb_key);
+            u32 wi = warp_umin(lb_key == mk ? lb_idx : 0xffffffffu);
+            float ws = __shfl_sync(0xffffffffu, lb_score, wi & 31);
             if (lane == r) {
-                my_id = bi;
-                my_score = bp;
+                my_id = (int)wi;
+                my_score = ws;
+            }
+            if ((u32)lane == (wi & 31)) {
+                cand &= ~(1u << (wi >> 5));
+                lb_key = 0u;
+                lb_idx = 0xffffffffu;
+#pragma unroll
+                for (int i = 0; i < RF_PER_LANE; i++)
+                    if (((cand >> i) & 1u) && key[i] > lb_key) {
+                        lb_key = key[i];
+                        lb_idx = lane + 32 * i;
+                        lb_score = score[i];
+                    }
             }
         }
         // Probabilities: the chosen experts' unbiased scores, summed in selection order in double.
