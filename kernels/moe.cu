@@ -14,19 +14,35 @@ extern "C" __global__ void align_count(const u32* ids, u64 n, int* counts) {
     if (i < n) atomicAdd(&counts[ids[i]], 1);
 }
 
-// One thread: offsets [slots + 1], GEMM tile offsets [slots + 1], fill cursors [slots].
+// One block of 1024 threads: offsets [slots + 1], GEMM tile offsets [slots + 1], fill cursors
+// [slots], by an exclusive scan over the counts (slots <= 1024).
 extern "C" __global__ void align_scan(const int* counts, int slots, int bm, int* offsets, int* tiles, int* cursor) {
-    if (blockIdx.x != 0 || threadIdx.x != 0) return;
-    int off = 0, tile = 0;
-    for (int s = 0; s < slots; s++) {
-        offsets[s] = off;
-        tiles[s] = tile;
-        cursor[s] = off;
-        off += counts[s];
-        tile += (counts[s] + bm - 1) / bm;
+    __shared__ int s_rows[1024];
+    __shared__ int s_tiles[1024];
+    const int i = threadIdx.x;
+    const int c = i < slots ? counts[i] : 0;
+    s_rows[i] = c;
+    s_tiles[i] = (c + bm - 1) / bm;
+    __syncthreads();
+    // Hillis-Steele inclusive scan.
+    for (int off = 1; off < 1024; off <<= 1) {
+        int r = i >= off ? s_rows[i - off] : 0;
+        int t = i >= off ? s_tiles[i - off] : 0;
+        __syncthreads();
+        s_rows[i] += r;
+        s_tiles[i] += t;
+        __syncthreads();
     }
-    offsets[slots] = off;
-    tiles[slots] = tile;
+    if (i < slots) {
+        int ex_rows = s_rows[i] - c;
+        offsets[i] = ex_rows;
+        cursor[i] = ex_rows;
+        tiles[i] = s_tiles[i] - (c + bm - 1) / bm;
+    }
+    if (i == slots - 1) {
+        offsets[slots] = s_rows[i];
+        tiles[slots] = s_tiles[i];
+    }
 }
 
 // order[permuted row] = assignment index (token * spt + slot); position is the inverse.
@@ -43,8 +59,13 @@ extern "C" __global__ void align_fill(const u32* ids, u64 n, int* cursor, int* o
 // A bf16 [* x K], B_g bf16 [N x K] (checkpoint layout), C f32 [rows x N], fp32 accumulation.
 // a_mode 0: a_row = row; 1: a_map[row] / a_div (token of an assignment); 2: row - offsets[g].
 // B_g = g < n_first ? B0 + g * b_stride : B1 + (g - n_first) * b_stride.
-// Grid: x = an upper bound of the M tiles (blocks past tiles[groups] exit), y = N / 128 tiles.
-// 256 threads: 8 warps as 2 (M) x 4 (N), each 32 x 32 with mma.m16n8k16.
+// Grid: x = an upper bound of the M tiles (blocks past tiles[groups] exit), y = N / 128 tiles,
+// z = K splits: split z sums its K / k_splits slice into C + z * c_split (reduced by
+// splitk_reduce, in a fixed order, so results are deterministic); the bias only without splits.
+// 256 threads: 8 warps as 2 (M) x 4 (N), each 32 x 32 with mma.m16n8k16; tiles stream through a
+// 3-stage cp.async pipeline (rows past the group or N are zero-filled).
+
+#define GM_STAGES 3
 
 __device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm volatile(
@@ -54,12 +75,22 @@ __device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-extern "C" __global__ void __launch_bounds__(256)
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    u32 s = (u32)__cvta_generic_to_shared(smem);
+    int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+extern "C" __global__ void __launch_bounds__(256, 2)
 grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, const bf16_t* B0,
                   const bf16_t* B1, int n_first, i64 b_stride, float* C, const float* col_bias,
-                  const int* offsets, const int* tiles, int groups, int N, int K) {
-    __shared__ __align__(16) bf16_t As[2][GM_BM][GM_LD];
-    __shared__ __align__(16) bf16_t Bs[2][GM_BN][GM_LD];
+                  const int* offsets, const int* tiles, int groups, int N, int K, int k_splits,
+                  i64 c_split) {
+    __shared__ __align__(16) bf16_t As[GM_STAGES][GM_BM][GM_LD];
+    __shared__ __align__(16) bf16_t Bs[GM_STAGES][GM_BN][GM_LD];
     const int tile = blockIdx.x;
     if (tile >= tiles[groups]) return;
     int lo = 0, hi = groups - 1;
@@ -72,33 +103,44 @@ grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, cons
     const int row_end = offsets[g + 1];
     const int n0 = blockIdx.y * GM_BN;
     const bf16_t* B = g < n_first ? B0 + (i64)g * b_stride : B1 + (i64)(g - n_first) * b_stride;
+    const int k_len = K / k_splits;
+    const int k_begin = blockIdx.z * k_len;
+    C += (i64)blockIdx.z * c_split;
 
     const int tid = threadIdx.x;
     // Each thread copies one 16-byte chunk of the A tile and two of the B tile per K step.
     const int ar = tid >> 2, ac = (tid & 3) * 8;
-    const bf16_t* a_src = 0;
+    bool a_ok = false;
+    const bf16_t* a_src = A;
     {
         int r = row0 + ar;
         if (r < row_end) {
             i64 phys = a_mode == 0 ? r : a_mode == 1 ? a_map[r] / a_div : r - offsets[g];
-            a_src = A + phys * K + ac;
+            a_src = A + phys * K + k_begin + ac;
+            a_ok = true;
         }
     }
     const bf16_t* b_src[2];
+    bool b_ok[2];
 #pragma unroll
     for (int j = 0; j < 2; j++) {
         int n = n0 + ar + 64 * j;
-        b_src[j] = n < N ? B + (i64)n * K + ac : 0;
+        b_ok[j] = n < N;
+        b_src[j] = b_ok[j] ? B + (i64)n * K + k_begin + ac : B;
     }
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    uint4 ra, rb[2];
-    ra = a_src ? *(const uint4*)a_src : zero;
+    const int KT = k_len / GM_BK;
+    auto issue = [&](int kt) {
+        const int st = kt % GM_STAGES;
+        const int k0 = kt * GM_BK;
+        cp_async16(&As[st][ar][ac], a_ok ? a_src + k0 : A, a_ok);
 #pragma unroll
-    for (int j = 0; j < 2; j++) rb[j] = b_src[j] ? *(const uint4*)b_src[j] : zero;
-    *(uint4*)&As[0][ar][ac] = ra;
+        for (int j = 0; j < 2; j++) cp_async16(&Bs[st][ar + 64 * j][ac], b_ok[j] ? b_src[j] + k0 : B, b_ok[j]);
+    };
 #pragma unroll
-    for (int j = 0; j < 2; j++) *(uint4*)&Bs[0][ar + 64 * j][ac] = rb[j];
-    __syncthreads();
+    for (int s = 0; s < GM_STAGES - 1; s++) {
+        if (s < KT) issue(s);
+        cp_async_commit();
+    }
 
     const int warp = tid >> 5, lane = tid & 31;
     const int wm = warp >> 2, wn = warp & 3;
@@ -111,16 +153,13 @@ grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, cons
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
 
-    const int KT = K / GM_BK;
     for (int kt = 0; kt < KT; kt++) {
-        const int cur = kt & 1;
-        const bool more = kt + 1 < KT;
-        if (more) {
-            const int k0 = (kt + 1) * GM_BK;
-            ra = a_src ? *(const uint4*)(a_src + k0) : zero;
-#pragma unroll
-            for (int j = 0; j < 2; j++) rb[j] = b_src[j] ? *(const uint4*)(b_src[j] + k0) : zero;
-        }
+        cp_async_wait<GM_STAGES - 2>();
+        __syncthreads();
+        // The stage refilled here was read in iteration kt - 1, which every warp has finished.
+        if (kt + GM_STAGES - 1 < KT) issue(kt + GM_STAGES - 1);
+        cp_async_commit();
+        const int cur = kt % GM_STAGES;
 #pragma unroll
         for (int kk = 0; kk < GM_BK; kk += 16) {
             u32 af[2][4], bfr[4][2];
@@ -144,14 +183,8 @@ grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, cons
                 for (int ni = 0; ni < 4; ni++)
                     mma_bf16(acc[mi][ni], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bfr[ni][0], bfr[ni][1]);
         }
-        if (more) {
-            const int nxt = cur ^ 1;
-            *(uint4*)&As[nxt][ar][ac] = ra;
-#pragma unroll
-            for (int j = 0; j < 2; j++) *(uint4*)&Bs[nxt][ar + 64 * j][ac] = rb[j];
-        }
-        __syncthreads();
     }
+    cp_async_wait<0>();
 
 #pragma unroll
     for (int mi = 0; mi < 2; mi++) {
@@ -175,6 +208,17 @@ grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, cons
     }
 }
 
+// Sums the K-split partials in split order (deterministic) and adds the column bias.
+extern "C" __global__ void splitk_reduce(const float* part, int splits, u64 n, int N, const float* bias, float* out) {
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float v = 0.f;
+        for (int z = 0; z < splits; z++) v += part[(u64)z * n + i];
+        if (bias != 0) v += bias[i % N];
+        out[i] = v;
+    }
+}
+
 // --- SiLU * mul: act[r, j] = bf16(silu(h[r, j]) * h[r, I + j]), as cpu::mlp_rows rounds it ------
 
 extern "C" __global__ void silu_mul(const float* h, bf16_t* act, u64 rows, int inter) {
@@ -190,25 +234,25 @@ extern "C" __global__ void silu_mul(const float* h, bf16_t* act, u64 rows, int i
 }
 
 // --- combine: y[t] = out_scale * sum_s w[t, s] * eo[position[t, s]] + sep[t] * sum_j so[j * T + t] ----
-// One block per token. so / sep nullable (no separate shared MLP).
+// Grid (tokens, ceil(H / 256)), one thread per output element. so / sep nullable.
 extern "C" __global__ void combine(const float* eo, const int* position, const float* w, int spt,
                                    float out_scale, const float* so, const float* sep, int S, int T,
                                    int H, float* y) {
     const int t = blockIdx.x;
-    for (int h = threadIdx.x; h < H; h += blockDim.x) {
-        float acc = 0.f;
-        for (int s = 0; s < spt; s++) {
-            u64 a = (u64)t * spt + s;
-            acc += w[a] * eo[(u64)position[a] * H + h];
-        }
-        acc *= out_scale;
-        if (so != 0) {
-            float sh = 0.f;
-            for (int j = 0; j < S; j++) sh += so[((u64)j * T + t) * H + h];
-            acc += sep[t] * sh;
-        }
-        y[(u64)t * H + h] = acc;
+    const int h = blockIdx.y * blockDim.x + threadIdx.x;
+    if (h >= H) return;
+    float acc = 0.f;
+    for (int s = 0; s < spt; s++) {
+        u64 a = (u64)t * spt + s;
+        acc += w[a] * eo[(u64)position[a] * H + h];
     }
+    acc *= out_scale;
+    if (so != 0) {
+        float sh = 0.f;
+        for (int j = 0; j < S; j++) sh += so[((u64)j * T + t) * H + h];
+        acc += sep[t] * sh;
+    }
+    y[(u64)t * H + h] = acc;
 }
 
 // --- Qwen3-Next shared gate: g[t] = sigmoid(x[t] . wg), one warp per token ------------------------

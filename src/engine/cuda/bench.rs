@@ -42,8 +42,16 @@ const GRAPH_MAX_TOKENS: usize = 2048;
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let gpu = Arc::new(Gpu::open().context("moescope bench needs a CUDA device")?);
-    let cfg = args.layer.base_config()?.with_tensor_parallel(args.layer.tp)?;
-    println!("moescope bench on {} ({} SMs), {}", gpu.describe(), gpu.sms, cfg.name);
+    let cfg = args
+        .layer
+        .base_config()?
+        .with_tensor_parallel(args.layer.tp)?;
+    println!(
+        "moescope bench on {} ({} SMs), {}",
+        gpu.describe(),
+        gpu.sms,
+        cfg.name
+    );
     let copy_gbs = copy_bandwidth(&gpu)?;
     println!("device copy bandwidth: {copy_gbs:.0} GB/s (bytes read + written)");
     bench_routers(&gpu, &cfg, &args.router_tokens, copy_gbs)?;
@@ -68,7 +76,11 @@ fn time_us(gpu: &Gpu, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
         f(r + 1)?;
         let b = gpu.event()?;
         gpu.sync("timed work")?;
-        times.push(a.elapsed_ms(&b).map_err(cuda_err("reading an event time"))? as f64 * 1e3);
+        times.push(
+            a.elapsed_ms(&b)
+                .map_err(cuda_err("reading an event time"))? as f64
+                * 1e3,
+        );
     }
     Ok(median(times))
 }
@@ -85,14 +97,23 @@ fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
             (gpu.sms * 8, 1),
             512,
             0,
-            &[Arg::Ptr(ptr(gpu, &src)), Arg::Ptr(ptr(gpu, &dst)), Arg::U64(words)],
+            &[
+                Arg::Ptr(ptr(gpu, &src)),
+                Arg::Ptr(ptr(gpu, &dst)),
+                Arg::U64(words),
+            ],
         )
     })?;
     Ok(2.0 * n as f64 / us / 1e3)
 }
 
 /// Fused vs unfused router over token counts.
-fn bench_routers(gpu: &Gpu, cfg: &crate::engine::config::MoeConfig, tokens: &[usize], copy_gbs: f64) -> Result<()> {
+fn bench_routers(
+    gpu: &Gpu,
+    cfg: &crate::engine::config::MoeConfig,
+    tokens: &[usize],
+    copy_gbs: f64,
+) -> Result<()> {
     let e = cfg.n_routed_experts;
     let rsf = cfg.routed_scaling_factor;
     let s = cfg.n_shared_experts;
@@ -104,7 +125,10 @@ fn bench_routers(gpu: &Gpu, cfg: &crate::engine::config::MoeConfig, tokens: &[us
     let bias: Vec<f32> = (0..e).map(|_| rng.random_range(-0.05f32..0.05)).collect();
     let d_bias = gpu.upload(&bias, "bias")?;
     println!();
-    println!("router, {} shape, f32 logits, top-{k} + {s} shared slots", cfg.name);
+    println!(
+        "router, {} shape, f32 logits, top-{k} + {s} shared slots",
+        cfg.name
+    );
     println!(
         "{:>7}  {:>12}  {:>12}  {:>8}  {:>10}  {:>9}  method",
         "tokens", "fused µs", "unfused µs", "speedup", "fused GB/s", "of copy"
@@ -114,7 +138,11 @@ fn bench_routers(gpu: &Gpu, cfg: &crate::engine::config::MoeConfig, tokens: &[us
             continue;
         }
         let logits_bytes = t * e * 4;
-        let sets = if t >= GRAPH_MAX_TOKENS { (ROTATE_BYTES / logits_bytes).clamp(2, 16) } else { 1 };
+        let sets = if t >= GRAPH_MAX_TOKENS {
+            (ROTATE_BYTES / logits_bytes).clamp(2, 16)
+        } else {
+            1
+        };
         let mut logits = Vec::with_capacity(sets);
         for _ in 0..sets {
             let host: Vec<f32> = (0..t * e).map(|_| rng.random_range(-4.0f32..4.0)).collect();
@@ -133,13 +161,18 @@ fn bench_routers(gpu: &Gpu, cfg: &crate::engine::config::MoeConfig, tokens: &[us
             probs: 0,
         };
         let fused = |set: usize| router::fused(gpu, &sh, &io(set), t);
-        let unfused = |set: usize| router::unfused(gpu, &sh, &io(set), t, &bufs, &mut Timer::new(false));
+        let unfused =
+            |set: usize| router::unfused(gpu, &sh, &io(set), t, &bufs, &mut Timer::new(false));
         let (f_us, u_us, method) = if t < GRAPH_MAX_TOKENS {
-            (graph_us(gpu, &fused)?, graph_us(gpu, &unfused)?, "graph replay")
+            (
+                graph_us(gpu, &fused)?,
+                graph_us(gpu, &unfused)?,
+                "graph replay",
+            )
         } else {
             (
-                time_us(gpu, |r| fused(r))?,
-                time_us(gpu, |r| unfused(r))?,
+                time_us(gpu, fused)?,
+                time_us(gpu, unfused)?,
                 "events, rotated inputs",
             )
         };
@@ -197,10 +230,21 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
         cfg.n_shared_experts,
         started.elapsed().as_secs_f64()
     );
-    let paths = vec![PathSpec::unfused_baseline(), PathSpec::fused(crate::engine::paths::Variant::Correct)];
+    let paths = vec![
+        PathSpec::unfused_baseline(),
+        PathSpec::fused(crate::engine::paths::Variant::Correct),
+    ];
     println!(
         "{:>6}  {:>4}  {:>11}  {:>11}  {:>6}  {:>10}  {:>10}  {:>7}  {:>10}",
-        "tokens", "path", "clean µs", "instr. µs", "ratio", "gemm up µs", "gemm dn µs", "GB/s", "of floor"
+        "tokens",
+        "path",
+        "clean µs",
+        "instr. µs",
+        "ratio",
+        "gemm up µs",
+        "gemm dn µs",
+        "GB/s",
+        "of floor"
     );
     for &t in &args.path_tokens {
         if t == 0 {
@@ -221,7 +265,8 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
             let find = |n: &str| run.timings.iter().find(|k| k.name == n);
             let (up, down) = (find("expert_gemm_up"), find("expert_gemm_down"));
             let us = up.map(|k| k.us).unwrap_or(0.0) + down.map(|k| k.us).unwrap_or(0.0);
-            let bytes = up.and_then(|k| k.bytes).unwrap_or(0) + down.and_then(|k| k.bytes).unwrap_or(0);
+            let bytes =
+                up.and_then(|k| k.bytes).unwrap_or(0) + down.and_then(|k| k.bytes).unwrap_or(0);
             let gbs = bytes as f64 / us / 1e3;
             println!(
                 "{t:>6}  {name:>4}  {clean:>11.1}  {instr:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {gbs:>7.0}  {:>9.0}%",
@@ -232,7 +277,11 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
             );
         }
         let b = &out.paths[1];
-        let detail: Vec<String> = b.timings.iter().map(|k| format!("{} {:.1}", k.name, k.us)).collect();
+        let detail: Vec<String> = b
+            .timings
+            .iter()
+            .map(|k| format!("{} {:.1}", k.name, k.us))
+            .collect();
         println!("        B stages (µs): {}", detail.join(", "));
     }
     Ok(())

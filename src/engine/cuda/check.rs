@@ -69,7 +69,11 @@ impl Table {
             row.shape,
             row.error,
             if row.ok { "ok" } else { "FAIL" },
-            if row.note.is_empty() { String::new() } else { format!("  ({})", row.note) }
+            if row.note.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", row.note)
+            }
         );
         self.rows.push(row);
     }
@@ -84,10 +88,17 @@ pub fn run(args: CheckArgs) -> Result<()> {
     let presets: Vec<String> = if args.all {
         PRESET_NAMES.iter().map(|s| s.to_string()).collect()
     } else {
-        vec![args.layer.preset.clone().unwrap_or_else(|| "deepseek-v3".to_string())]
+        vec![args
+            .layer
+            .preset
+            .clone()
+            .unwrap_or_else(|| "deepseek-v3".to_string())]
     };
     let mut table = Table::default();
-    println!("{:<22} {:<46} {:>11}  verdict", "kernel", "shape", "max error");
+    println!(
+        "{:<22} {:<46} {:>11}  verdict",
+        "kernel", "shape", "max error"
+    );
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
     check_golden(&gpu, &mut table)?;
     for name in &presets {
@@ -99,7 +110,6 @@ pub fn run(args: CheckArgs) -> Result<()> {
         check_routers(&gpu, &base, &mut rng, &mut table)?;
         // Small expert matrices: compared with the CPU backend and the f64 reference.
         let (small, _) = layer.weights(true)?;
-        check_init(&gpu, small.as_ref(), &mut table)?;
         check_layer(&gpu, small, SMALL_LAYER_TOKENS, true, &mut rng, &mut table)?;
         // The full layer: against the f64 reference on sampled tokens.
         let full_args = crate::cli::LayerArgs {
@@ -132,7 +142,8 @@ fn max_rel(a: impl Iterator<Item = f64>, b: impl Iterator<Item = f64>) -> f64 {
 
 /// Random logits: N(0, 2²); with `ties`, rounded to quarters so many values repeat exactly.
 fn random_logits(rng: &mut impl Rng, n: usize, ties: bool) -> Result<Vec<f32>> {
-    let normal = rand_distr::Normal::new(0.0f32, 2.0).map_err(|e| anyhow!("normal distribution: {e}"))?;
+    let normal =
+        rand_distr::Normal::new(0.0f32, 2.0).map_err(|e| anyhow!("normal distribution: {e}"))?;
     Ok((0..n)
         .map(|_| {
             let v: f32 = rng.sample(normal);
@@ -165,7 +176,9 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
     for (t, ties, bf16, k) in cases {
         let mut logits = random_logits(rng, t * e, ties)?;
         if bf16 {
-            logits.iter_mut().for_each(|v| *v = crate::engine::weights::round_bf16(*v));
+            logits
+                .iter_mut()
+                .for_each(|v| *v = crate::engine::weights::round_bf16(*v));
         }
         let reference = routing::route(cfg, &logits, bias.as_deref(), k);
         let kind = if ties {
@@ -180,7 +193,10 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
         let sh = RouterShape::new(cfg, k, s, 1.0, 1.0 / rsf)?;
         let spt = sh.spt();
         let d_logits_f32 = gpu.upload(&logits, "logits")?;
-        let bits: Vec<u16> = logits.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect();
+        let bits: Vec<u16> = logits
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_bits())
+            .collect();
         let d_logits_bf16 = gpu.upload(&bits, "logits")?;
         let d_bias = match &bias {
             Some(b) => Some(gpu.upload(b, "bias")?),
@@ -194,7 +210,11 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
             fill(gpu, ptr(gpu, &weights), t * spt, f32::NAN.to_bits())
         };
         let io = RouterIo {
-            logits: if bf16 { ptr(gpu, &d_logits_bf16) } else { ptr(gpu, &d_logits_f32) },
+            logits: if bf16 {
+                ptr(gpu, &d_logits_bf16)
+            } else {
+                ptr(gpu, &d_logits_f32)
+            },
             logits_bf16: bf16,
             bias: d_bias.as_ref().map(|b| ptr(gpu, b)).unwrap_or(0),
             gate: 0,
@@ -213,12 +233,30 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
             ids: strip(&got_ids, t, spt, k),
             probs: got_p,
         };
-        report_router(table, "router_fused", &shape, cfg, &reference, &got, &got_ids, &got_w, &sh, 1.0);
+        report_router(
+            table,
+            "router_fused",
+            &shape,
+            cfg,
+            &reference,
+            &got,
+            &got_ids,
+            &got_w,
+            &sh,
+            1.0,
+        );
 
         poison(gpu)?;
         let bufs = UnfusedBufs::new(gpu, t, e, cfg.n_group, k)?;
         let io_unfused = RouterIo { probs: 0, ..io };
-        router::unfused(gpu, &sh, &io_unfused, t, &bufs, &mut super::gpu::Timer::new(false))?;
+        router::unfused(
+            gpu,
+            &sh,
+            &io_unfused,
+            t,
+            &bufs,
+            &mut super::gpu::Timer::new(false),
+        )?;
         let u_ids = gpu.download(&ids, t * spt, "ids")?;
         let u_w = gpu.download(&weights, t * spt, "weights")?;
         let got = Routing {
@@ -226,14 +264,27 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
             ids: strip(&u_ids, t, spt, k),
             probs: strip(&u_w, t, spt, k).iter().map(|&w| w as f64).collect(),
         };
-        report_router(table, "router_unfused", &shape, cfg, &reference, &got, &u_ids, &u_w, &sh, 1.0);
+        report_router(
+            table,
+            "router_unfused",
+            &shape,
+            cfg,
+            &reference,
+            &got,
+            &u_ids,
+            &u_w,
+            &sh,
+            1.0,
+        );
     }
     Ok(())
 }
 
 /// The first `k` of every `spt` values.
 fn strip<T: Copy>(v: &[T], t: usize, spt: usize, k: usize) -> Vec<T> {
-    (0..t).flat_map(|tok| v[tok * spt..tok * spt + k].iter().copied()).collect()
+    (0..t)
+        .flat_map(|tok| v[tok * spt..tok * spt + k].iter().copied())
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -261,7 +312,11 @@ fn report_router(
         format!("{shape} ids"),
         mismatched as f64,
         mismatched == 0,
-        if mismatched == 0 { String::new() } else { format!("{mismatched} of {t} tokens differ") },
+        if mismatched == 0 {
+            String::new()
+        } else {
+            format!("{mismatched} of {t} tokens differ")
+        },
     );
     // Routed weights against the reference probabilities, and the shared slots' weight.
     let spt = sh.spt();
@@ -288,7 +343,11 @@ fn report_router(
         format!("{shape} weights"),
         err,
         err <= WEIGHT_REL && shared_ok,
-        if shared_ok { "" } else { "shared slot ids wrong" },
+        if shared_ok {
+            ""
+        } else {
+            "shared slot ids wrong"
+        },
     );
 }
 
@@ -332,18 +391,31 @@ fn check_golden(gpu: &Gpu, table: &mut Table) -> Result<()> {
             .with_context(|| format!("golden file {name}.safetensors"))?;
         let logits = crate::route::tensor_to_f32("router_logits", &st.tensor("router_logits")?)?;
         let bias = match st.tensor("e_score_correction_bias") {
-            Ok(v) if cfg.has_bias => Some(crate::route::tensor_to_f32("e_score_correction_bias", &v)?),
+            Ok(v) if cfg.has_bias => {
+                Some(crate::route::tensor_to_f32("e_score_correction_bias", &v)?)
+            }
             _ => None,
         };
         let e = cfg.n_routed_experts;
         let t = logits.len() / e;
-        let routing = super::route_logits(gpu, &cfg, &logits, bias.as_deref(), cfg.num_experts_per_tok, t)?;
+        let routing = super::route_logits(
+            gpu,
+            &cfg,
+            &logits,
+            bias.as_deref(),
+            cfg.num_experts_per_tok,
+            t,
+        )?;
         let out = crate::route::RouteOutput::new(&cfg, "cuda", e, &routing);
         let want_ids: Vec<Vec<u32>> = serde_json::from_value(want["topk_ids"].clone())
             .with_context(|| format!("golden file {name}.json: topk_ids"))?;
         let want_w: Vec<Vec<f64>> = serde_json::from_value(want["topk_weights"].clone())
             .with_context(|| format!("golden file {name}.json: topk_weights"))?;
-        let differ = want_ids.iter().zip(&out.topk_ids).filter(|(a, b)| a != b).count()
+        let differ = want_ids
+            .iter()
+            .zip(&out.topk_ids)
+            .filter(|(a, b)| a != b)
+            .count()
             + want_ids.len().abs_diff(out.topk_ids.len());
         table.add(
             "router_fused golden",
@@ -356,21 +428,30 @@ fn check_golden(gpu: &Gpu, table: &mut Table) -> Result<()> {
             out.topk_weights.iter().flatten().copied(),
             want_w.iter().flatten().copied(),
         );
-        table.add("router_fused golden", format!("{name} T={t} weights"), err, err <= WEIGHT_REL, "");
+        table.add(
+            "router_fused golden",
+            format!("{name} T={t} weights"),
+            err,
+            err <= WEIGHT_REL,
+            "",
+        );
     }
     Ok(())
 }
 
-/// Device-initialized weights and hidden states against the host's synthetic values, bit for bit.
-fn check_init(gpu: &Arc<Gpu>, source: &dyn WeightSource, table: &mut Table) -> Result<()> {
-    let Some(syn) = source.synthetic() else {
-        return Ok(());
-    };
-    let cfg = source.config();
-    let copy = SyntheticWeights::new(cfg.clone(), syn.seed, syn.skew);
-    let backend = CudaBackend::new(gpu.clone(), Box::new(copy))?;
-    let layer = backend.layer();
-    let shape = format!("{} H={} I={}", cfg.name, cfg.hidden_size, cfg.moe_intermediate_size);
+/// Device-initialized weights (first, last and shared slots, router gate) and hidden states
+/// against the host's synthetic values, bit for bit.
+fn check_init(
+    gpu: &Arc<Gpu>,
+    syn: &SyntheticWeights,
+    layer: &super::layer::DeviceLayer,
+    table: &mut Table,
+) -> Result<()> {
+    let cfg = &syn.cfg;
+    let shape = format!(
+        "{} H={} I={}",
+        cfg.name, cfg.hidden_size, cfg.moe_intermediate_size
+    );
     let mut worst = 0.0f64;
     let diff = |a: &[f32], b: &[f32]| -> f64 {
         if a.len() != b.len() {
@@ -396,10 +477,23 @@ fn check_init(gpu: &Arc<Gpu>, source: &dyn WeightSource, table: &mut Table) -> R
             .max(diff(&dev.up, &host.up))
             .max(diff(&dev.down, &host.down));
     }
-    let gate = gpu.download(&layer.gate_w, cfg.n_routed_experts * cfg.hidden_size, "router gate")?;
-    let gate: Vec<f32> = gate.into_iter().map(|b| half::bf16::from_bits(b).to_f32()).collect();
+    let gate = gpu.download(
+        &layer.gate_w,
+        cfg.n_routed_experts * cfg.hidden_size,
+        "router gate",
+    )?;
+    let gate: Vec<f32> = gate
+        .into_iter()
+        .map(|b| half::bf16::from_bits(b).to_f32())
+        .collect();
     worst = worst.max(diff(&gate, &syn.router_gate()?));
-    table.add("init_mlp_bf16", shape.clone(), worst, worst == 0.0, "bit for bit");
+    table.add(
+        "init_mlp_bf16",
+        shape.clone(),
+        worst,
+        worst == 0.0,
+        "bit for bit",
+    );
 
     let (t, h, step, seed) = (37usize, cfg.hidden_size, 5u64, syn.seed);
     let x = gpu.alloc::<u16>(t * h, "hidden")?;
@@ -420,9 +514,17 @@ fn check_init(gpu: &Arc<Gpu>, source: &dyn WeightSource, table: &mut Table) -> R
         .into_iter()
         .map(|b| half::bf16::from_bits(b).to_f32())
         .collect();
-    let host: Vec<f32> = (0..t).flat_map(|tok| synthetic::hidden_row(seed, step, tok, h)).collect();
+    let host: Vec<f32> = (0..t)
+        .flat_map(|tok| synthetic::hidden_row(seed, step, tok, h))
+        .collect();
     let err = diff(&dev, &host);
-    table.add("init_hidden_bf16", format!("T={t} H={h}"), err, err == 0.0, "bit for bit");
+    table.add(
+        "init_hidden_bf16",
+        format!("T={t} H={h}"),
+        err,
+        err == 0.0,
+        "bit for bit",
+    );
     Ok(())
 }
 
@@ -442,13 +544,23 @@ fn check_layer(
         .map(|s| SyntheticWeights::new(cfg.clone(), s.seed, s.skew))
         .ok_or_else(|| anyhow!("check runs on synthetic weights"))?;
     let mut cpu = if with_cpu {
-        Some(CpuBackend::new(Box::new(SyntheticWeights::new(cfg.clone(), syn.seed, syn.skew)))?)
+        Some(CpuBackend::new(Box::new(SyntheticWeights::new(
+            cfg.clone(),
+            syn.seed,
+            syn.skew,
+        )))?)
     } else {
         None
     };
     let mut gpu_backend = CudaBackend::new(gpu.clone(), source)?;
     gpu_backend.poison = true;
-    let shape = |t: usize| format!("{} T={t} H={} I={}", cfg.name, cfg.hidden_size, cfg.moe_intermediate_size);
+    check_init(gpu, &syn, gpu_backend.layer(), table)?;
+    let shape = |t: usize| {
+        format!(
+            "{} T={t} H={} I={}",
+            cfg.name, cfg.hidden_size, cfg.moe_intermediate_size
+        )
+    };
     for &t in tokens {
         let seed: u64 = rng.random();
         let mut samples = compare::sample_tokens(&cfg, t, 0);
@@ -477,28 +589,69 @@ fn check_layer(
             let tag = format!("{} [{variant}]", shape(t));
             // Every output element written; ids valid; weights finite.
             for (p, run) in out.paths.iter().enumerate() {
-                let bad_ids = run.slot_ids.iter().filter(|&&id| id as usize >= cfg.total_slots()).count();
+                let bad_ids = run
+                    .slot_ids
+                    .iter()
+                    .filter(|&&id| id as usize >= cfg.total_slots())
+                    .count();
                 let bad_w = run.slot_weights.iter().filter(|w| !w.is_finite()).count();
                 let ok = run.output.nonfinite == 0 && bad_ids == 0 && bad_w == 0;
                 table.add(
-                    if p == 0 { "path A written" } else { "path B written" },
+                    if p == 0 {
+                        "path A written"
+                    } else {
+                        "path B written"
+                    },
                     tag.clone(),
                     (run.output.nonfinite as usize + bad_ids + bad_w) as f64,
                     ok,
-                    if ok { String::new() } else { format!("{} non-finite outputs, {bad_ids} bad ids, {bad_w} bad weights", run.output.nonfinite) },
+                    if ok {
+                        String::new()
+                    } else {
+                        format!(
+                            "{} non-finite outputs, {bad_ids} bad ids, {bad_w} bad weights",
+                            run.output.nonfinite
+                        )
+                    },
                 );
             }
             // Variants change the routing and weights on purpose; the correct contract must
             // match the reference.
             if variant == Variant::Correct {
-                let agree = rec.comparison.routing_agreement_ref.iter().copied().fold(1.0, f64::min);
-                table.add("router ids vs ref", tag.clone(), 1.0 - agree, agree == 1.0, "on the GPU's logits");
-                let wdiff = rec.comparison.weight_max_diff_ref.iter().copied().fold(0.0, f64::max);
+                let agree = rec
+                    .comparison
+                    .routing_agreement_ref
+                    .iter()
+                    .copied()
+                    .fold(1.0, f64::min);
+                table.add(
+                    "router ids vs ref",
+                    tag.clone(),
+                    1.0 - agree,
+                    agree == 1.0,
+                    "on the GPU's logits",
+                );
+                let wdiff = rec
+                    .comparison
+                    .weight_max_diff_ref
+                    .iter()
+                    .copied()
+                    .fold(0.0, f64::max);
                 let rel = wdiff / cfg.routed_scaling_factor;
-                table.add("router weights vs ref", tag.clone(), rel, rel <= WEIGHT_REL, "");
+                table.add(
+                    "router weights vs ref",
+                    tag.clone(),
+                    rel,
+                    rel <= WEIGHT_REL,
+                    "",
+                );
                 for (p, e) in rec.comparison.output_rel_l2_ref.iter().enumerate() {
                     table.add(
-                        if p == 0 { "layer A vs f64 ref" } else { "layer B vs f64 ref" },
+                        if p == 0 {
+                            "layer A vs f64 ref"
+                        } else {
+                            "layer B vs f64 ref"
+                        },
                         tag.clone(),
                         *e,
                         *e <= OUTPUT_REL_L2,
@@ -506,7 +659,13 @@ fn check_layer(
                     );
                 }
                 let ab = rec.comparison.output_rel_l2_ab;
-                table.add("layer A vs B", tag.clone(), ab, ab <= OUTPUT_REL_L2, "fused vs unfused");
+                table.add(
+                    "layer A vs B",
+                    tag.clone(),
+                    ab,
+                    ab <= OUTPUT_REL_L2,
+                    "fused vs unfused",
+                );
             }
             if let Some(cpu) = cpu.as_mut() {
                 compare_with_cpu(cpu, &cfg, &input, &paths, &out, &rec, &tag, table)?;
@@ -530,22 +689,42 @@ fn compare_with_cpu(
 ) -> Result<()> {
     let out = cpu.step(input, paths)?;
     let rec = compare::assemble(cfg, cpu.weights(), input, paths, &out, "cpu")?;
-    let scale = out.router_logits.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1.0) as f64;
+    let scale = out
+        .router_logits
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(1.0) as f64;
     let logit_err = out
         .router_logits
         .iter()
         .zip(&gpu_out.router_logits)
         .map(|(a, b)| (a - b).abs() as f64 / scale)
         .fold(0.0, f64::max);
-    table.add("gate_gemm vs cpu", tag.to_string(), logit_err, logit_err <= 1e-4, "relative to max |logit|");
+    table.add(
+        "gate_gemm vs cpu",
+        tag.to_string(),
+        logit_err,
+        logit_err <= 1e-4,
+        "relative to max |logit|",
+    );
     let hidden_err = max_rel(
         gpu_out.sample_hidden.iter().map(|&v| v as f64),
         out.sample_hidden.iter().map(|&v| v as f64),
     );
-    table.add("hidden vs cpu", tag.to_string(), hidden_err, hidden_err == 0.0, "bit for bit");
+    table.add(
+        "hidden vs cpu",
+        tag.to_string(),
+        hidden_err,
+        hidden_err == 0.0,
+        "bit for bit",
+    );
     for (p, (g, c)) in gpu_rec.paths.iter().zip(&rec.paths).enumerate() {
         let stats = |r: &crate::engine::step::PathRecord| {
-            let mut v = vec![r.routed_weight_sum.mean, r.routed_weight_sum.min, r.routed_weight_sum.max];
+            let mut v = vec![
+                r.routed_weight_sum.mean,
+                r.routed_weight_sum.min,
+                r.routed_weight_sum.max,
+            ];
             if let Some(s) = r.shared_weight {
                 v.extend([s.mean, s.min, s.max]);
             }
@@ -554,22 +733,41 @@ fn compare_with_cpu(
         let err = max_rel(stats(g).into_iter(), stats(c).into_iter());
         let same_verdict = g.contract.ok == c.contract.ok;
         table.add(
-            if p == 0 { "contract A vs cpu" } else { "contract B vs cpu" },
+            if p == 0 {
+                "contract A vs cpu"
+            } else {
+                "contract B vs cpu"
+            },
             tag.to_string(),
             err,
             err <= 1e-4 && same_verdict,
-            format!("verdict {}", if g.contract.ok { "holds" } else { "violated" }),
+            format!(
+                "verdict {}",
+                if g.contract.ok { "holds" } else { "violated" }
+            ),
         );
         let rel = {
             let (mut d, mut n) = (0.0f64, 0.0f64);
-            for (a, b) in gpu_out.paths[p].sample_outputs.iter().zip(&out.paths[p].sample_outputs) {
+            for (a, b) in gpu_out.paths[p]
+                .sample_outputs
+                .iter()
+                .zip(&out.paths[p].sample_outputs)
+            {
                 d += ((a - b) as f64).powi(2);
                 n += (*b as f64).powi(2);
             }
-            if n == 0.0 { d.sqrt() } else { (d / n).sqrt() }
+            if n == 0.0 {
+                d.sqrt()
+            } else {
+                (d / n).sqrt()
+            }
         };
         table.add(
-            if p == 0 { "layer A vs cpu" } else { "layer B vs cpu" },
+            if p == 0 {
+                "layer A vs cpu"
+            } else {
+                "layer B vs cpu"
+            },
             tag.to_string(),
             rel,
             rel <= OUTPUT_REL_L2,

@@ -8,8 +8,8 @@ use crate::engine::step::KernelTiming;
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr,
-    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,7 +68,10 @@ impl Gpu {
             let cubin = loader::cubin_cached(m, &arch)?;
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
-                .map_err(cuda_err(&format!("loading kernels/{}.cu for {arch}", m.name)))?;
+                .map_err(cuda_err(&format!(
+                    "loading kernels/{}.cu for {arch}",
+                    m.name
+                )))?;
             for &f in m.functions {
                 let func = module
                     .load_function(f)
@@ -102,11 +105,23 @@ impl Gpu {
         shared: u32,
         args: &[Arg],
     ) -> Result<()> {
+        self.launch3(name, (grid.0, grid.1, 1), block, shared, args)
+    }
+
+    /// Launches kernel `name` on a 3-D grid.
+    pub fn launch3(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        shared: u32,
+        args: &[Arg],
+    ) -> Result<()> {
         let f = self
             .funcs
             .get(name)
             .ok_or_else(|| anyhow!("kernel {name} is not loaded"))?;
-        if grid.0 == 0 || grid.1 == 0 {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
         let mut b = self.stream.launch_builder(f);
@@ -119,7 +134,7 @@ impl Gpu {
             };
         }
         let cfg = LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
+            grid_dim: grid,
             block_dim: (block, 1, 1),
             shared_mem_bytes: shared,
         };
@@ -136,7 +151,11 @@ impl Gpu {
     }
 
     /// Allocates `n` elements (at least one), zeroed.
-    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
+    pub fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
         self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
             let bytes = n * std::mem::size_of::<T>();
             anyhow!(
@@ -146,7 +165,11 @@ impl Gpu {
         })
     }
 
-    pub fn upload<T: DeviceRepr + ValidAsZeroBits>(&self, host: &[T], what: &str) -> Result<CudaSlice<T>> {
+    pub fn upload<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        host: &[T],
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
         let mut d = self.alloc::<T>(host.len(), what)?;
         self.stream
             .memcpy_htod(host, &mut d)
@@ -154,7 +177,12 @@ impl Gpu {
         Ok(d)
     }
 
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, d: &CudaSlice<T>, len: usize, what: &str) -> Result<Vec<T>> {
+    pub fn download<T: DeviceRepr + Default + Clone>(
+        &self,
+        d: &CudaSlice<T>,
+        len: usize,
+        what: &str,
+    ) -> Result<Vec<T>> {
         self.download_at(d, 0, len, what)
     }
 
@@ -167,7 +195,10 @@ impl Gpu {
         what: &str,
     ) -> Result<Vec<T>> {
         if start + len > d.len() {
-            bail!("downloading {what}: {start}+{len} past the buffer's {}", d.len());
+            bail!(
+                "downloading {what}: {start}+{len} past the buffer's {}",
+                d.len()
+            );
         }
         let mut host = vec![T::default(); len];
         if len > 0 {

@@ -56,14 +56,25 @@ pub fn check_shape(cfg: &MoeConfig) -> Result<()> {
     let sizes = [
         ("hidden_size", cfg.hidden_size),
         ("moe_intermediate_size", cfg.moe_intermediate_size),
-        ("shared slot intermediate size", if cfg.n_shared_experts > 0 { cfg.shared_slot_intermediate() } else { SIZE_MULTIPLE }),
+        (
+            "shared slot intermediate size",
+            if cfg.n_shared_experts > 0 {
+                cfg.shared_slot_intermediate()
+            } else {
+                SIZE_MULTIPLE
+            },
+        ),
     ];
     for (what, v) in sizes {
-        if v % SIZE_MULTIPLE != 0 {
+        if !v.is_multiple_of(SIZE_MULTIPLE) {
             bail!("the CUDA expert kernels need {what} to be a multiple of {SIZE_MULTIPLE}; {} has {v}", cfg.name);
         }
     }
-    if cfg.n_shared_experts > 0 && cfg.shared_intermediate_size % cfg.n_shared_experts != 0 {
+    if cfg.n_shared_experts > 0
+        && !cfg
+            .shared_intermediate_size
+            .is_multiple_of(cfg.n_shared_experts)
+    {
         bail!(
             "shared_intermediate_size {} of {} does not split into {} shared slots",
             cfg.shared_intermediate_size,
@@ -79,7 +90,11 @@ impl DeviceLayer {
         let cfg = source.config().clone();
         cfg.validate()?;
         check_shape(&cfg)?;
-        let (e, h, i) = (cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size);
+        let (e, h, i) = (
+            cfg.n_routed_experts,
+            cfg.hidden_size,
+            cfg.moe_intermediate_size,
+        );
         let (s, is) = (cfg.n_shared_experts, cfg.shared_slot_intermediate());
         let bias = match source.router_bias()? {
             Some(b) => Some(gpu.upload(&b, "router bias")?),
@@ -124,17 +139,28 @@ impl DeviceLayer {
             }
             gpu.sync("initializing the weights on the device")?;
         } else {
-            let gate: Vec<u16> = source.router_gate()?.iter().map(|&v| bf16_bits(v)).collect();
-            ensure!(gate.len() == e * h, "router gate has {} values, expected {}", gate.len(), e * h);
+            let gate: Vec<u16> = source
+                .router_gate()?
+                .iter()
+                .map(|&v| bf16_bits(v))
+                .collect();
+            ensure!(
+                gate.len() == e * h,
+                "router gate has {} values, expected {}",
+                gate.len(),
+                e * h
+            );
             copy_into(gpu, &gate, &mut gate_w, 0, "router gate")?;
             for x in 0..e {
                 let w = source.expert(x)?;
-                upload_mlp(gpu, &w, &mut w13, &mut w2, x, i, h).with_context(|| format!("expert {x}"))?;
+                upload_mlp(gpu, &w, &mut w13, &mut w2, x, i, h)
+                    .with_context(|| format!("expert {x}"))?;
             }
             if let (Some(a), Some(b)) = (sw13.as_mut(), sw2.as_mut()) {
                 for j in 0..s {
                     let w = source.shared_slot(j)?;
-                    upload_mlp(gpu, &w, a, b, j, is, h).with_context(|| format!("shared slot {j}"))?;
+                    upload_mlp(gpu, &w, a, b, j, is, h)
+                        .with_context(|| format!("shared slot {j}"))?;
                 }
             }
         }
@@ -177,7 +203,16 @@ impl DeviceLayer {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn init_mlps(gpu: &Gpu, w13: u64, w2: u64, slot0: usize, n: usize, inter: usize, h: usize, seed: u64) -> Result<()> {
+fn init_mlps(
+    gpu: &Gpu,
+    w13: u64,
+    w2: u64,
+    slot0: usize,
+    n: usize,
+    inter: usize,
+    h: usize,
+    seed: u64,
+) -> Result<()> {
     let total = n * 3 * inter * h;
     gpu.launch(
         "init_mlp_bf16",
@@ -198,7 +233,13 @@ fn init_mlps(gpu: &Gpu, w13: u64, w2: u64, slot0: usize, n: usize, inter: usize,
     )
 }
 
-fn copy_into(gpu: &Gpu, host: &[u16], dst: &mut CudaSlice<u16>, at: usize, what: &str) -> Result<()> {
+fn copy_into(
+    gpu: &Gpu,
+    host: &[u16],
+    dst: &mut CudaSlice<u16>,
+    at: usize,
+    what: &str,
+) -> Result<()> {
     let mut view = dst.slice_mut(at..at + host.len());
     gpu.stream
         .memcpy_htod(host, &mut view)
@@ -248,7 +289,10 @@ impl WeightSource for DeviceWeights {
         self.source.logit_offset()
     }
     fn expert(&self, e: usize) -> Result<ExpertWeights> {
-        ensure!(e < self.config().n_routed_experts, "expert {e} out of range");
+        ensure!(
+            e < self.config().n_routed_experts,
+            "expert {e} out of range"
+        );
         if self.layer.generated {
             self.layer.mlp_from_device(&self.gpu, e)
         } else {
@@ -256,9 +300,13 @@ impl WeightSource for DeviceWeights {
         }
     }
     fn shared_slot(&self, j: usize) -> Result<ExpertWeights> {
-        ensure!(j < self.config().n_shared_experts, "shared slot {j} out of range");
+        ensure!(
+            j < self.config().n_shared_experts,
+            "shared slot {j} out of range"
+        );
         if self.layer.generated {
-            self.layer.mlp_from_device(&self.gpu, self.config().n_routed_experts + j)
+            self.layer
+                .mlp_from_device(&self.gpu, self.config().n_routed_experts + j)
         } else {
             self.source.shared_slot(j)
         }
@@ -284,6 +332,9 @@ struct Workspace {
     gates: CudaSlice<f32>,
     sep: CudaSlice<f32>,
     logits: CudaSlice<f32>,
+    /// K-split partials of the gate GEMM [splits × T × E].
+    gate_parts: CudaSlice<f32>,
+    gate_splits: usize,
     unfused: UnfusedBufs,
     ids: CudaSlice<u32>,
     weights: CudaSlice<f32>,
@@ -312,7 +363,12 @@ struct Workspace {
 
 impl Workspace {
     fn new(gpu: &Gpu, cfg: &MoeConfig, t: usize, spt: usize, k: usize) -> Result<Workspace> {
-        let (e, h, i) = (cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size);
+        let gate_splits = gate_splits(gpu.sms, t, cfg.n_routed_experts, cfg.hidden_size);
+        let (e, h, i) = (
+            cfg.n_routed_experts,
+            cfg.hidden_size,
+            cfg.moe_intermediate_size,
+        );
         let (s, is) = (cfg.n_shared_experts, cfg.shared_slot_intermediate());
         let a = t * spt;
         let slots = cfg.total_slots();
@@ -332,6 +388,15 @@ impl Workspace {
             gates: gpu.alloc(t, "shared gates")?,
             sep: gpu.alloc(t, "separate shared weights")?,
             logits: gpu.alloc(t * e, "router logits")?,
+            gate_parts: gpu.alloc(
+                if gate_splits > 1 {
+                    gate_splits * t * e
+                } else {
+                    0
+                },
+                "gate GEMM partials",
+            )?,
+            gate_splits,
             unfused: UnfusedBufs::new(gpu, t, e, cfg.n_group, k)?,
             ids: gpu.alloc(a, "slot ids")?,
             weights: gpu.alloc(a, "slot weights")?,
@@ -378,12 +443,31 @@ struct Gemm {
     k: usize,
     /// Upper bound of the M tiles: rows / 64 + groups.
     max_tiles: usize,
+    /// K splits (partials at c + z · c_split, summed by splitk_reduce) or 1.
+    k_splits: usize,
+    c_split: usize,
+}
+
+/// K splits of the gate GEMM: enough blocks to fill the device twice where the batch is small
+/// (a [T × E] output has few tiles), each split a whole number of 32-wide K steps.
+fn gate_splits(sms: u32, t: usize, e: usize, h: usize) -> usize {
+    let blocks = t.div_ceil(GEMM_BM) * e.div_ceil(GEMM_BN);
+    let want = (2 * sms as usize).div_ceil(blocks).max(1);
+    let steps = h / 32;
+    (1..=want.min(steps))
+        .rev()
+        .find(|d| steps.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 fn gemm(gpu: &Gpu, g: &Gemm) -> Result<()> {
-    gpu.launch(
+    gpu.launch3(
         "grouped_gemm_bf16",
-        (g.max_tiles as u32, g.n.div_ceil(GEMM_BN) as u32),
+        (
+            g.max_tiles as u32,
+            g.n.div_ceil(GEMM_BN) as u32,
+            g.k_splits as u32,
+        ),
         256,
         0,
         &[
@@ -402,6 +486,8 @@ fn gemm(gpu: &Gpu, g: &Gemm) -> Result<()> {
             Arg::I32(g.groups as i32),
             Arg::I32(g.n as i32),
             Arg::I32(g.k as i32),
+            Arg::I32(g.k_splits as i32),
+            Arg::U64(g.c_split as u64),
         ],
     )
 }
@@ -432,7 +518,13 @@ impl Plan {
                 cfg.moe_intermediate_size
             );
         }
-        let shape = RouterShape::new(cfg, k, s, contract.routed_scale, contract.shared_slot_weight)?;
+        let shape = RouterShape::new(
+            cfg,
+            k,
+            s,
+            contract.routed_scale,
+            contract.shared_slot_weight,
+        )?;
         Ok(Plan {
             router: spec.router,
             shape,
@@ -519,7 +611,11 @@ impl CudaBackend {
                     gpu.stride_grid(t * h, 256),
                     256,
                     0,
-                    &[Arg::Ptr(ptr(&gpu, buf)), Arg::Ptr(ptr(&gpu, &ws.x)), Arg::U64((t * h) as u64)],
+                    &[
+                        Arg::Ptr(ptr(&gpu, buf)),
+                        Arg::Ptr(ptr(&gpu, &ws.x)),
+                        Arg::U64((t * h) as u64),
+                    ],
                 )?;
             }
             None => {
@@ -565,7 +661,11 @@ impl CudaBackend {
         let ws = self.ws.as_ref().context("workspace missing")?;
         let l = &*self.layer;
         let cfg = &self.cfg;
-        let (e, h, i) = (cfg.n_routed_experts, cfg.hidden_size, cfg.moe_intermediate_size);
+        let (e, h, i) = (
+            cfg.n_routed_experts,
+            cfg.hidden_size,
+            cfg.moe_intermediate_size,
+        );
         let (s_all, is) = (cfg.n_shared_experts, cfg.shared_slot_intermediate());
         let spt = plan.shape.spt();
         let a = t * spt;
@@ -573,6 +673,7 @@ impl CudaBackend {
         let p = |b: &CudaSlice<f32>| ptr(gpu, b);
 
         timer.start(gpu)?;
+        let splits = ws.gate_splits;
         gemm(
             gpu,
             &Gemm {
@@ -584,17 +685,43 @@ impl CudaBackend {
                 b1: ptr(gpu, &l.gate_w),
                 n_first: 1,
                 b_stride: 0,
-                c: p(&ws.logits),
-                bias: p(&l.offset),
+                c: if splits > 1 {
+                    p(&ws.gate_parts)
+                } else {
+                    p(&ws.logits)
+                },
+                bias: if splits > 1 { 0 } else { p(&l.offset) },
                 offsets: ptr(gpu, &ws.dense_off),
                 tiles: ptr(gpu, &ws.dense_tiles),
                 groups: 1,
                 n: e,
                 k: h,
                 max_tiles: t.div_ceil(GEMM_BM),
+                k_splits: splits,
+                c_split: t * e,
             },
         )?;
-        timer.stop(gpu, "gate_gemm", Some((2 * t * h + 2 * e * h + 4 * t * e) as u64))?;
+        if splits > 1 {
+            gpu.launch(
+                "splitk_reduce",
+                gpu.stride_grid(t * e, 256),
+                256,
+                0,
+                &[
+                    Arg::Ptr(p(&ws.gate_parts)),
+                    Arg::I32(splits as i32),
+                    Arg::U64((t * e) as u64),
+                    Arg::I32(e as i32),
+                    Arg::Ptr(p(&l.offset)),
+                    Arg::Ptr(p(&ws.logits)),
+                ],
+            )?;
+        }
+        timer.stop(
+            gpu,
+            "gate_gemm",
+            Some((2 * t * h + 2 * e * h + 4 * t * e) as u64),
+        )?;
 
         let io = RouterIo {
             logits: p(&ws.logits),
@@ -622,12 +749,16 @@ impl CudaBackend {
             per_item,
             256,
             0,
-            &[Arg::Ptr(ptr(gpu, &ws.ids)), Arg::U64(a as u64), Arg::Ptr(ptr(gpu, &ws.counts))],
+            &[
+                Arg::Ptr(ptr(gpu, &ws.ids)),
+                Arg::U64(a as u64),
+                Arg::Ptr(ptr(gpu, &ws.counts)),
+            ],
         )?;
         gpu.launch(
             "align_scan",
             (1, 1),
-            32,
+            1024,
             0,
             &[
                 Arg::Ptr(ptr(gpu, &ws.counts)),
@@ -653,9 +784,24 @@ impl CudaBackend {
         )?;
         timer.stop(gpu, "moe_align", Some((16 * a) as u64))?;
 
-        let shared13 = l.sw13.as_ref().map(|b| ptr(gpu, b)).unwrap_or(ptr(gpu, &l.w13));
-        let shared2 = l.sw2.as_ref().map(|b| ptr(gpu, b)).unwrap_or(ptr(gpu, &l.w2));
-        let grouped = |a_ptr: u64, a_mode: i32, b0: u64, b1: u64, stride: usize, c: u64, n: usize, k: usize| Gemm {
+        let shared13 = l
+            .sw13
+            .as_ref()
+            .map(|b| ptr(gpu, b))
+            .unwrap_or(ptr(gpu, &l.w13));
+        let shared2 = l
+            .sw2
+            .as_ref()
+            .map(|b| ptr(gpu, b))
+            .unwrap_or(ptr(gpu, &l.w2));
+        let grouped = |a_ptr: u64,
+                       a_mode: i32,
+                       b0: u64,
+                       b1: u64,
+                       stride: usize,
+                       c: u64,
+                       n: usize,
+                       k: usize| Gemm {
             a: a_ptr,
             a_mode,
             a_map: ptr(gpu, &ws.order),
@@ -672,16 +818,42 @@ impl CudaBackend {
             n,
             k,
             max_tiles: a.div_ceil(GEMM_BM) + slots,
+            k_splits: 1,
+            c_split: 0,
         };
         // Weight bytes are filled in once the step's active slots are known (see `step`).
         timer.start(gpu)?;
-        gemm(gpu, &grouped(ptr(gpu, &ws.x), 1, ptr(gpu, &l.w13), shared13, 2 * i * h, p(&ws.h1), 2 * i, h))?;
+        gemm(
+            gpu,
+            &grouped(
+                ptr(gpu, &ws.x),
+                1,
+                ptr(gpu, &l.w13),
+                shared13,
+                2 * i * h,
+                p(&ws.h1),
+                2 * i,
+                h,
+            ),
+        )?;
         timer.stop(gpu, "expert_gemm_up", None)?;
         timer.start(gpu)?;
         silu(gpu, p(&ws.h1), ptr(gpu, &ws.act), a, i)?;
         timer.stop(gpu, "silu_mul", Some((8 * a * i + 2 * a * i) as u64))?;
         timer.start(gpu)?;
-        gemm(gpu, &grouped(ptr(gpu, &ws.act), 0, ptr(gpu, &l.w2), shared2, h * i, p(&ws.eo), h, i))?;
+        gemm(
+            gpu,
+            &grouped(
+                ptr(gpu, &ws.act),
+                0,
+                ptr(gpu, &l.w2),
+                shared2,
+                h * i,
+                p(&ws.eo),
+                h,
+                i,
+            ),
+        )?;
         timer.stop(gpu, "expert_gemm_down", None)?;
 
         if plan.separate {
@@ -690,36 +862,49 @@ impl CudaBackend {
                 _ => bail!("the separate shared MLP has no weights"),
             };
             let rows = s_all * t;
-            let dense = |a_ptr: u64, a_mode: i32, b: u64, stride: usize, c: u64, n: usize, k: usize| Gemm {
-                a: a_ptr,
-                a_mode,
-                a_map: 0,
-                a_div: 1,
-                b0: b,
-                b1: b,
-                n_first: s_all as i32,
-                b_stride: stride as i64,
-                c,
-                bias: 0,
-                offsets: ptr(gpu, &ws.shared_off),
-                tiles: ptr(gpu, &ws.shared_tiles),
-                groups: s_all,
-                n,
-                k,
-                max_tiles: s_all * t.div_ceil(GEMM_BM),
-            };
+            let dense =
+                |a_ptr: u64, a_mode: i32, b: u64, stride: usize, c: u64, n: usize, k: usize| Gemm {
+                    a: a_ptr,
+                    a_mode,
+                    a_map: 0,
+                    a_div: 1,
+                    b0: b,
+                    b1: b,
+                    n_first: s_all as i32,
+                    b_stride: stride as i64,
+                    c,
+                    bias: 0,
+                    offsets: ptr(gpu, &ws.shared_off),
+                    tiles: ptr(gpu, &ws.shared_tiles),
+                    groups: s_all,
+                    n,
+                    k,
+                    max_tiles: s_all * t.div_ceil(GEMM_BM),
+                    k_splits: 1,
+                    c_split: 0,
+                };
             let wbytes = (2 * s_all * 3 * is * h) as u64;
             timer.start(gpu)?;
-            gemm(gpu, &dense(ptr(gpu, &ws.x), 2, sw13, 2 * is * h, p(&ws.sh1), 2 * is, h))?;
+            gemm(
+                gpu,
+                &dense(ptr(gpu, &ws.x), 2, sw13, 2 * is * h, p(&ws.sh1), 2 * is, h),
+            )?;
             silu(gpu, p(&ws.sh1), ptr(gpu, &ws.sact), rows, is)?;
-            gemm(gpu, &dense(ptr(gpu, &ws.sact), 0, sw2, h * is, p(&ws.so), h, is))?;
-            timer.stop(gpu, "shared_mlp", Some(wbytes + (2 * t * h + 4 * rows * h) as u64))?;
+            gemm(
+                gpu,
+                &dense(ptr(gpu, &ws.sact), 0, sw2, h * is, p(&ws.so), h, is),
+            )?;
+            timer.stop(
+                gpu,
+                "shared_mlp",
+                Some(wbytes + (2 * t * h + 4 * rows * h) as u64),
+            )?;
         }
 
         timer.start(gpu)?;
         gpu.launch(
             "combine",
-            (t as u32, 1),
+            (t as u32, h.div_ceil(256) as u32),
             256,
             0,
             &[
@@ -737,7 +922,11 @@ impl CudaBackend {
             ],
         )?;
         let shared_read = if plan.separate { 4 * s_all * t * h } else { 0 };
-        timer.stop(gpu, "combine", Some((4 * a * h + 8 * a + shared_read + 4 * t * h) as u64))?;
+        timer.stop(
+            gpu,
+            "combine",
+            Some((4 * a * h + 8 * a + shared_read + 4 * t * h) as u64),
+        )?;
         Ok(())
     }
 
@@ -759,12 +948,18 @@ impl CudaBackend {
                 Arg::Ptr(ptr(gpu, &ws.stats_bad)),
             ],
         )?;
-        let sq: f64 = gpu.download(&ws.stats_sq, STATS_BLOCKS, "output statistics")?.iter().sum();
+        let sq: f64 = gpu
+            .download(&ws.stats_sq, STATS_BLOCKS, "output statistics")?
+            .iter()
+            .sum();
         let max = gpu
             .download(&ws.stats_max, STATS_BLOCKS, "output statistics")?
             .iter()
             .fold(0.0f32, |m, &v| m.max(v));
-        let bad: u64 = gpu.download(&ws.stats_bad, STATS_BLOCKS, "output statistics")?.iter().sum();
+        let bad: u64 = gpu
+            .download(&ws.stats_bad, STATS_BLOCKS, "output statistics")?
+            .iter()
+            .sum();
         Ok(OutputStats {
             rms: if n == 0 { 0.0 } else { (sq / n as f64).sqrt() },
             max_abs: max as f64,
@@ -787,7 +982,8 @@ impl CudaBackend {
     /// Whole-output download for checks: [t × H].
     pub fn download_output(&self, t: usize) -> Result<Vec<f32>> {
         let ws = self.ws.as_ref().context("no step has run")?;
-        self.gpu.download(&ws.y, t * self.cfg.hidden_size, "layer output")
+        self.gpu
+            .download(&ws.y, t * self.cfg.hidden_size, "layer output")
     }
 }
 
@@ -807,7 +1003,12 @@ fn silu(gpu: &Gpu, h1: u64, act: u64, rows: usize, inter: usize) -> Result<()> {
         gpu.stride_grid(rows * inter, 256),
         256,
         0,
-        &[Arg::Ptr(h1), Arg::Ptr(act), Arg::U64(rows as u64), Arg::I32(inter as i32)],
+        &[
+            Arg::Ptr(h1),
+            Arg::Ptr(act),
+            Arg::U64(rows as u64),
+            Arg::I32(inter as i32),
+        ],
     )
 }
 
@@ -826,7 +1027,10 @@ impl Backend for CudaBackend {
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
         let t = input.tokens;
         ensure!(t >= 1, "a step needs at least one token");
-        ensure!(t <= i32::MAX as usize / 64, "{t} tokens are more than the kernels index");
+        ensure!(
+            t <= i32::MAX as usize / 64,
+            "{t} tokens are more than the kernels index"
+        );
         let (e, h) = (self.cfg.n_routed_experts, self.cfg.hidden_size);
         let plans = paths
             .iter()
@@ -842,18 +1046,22 @@ impl Backend for CudaBackend {
         let mut router_logits = Vec::new();
         for (idx, plan) in plans.iter().enumerate() {
             let spt = plan.shape.spt();
-            let separate: Vec<f32> = if plan.separate {
-                let w: Vec<f32> = (0..t)
-                    .map(|tok| (plan.separate_weight * gates.get(tok).copied().unwrap_or(1.0) as f64) as f32)
-                    .collect();
-                let ws = self.ws.as_mut().context("workspace missing")?;
-                gpu.stream
-                    .memcpy_htod(w.as_slice(), &mut ws.sep)
-                    .map_err(super::gpu::cuda_err("uploading the separate shared weights"))?;
-                w
-            } else {
-                Vec::new()
-            };
+            let separate: Vec<f32> =
+                if plan.separate {
+                    let w: Vec<f32> = (0..t)
+                        .map(|tok| {
+                            (plan.separate_weight * gates.get(tok).copied().unwrap_or(1.0) as f64)
+                                as f32
+                        })
+                        .collect();
+                    let ws = self.ws.as_mut().context("workspace missing")?;
+                    gpu.stream.memcpy_htod(w.as_slice(), &mut ws.sep).map_err(
+                        super::gpu::cuda_err("uploading the separate shared weights"),
+                    )?;
+                    w
+                } else {
+                    Vec::new()
+                };
             if self.poison {
                 self.poison_outputs(t, spt)?;
             }
@@ -935,4 +1143,45 @@ fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], spt: usize, timings: &mut [Ke
 /// Output statistics of a host buffer (re-exported for checks).
 pub fn host_stats(y: &[f32]) -> OutputStats {
     output_stats(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_splits_divide_the_k_steps_and_fill_the_device() {
+        for (t, e, h) in [
+            (1, 256, 7168),
+            (64, 384, 7168),
+            (2048, 256, 7168),
+            (40000, 8, 4096),
+            (1, 8, 64),
+        ] {
+            let s = gate_splits(132, t, e, h);
+            assert!(s >= 1 && (h / 32) % s == 0, "{t} {e} {h}: {s}");
+            let blocks = t.div_ceil(GEMM_BM) * e.div_ceil(GEMM_BN);
+            if blocks >= 264 {
+                assert_eq!(s, 1);
+            }
+        }
+        assert!(gate_splits(132, 1, 256, 7168) > 16);
+    }
+
+    #[test]
+    fn unsupported_shapes_name_the_limit() {
+        let mut cfg = MoeConfig::preset("deepseek-v3").unwrap();
+        cfg.hidden_size = 7100;
+        let err = check_shape(&cfg).unwrap_err().to_string();
+        assert!(err.contains("hidden_size") && err.contains("64"), "{err}");
+        let mut cfg = MoeConfig::preset("qwen3-next-80b-a3b").unwrap();
+        cfg.n_routed_experts = 640;
+        let err = check_shape(&cfg).unwrap_err().to_string();
+        assert!(err.contains("512"), "{err}");
+        let mut cfg = MoeConfig::preset("deepseek-v3").unwrap();
+        cfg.num_experts_per_tok = 20;
+        cfg.topk_group = 8;
+        let err = check_shape(&cfg).unwrap_err().to_string();
+        assert!(err.contains("top_k <= 16"), "{err}");
+    }
 }

@@ -60,6 +60,7 @@ pub const MODULES: &[KernelSource] = &[
             "align_scan",
             "align_fill",
             "grouped_gemm_bf16",
+            "splitk_reduce",
             "silu_mul",
             "combine",
             "shared_gate",
@@ -121,7 +122,11 @@ fn nvrtc_candidates() -> Vec<PathBuf> {
         }
     }
     for s in site {
-        for sub in ["nvidia/cu13/lib", "nvidia/cuda_nvrtc/lib", "nvidia/cu12/lib"] {
+        for sub in [
+            "nvidia/cu13/lib",
+            "nvidia/cuda_nvrtc/lib",
+            "nvidia/cu12/lib",
+        ] {
             dirs.push(s.join(sub));
         }
     }
@@ -214,7 +219,11 @@ pub fn compile(module: &KernelSource, arch: &str) -> Result<Vec<u8>> {
         Ok(()) => cubin(prog),
         Err(e) => {
             let log = unsafe { result::get_program_log(prog) }
-                .map(|raw| unsafe { CStr::from_ptr(raw.as_ptr()) }.to_string_lossy().into_owned())
+                .map(|raw| {
+                    unsafe { CStr::from_ptr(raw.as_ptr()) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
                 .unwrap_or_default();
             Err(anyhow!(
                 "NVRTC failed to compile kernels/{}.cu for {arch}: {e:?}\n{log}",
@@ -267,4 +276,36 @@ pub fn cubin_cached(module: &KernelSource, arch: &str) -> Result<Vec<u8>> {
         }
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_key_changes_with_source_and_arch() {
+        let a = source_hash("kernel", "sm_90");
+        assert_eq!(a, source_hash("kernel", "sm_90"));
+        assert_ne!(a, source_hash("kernel ", "sm_90"));
+        assert_ne!(a, source_hash("kernel", "sm_100"));
+    }
+
+    #[test]
+    fn every_module_names_functions_it_defines() {
+        for m in MODULES {
+            for f in m.functions {
+                assert!(
+                    m.source.contains(&format!("{f}(")),
+                    "kernels/{}.cu lacks {f}",
+                    m.name
+                );
+            }
+            // Self-contained: NVRTC from pip has no CUDA headers.
+            assert!(
+                !m.full_source().contains("#include"),
+                "kernels/{}.cu includes a header",
+                m.name
+            );
+        }
+    }
 }

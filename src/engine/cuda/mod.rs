@@ -54,7 +54,14 @@ pub fn route_on_gpu(
     }
     let gpu = gpu::Gpu::open()?;
     let k = cfg.num_experts_per_tok;
-    let routing = route_logits(&gpu, cfg, &inputs.logits, inputs.bias.as_deref(), k, inputs.tokens)?;
+    let routing = route_logits(
+        &gpu,
+        cfg,
+        &inputs.logits,
+        inputs.bias.as_deref(),
+        k,
+        inputs.tokens,
+    )?;
     Ok(Some(routing))
 }
 

@@ -36,10 +36,19 @@ pub struct RouterShape {
 
 impl RouterShape {
     /// Checks the kernels' limits and names the one a config breaks.
-    pub fn new(cfg: &MoeConfig, k: usize, s: usize, routed_scale: f64, shared_w: f64) -> Result<RouterShape> {
+    pub fn new(
+        cfg: &MoeConfig,
+        k: usize,
+        s: usize,
+        routed_scale: f64,
+        shared_w: f64,
+    ) -> Result<RouterShape> {
         let e = cfg.n_routed_experts;
         if e > MAX_EXPERTS {
-            bail!("the CUDA router supports at most {MAX_EXPERTS} routed experts; {} has {e}", cfg.name);
+            bail!(
+                "the CUDA router supports at most {MAX_EXPERTS} routed experts; {} has {e}",
+                cfg.name
+            );
         }
         if cfg.num_experts_per_tok > MAX_TOP_K {
             bail!(
@@ -55,8 +64,11 @@ impl RouterShape {
                 cfg.n_shared_experts
             );
         }
-        if cfg.n_group == 0 || e % cfg.n_group != 0 {
-            bail!("n_group ({}) must divide n_routed_experts ({e})", cfg.n_group);
+        if cfg.n_group == 0 || !e.is_multiple_of(cfg.n_group) {
+            bail!(
+                "n_group ({}) must divide n_routed_experts ({e})",
+                cfg.n_group
+            );
         }
         if k > e {
             bail!("{} routes {k} experts per token but has only {e}", cfg.name);
@@ -168,7 +180,11 @@ pub fn unfused(
     let (e, g, k, spt) = (sh.e, sh.n_group, sh.k, sh.spt());
     let te = t * e;
     let (scores, sel, masked) = (ptr(gpu, &b.scores), ptr(gpu, &b.sel), ptr(gpu, &b.masked));
-    let (gs, kept, w) = (ptr(gpu, &b.group_scores), ptr(gpu, &b.kept), ptr(gpu, &b.weights));
+    let (gs, kept, w) = (
+        ptr(gpu, &b.group_scores),
+        ptr(gpu, &b.kept),
+        ptr(gpu, &b.weights),
+    );
     let f32b = |n: usize| Some(4 * n as u64);
     let per_token = |n: usize| (n.div_ceil(256) as u32, 1);
     let logit_bytes = if io.logits_bf16 { 2 } else { 4 } * te as u64;
@@ -201,7 +217,13 @@ pub fn unfused(
         gpu.stride_grid(te, 256),
         256,
         0,
-        &[Arg::Ptr(scores), Arg::Ptr(io.bias), Arg::Ptr(sel), Arg::I32(t as i32), Arg::I32(e as i32)],
+        &[
+            Arg::Ptr(scores),
+            Arg::Ptr(io.bias),
+            Arg::Ptr(sel),
+            Arg::I32(t as i32),
+            Arg::I32(e as i32),
+        ],
     )?;
     timer.stop(gpu, "router_add_bias", f32b(2 * te))?;
 
@@ -301,7 +323,12 @@ pub fn unfused(
         per_token(t),
         256,
         0,
-        &[Arg::Ptr(w), Arg::I32(t as i32), Arg::I32(k as i32), Arg::I32(sh.norm as i32)],
+        &[
+            Arg::Ptr(w),
+            Arg::I32(t as i32),
+            Arg::I32(k as i32),
+            Arg::I32(sh.norm as i32),
+        ],
     )?;
     timer.stop(gpu, "router_renormalize", Some((16 * t * k) as u64))?;
 

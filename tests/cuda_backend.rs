@@ -1,0 +1,164 @@
+//! The CUDA backend against the CPU reference. Every test skips (and says so) where there is no
+//! CUDA driver, device or NVRTC; without a GPU the CLI must fail cleanly instead.
+
+use moescope::engine::config::MoeConfig;
+use moescope::engine::cpu::CpuBackend;
+use moescope::engine::paths::{PathSpec, Variant};
+use moescope::engine::weights::synthetic::SyntheticWeights;
+use moescope::engine::{compare, cuda, routing, Backend, StepInput};
+use rand::{Rng, SeedableRng};
+
+/// The GPU, or None after printing why the test is skipped.
+fn gpu() -> Option<cuda::gpu::Gpu> {
+    match cuda::probe() {
+        Ok(()) => Some(cuda::gpu::Gpu::open().expect("a probed GPU opens")),
+        Err(why) => {
+            println!("skipped: no CUDA: {why}");
+            None
+        }
+    }
+}
+
+#[test]
+fn probe_reports_instead_of_panicking() {
+    // Where CUDA is missing this must be an Err with a reason, never a panic.
+    if let Err(why) = cuda::probe() {
+        assert!(!why.is_empty());
+    }
+}
+
+#[test]
+fn fused_router_matches_the_reference_router_exactly() {
+    let Some(gpu) = gpu() else { return };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for preset in [
+        "deepseek-v3",
+        "deepseek-v2",
+        "kimi-k2",
+        "qwen3-next-80b-a3b",
+        "mixtral-8x7b",
+    ] {
+        let cfg = MoeConfig::preset(preset).unwrap();
+        let e = cfg.n_routed_experts;
+        let t = 333;
+        let logits: Vec<f32> = (0..t * e).map(|_| rng.random_range(-5.0f32..5.0)).collect();
+        let bias: Option<Vec<f32>> = cfg
+            .has_bias
+            .then(|| (0..e).map(|_| rng.random_range(-0.05f32..0.05)).collect());
+        let k = cfg.num_experts_per_tok;
+        let want = routing::route(&cfg, &logits, bias.as_deref(), k);
+        let got = cuda::route_logits(&gpu, &cfg, &logits, bias.as_deref(), k, t).unwrap();
+        assert_eq!(got.ids, want.ids, "{preset}: ids");
+        for (g, w) in got.probs.iter().zip(&want.probs) {
+            assert!(
+                (g - w).abs() <= 1e-12 * w.abs().max(1e-12),
+                "{preset}: prob {g} vs {w}"
+            );
+        }
+    }
+}
+
+#[test]
+fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut cfg = MoeConfig::preset("deepseek-v3").unwrap();
+    cfg.hidden_size = 256;
+    cfg.moe_intermediate_size = 128;
+    cfg.shared_intermediate_size = 128;
+    let weights = || Box::new(SyntheticWeights::new(cfg.clone(), 5, 0.5));
+    let mut gpu_backend = cuda::open(weights()).unwrap();
+    let mut cpu_backend = CpuBackend::new(weights()).unwrap();
+    let paths = vec![
+        PathSpec::unfused_baseline(),
+        PathSpec::fused(Variant::Correct),
+    ];
+    let t = 100;
+    let input = StepInput {
+        step: 3,
+        tokens: t,
+        seed: 9,
+        hidden: None,
+        sample_tokens: compare::sample_tokens(&cfg, t, 3),
+    };
+    let g = gpu_backend.step(&input, &paths).unwrap();
+    let c = cpu_backend.step(&input, &paths).unwrap();
+    assert_eq!(
+        g.sample_hidden, c.sample_hidden,
+        "hidden states bit for bit"
+    );
+    let rec = compare::assemble(&cfg, gpu_backend.weights(), &input, &paths, &g, "cuda").unwrap();
+    assert_eq!(rec.comparison.routing_agreement_ref, vec![1.0, 1.0]);
+    assert!(rec.paths.iter().all(|p| p.contract.ok));
+    for e in &rec.comparison.output_rel_l2_ref {
+        assert!(*e < 1e-2, "rel L2 vs f64 reference {e}");
+    }
+    assert!(rec.comparison.output_rel_l2_ab < 1e-2);
+    for (gp, cp) in g.paths.iter().zip(&c.paths) {
+        assert_eq!(gp.output.nonfinite, 0);
+        assert!(gp.clean_us.is_some() && !gp.timings.is_empty());
+        let (mut d, mut n) = (0.0f64, 0.0f64);
+        for (a, b) in gp.sample_outputs.iter().zip(&cp.sample_outputs) {
+            d += ((a - b) as f64).powi(2);
+            n += (*b as f64).powi(2);
+        }
+        assert!(
+            (d / n).sqrt() < 1e-2,
+            "GPU vs CPU rel L2 {}",
+            (d / n).sqrt()
+        );
+    }
+}
+
+#[test]
+fn cli_without_a_gpu_fails_cleanly() {
+    if cuda::probe().is_ok() {
+        println!("skipped: a GPU is present");
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moescope"))
+        .args([
+            "route",
+            "--backend",
+            "cuda",
+            "--preset",
+            "deepseek-v3",
+            "--logits",
+        ])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/golden/deepseek-v3-ties.safetensors"
+        ))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CUDA"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // `auto` falls back to the CPU and routes.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moescope"))
+        .args(["route", "--preset", "deepseek-v3", "--logits"])
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/golden/deepseek-v3-ties.safetensors"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for cmd in ["check", "bench"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_moescope"))
+            .arg(cmd)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{cmd} without a GPU must fail");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no CUDA"),
+            "{cmd}"
+        );
+    }
+}
