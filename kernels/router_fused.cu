@@ -5,7 +5,6 @@
 // Limits (checked on the host): E <= 512, k + S <= 32.
 
 #define RF_MAX_E 512
-#define RF_PER_LANE 16
 #define RF_WARPS 4
 
 __device__ __forceinline__ float load_logit(const void* p, u64 i, int is_bf16) {
@@ -14,8 +13,10 @@ __device__ __forceinline__ float load_logit(const void* p, u64 i, int is_bf16) {
 
 // ids/weights: [T x spt] slots (k routed, then S shared); probs_out (nullable): [T x k] the
 // renormalized probabilities in double (rsf not included), for `moescope route`.
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32)
-router_fused(const void* logits, int logits_bf16, const float* bias, int group_top2, int T, int E,
+// RF_PER_LANE experts per lane: 8 (E <= 256) or 16 (E <= 512), one instantiation each.
+template <int RF_PER_LANE>
+__device__ __forceinline__ void router_fused_body(
+             const void* logits, int logits_bf16, const float* bias, int group_top2, int T, int E,
              int n_group, int topk_group, int k, int k_eff, int softmax, int norm,
              double routed_scale, int S, double shared_w, const float* gate, u32* ids,
              float* weights, double* probs_out, int spt) {
@@ -206,4 +207,20 @@ router_fused(const void* logits, int logits_bf16, const float* bias, int group_t
         }
         __syncwarp();
     }
+}
+
+#define RF_ARGS                                                                                     \
+    const void *logits, int logits_bf16, const float *bias, int group_top2, int T, int E,         \
+        int n_group, int topk_group, int k, int k_eff, int softmax, int norm, double routed_scale, \
+        int S, double shared_w, const float *gate, u32 *ids, float *weights, double *probs_out,   \
+        int spt
+#define RF_PASS                                                                                    \
+    logits, logits_bf16, bias, group_top2, T, E, n_group, topk_group, k, k_eff, softmax, norm,    \
+        routed_scale, S, shared_w, gate, ids, weights, probs_out, spt
+
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e256(RF_ARGS) {
+    router_fused_body<8>(RF_PASS);
+}
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e512(RF_ARGS) {
+    router_fused_body<16>(RF_PASS);
 }

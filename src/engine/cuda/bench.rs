@@ -124,7 +124,19 @@ fn bench_routers(
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let bias: Vec<f32> = (0..e).map(|_| rng.random_range(-0.05f32..0.05)).collect();
     let d_bias = gpu.upload(&bias, "bias")?;
+    // The floor of a graph-replayed launch: a one-thread kernel that writes one word.
+    let word = gpu.alloc::<u32>(1, "word")?;
+    let floor = graph_us(gpu, &|_| {
+        gpu.launch(
+            "fill_u32",
+            (1, 1),
+            32,
+            0,
+            &[Arg::Ptr(ptr(gpu, &word)), Arg::U64(1), Arg::I32(0)],
+        )
+    })?;
     println!();
+    println!("graph-replay floor per launch (one-word kernel): {floor:.2} µs");
     println!(
         "router, {} shape, f32 logits, top-{k} + {s} shared slots",
         cfg.name

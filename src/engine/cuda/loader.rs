@@ -35,7 +35,7 @@ pub const MODULES: &[KernelSource] = &[
     KernelSource {
         name: "router_fused",
         source: include_str!("../../../kernels/router_fused.cu"),
-        functions: &["router_fused"],
+        functions: &["router_fused_e256", "router_fused_e512"],
     },
     KernelSource {
         name: "router_unfused",

@@ -115,8 +115,14 @@ pub struct RouterIo {
 /// The fused router: one launch.
 pub fn fused(gpu: &Gpu, sh: &RouterShape, io: &RouterIo, t: usize) -> Result<()> {
     let blocks = t.div_ceil(FUSED_WARPS) as u32;
+    // Experts per lane: 8 covers E <= 256 at half the registers and loop trips of 16.
+    let kernel = if sh.e <= 256 {
+        "router_fused_e256"
+    } else {
+        "router_fused_e512"
+    };
     gpu.launch(
-        "router_fused",
+        kernel,
         (blocks, 1),
         (FUSED_WARPS * 32) as u32,
         0,
