@@ -29,20 +29,16 @@ __device__ __forceinline__ void router_fused_body(
     // each; anything else goes through shared memory.
     const bool warp_groups = n_group > 1 && per == 32;
     const bool lane_groups = n_group > 1 && n_group <= 32;
-    float b[RF_PER_LANE];
-#pragma unroll
-    for (int i = 0; i < RF_PER_LANE; i++) {
-        int e = lane + 32 * i;
-        b[i] = (bias != 0 && e < E) ? bias[e] : 0.f;
-    }
     for (int t = blockIdx.x * RF_WARPS + warp; t < T; t += gridDim.x * RF_WARPS) {
         const u64 row = (u64)t * E;
-        float score[RF_PER_LANE];
+        float score[RF_PER_LANE], b[RF_PER_LANE];
         u32 key[RF_PER_LANE];
+        // Logits and bias loads issued together (one memory latency, not two).
 #pragma unroll
         for (int i = 0; i < RF_PER_LANE; i++) {
             int e = lane + 32 * i;
             score[i] = e < E ? load_logit(logits, row + e, logits_bf16) : NEG_INF;
+            b[i] = (bias != 0 && e < E) ? bias[e] : 0.f;
         }
         if (softmax) {
             float m = NEG_INF;

@@ -335,6 +335,12 @@ struct Workspace {
     /// K-split partials of the gate GEMM [splits × T × E].
     gate_parts: CudaSlice<f32>,
     gate_splits: usize,
+    /// K splits of the expert GEMMs (up, down) per slots-per-token, and their partials.
+    up_splits: Vec<usize>,
+    down_splits: Vec<usize>,
+    /// K splits of the separate shared MLP's GEMMs (up, down).
+    shared_splits: (usize, usize),
+    expert_parts: CudaSlice<f32>,
     unfused: UnfusedBufs,
     ids: CudaSlice<u32>,
     weights: CudaSlice<f32>,
@@ -364,6 +370,43 @@ struct Workspace {
 impl Workspace {
     fn new(gpu: &Gpu, cfg: &MoeConfig, t: usize, spt: usize, k: usize) -> Result<Workspace> {
         let gate_splits = gate_splits(gpu.sms, t, cfg.n_routed_experts, cfg.hidden_size);
+        let (h0, i0, slots0) = (
+            cfg.hidden_size,
+            cfg.moe_intermediate_size,
+            cfg.total_slots(),
+        );
+        let up_splits: Vec<usize> = (0..=spt)
+            .map(|p| expert_splits(gpu.sms, t * p, slots0, 2 * i0, h0))
+            .collect();
+        let down_splits: Vec<usize> = (0..=spt)
+            .map(|p| expert_splits(gpu.sms, t * p, slots0, h0, i0))
+            .collect();
+        let (s0, is0) = (cfg.n_shared_experts, cfg.shared_slot_intermediate());
+        let shared_splits = (
+            expert_splits(gpu.sms, s0 * t, s0, 2 * is0, h0),
+            expert_splits(gpu.sms, s0 * t, s0, h0, is0),
+        );
+        let shared_parts = [(shared_splits.0, 2 * is0), (shared_splits.1, h0)]
+            .iter()
+            .map(|&(sp, n)| if sp > 1 { sp * s0 * t * n } else { 0 })
+            .max()
+            .unwrap_or(0);
+        let parts = (0..=spt)
+            .map(|p| {
+                let up = if up_splits[p] > 1 {
+                    up_splits[p] * t * p * 2 * i0
+                } else {
+                    0
+                };
+                let down = if down_splits[p] > 1 {
+                    down_splits[p] * t * p * h0
+                } else {
+                    0
+                };
+                up.max(down)
+            })
+            .max()
+            .unwrap_or(0);
         let (e, h, i) = (
             cfg.n_routed_experts,
             cfg.hidden_size,
@@ -397,6 +440,10 @@ impl Workspace {
                 "gate GEMM partials",
             )?,
             gate_splits,
+            expert_parts: gpu.alloc(parts.max(shared_parts), "expert GEMM partials")?,
+            shared_splits,
+            up_splits,
+            down_splits,
             unfused: UnfusedBufs::new(gpu, t, e, cfg.n_group, k)?,
             ids: gpu.alloc(a, "slot ids")?,
             weights: gpu.alloc(a, "slot weights")?,
@@ -448,16 +495,33 @@ struct Gemm {
     c_split: usize,
 }
 
-/// K splits of the gate GEMM: enough blocks to fill the device twice where the batch is small
-/// (a [T × E] output has few tiles), each split a whole number of 32-wide K steps.
-fn gate_splits(sms: u32, t: usize, e: usize, h: usize) -> usize {
-    let blocks = t.div_ceil(GEMM_BM) * e.div_ceil(GEMM_BN);
-    let want = (2 * sms as usize).div_ceil(blocks).max(1);
-    let steps = h / 32;
-    (1..=want.min(steps))
+/// K splits of a GEMM with `tiles` M tiles, N columns and K depth: where the output has few
+/// tiles, enough splits for `waves` full waves of the device (two blocks per SM), so an uneven
+/// last wave costs little; each split a whole number of 32-wide K steps.
+fn k_splits(sms: u32, tiles: usize, n: usize, k: usize, waves: usize) -> usize {
+    let blocks = tiles * n.div_ceil(GEMM_BN);
+    let want = (waves * 2 * sms as usize).div_ceil(blocks.max(1)).max(1);
+    let steps = k / 32;
+    (1..=want.min(steps).min(64))
         .rev()
         .find(|d| steps.is_multiple_of(*d))
         .unwrap_or(1)
+}
+
+/// K splits of the gate GEMM ([T × E] has few tiles at small T).
+fn gate_splits(sms: u32, t: usize, e: usize, h: usize) -> usize {
+    k_splits(sms, t.div_ceil(GEMM_BM), e, h, 1)
+}
+
+/// K splits of the expert GEMMs (up: N = 2I, K = H; down: N = H, K = I) for `a` assignments:
+/// at small batches each active expert is one M tile, and an uneven last wave idles most of the
+/// device while the weights stream.
+fn expert_splits(sms: u32, a: usize, slots: usize, n: usize, k: usize) -> usize {
+    let tiles = a.min(a.div_ceil(GEMM_BM) + slots);
+    if tiles * n.div_ceil(GEMM_BN) >= 8 * sms as usize {
+        return 1;
+    }
+    k_splits(sms, tiles, n, k, 4)
 }
 
 fn gemm(gpu: &Gpu, g: &Gemm) -> Result<()> {
@@ -821,39 +885,60 @@ impl CudaBackend {
             k_splits: 1,
             c_split: 0,
         };
+        // K-split where the batch is small: partials, then a fixed-order sum (deterministic).
+        let split = |mut g: Gemm, splits: usize, rows: usize| -> Result<()> {
+            if splits <= 1 {
+                return gemm(gpu, &g);
+            }
+            let (n, out) = (g.n, g.c);
+            g.c = p(&ws.expert_parts);
+            g.k_splits = splits;
+            g.c_split = rows * n;
+            gemm(gpu, &g)?;
+            gpu.launch(
+                "splitk_reduce",
+                gpu.stride_grid(rows * n, 256),
+                256,
+                0,
+                &[
+                    Arg::Ptr(p(&ws.expert_parts)),
+                    Arg::I32(splits as i32),
+                    Arg::U64((rows * n) as u64),
+                    Arg::I32(n as i32),
+                    Arg::Ptr(0),
+                    Arg::Ptr(out),
+                ],
+            )
+        };
         // Weight bytes are filled in once the step's active slots are known (see `step`).
         timer.start(gpu)?;
-        gemm(
-            gpu,
-            &grouped(
-                ptr(gpu, &ws.x),
-                1,
-                ptr(gpu, &l.w13),
-                shared13,
-                2 * i * h,
-                p(&ws.h1),
-                2 * i,
-                h,
-            ),
-        )?;
+        let up = grouped(
+            ptr(gpu, &ws.x),
+            1,
+            ptr(gpu, &l.w13),
+            shared13,
+            2 * i * h,
+            p(&ws.h1),
+            2 * i,
+            h,
+        );
+        split(up, ws.up_splits[spt], a)?;
         timer.stop(gpu, "expert_gemm_up", None)?;
         timer.start(gpu)?;
         silu(gpu, p(&ws.h1), ptr(gpu, &ws.act), a, i)?;
         timer.stop(gpu, "silu_mul", Some((8 * a * i + 2 * a * i) as u64))?;
         timer.start(gpu)?;
-        gemm(
-            gpu,
-            &grouped(
-                ptr(gpu, &ws.act),
-                0,
-                ptr(gpu, &l.w2),
-                shared2,
-                h * i,
-                p(&ws.eo),
-                h,
-                i,
-            ),
-        )?;
+        let down = grouped(
+            ptr(gpu, &ws.act),
+            0,
+            ptr(gpu, &l.w2),
+            shared2,
+            h * i,
+            p(&ws.eo),
+            h,
+            i,
+        );
+        split(down, ws.down_splits[spt], a)?;
         timer.stop(gpu, "expert_gemm_down", None)?;
 
         if plan.separate {
@@ -885,15 +970,11 @@ impl CudaBackend {
                 };
             let wbytes = (2 * s_all * 3 * is * h) as u64;
             timer.start(gpu)?;
-            gemm(
-                gpu,
-                &dense(ptr(gpu, &ws.x), 2, sw13, 2 * is * h, p(&ws.sh1), 2 * is, h),
-            )?;
+            let up = dense(ptr(gpu, &ws.x), 2, sw13, 2 * is * h, p(&ws.sh1), 2 * is, h);
+            split(up, ws.shared_splits.0, rows)?;
             silu(gpu, p(&ws.sh1), ptr(gpu, &ws.sact), rows, is)?;
-            gemm(
-                gpu,
-                &dense(ptr(gpu, &ws.sact), 0, sw2, h * is, p(&ws.so), h, is),
-            )?;
+            let down = dense(ptr(gpu, &ws.sact), 0, sw2, h * is, p(&ws.so), h, is);
+            split(down, ws.shared_splits.1, rows)?;
             timer.stop(
                 gpu,
                 "shared_mlp",
@@ -1166,6 +1247,10 @@ mod tests {
             }
         }
         assert!(gate_splits(132, 1, 256, 7168) > 16);
+        // DeepSeek-V3 at T = 1: 9 experts × 32 column tiles would leave a 24-block last wave.
+        let s = expert_splits(132, 9, 257, 4096, 7168);
+        assert!(s >= 2 && 224 % s == 0, "{s}");
+        assert_eq!(expert_splits(132, 4096 * 9, 257, 4096, 7168), 1);
     }
 
     #[test]
