@@ -4,7 +4,6 @@
 
 use super::gpu::{ptr, Arg, Gpu, Timer};
 use super::router::{self, RouterIo, RouterShape, UnfusedBufs};
-use crate::engine::compare::output_stats;
 use crate::engine::config::MoeConfig;
 use crate::engine::paths::{PathSpec, RouterImpl, SharedMode};
 use crate::engine::step::{KernelTiming, OutputStats};
@@ -1162,7 +1161,7 @@ impl Backend for CudaBackend {
                 sample_outputs.extend(gpu.download_at(&ws.y, tok * h, h, "sampled outputs")?);
             }
             let output = self.output_stats(t)?;
-            fill_weight_bytes(&self.cfg, &slot_ids, spt, &mut timings);
+            fill_weight_bytes(&self.cfg, &slot_ids, &mut timings);
 
             // Clean mode: the same launches under one event pair.
             let start = gpu.event()?;
@@ -1201,7 +1200,7 @@ impl Backend for CudaBackend {
 }
 
 /// Fills in the bytes of the expert GEMMs: the active slots' weights, read once, plus activations.
-fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], spt: usize, timings: &mut [KernelTiming]) {
+fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], timings: &mut [KernelTiming]) {
     let mut seen = vec![false; cfg.total_slots()];
     for &id in ids {
         if let Some(s) = seen.get_mut(id as usize) {
@@ -1211,7 +1210,6 @@ fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], spt: usize, timings: &mut [Ke
     let active = seen.iter().filter(|&&s| s).count();
     let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
     let a = ids.len();
-    let _ = spt;
     for t in timings.iter_mut() {
         t.bytes = match t.name.as_str() {
             "expert_gemm_up" => Some((active * 2 * i * h * 2 + a * h * 2 + a * 2 * i * 4) as u64),
@@ -1219,11 +1217,6 @@ fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], spt: usize, timings: &mut [Ke
             _ => t.bytes,
         };
     }
-}
-
-/// Output statistics of a host buffer (re-exported for checks).
-pub fn host_stats(y: &[f32]) -> OutputStats {
-    output_stats(y)
 }
 
 #[cfg(test)]
