@@ -206,8 +206,8 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
         let weights = gpu.alloc::<f32>(t * spt, "weights")?;
         let probs = gpu.alloc::<f64>(t * k, "probs")?;
         let poison = |gpu: &Gpu| -> Result<()> {
-            fill(gpu, ptr(gpu, &ids), t * spt, u32::MAX)?;
-            fill(gpu, ptr(gpu, &weights), t * spt, f32::NAN.to_bits())
+            gpu.fill(ptr(gpu, &ids), t * spt, u32::MAX)?;
+            gpu.fill(ptr(gpu, &weights), t * spt, f32::NAN.to_bits())
         };
         let io = RouterIo {
             logits: if bf16 {
@@ -351,36 +351,29 @@ fn report_router(
     );
 }
 
-fn fill(gpu: &Gpu, p: u64, n: usize, value: u32) -> Result<()> {
-    gpu.launch(
-        "fill_u32",
-        gpu.stride_grid(n, 256),
-        256,
-        0,
-        &[Arg::Ptr(p), Arg::U64(n as u64), Arg::I32(value as i32)],
-    )
+macro_rules! golden {
+    ($($name:literal),*) => {
+        &[$(($name,
+            include_str!(concat!("../../../tests/data/golden/", $name, ".json")),
+            include_bytes!(concat!("../../../tests/data/golden/", $name, ".safetensors")) as &[u8])),*]
+    };
 }
+
+/// The golden routing files, embedded so `check` runs from any directory: (name, json, tensors).
+const GOLDEN: &[(&str, &str, &[u8])] = golden!(
+    "deepseek-v2-random",
+    "deepseek-v3-bf16",
+    "deepseek-v3-random",
+    "deepseek-v3-ties",
+    "glm-4.5-random",
+    "kimi-k2-random",
+    "mixtral-8x7b-random",
+    "qwen3-30b-a3b-random"
+);
 
 /// The golden routing files (PyTorch reference), routed by the fused kernel.
 fn check_golden(gpu: &Gpu, table: &mut Table) -> Result<()> {
-    macro_rules! golden {
-        ($($name:literal),*) => {
-            [$(($name,
-                include_str!(concat!("../../../tests/data/golden/", $name, ".json")),
-                &include_bytes!(concat!("../../../tests/data/golden/", $name, ".safetensors"))[..])),*]
-        };
-    }
-    let files = golden!(
-        "deepseek-v2-random",
-        "deepseek-v3-bf16",
-        "deepseek-v3-random",
-        "deepseek-v3-ties",
-        "glm-4.5-random",
-        "kimi-k2-random",
-        "mixtral-8x7b-random",
-        "qwen3-30b-a3b-random"
-    );
-    for (name, json, tensors) in files {
+    for &(name, json, tensors) in GOLDEN {
         let want: serde_json::Value =
             serde_json::from_str(json).with_context(|| format!("golden file {name}.json"))?;
         let preset = want["preset"]
@@ -775,4 +768,38 @@ fn compare_with_cpu(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_golden_file_is_embedded() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/golden");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .expect("tests/data/golden exists")
+            .filter_map(|e| {
+                e.ok()?
+                    .file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<String> = GOLDEN.iter().map(|g| g.0.to_string()).collect();
+        assert_eq!(embedded, on_disk);
+    }
+
+    #[test]
+    fn strip_keeps_the_routed_slots() {
+        assert_eq!(strip(&[1, 2, 9, 3, 4, 9], 2, 3, 2), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn max_rel_treats_nan_as_failure() {
+        assert_eq!(max_rel([1.0].into_iter(), [1.0].into_iter()), 0.0);
+        assert!(max_rel([f64::NAN].into_iter(), [1.0].into_iter()).is_infinite());
+    }
 }

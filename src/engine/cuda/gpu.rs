@@ -217,6 +217,17 @@ impl Gpu {
             .map_err(cuda_err(&format!("running {what}")))
     }
 
+    /// Fills `n` 32-bit words at device address `p` with `value` (zeroing, ones, NaN poison).
+    pub fn fill(&self, p: u64, n: usize, value: u32) -> Result<()> {
+        self.launch(
+            "fill_u32",
+            self.stride_grid(n, 256),
+            256,
+            0,
+            &[Arg::Ptr(p), Arg::U64(n as u64), Arg::I32(value as i32)],
+        )
+    }
+
     /// A timing event recorded now on the stream.
     pub fn event(&self) -> Result<CudaEvent> {
         self.stream

@@ -713,7 +713,7 @@ impl CudaBackend {
                     Arg::I32(h as i32),
                 ],
             )?,
-            None => fill(&gpu, ptr(&gpu, &ws.gates), t, 1.0f32.to_bits())?,
+            None => gpu.fill(ptr(&gpu, &ws.gates), t, 1.0f32.to_bits())?,
         }
         gpu.download(&ws.gates, t, "shared gates")
     }
@@ -805,7 +805,7 @@ impl CudaBackend {
         }
 
         timer.start(gpu)?;
-        fill(gpu, ptr(gpu, &ws.counts), slots, 0)?;
+        gpu.fill(ptr(gpu, &ws.counts), slots, 0)?;
         let per_item = ((a.div_ceil(256)) as u32, 1);
         gpu.launch(
             "align_count",
@@ -1053,10 +1053,10 @@ impl CudaBackend {
         let ws = self.ws.as_ref().context("workspace missing")?;
         let nan = f32::NAN.to_bits();
         let e = self.cfg.n_routed_experts;
-        fill(gpu, ptr(gpu, &ws.logits), t * e, nan)?;
-        fill(gpu, ptr(gpu, &ws.ids), t * spt, u32::MAX)?;
-        fill(gpu, ptr(gpu, &ws.weights), t * spt, nan)?;
-        fill(gpu, ptr(gpu, &ws.y), t * self.cfg.hidden_size, nan)
+        gpu.fill(ptr(gpu, &ws.logits), t * e, nan)?;
+        gpu.fill(ptr(gpu, &ws.ids), t * spt, u32::MAX)?;
+        gpu.fill(ptr(gpu, &ws.weights), t * spt, nan)?;
+        gpu.fill(ptr(gpu, &ws.y), t * self.cfg.hidden_size, nan)
     }
 
     /// Whole-output download for checks: [t × H].
@@ -1065,16 +1065,6 @@ impl CudaBackend {
         self.gpu
             .download(&ws.y, t * self.cfg.hidden_size, "layer output")
     }
-}
-
-fn fill(gpu: &Gpu, p: u64, n: usize, value: u32) -> Result<()> {
-    gpu.launch(
-        "fill_u32",
-        gpu.stride_grid(n, 256),
-        256,
-        0,
-        &[Arg::Ptr(p), Arg::U64(n as u64), Arg::I32(value as i32)],
-    )
 }
 
 fn silu(gpu: &Gpu, h1: u64, act: u64, rows: usize, inter: usize) -> Result<()> {

@@ -52,8 +52,14 @@ pub fn route_on_gpu(
         }
         return Ok(None);
     }
-    let gpu = gpu::Gpu::open()?;
     let k = cfg.num_experts_per_tok;
+    if let Err(why) = router::RouterShape::new(cfg, k, 0, 1.0, 0.0) {
+        if required {
+            return Err(why.context("--backend cuda"));
+        }
+        return Ok(None); // `auto`: the CPU routes what the kernels do not support
+    }
+    let gpu = gpu::Gpu::open()?;
     let routing = route_logits(
         &gpu,
         cfg,
