@@ -162,3 +162,41 @@ fn cli_without_a_gpu_fails_cleanly() {
         );
     }
 }
+
+#[test]
+fn weights_uploaded_from_the_host_equal_weights_generated_on_the_device() {
+    if gpu().is_none() {
+        return;
+    }
+    let mut cfg = MoeConfig::preset("qwen3-next-80b-a3b").unwrap();
+    cfg.hidden_size = 256;
+    cfg.moe_intermediate_size = 64;
+    cfg.shared_intermediate_size = 64;
+    let syn = || SyntheticWeights::new(cfg.clone(), 3, 0.0);
+    let mut generated = cuda::open(Box::new(syn())).unwrap();
+    let mut uploaded = cuda::open(Box::new(cuda::check::HostOnly(syn()))).unwrap();
+    let paths = vec![
+        PathSpec::unfused_baseline(),
+        PathSpec::fused(Variant::Correct),
+    ];
+    let input = StepInput {
+        step: 0,
+        tokens: 50,
+        seed: 1,
+        hidden: None,
+        sample_tokens: vec![0, 17, 49],
+    };
+    let a = generated.step(&input, &paths).unwrap();
+    let b = uploaded.step(&input, &paths).unwrap();
+    assert_eq!(a.router_logits, b.router_logits);
+    assert_eq!(a.shared_gate, b.shared_gate);
+    for (x, y) in a.paths.iter().zip(&b.paths) {
+        assert_eq!(x.slot_ids, y.slot_ids);
+        assert_eq!(x.sample_outputs, y.sample_outputs);
+    }
+    // The f64 reference reads the same expert either way.
+    assert_eq!(
+        generated.weights().expert(7).unwrap(),
+        uploaded.weights().expert(7).unwrap()
+    );
+}

@@ -31,6 +31,37 @@ pub struct CheckArgs {
     pub all: bool,
 }
 
+/// A weight source that hides that it is synthetic, so the backend uploads it from the host as
+/// it does a checkpoint's weights (checks the upload path against device generation).
+pub struct HostOnly(pub SyntheticWeights);
+
+impl WeightSource for HostOnly {
+    fn config(&self) -> &MoeConfig {
+        self.0.config()
+    }
+    fn router_gate(&self) -> Result<Vec<f32>> {
+        self.0.router_gate()
+    }
+    fn router_bias(&self) -> Result<Option<Vec<f32>>> {
+        self.0.router_bias()
+    }
+    fn logit_offset(&self) -> Result<Vec<f32>> {
+        self.0.logit_offset()
+    }
+    fn expert(&self, e: usize) -> Result<crate::engine::weights::ExpertWeights> {
+        self.0.expert(e)
+    }
+    fn shared_slot(&self, j: usize) -> Result<crate::engine::weights::ExpertWeights> {
+        self.0.shared_slot(j)
+    }
+    fn shared_gate(&self) -> Result<Option<Vec<f32>>> {
+        self.0.shared_gate()
+    }
+    fn describe(&self) -> String {
+        format!("{} (uploaded)", self.0.describe())
+    }
+}
+
 /// Router token counts.
 const ROUTER_TOKENS: &[usize] = &[1, 7, 64, 1000, 40000];
 /// Token counts of the layer checks on small expert matrices, and on the full layer.
@@ -548,6 +579,9 @@ fn check_layer(
     let mut gpu_backend = CudaBackend::new(gpu.clone(), source)?;
     gpu_backend.poison = true;
     check_init(gpu, &syn, gpu_backend.layer(), table)?;
+    if with_cpu {
+        check_upload(gpu, &syn, &mut gpu_backend, rng, table)?;
+    }
     let shape = |t: usize| {
         format!(
             "{} T={t} H={} I={}",
@@ -665,6 +699,64 @@ fn check_layer(
             }
         }
     }
+    Ok(())
+}
+
+/// Weights uploaded from the host (the checkpoint path) give bit-identical outputs to weights
+/// generated on the device.
+fn check_upload(
+    gpu: &Arc<Gpu>,
+    syn: &SyntheticWeights,
+    generated: &mut CudaBackend,
+    rng: &mut impl Rng,
+    table: &mut Table,
+) -> Result<()> {
+    let cfg = syn.cfg.clone();
+    let mut uploaded = CudaBackend::new(
+        gpu.clone(),
+        Box::new(HostOnly(SyntheticWeights::new(
+            cfg.clone(),
+            syn.seed,
+            syn.skew,
+        ))),
+    )?;
+    let t = 64;
+    let input = StepInput {
+        step: 1,
+        tokens: t,
+        seed: rng.random(),
+        hidden: None,
+        sample_tokens: (0..t).step_by(9).collect(),
+    };
+    let paths = vec![
+        PathSpec::unfused_baseline(),
+        PathSpec::fused(Variant::Correct),
+    ];
+    let a = generated.step(&input, &paths)?;
+    let b = uploaded.step(&input, &paths)?;
+    let same = a.router_logits == b.router_logits
+        && a.paths.iter().zip(&b.paths).all(|(x, y)| {
+            x.sample_outputs == y.sample_outputs
+                && x.slot_ids == y.slot_ids
+                && x.slot_weights == y.slot_weights
+        });
+    let diff = a
+        .paths
+        .iter()
+        .zip(&b.paths)
+        .flat_map(|(x, y)| x.sample_outputs.iter().zip(&y.sample_outputs))
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max);
+    table.add(
+        "weights uploaded",
+        format!(
+            "{} T={t} H={} I={}",
+            cfg.name, cfg.hidden_size, cfg.moe_intermediate_size
+        ),
+        diff,
+        same,
+        "bit for bit = generated on the device",
+    );
     Ok(())
 }
 
