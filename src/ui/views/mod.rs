@@ -153,25 +153,26 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
         top.push(sep());
         top.push(Span::raw(format!("{mode} · {} · {}", m.backend, m.device)));
     }
-    let mut paths = Vec::new();
-    for (i, spec) in app.paths().iter().enumerate() {
-        paths.push(Span::styled(
-            format!(" {}: ", path_name(i)),
-            Style::new().fg(path_color(i)).bold(),
-        ));
-        paths.push(Span::raw(spec.label()));
-        paths.push(Span::raw("  "));
-    }
+    // The variant first: it is what users change, and the path labels may not fit.
     let shown = app.paths().last().map(|p| p.variant);
-    paths.push(Span::styled("variant ", Style::new().fg(DIM)));
     let variant_style = if app.variant == crate::engine::paths::Variant::Correct {
         Style::new().fg(OK)
     } else {
         Style::new().fg(BAD).bold()
     };
-    paths.push(Span::styled(app.variant.name(), variant_style));
+    let mut paths = vec![
+        Span::styled(" variant ", Style::new().fg(DIM)),
+        Span::styled(app.variant.name(), variant_style),
+    ];
     if shown.is_some_and(|v| v != app.variant) {
         paths.push(Span::styled(" (from the next step)", Style::new().fg(DIM)));
+    }
+    for (i, spec) in app.paths().iter().enumerate() {
+        paths.push(Span::styled(
+            format!("  {}: ", path_name(i)),
+            Style::new().fg(path_color(i)).bold(),
+        ));
+        paths.push(Span::raw(spec.label()));
     }
     f.render_widget(
         Paragraph::new(vec![Line::from(top), Line::from(paths)]),
@@ -287,7 +288,8 @@ fn draw_variant_menu(f: &mut Frame, sel: usize) {
             Style::new().fg(DIM),
         )));
     }
-    let area = centered(f.area(), 100, lines.len() as u16 + 2);
+    // Room for descriptions that wrap.
+    let area = centered(f.area(), 110, lines.len() as u16 + 4);
     f.render_widget(Clear, area);
     f.render_widget(
         Paragraph::new(lines).wrap(Wrap { trim: false }).block(

@@ -192,7 +192,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             Table::new(
                 rows,
                 [
-                    Constraint::Min(12),
+                    Constraint::Fill(1),
                     Constraint::Length(9),
                     Constraint::Length(9),
                     Constraint::Length(9),
@@ -201,6 +201,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 ],
             )
             .header(header)
+            .column_spacing(1)
             .block(block(title).border_style(Style::new().fg(path_color(i)))),
             cols[i],
         );
@@ -211,7 +212,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let inner = outer.inner(timeline);
     f.render_widget(outer, timeline);
     let max_total = r.paths.iter().map(|p| p.total_us).fold(0.0, f64::max);
-    let width = inner.width.saturating_sub(4) as f64;
+    // Room for the path label before the bar and the total after it.
+    let width = inner.width.saturating_sub(3 + 12) as f64;
     let mut lines = Vec::new();
     for (i, p) in r.paths.iter().enumerate() {
         let mut spans = vec![Span::styled(
