@@ -296,19 +296,17 @@ pub fn assemble(
         },
         ..Comparison::default()
     };
-    for p in 0..paths.len() {
+    for eff in &effectives {
         let mut agree = 0;
         let mut max_diff = 0.0f64;
-        for t in 0..t_count {
-            if path_set(p, t) != ref_set(t) {
+        for (t, x) in eff.iter().enumerate() {
+            let ref_ids = &reference.ids[t * reference.k..(t + 1) * reference.k];
+            if id_set(x.routed.iter().map(|r| r.0)) != ref_set(t) {
                 continue;
             }
             agree += 1;
-            for (id, w) in &effectives[p][t].routed {
-                let r = reference.ids[t * reference.k..(t + 1) * reference.k]
-                    .iter()
-                    .position(|x| x == id);
-                if let Some(r) = r {
+            for (id, w) in &x.routed {
+                if let Some(r) = ref_ids.iter().position(|x| x == id) {
                     max_diff = max_diff.max((w - reference.probs[t * reference.k + r] * rsf).abs());
                 }
             }

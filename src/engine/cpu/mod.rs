@@ -177,8 +177,8 @@ impl CpuBackend {
         let mut expert_out = vec![0.0f32; slot_ids.len() * h];
         let mut chunks: Vec<(usize, &mut [f32])> = Vec::with_capacity(slots);
         let mut rest: &mut [f32] = &mut expert_out;
-        for slot in 0..slots {
-            let (head, tail) = rest.split_at_mut(counts[slot] * h);
+        for (slot, &count) in counts.iter().enumerate() {
+            let (head, tail) = rest.split_at_mut(count * h);
             chunks.push((slot, head));
             rest = tail;
         }
