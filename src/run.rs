@@ -15,11 +15,16 @@ pub fn run(args: RunArgs) -> Result<()> {
     for n in &notices {
         eprintln!("moescope: {n}");
     }
+    let telemetry = crate::engine::telemetry::Telemetry::start(0, args.telemetry_hz);
+    if let (Some(why), "cuda") = (telemetry.unavailable(), engine.info().kind.as_str()) {
+        eprintln!("moescope: {why}");
+    }
     let steps = args.steps.unwrap_or(DEFAULT_HEADLESS_STEPS);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for _ in 0..steps {
-        let record = engine.step()?;
+        let mut record = engine.step()?;
+        record.telemetry = telemetry.latest();
         serde_json::to_writer(&mut out, &record).context("writing a StepRecord to stdout")?;
         writeln!(out).context("writing to stdout")?;
         out.flush().context("writing to stdout")?;
