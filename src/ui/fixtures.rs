@@ -98,7 +98,13 @@ pub fn record(
                     ids: ids.clone(),
                     weights: ids.iter().map(|_| c.effective_routed(w)).collect(),
                 };
-                for j in 0..spec.shared_slots_per_token(s) {
+                // The shared experts' effective weight, fused slot or separate MLP alike.
+                let shared = if spec.variant == Variant::SharedDropped {
+                    0
+                } else {
+                    s
+                };
+                for j in 0..shared {
                     sw.ids.push((e + j) as u32);
                     sw.weights.push(c.effective_shared());
                 }

@@ -138,7 +138,13 @@ fn ids(list: &[(usize, u64)]) -> String {
     v.join(" ")
 }
 
-fn stat_lines(title: &str, load: &[u64], e: usize, tokens: u64) -> Vec<Line<'static>> {
+fn stat_lines(
+    title: &str,
+    load: &[u64],
+    e: usize,
+    n_group: usize,
+    tokens: u64,
+) -> Vec<Line<'static>> {
     let routed = &load[..e.min(load.len())];
     let im = imbalance(routed, 5);
     let dim = Style::new().fg(DIM);
@@ -169,6 +175,17 @@ fn stat_lines(title: &str, load: &[u64], e: usize, tokens: u64) -> Vec<Line<'sta
             Span::raw(ids(&im.coldest)),
         ]),
     ];
+    if n_group > 1 {
+        // Share of the routed assignments each group took: what group-limited routing balances.
+        let per = routed.len() / n_group;
+        let total: u64 = routed.iter().sum();
+        let mut l = vec![Span::styled("groups ", dim)];
+        for (g, chunk) in routed.chunks(per.max(1)).enumerate() {
+            let share = chunk.iter().sum::<u64>() as f64 / total.max(1) as f64 * 100.0;
+            l.push(Span::raw(format!("g{g} {share:.0}%  ")));
+        }
+        out.push(Line::from(l));
+    }
     let shared: Vec<Span> = load[e.min(load.len())..]
         .iter()
         .enumerate()
@@ -237,7 +254,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let [top, maps, stats] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Max(map_rows),
-        Constraint::Min(8),
+        Constraint::Min(9),
     ])
     .areas(area);
     f.render_widget(Paragraph::new(Line::from(sel)), top);
@@ -264,12 +281,19 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let [sl, sr] = Layout::horizontal([Constraint::Percentage(50); 2]).areas(stats);
     let cum_tokens: u64 = app.history.iter().map(|r| r.tokens as u64).sum();
     f.render_widget(
-        Paragraph::new(stat_lines("this step", &step_load, e, r.tokens as u64))
-            .block(block("imbalance")),
+        Paragraph::new(stat_lines(
+            "this step",
+            &step_load,
+            e,
+            n_group,
+            r.tokens as u64,
+        ))
+        .block(block("imbalance")),
         sl,
     );
     f.render_widget(
-        Paragraph::new(stat_lines("cumulative", &cum, e, cum_tokens)).block(block("imbalance")),
+        Paragraph::new(stat_lines("cumulative", &cum, e, n_group, cum_tokens))
+            .block(block("imbalance")),
         sr,
     );
 }

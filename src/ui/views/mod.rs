@@ -365,12 +365,13 @@ pub fn sparkline(f: &mut Frame, area: Rect, title: String, values: &[f64], color
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
             (a.min(v), b.max(v))
         });
-    // The range maps onto 1..=100 so the lowest value still shows; a flat series sits midway.
+    // The range maps onto 8..=100 so the lowest value still shows as a sliver (a bar needs
+    // an eighth of a row); a flat series sits midway.
     let data: Vec<u64> = tail
         .iter()
         .map(|v| match v.is_finite() {
             false => 0,
-            true if hi > lo => 1 + ((v - lo) / (hi - lo) * 99.0).round() as u64,
+            true if hi > lo => 8 + ((v - lo) / (hi - lo) * 92.0).round() as u64,
             true => 50,
         })
         .collect();

@@ -150,6 +150,31 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
             ]));
         }
     }
+    lines.push(Line::raw(""));
+    for (i, p) in r.paths.iter().enumerate() {
+        let c = &p.contract;
+        let mut l = vec![
+            Span::styled(
+                format!("{} ", path_name(i)),
+                Style::new().fg(path_color(i)).bold(),
+            ),
+            Span::styled("routed sum ", Style::new().fg(DIM)),
+            Span::raw(format!("{:.3}", p.routed_weight_sum.mean)),
+            Span::styled(
+                format!(" (ref {:.3})", c.expected_routed_sum.mean),
+                Style::new().fg(DIM),
+            ),
+        ];
+        if let (Some(s), Some(want)) = (&p.shared_weight, &c.expected_shared) {
+            l.push(Span::styled("  shared weight ", Style::new().fg(DIM)));
+            l.push(Span::raw(format!("{:.3}", s.mean)));
+            l.push(Span::styled(
+                format!(" (ref {:.3})", want.mean),
+                Style::new().fg(DIM),
+            ));
+        }
+        lines.push(Line::from(l));
+    }
     let cmp = &r.comparison;
     lines.push(Line::raw(""));
     lines.push(agreement_line("routing A = B", cmp.routing_agreement_ab));
