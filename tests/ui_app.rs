@@ -163,7 +163,8 @@ fn replay_keys_seek_and_change_speed() {
         vec![Command::SetPaused(true), Command::StepBack]
     );
     assert_eq!(a.handle_key(key(']')), vec![Command::SetSpeed(2.0)]);
-    assert_eq!(a.handle_key(key('[')), vec![Command::SetSpeed(0.5)]);
+    assert_eq!(a.handle_key(key(']')), vec![Command::SetSpeed(4.0)]);
+    assert_eq!(a.handle_key(key('[')), vec![Command::SetSpeed(2.0)]);
     a.handle_key(key('g'));
     for c in "17".chars() {
         assert!(a.handle_key(key(c)).is_empty());
@@ -314,4 +315,37 @@ fn rfc3339_dates() {
     assert_eq!(source::rfc3339(0), "1970-01-01T00:00:00Z");
     assert_eq!(source::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     assert_eq!(source::rfc3339(1_795_771_364), "2026-11-27T09:22:44Z");
+}
+
+#[test]
+fn live_records_carry_telemetry_where_nvml_runs_and_say_why_where_not() {
+    let mut args = tiny_cpu_args();
+    args.telemetry_hz = 20.0;
+    let mut h = source::spawn_live(args).expect("engine thread");
+    let mut app = App::new(Mode::Live);
+    pump(&mut app, &mut h, |a| {
+        a.meta.is_some() && !a.history.is_empty()
+    });
+    if let Some(why) = app.telemetry_unavailable.clone() {
+        println!("no telemetry here: {why}");
+        assert!(!why.is_empty());
+        pump(&mut app, &mut h, |a| a.history.len() >= 3);
+        assert!(app.history.iter().all(|r| r.telemetry.is_none()));
+    } else {
+        // The sampler needs a moment for its first reading.
+        pump(&mut app, &mut h, |a| {
+            a.latest().is_some_and(|r| r.telemetry.is_some())
+        });
+        app.update(moescope::ui::keys::Action::ShowView(
+            View::Telemetry.index(),
+        ));
+        let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(120, 40))
+            .expect("test terminal");
+        t.draw(|f| moescope::ui::views::draw(f, &app))
+            .expect("draw");
+        let screen = t.backend().to_string();
+        println!("{screen}");
+        assert!(screen.contains("GPU utilization"), "{screen}");
+    }
+    h.send(vec![Command::Quit]);
 }

@@ -410,6 +410,10 @@ impl App {
                 } else {
                     (speed / 2.0).max(1.0 / 16.0)
                 };
+                // Kept here too, so quick presses compound before the source answers.
+                if let Some(r) = &mut self.replay {
+                    r.speed = speed;
+                }
                 self.status = Some(format!("playback speed ×{speed}"));
                 out.push(Command::SetSpeed(speed));
             }
