@@ -8,18 +8,18 @@ use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Wrap};
+use ratatui::widgets::Paragraph;
 use ratatui::Frame;
 
 fn stats_cells(s: &Stats) -> String {
-    format!("{:>8.4} {:>8.4} {:>8.4}", s.mean, s.min, s.max)
+    format!("{:>8.4}{:>8.4}{:>8.4}", s.mean, s.min, s.max)
 }
 
 fn row(label: &str, got: Option<&Stats>, want: Option<&Stats>, dev: f64) -> Line<'static> {
     let dim = Style::new().fg(DIM);
     let Some(got) = got else {
         return Line::from(vec![
-            Span::styled(format!("{label:<19}"), dim),
+            Span::styled(format!("{label:<14}"), dim),
             Span::styled("— (no shared experts)", dim),
         ]);
     };
@@ -29,14 +29,14 @@ fn row(label: &str, got: Option<&Stats>, want: Option<&Stats>, dev: f64) -> Line
     // The same absolute tolerance the engine's verdict uses.
     let bad = dev > crate::engine::compare::CONTRACT_TOLERANCE;
     Line::from(vec![
-        Span::styled(format!("{label:<19}"), dim),
+        Span::styled(format!("{label:<14}"), dim),
         Span::styled(
             stats_cells(got),
             Style::new().fg(if bad { BAD } else { OK }),
         ),
-        Span::raw("   "),
+        Span::raw("  "),
         Span::raw(want),
-        Span::raw(format!("   {:>9}", fmt_small(dev))),
+        Span::raw(format!("  {:>9}", fmt_small(dev))),
     ])
 }
 
@@ -53,13 +53,13 @@ fn path_lines(i: usize, p: &PathRecord) -> Vec<Line<'static>> {
         Line::from(vec![Span::raw("  "), verdict(c)]),
         Line::from(Span::styled(
             format!(
-                "{:<19}{:>8} {:>8} {:>8}   {:>8} {:>8} {:>8}   {:>9}",
+                "{:<14}{:>8}{:>8}{:>8}  {:>8}{:>8}{:>8}  {:>9}",
                 "effective", "mean", "min", "max", "ref mean", "min", "max", "max |dev|"
             ),
             Style::new().fg(DIM),
         )),
         row(
-            "routed weight sum",
+            "routed sum",
             Some(&p.routed_weight_sum),
             Some(&c.expected_routed_sum),
             c.routed_max_dev,
@@ -84,9 +84,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let rows = Layout::vertical(vec![Constraint::Length(7); n]).split(now);
     for (i, p) in r.paths.iter().enumerate() {
         f.render_widget(
-            Paragraph::new(path_lines(i, p))
-                .wrap(Wrap { trim: false })
-                .block(block(format!("path {} · step {}", path_name(i), r.step))),
+            // No wrapping: a narrow terminal cuts lines rather than pushing rows out of the box.
+            Paragraph::new(path_lines(i, p)).block(block(format!(
+                "path {} · step {}",
+                path_name(i),
+                r.step
+            ))),
             rows[i],
         );
     }
@@ -96,12 +99,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     f.render_widget(outer, hist);
     let cols = Layout::horizontal(vec![Constraint::Ratio(1, n as u32); n]).split(inner);
     for i in 0..n {
-        let [strip, shared, routed] = Layout::vertical([
-            Constraint::Length(2),
-            Constraint::Min(2),
-            Constraint::Min(2),
-        ])
-        .areas(cols[i]);
+        // The verdict strip first; the charts get what is left, if anything.
+        let [strip, charts] =
+            Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(cols[i]);
+        let [shared, routed] = Layout::vertical([Constraint::Percentage(50); 2]).areas(charts);
         // One cell per step: green where the contract held, red where it broke.
         let w = strip.width as usize;
         let recent: Vec<bool> = app

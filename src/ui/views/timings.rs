@@ -3,7 +3,7 @@
 
 use super::{block, fmt_us, path_color, path_name, BAD, DIM, OK};
 use crate::ui::app::{App, TIMING_WINDOW};
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Cell, Paragraph, Row, Table};
@@ -130,31 +130,19 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     .areas(area);
 
     let win = app.history.len().min(TIMING_WINDOW);
-    let mut head_spans = vec![Span::styled(
-        format!(" window: last {win} steps   "),
-        Style::new().fg(DIM),
-    )];
-    for (i, (t, c)) in means.iter().enumerate() {
-        head_spans.push(Span::styled(
-            format!("{} ", path_name(i)),
-            Style::new().fg(path_color(i)).bold(),
-        ));
-        let clean = c
-            .map(|c| format!(" (clean {})", fmt_us(c)))
-            .unwrap_or_default();
-        head_spans.push(Span::raw(format!("{}{clean}   ", fmt_us(*t))));
-    }
+    // Line 1: the speedup (what users look for first); line 2: each path's time.
+    let mut speed = vec![Span::raw(" ")];
     if let (Some(a), Some(b)) = (means.first(), means.get(1)) {
         if b.0 > 0.0 {
             let s = a.0 / b.0;
-            head_spans.push(Span::styled("speedup B/A ", Style::new().fg(DIM)));
-            head_spans.push(Span::styled(
+            speed.push(Span::styled("speedup B/A ", Style::new().fg(DIM)));
+            speed.push(Span::styled(
                 format!("{s:.2}×"),
                 Style::new().fg(if s >= 1.0 { OK } else { BAD }).bold(),
             ));
             if let (Some(ca), Some(cb)) = (a.1, b.1) {
                 if cb > 0.0 {
-                    head_spans.push(Span::styled(
+                    speed.push(Span::styled(
                         format!("  clean {:.2}×", ca / cb),
                         Style::new().fg(DIM),
                     ));
@@ -162,47 +150,76 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             }
         }
     }
-    f.render_widget(Paragraph::new(Line::from(head_spans)), head);
+    speed.push(Span::styled(
+        format!("   window: last {win} steps"),
+        Style::new().fg(DIM),
+    ));
+    let mut times = vec![Span::raw(" ")];
+    for (i, (t, c)) in means.iter().enumerate() {
+        times.push(Span::styled(
+            format!("{} ", path_name(i)),
+            Style::new().fg(path_color(i)).bold(),
+        ));
+        let clean = c
+            .map(|c| format!(" (clean {})", fmt_us(c)))
+            .unwrap_or_default();
+        times.push(Span::raw(format!("{}{clean}   ", fmt_us(*t))));
+    }
+    f.render_widget(
+        Paragraph::new(vec![Line::from(speed), Line::from(times)]),
+        head,
+    );
 
     let cols = Layout::horizontal(vec![Constraint::Ratio(1, n as u32); n]).split(tables);
     for i in 0..n {
         let stats = kernel_stats(app, i);
+        // Columns by priority: a narrow pane drops p50 and GB/s before it would cut numbers.
+        type Col = (&'static str, u16, u8, fn(&KernelStats) -> String);
+        let all: [Col; 5] = [
+            ("mean", 9, 0, |k| format!("{:.1}", k.mean)),
+            ("p50", 9, 2, |k| format!("{:.1}", k.p50)),
+            ("p99", 9, 1, |k| format!("{:.1}", k.p99)),
+            ("share", 6, 0, |k| format!("{:.1}%", k.share * 100.0)),
+            ("GB/s", 8, 2, |k| {
+                k.gb_s
+                    .map(|g| format!("{g:.1}"))
+                    .unwrap_or_else(|| "—".into())
+            }),
+        ];
+        let room = cols[i].width.saturating_sub(2 + 12);
+        let mut level = 0u8;
+        let fits = |lvl: u8| {
+            all.iter()
+                .filter(|c| c.2 <= lvl)
+                .map(|c| c.1 + 1)
+                .sum::<u16>()
+                <= room
+        };
+        while level < 2 && fits(level + 1) {
+            level += 1;
+        }
+        let shown: Vec<&Col> = all.iter().filter(|c| c.2 <= level).collect();
+        let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
         let rows = stats.iter().map(|k| {
-            Row::new(vec![
-                Cell::from(k.name.clone()),
-                Cell::from(format!("{:>9.1}", k.mean)),
-                Cell::from(format!("{:>9.1}", k.p50)),
-                Cell::from(format!("{:>9.1}", k.p99)),
-                Cell::from(format!("{:>5.1}%", k.share * 100.0)),
-                Cell::from(
-                    k.gb_s
-                        .map(|g| format!("{g:>8.1}"))
-                        .unwrap_or_else(|| format!("{:>8}", "—")),
-                ),
-            ])
+            let mut cells = vec![Cell::from(k.name.clone())];
+            cells.extend(shown.iter().map(|c| right((c.3)(k))));
+            Row::new(cells)
         });
-        let header = Row::new(["kernel", "mean µs", "p50 µs", "p99 µs", "share", "GB/s"])
-            .style(Style::new().fg(DIM));
+        let mut head = vec![Cell::from("kernel µs")];
+        head.extend(shown.iter().map(|c| right(c.0.to_string())));
+        let header = Row::new(head).style(Style::new().fg(DIM));
+        let mut widths = vec![Constraint::Min(12)];
+        widths.extend(shown.iter().map(|c| Constraint::Length(c.1)));
         let title = format!(
             "path {} · {}",
             path_name(i),
             r.paths.get(i).map(|p| p.spec.label()).unwrap_or_default()
         );
         f.render_widget(
-            Table::new(
-                rows,
-                [
-                    Constraint::Fill(1),
-                    Constraint::Length(9),
-                    Constraint::Length(9),
-                    Constraint::Length(9),
-                    Constraint::Length(6),
-                    Constraint::Length(8),
-                ],
-            )
-            .header(header)
-            .column_spacing(1)
-            .block(block(title).border_style(Style::new().fg(path_color(i)))),
+            Table::new(rows, widths)
+                .header(header)
+                .column_spacing(1)
+                .block(block(title).border_style(Style::new().fg(path_color(i)))),
             cols[i],
         );
     }
