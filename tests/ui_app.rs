@@ -349,3 +349,21 @@ fn live_records_carry_telemetry_where_nvml_runs_and_say_why_where_not() {
     }
     h.send(vec![Command::Quit]);
 }
+
+#[test]
+fn a_record_file_that_cannot_be_written_fails_the_run() {
+    let mut args = tiny_cpu_args();
+    args.record = Some("/nonexistent/dir/run.jsonl".into());
+    let mut h = source::spawn_live(args).expect("engine thread");
+    let mut app = App::new(Mode::Live);
+    pump(&mut app, &mut h, |a| a.fatal.is_some());
+    let msg = app.fatal.unwrap_or_default();
+    assert!(
+        msg.contains("cannot record to /nonexistent/dir/run.jsonl"),
+        "{msg}"
+    );
+    assert!(
+        app.history.is_empty(),
+        "no step runs when the recording cannot start"
+    );
+}

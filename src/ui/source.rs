@@ -177,7 +177,8 @@ struct Live {
 }
 
 impl Live {
-    fn start_recording(&mut self, path: PathBuf, force: bool, out: &Outbox) {
+    /// Starts recording; a failure is a notice (from the `r` key) or returned (from --record).
+    fn start_recording(&mut self, path: PathBuf, force: bool, out: &Outbox) -> Result<()> {
         let header = SessionHeader {
             format: "moescope-session".into(),
             version: 1,
@@ -189,18 +190,11 @@ impl Live {
             weights: self.meta.weights.clone(),
             started: rfc3339(unix_now()),
         };
-        match SessionWriter::create(&path, &header, force) {
-            Ok(w) => {
-                self.writer = Some((w, path.clone()));
-                out.send(SourceEvent::Recording(Some(path)));
-            }
-            Err(e) => {
-                out.send(SourceEvent::Notice(format!(
-                    "cannot record to {}: {e:#}",
-                    path.display()
-                )));
-            }
-        }
+        let w = SessionWriter::create(&path, &header, force)
+            .with_context(|| format!("cannot record to {}", path.display()))?;
+        self.writer = Some((w, path.clone()));
+        out.send(SourceEvent::Recording(Some(path)));
+        Ok(())
     }
 
     fn stop_recording(&mut self, out: &Outbox) {
@@ -243,8 +237,12 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
         meta,
         writer: None,
     };
+    // An explicit --record that cannot be written ends the run, as in headless mode.
     if let Some(path) = &args.record {
-        live.start_recording(path.clone(), args.force, out);
+        if let Err(e) = live.start_recording(path.clone(), args.force, out) {
+            out.send(SourceEvent::Failed(format!("{e:#}")));
+            return;
+        }
     }
     let mut paused = false;
     let mut pending_steps = 0u32;
@@ -284,7 +282,9 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
                             false,
                         ),
                     };
-                    live.start_recording(path, force, out);
+                    if let Err(e) = live.start_recording(path, force, out) {
+                        out.send(SourceEvent::Notice(format!("{e:#}")));
+                    }
                 }
                 Command::StopRecording => live.stop_recording(out),
                 Command::StepBack | Command::Seek(_) | Command::SetSpeed(_) => {}
