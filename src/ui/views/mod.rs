@@ -243,7 +243,7 @@ fn draw_help(f: &mut Frame, app: &App) {
         }
         lines.push(Line::from(vec![
             Span::styled(
-                format!("{:>14}  ", b.label()),
+                format!("{:>13}  ", b.label()),
                 Style::new().fg(ACCENT).bold(),
             ),
             Span::raw(b.help),
@@ -258,16 +258,22 @@ fn draw_help(f: &mut Frame, app: &App) {
     } else {
         " keys (live) "
     };
-    let area = centered(f.area(), 64, lines.len() as u16 + 2);
+    // Short terminals get the list in columns instead of cut off.
+    let room = f.area().height.saturating_sub(2).max(1) as usize;
+    let ncols = lines.len().div_ceil(room).max(1);
+    let rows = lines.len().div_ceil(ncols);
+    let col_w: u16 = 58;
+    let area = centered(f.area(), col_w * ncols as u16 + 2, rows as u16 + 2);
     f.render_widget(Clear, area);
-    f.render_widget(
-        Paragraph::new(lines).block(
-            Block::bordered()
-                .title(title)
-                .border_style(Style::new().fg(ACCENT)),
-        ),
-        area,
-    );
+    let outer = Block::bordered()
+        .title(title)
+        .border_style(Style::new().fg(ACCENT));
+    let inner = outer.inner(area);
+    f.render_widget(outer, area);
+    let cols = Layout::horizontal(vec![Constraint::Length(col_w); ncols]).split(inner);
+    for (chunk, col) in lines.chunks(rows.max(1)).zip(cols.iter()) {
+        f.render_widget(Paragraph::new(chunk.to_vec()), *col);
+    }
 }
 
 fn draw_variant_menu(f: &mut Frame, sel: usize) {
