@@ -151,3 +151,16 @@ fn every_view_fits_a_small_terminal_and_an_empty_app() {
         assert!(s.contains("building the engine"), "{s}");
     }
 }
+
+#[test]
+fn views_wait_for_the_first_step_after_the_engine_is_ready() {
+    for v in View::ALL {
+        let waiting =
+            fixtures::app("deepseek-v3", Variant::Correct, 0, false, Mode::Live).expect("fixture");
+        let s = render(&shown(waiting, v), 100, 30);
+        if v != View::Telemetry {
+            assert!(s.contains(moescope::ui::views::NO_STEPS), "{v:?}\n{s}");
+        }
+        assert!(s.contains("deepseek-v3"), "the header names the model\n{s}");
+    }
+}

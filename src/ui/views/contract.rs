@@ -75,7 +75,7 @@ fn path_lines(i: usize, p: &PathRecord) -> Vec<Line<'static>> {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
-        f.render_widget(Paragraph::new("no steps yet").fg(DIM), area);
+        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
         return;
     };
     let n = r.paths.len().max(1);

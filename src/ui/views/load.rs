@@ -211,7 +211,7 @@ fn stat_lines(
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let (Some(m), Some(r)) = (&app.meta, app.latest()) else {
-        f.render_widget(Paragraph::new("no steps yet").fg(DIM), area);
+        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
         return;
     };
     let e = m.config.n_routed_experts;

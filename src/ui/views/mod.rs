@@ -17,6 +17,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Sparkline, Wrap};
 use ratatui::Frame;
 
+/// What a view says before the first step arrives (a GPU step or a CUDA build can take a while).
+pub const NO_STEPS: &str = "waiting for the first step…";
+
 /// Screen row of the view tabs (mouse clicks are matched against it).
 pub const TABS_ROW: u16 = 2;
 const TABS_X: u16 = 1;

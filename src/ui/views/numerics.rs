@@ -224,7 +224,7 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
-        f.render_widget(Paragraph::new("no steps yet").fg(DIM), area);
+        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
         return;
     };
     let [top, bottom] = Layout::vertical([Constraint::Length(12), Constraint::Min(6)]).areas(area);

@@ -77,7 +77,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             .unwrap_or_default();
         lines.push(kv("step", format!("{}{rate}", r.step)));
     } else {
-        lines.push(kv("step", "waiting for the first step"));
+        lines.push(kv("step", "the first one is running"));
     }
     f.render_widget(
         Paragraph::new(lines)
@@ -112,7 +112,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
 fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
         f.render_widget(
-            Paragraph::new("no steps yet").block(block("headline")),
+            Paragraph::new(super::NO_STEPS).block(block("headline")),
             area,
         );
         return;

@@ -117,7 +117,7 @@ fn seg_label(j: usize) -> char {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
-        f.render_widget(Paragraph::new("no steps yet").fg(DIM), area);
+        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
         return;
     };
     let n = r.paths.len().max(1);
