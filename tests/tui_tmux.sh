@@ -87,4 +87,39 @@ if screen | grep -q '1 Overview'; then
     screen >&2
     exit 1
 fi
+# A bad option found while the engine is built: the TUI closes, the terminal is restored and
+# the error is printed on the normal screen with a non-zero exit.
+tm kill-session -t main
+tm new-session -d -s main -x 120 -y 40 \
+    "$BIN --backend cpu --preset no-such-model; echo \"EXIT=\$?\"; sleep 60"
+wait_for '^EXIT=1' "a failed engine build to exit with status 1"
+wait_for 'moescope: error: .*no-such-model' "the error message after the restore"
+if screen | grep -q '1 Overview'; then
+    echo "FAIL: the terminal was not restored after the error" >&2
+    screen >&2
+    exit 1
+fi
+# Replay: record a short headless session, then step through it in the TUI. Skipped where this
+# build cannot record yet.
+DIR=$(mktemp -d)
+trap 'tm kill-server >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
+if "$BIN" --headless --backend cpu --preset deepseek-v3 --tokens 4 --hidden 64 --intermediate 64 \
+    --telemetry-hz 0 --steps 12 --record "$DIR/s.jsonl" >/dev/null 2>"$DIR/err" \
+    && [ -s "$DIR/s.jsonl" ]; then
+    tm kill-session -t main
+    tm new-session -d -s main -x 120 -y 40 "$BIN replay $DIR/s.jsonl; echo \"EXIT=\$?\"; sleep 60"
+    wait_for 'pos 0/11' "the replay to open at position 0"
+    tm send-keys -t main End
+    wait_for 'step 11 · T=4 .*pos 11/11' "End to jump to the last step"
+    tm send-keys -t main p
+    wait_for 'pos 10/11' "p to step back"
+    tm send-keys -t main g 3 Enter
+    wait_for 'step 3 · T=4 .*pos 3/11' "g 3 Enter to jump to position 3"
+    tm send-keys -t main ']' ']' ' '
+    wait_for 'pos 11/11 ×4' "space to play to the end at ×4"
+    tm send-keys -t main q
+    wait_for '^EXIT=0' "q to quit the replay with status 0"
+else
+    echo "SKIP replay: this build did not record a session ($(head -c 200 "$DIR/err"))"
+fi
 echo "OK: tmux drive of $BIN passed"
