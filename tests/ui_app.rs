@@ -367,3 +367,31 @@ fn a_record_file_that_cannot_be_written_fails_the_run() {
         "no step runs when the recording cannot start"
     );
 }
+
+#[test]
+fn steps_limit_pauses_the_live_run_and_space_runs_on() {
+    let mut args = tiny_cpu_args();
+    args.steps = Some(2);
+    let mut h = source::spawn_live(args).expect("engine thread");
+    let mut app = App::new(Mode::Live);
+    pump(&mut app, &mut h, |a| a.paused && a.history.len() == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        h.events.try_recv().is_err(),
+        "no step after --steps ran out"
+    );
+    assert!(app.notices.iter().any(|n| n.contains("--steps reached")));
+    h.send(app.handle_key(key(' ')));
+    pump(&mut app, &mut h, |a| a.history.len() >= 4);
+    h.send(vec![Command::Quit]);
+}
+
+#[test]
+fn the_tui_refuses_to_start_without_a_terminal() {
+    // Under cargo test stdout is a pipe, as in `moescope | less`.
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return;
+    }
+    let err = moescope::ui::run_tui(tiny_cpu_args()).expect_err("no terminal");
+    assert!(err.to_string().contains("--headless"), "{err}");
+}

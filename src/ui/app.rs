@@ -295,7 +295,7 @@ impl App {
         }
     }
 
-    /// A left click on a tab shows its view. `width` is the terminal's.
+    /// A left click on a tab shows its view.
     pub fn handle_mouse(&mut self, ev: MouseEvent) -> Vec<Command> {
         if ev.kind == MouseEventKind::Down(MouseButton::Left) && ev.row == super::views::TABS_ROW {
             if let Some(i) = super::views::tab_at(ev.column) {

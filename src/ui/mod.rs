@@ -17,12 +17,14 @@ use app::{App, Mode};
 
 /// Opens the TUI on a live engine.
 pub fn run_tui(args: RunArgs) -> Result<()> {
+    term::require_terminal()?;
     let source = source::spawn_live(args)?;
     term::run(App::new(Mode::Live), source)
 }
 
 /// Opens the TUI on a recorded session (`moescope replay FILE`).
 pub fn run_replay(path: &std::path::Path) -> Result<()> {
+    term::require_terminal()?;
     let source = source::spawn_replay(path.to_path_buf())?;
     term::run(App::new(Mode::Replay), source)
 }

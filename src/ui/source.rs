@@ -170,6 +170,25 @@ fn weights_label(args: &RunArgs) -> String {
     }
 }
 
+/// The header of a session recorded from `engine` now, with the paths it runs at this moment.
+// MERGE NOTE: the session branch adds `SessionHeader::new(engine, weights)` (and `for_run`,
+// `describe_weights`, `rfc3339_utc`); once it is merged, this function, `rfc3339` and
+// `weights_label` give way to those.
+fn session_header(engine: &Engine, weights: &str) -> SessionHeader {
+    let info = engine.info();
+    SessionHeader {
+        format: "moescope-session".into(),
+        version: 1,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        backend: info.kind,
+        device: info.device,
+        config: engine.config().clone(),
+        paths: engine.paths().to_vec(),
+        weights: weights.to_string(),
+        started: rfc3339(unix_now()),
+    }
+}
+
 struct Live {
     engine: Engine,
     meta: Meta,
@@ -179,17 +198,7 @@ struct Live {
 impl Live {
     /// Starts recording; a failure is a notice (from the `r` key) or returned (from --record).
     fn start_recording(&mut self, path: PathBuf, force: bool, out: &Outbox) -> Result<()> {
-        let header = SessionHeader {
-            format: "moescope-session".into(),
-            version: 1,
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-            backend: self.meta.backend.clone(),
-            device: self.meta.device.clone(),
-            config: self.meta.config.clone(),
-            paths: self.engine.paths().to_vec(),
-            weights: self.meta.weights.clone(),
-            started: rfc3339(unix_now()),
-        };
+        let header = session_header(&self.engine, &self.meta.weights);
         let w = SessionWriter::create(&path, &header, force)
             .with_context(|| format!("cannot record to {}", path.display()))?;
         self.writer = Some((w, path.clone()));
@@ -265,7 +274,13 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
         if let Some(cmd) = cmd {
             match cmd {
                 Command::Quit => return,
-                Command::SetPaused(p) => paused = p,
+                Command::SetPaused(p) => {
+                    paused = p;
+                    // Resuming after --steps ran out runs on without a limit.
+                    if !p && left == Some(0) {
+                        left = None;
+                    }
+                }
                 Command::Step => {
                     pending_steps += 1;
                     if left == Some(0) {
@@ -316,7 +331,7 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
             *n = n.saturating_sub(1);
             if *n == 0 && !paused {
                 out.send(SourceEvent::Notice(format!(
-                    "--steps reached ({} steps); n steps on",
+                    "--steps reached ({} steps): n runs one more, space runs on",
                     args.steps.unwrap_or(0)
                 )));
                 out.send(SourceEvent::Paused(true));

@@ -38,10 +38,16 @@ impl Drop for Guard {
     }
 }
 
-fn enter() -> Result<(DefaultTerminal, Guard)> {
+/// Refuses to start without a terminal, before any engine is built.
+pub fn require_terminal() -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("the TUI needs a terminal on stdout; use --headless for JSON lines");
     }
+    Ok(())
+}
+
+fn enter() -> Result<(DefaultTerminal, Guard)> {
+    require_terminal()?;
     // ratatui's hook restores the terminal before printing; ours also releases the mouse and
     // keeps panics of the source thread off the screen (that thread reports them as errors).
     let terminal = ratatui::try_init().context("setting up the terminal")?;
