@@ -164,3 +164,47 @@ fn views_wait_for_the_first_step_after_the_engine_is_ready() {
         assert!(s.contains("deepseek-v3"), "the header names the model\n{s}");
     }
 }
+
+#[test]
+fn odd_records_from_a_session_file_draw_without_panicking() {
+    // Sessions are outside input: records may be short, empty or inconsistent with the header.
+    let mut a =
+        fixtures::app("deepseek-v3", Variant::Correct, 2, true, Mode::Replay).expect("fixture");
+    let base = a.latest().expect("a step").clone();
+    let mut odd = Vec::new();
+    let mut r = base.clone();
+    r.step = 2;
+    r.paths.clear();
+    r.comparison = Default::default();
+    odd.push(r);
+    let mut r = base.clone();
+    r.step = 3;
+    r.tokens = 0;
+    for p in &mut r.paths {
+        p.load.truncate(3);
+        p.timings.clear();
+        p.total_us = 0.0;
+        p.shared_weight = None;
+    }
+    for d in &mut r.token_details {
+        d.reference.weights.clear();
+        d.group_scores.clear();
+        d.paths.truncate(1);
+    }
+    odd.push(r);
+    let mut r = base;
+    r.step = 4;
+    r.paths.truncate(1);
+    r.token_details.clear();
+    r.telemetry = Some(Default::default());
+    odd.push(r);
+    for r in odd {
+        a.on_event(moescope::ui::source::SourceEvent::Record(Box::new(r)));
+        for v in View::ALL {
+            let b = &mut a;
+            b.update(Action::ShowView(v.index()));
+            render(b, 120, 40);
+            render(b, 50, 12);
+        }
+    }
+}

@@ -73,7 +73,7 @@ fn heat(l: u64, max: u64) -> (char, Color) {
 fn grid(e: usize, n_group: usize, w: usize) -> (usize, usize, bool) {
     let room = w.saturating_sub(5).max(1);
     let per_group = e / n_group.max(1);
-    if n_group > 1 && per_group <= room {
+    if n_group > 1 && (1..=room).contains(&per_group) {
         return (per_group, (room / per_group).clamp(1, 3), true);
     }
     let per_row = if e <= room {
@@ -328,5 +328,7 @@ mod tests {
         assert_eq!(grid(256, 8, 80), (32, 2, true));
         assert_eq!(grid(512, 1, 80), (64, 1, false));
         assert_eq!(grid(8, 1, 80), (8, 3, false));
+        // A session's config is outside input: more groups than experts must not divide by 0.
+        assert_eq!(grid(4, 8, 80), (4, 3, false));
     }
 }

@@ -105,7 +105,13 @@ fn slot_column(
             None => Style::new(),
             Some(r) => match r.ids.iter().position(|&x| x == id) {
                 None => Style::new().fg(BAD).bold(),
-                Some(j) if (r.weights[j] - w).abs() > WEIGHT_EPS => Style::new().fg(Color::Yellow),
+                Some(j)
+                    if r.weights
+                        .get(j)
+                        .is_some_and(|rw| (rw - w).abs() > WEIGHT_EPS) =>
+                {
+                    Style::new().fg(Color::Yellow)
+                }
                 Some(_) => Style::new(),
             },
         };
