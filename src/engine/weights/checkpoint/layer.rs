@@ -153,7 +153,7 @@ impl LayerPlan {
             Some(l) => Ok(l),
             None => moe.first().copied().ok_or_else(|| {
                 anyhow!(
-                    "no layer of the {} is MoE ({})",
+                    "none of the {} layers is MoE ({})",
                     self.num_layers,
                     self.rule()
                 )
