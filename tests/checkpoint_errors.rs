@@ -38,7 +38,12 @@ fn tensors() -> BTreeMap<String, T> {
 }
 
 /// The error of opening a checkpoint built from `config` and `tensors`, in full.
-fn open_err(config: &Value, tensors: &BTreeMap<String, T>, shards: usize, layer: Option<usize>) -> String {
+fn open_err(
+    config: &Value,
+    tensors: &BTreeMap<String, T>,
+    shards: usize,
+    layer: Option<usize>,
+) -> String {
     let tmp = tempfile::tempdir().unwrap();
     write_checkpoint(tmp.path(), config, tensors, shards);
     open_dir_err(tmp.path(), layer)
@@ -80,10 +85,16 @@ fn missing_tensor_is_named() {
     );
     let mut t = tensors();
     t.remove(&format!("{P}shared_experts.gate_proj.weight"));
-    assert_has(&open_err(&config(), &t, 1, None), &["shared_experts.gate_proj.weight", "missing"]);
+    assert_has(
+        &open_err(&config(), &t, 1, None),
+        &["shared_experts.gate_proj.weight", "missing"],
+    );
     let mut t = tensors();
     t.remove(&format!("{P}gate.e_score_correction_bias"));
-    assert_has(&open_err(&config(), &t, 1, None), &["e_score_correction_bias", "missing"]);
+    assert_has(
+        &open_err(&config(), &t, 1, None),
+        &["e_score_correction_bias", "missing"],
+    );
 }
 
 #[test]
@@ -103,7 +114,10 @@ fn unsupported_dtype_is_named() {
     let name = format!("{P}experts.0.gate_proj.weight");
     let x = t.get_mut(&name).unwrap();
     x.dtype = Dtype::I16; // same byte size as BF16
-    assert_has(&open_err(&config(), &t, 1, None), &[&name, "dtype I16", "supported"]);
+    assert_has(
+        &open_err(&config(), &t, 1, None),
+        &[&name, "dtype I16", "supported"],
+    );
     // FP8 without its block scales.
     let mut t = tensors();
     let x = t.get_mut(&name).unwrap();
@@ -115,8 +129,14 @@ fn unsupported_dtype_is_named() {
     );
     // FP8 with scales of the wrong shape.
     let mut t = t.clone();
-    t.insert(format!("{name}_scale_inv"), checkpoint_support::t(&[1.0; 4], &[2, 2], Dtype::F32));
-    assert_has(&open_err(&config(), &t, 1, None), &["_scale_inv", "[2, 2]", "expected [1, 1]"]);
+    t.insert(
+        format!("{name}_scale_inv"),
+        checkpoint_support::t(&[1.0; 4], &[2, 2], Dtype::F32),
+    );
+    assert_has(
+        &open_err(&config(), &t, 1, None),
+        &["_scale_inv", "[2, 2]", "expected [1, 1]"],
+    );
 }
 
 #[test]
@@ -127,21 +147,36 @@ fn truncated_corrupt_and_oversized_files() {
     let good = std::fs::read(&file).unwrap();
 
     std::fs::write(&file, &good[..good.len() - 10]).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model.safetensors", "truncated"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model.safetensors", "truncated"],
+    );
     std::fs::write(&file, &good[..20]).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model.safetensors", "truncated"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model.safetensors", "truncated"],
+    );
     std::fs::write(&file, &good[..3]).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model.safetensors", "truncated"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model.safetensors", "truncated"],
+    );
 
     let mut big = good.clone();
     big[..8].copy_from_slice(&200_000_000u64.to_le_bytes());
     std::fs::write(&file, &big).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model.safetensors", "header too large"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model.safetensors", "header too large"],
+    );
 
     let mut garbage = good.clone();
     garbage[8..16].copy_from_slice(b"not json");
     std::fs::write(&file, &garbage).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model.safetensors", "corrupt header"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model.safetensors", "corrupt header"],
+    );
 }
 
 #[test]
@@ -151,7 +186,10 @@ fn sharded_index_problems() {
     let index = tmp.path().join("model.safetensors.index.json");
     // A shard the index names is gone.
     std::fs::remove_file(tmp.path().join("model-00002-of-00002.safetensors")).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model-00002-of-00002.safetensors", "cannot open"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model-00002-of-00002.safetensors", "cannot open"],
+    );
     // The index places a tensor in a file that lacks it.
     write_checkpoint(tmp.path(), &config(), &tensors(), 2);
     let mut v: Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
@@ -164,12 +202,21 @@ fn sharded_index_problems() {
     };
     v["weight_map"][&name] = other.into();
     std::fs::write(&index, serde_json::to_vec(&v).unwrap()).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &[&name, other, "no such tensor"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &[&name, other, "no such tensor"],
+    );
     // An index that is not one.
     std::fs::write(&index, b"{\"weight_map\": 3}").unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model.safetensors.index.json", "weight_map"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model.safetensors.index.json", "weight_map"],
+    );
     std::fs::write(&index, b"{\"weight_map\": {\"a\": \"/etc/passwd\"}}").unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["/etc/passwd", "inside the checkpoint directory"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["/etc/passwd", "inside the checkpoint directory"],
+    );
 }
 
 #[test]
@@ -178,7 +225,12 @@ fn config_and_weights_disagree() {
     more_experts["n_routed_experts"] = 8.into();
     assert_has(
         &open_err(&more_experts, &tensors(), 1, None),
-        &["model.layers.1.mlp.gate.weight", "[4, 32]", "expected [8, 32]", "disagree"],
+        &[
+            "model.layers.1.mlp.gate.weight",
+            "[4, 32]",
+            "expected [8, 32]",
+            "disagree",
+        ],
     );
     let mut fewer = config();
     fewer["n_routed_experts"] = 2.into();
@@ -189,13 +241,20 @@ fn config_and_weights_disagree() {
     );
     let mut wider = config();
     wider["hidden_size"] = 64.into();
-    assert_has(&open_err(&wider, &tensors(), 1, None), &["expected [4, 64]", "disagree"]);
+    assert_has(
+        &open_err(&wider, &tensors(), 1, None),
+        &["expected [4, 64]", "disagree"],
+    );
     let mut no_bias = config();
     no_bias["topk_method"] = "greedy".into();
     no_bias["n_group"] = 1.into();
     assert_has(
         &open_err(&no_bias, &tensors(), 1, None),
-        &["e_score_correction_bias", "without a correction bias", "disagree"],
+        &[
+            "e_score_correction_bias",
+            "without a correction bias",
+            "disagree",
+        ],
     );
     let mut no_shared = config();
     no_shared["n_shared_experts"] = 0.into();
@@ -214,12 +273,18 @@ fn config_and_weights_disagree() {
     let router = t.get_mut(&format!("{P}gate.weight")).unwrap();
     router.shape = vec![2, H];
     router.data.truncate(2 * H * 2);
-    let bias = t.get_mut(&format!("{P}gate.e_score_correction_bias")).unwrap();
+    let bias = t
+        .get_mut(&format!("{P}gate.e_score_correction_bias"))
+        .unwrap();
     bias.shape = vec![2];
     bias.data.truncate(2 * 4);
     assert_has(
         &open_err(&cfg2, &t, 1, None),
-        &["experts.2.gate_proj.weight", "n_routed_experts 2", "disagree"],
+        &[
+            "experts.2.gate_proj.weight",
+            "n_routed_experts 2",
+            "disagree",
+        ],
     );
 }
 
@@ -235,20 +300,39 @@ fn layer_choice_errors() {
     );
     let mut all_dense = config();
     all_dense["first_k_dense_replace"] = 2.into();
-    assert_has(&open_err(&all_dense, &tensors(), 1, None), &["none of the 2 layers is MoE"]);
+    assert_has(
+        &open_err(&all_dense, &tensors(), 1, None),
+        &["none of the 2 layers is MoE"],
+    );
     let mut zero_freq = config();
     zero_freq["moe_layer_freq"] = 0.into();
-    assert_has(&open_err(&zero_freq, &tensors(), 1, None), &["moe_layer_freq"]);
+    assert_has(
+        &open_err(&zero_freq, &tensors(), 1, None),
+        &["moe_layer_freq"],
+    );
 }
 
 #[test]
 fn directory_problems() {
     let tmp = tempfile::tempdir().unwrap();
-    assert_has(&open_dir_err(&tmp.path().join("nope"), None), &["nope", "does not exist"]);
-    std::fs::write(tmp.path().join("config.json"), serde_json::to_vec(&config()).unwrap()).unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["model.safetensors", "index"]);
+    assert_has(
+        &open_dir_err(&tmp.path().join("nope"), None),
+        &["nope", "does not exist"],
+    );
+    std::fs::write(
+        tmp.path().join("config.json"),
+        serde_json::to_vec(&config()).unwrap(),
+    )
+    .unwrap();
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["model.safetensors", "index"],
+    );
     std::fs::write(tmp.path().join("config.json"), b"{").unwrap();
-    assert_has(&open_dir_err(tmp.path(), None), &["config.json", "not valid JSON"]);
+    assert_has(
+        &open_dir_err(tmp.path(), None),
+        &["config.json", "not valid JSON"],
+    );
 }
 
 #[test]
@@ -256,8 +340,16 @@ fn hidden_states_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("h.safetensors");
     write_hidden(&path, 3, H, 2);
-    let err = |hidden| format!("{:#}", checkpoint::read_hidden_states(&path, hidden).unwrap_err());
-    assert_has(&err(64), &["`hidden_states` has shape [3, 32]", "expected [tokens, 64]"]);
+    let err = |hidden| {
+        format!(
+            "{:#}",
+            checkpoint::read_hidden_states(&path, hidden).unwrap_err()
+        )
+    };
+    assert_has(
+        &err(64),
+        &["`hidden_states` has shape [3, 32]", "expected [tokens, 64]"],
+    );
 
     let mut map = BTreeMap::new();
     map.insert("x".to_string(), t(&[1.0; 4], &[2, 2], Dtype::F32));
@@ -265,7 +357,10 @@ fn hidden_states_errors() {
     assert_has(&err(2), &["no tensor `hidden_states`", "x"]);
 
     let mut map = BTreeMap::new();
-    map.insert("hidden_states".to_string(), t(&[1.0, f32::NAN], &[1, 2], Dtype::F32));
+    map.insert(
+        "hidden_states".to_string(),
+        t(&[1.0, f32::NAN], &[1, 2], Dtype::F32),
+    );
     std::fs::write(&path, serialize(&map)).unwrap();
     assert_has(&err(2), &["non-finite", "token 0, element 1"]);
 
@@ -282,9 +377,15 @@ fn hidden_states_errors() {
     assert_has(&err(2), &["dtype I32", "F32, BF16 or F16"]);
 
     std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
-    assert_has(&err(2), &["h.safetensors", "not a valid safetensors file", "truncated"]);
     assert_has(
-        &format!("{:#}", checkpoint::read_hidden_states(&tmp.path().join("none"), 2).unwrap_err()),
+        &err(2),
+        &["h.safetensors", "not a valid safetensors file", "truncated"],
+    );
+    assert_has(
+        &format!(
+            "{:#}",
+            checkpoint::read_hidden_states(&tmp.path().join("none"), 2).unwrap_err()
+        ),
         &["cannot read hidden states file", "none"],
     );
 }

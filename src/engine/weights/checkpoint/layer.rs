@@ -101,8 +101,8 @@ impl LayerPlan {
     pub fn is_moe(&self, layer: usize) -> bool {
         layer < self.num_layers
             && layer >= self.first_k_dense_replace
-            && layer % self.moe_layer_freq == 0
-            && (layer + 1) % self.decoder_sparse_step == 0
+            && layer.is_multiple_of(self.moe_layer_freq)
+            && (layer + 1).is_multiple_of(self.decoder_sparse_step)
             && !self.mlp_only_layers.contains(&layer)
     }
 

@@ -90,6 +90,17 @@ pub fn open_layer(dir: &Path, layer: Option<usize>, tp: usize) -> Result<Checkpo
         .with_context(|| format!("checkpoint {}", dir.display()))?;
     let context = || format!("checkpoint {}, layer {layer}", dir.display());
     let mut names = LayerNames::resolve(&files, layer).with_context(context)?;
+    // The router's shape first: it bounds E before any per-expert name is built.
+    files
+        .open_for([names.router.as_str()])
+        .and_then(|()| {
+            files.check(
+                &names.router,
+                &[full.n_routed_experts, full.hidden_size],
+                "router gate [E, H]",
+            )
+        })
+        .with_context(context)?;
     let wanted = names.tensor_names(&full);
     files
         .open_for(wanted.iter().map(String::as_str))
