@@ -376,6 +376,20 @@ fn hidden_states_errors() {
     std::fs::write(&path, serialize(&map)).unwrap();
     assert_has(&err(2), &["dtype I32", "F32, BF16 or F16"]);
 
+    // A captured [batch, tokens, H] batch is taken as batch × tokens rows.
+    let values: Vec<f32> = (0..12).map(|v| v as f32 - 6.0).collect();
+    let mut map = BTreeMap::new();
+    map.insert(
+        "hidden_states".to_string(),
+        t(&values, &[2, 3, 2], Dtype::F16),
+    );
+    std::fs::write(&path, serialize(&map)).unwrap();
+    assert_eq!(checkpoint::read_hidden_states(&path, 2).unwrap(), values);
+    let mut map = BTreeMap::new();
+    map.insert("hidden_states".to_string(), t(&[], &[0, 2], Dtype::F32));
+    std::fs::write(&path, serialize(&map)).unwrap();
+    assert_has(&err(2), &["shape [0, 2]", "at least one token"]);
+
     std::fs::write(&path, b"\x10\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
     assert_has(
         &err(2),

@@ -41,12 +41,12 @@ fn load_config(dir: &Path) -> Result<(serde_json::Value, MoeConfig)> {
         dir.display()
     );
     let path = dir.join("config.json");
-    let cfg = MoeConfig::from_hf_file(&path)?;
-    // from_hf_file just parsed it; parse again for the layout fields it does not keep.
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let json = serde_json::from_str(&text)
         .with_context(|| format!("config file {} is not valid JSON", path.display()))?;
+    let cfg = MoeConfig::from_hf_json(&json)
+        .with_context(|| format!("config file {}", path.display()))?;
     Ok((json, cfg))
 }
 
@@ -123,7 +123,8 @@ pub fn read_hidden_states(path: &Path, hidden: usize) -> Result<Vec<f32>> {
     parse_hidden_states(&bytes, hidden).with_context(|| format!("{}", path.display()))
 }
 
-/// `hidden_states` [T, H] (F32, BF16 or F16) from a safetensors file's bytes. Never panics.
+/// `hidden_states` [T, H] or [B, T, H] (F32, BF16 or F16) from a safetensors file's bytes, as
+/// [rows × H]. Never panics.
 pub fn parse_hidden_states(bytes: &[u8], hidden: usize) -> Result<Vec<f32>> {
     files::parse_header(bytes).context("not a valid safetensors file")?;
     let st = SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
@@ -134,9 +135,10 @@ pub fn parse_hidden_states(bytes: &[u8], hidden: usize) -> Result<Vec<f32>> {
         )
     })?;
     let shape = view.shape();
+    // [batch, tokens, H] as captured from a model's forward is taken as batch × tokens rows.
     ensure!(
-        shape.len() == 2 && shape[1] == hidden && shape[0] > 0,
-        "`hidden_states` has shape {shape:?}; expected [tokens, {hidden}] (the layer's hidden_size) with at least one token"
+        matches!(shape.len(), 2 | 3) && shape.last() == Some(&hidden) && shape.iter().all(|&d| d > 0),
+        "`hidden_states` has shape {shape:?}; expected [tokens, {hidden}] (the layer's hidden_size; [batch, tokens, {hidden}] also works) with at least one token"
     );
     let values = tensor_to_f32("hidden_states", &view)?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
