@@ -469,7 +469,7 @@ fn inspect_lists_config_layers_and_tensors() {
     let report = checkpoint::inspect_report(tmp.path(), None).unwrap();
     assert!(report.contains("n_routed_experts: 8"), "{report}");
     assert!(
-        report.contains("MoE: 1-2 (2 layers); dense: 0 (first_k_dense_replace 1)"),
+        report.contains("layers: 3; MoE: 1-2 (2 layers); dense: 0 (first_k_dense_replace 1)"),
         "{report}"
     );
     assert!(report.contains("layer 1 (MoE)"), "{report}");

@@ -342,10 +342,17 @@ impl Files {
             let view = TensorView::new(scale_meta.dtype, vec![sr * sc], slab_scales)
                 .map_err(|e| anyhow!("scale tensor of `{name}`: {e}"))?;
             let scales = tensor_to_f32(&format!("{name}_scale_inv"), &view)?;
+            let lut = e4m3_table();
             for r in rows {
                 let row = &data[base + r * nc..base + (r + 1) * nc];
-                for c in cols.clone() {
-                    out.push(e4m3_to_f32(row[c]) * scales[(r / br) * sc + c / bc]);
+                let row_scales = &scales[(r / br) * sc..(r / br + 1) * sc];
+                // One column block (one scale) at a time; the last block may be ragged.
+                let mut c = cols.start;
+                while c < cols.end {
+                    let end = ((c / bc + 1) * bc).min(cols.end);
+                    let s = row_scales[c / bc];
+                    out.extend(row[c..end].iter().map(|&b| lut[usize::from(b)] * s));
+                    c = end;
                 }
             }
             return Ok(out);
@@ -374,6 +381,12 @@ impl Files {
         }
         Ok(out)
     }
+}
+
+/// All 256 E4M3 values, decoded once.
+fn e4m3_table() -> &'static [f32; 256] {
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|b| e4m3_to_f32(b as u8)))
 }
 
 /// Decodes one OCP FP8 E4M3 ("e4m3fn") value: 1 sign, 4 exponent (bias 7) and 3 mantissa bits,

@@ -182,20 +182,22 @@ pub fn inspect_report(dir: &Path, layer: Option<usize>) -> Result<String> {
     let dense: Vec<usize> = (0..plan.num_layers).filter(|&l| !plan.is_moe(l)).collect();
     let _ = writeln!(
         w,
-        "layers: {}; MoE: {} ({} layers); dense: {} ({})",
+        "layers: {}; MoE: {} ({} layer{}); dense: {} ({})",
         plan.num_layers,
         ranges(&moe),
         moe.len(),
+        if moe.len() == 1 { "" } else { "s" },
         ranges(&dense),
         plan.rule()
     );
     let prefix_of = |name: &str| layer::layer_of(name) == Some(layer);
-    let names: Vec<String> = files
+    let mut names: Vec<String> = files
         .names
         .keys()
         .filter(|n| prefix_of(n))
         .cloned()
         .collect();
+    names.sort_by(|a, b| natural_cmp(a, b));
     files.open_for(names.iter().map(String::as_str))?;
     let kind = if plan.is_moe(layer) { "MoE" } else { "dense" };
     let mut rows = Vec::new();
@@ -247,4 +249,60 @@ pub fn inspect_report(dir: &Path, layer: Option<usize>) -> Result<String> {
         let _ = writeln!(w, "{}", line.trim_end());
     }
     Ok(out)
+}
+
+/// Orders names with their numbers compared as numbers (`experts.2` before `experts.10`).
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (ca, cb) = (chunks(a), chunks(b));
+    for ((da, xa), (db, xb)) in ca.iter().zip(&cb) {
+        let ord = if *da && *db {
+            let (ta, tb) = (xa.trim_start_matches('0'), xb.trim_start_matches('0'));
+            ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb))
+        } else {
+            xa.cmp(xb)
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    ca.len().cmp(&cb.len()).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn natural_order_of_tensor_names() {
+        let mut names = vec![
+            "m.layers.1.mlp.experts.10.w1",
+            "m.layers.1.mlp.experts.2.w1",
+            "m.layers.1.mlp.gate.weight",
+            "m.layers.1.mlp.experts.2.w",
+            "",
+        ];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "",
+                "m.layers.1.mlp.experts.2.w",
+                "m.layers.1.mlp.experts.2.w1",
+                "m.layers.1.mlp.experts.10.w1",
+                "m.layers.1.mlp.gate.weight",
+            ]
+        );
+    }
 }
