@@ -29,6 +29,12 @@ struct Family {
 /// Writes every layer (dense ones with a plain MLP, MoE ones with their own random weights)
 /// and returns the MoE layers' arrays by layer number.
 fn write_family(dir: &Path, f: &Family) -> BTreeMap<usize, Layer> {
+    let (tensors, moe) = family_tensors(f);
+    write_checkpoint(dir, &f.config, &tensors, f.shards);
+    moe
+}
+
+fn family_tensors(f: &Family) -> (BTreeMap<String, T>, BTreeMap<usize, Layer>) {
     let cfg = MoeConfig::from_hf_json(&f.config).unwrap();
     let text = f.config.get("text_config").unwrap_or(&f.config);
     let layers = text["num_hidden_layers"].as_u64().unwrap() as usize;
@@ -49,8 +55,7 @@ fn write_family(dir: &Path, f: &Family) -> BTreeMap<usize, Layer> {
         tensors.extend(layer_tensors(&layer, &prefix, f.naming, f.dtype));
         moe.insert(l, layer);
     }
-    write_checkpoint(dir, &f.config, &tensors, f.shards);
-    moe
+    (tensors, moe)
 }
 
 /// Every tensor the source serves equals the direct arrays.
@@ -292,23 +297,50 @@ fn fused_gate_up_transposed_layout() {
     );
 }
 
+fn qwen3_next() -> Family {
+    Family {
+        config: json!({
+            "model_type": "qwen3_next", "num_experts": 8, "num_experts_per_tok": 3,
+            "norm_topk_prob": true, "hidden_size": H, "moe_intermediate_size": I,
+            "shared_expert_intermediate_size": I, "num_hidden_layers": 2,
+            "decoder_sparse_step": 1, "mlp_only_layers": []
+        }),
+        naming: Naming::Qwen,
+        prefix: "model.layers.",
+        dtype: Dtype::BF16,
+        shards: 1,
+    }
+}
+
+#[test]
+fn mtp_layers_do_not_shadow_decoder_layers() {
+    // Qwen3-Next and others ship a multi-token-prediction stack numbered from 0 too, whose
+    // names (`mtp.layers.0.…`) are shorter than the decoder's.
+    let f = qwen3_next();
+    let (mut tensors, moe) = family_tensors(&f);
+    let cfg = MoeConfig::from_hf_json(&f.config).unwrap();
+    let mtp = Layer::random(&cfg, 999);
+    tensors.extend(layer_tensors(
+        &mtp,
+        "mtp.layers.0.",
+        Naming::Qwen,
+        Dtype::BF16,
+    ));
+    let tmp = tempfile::tempdir().unwrap();
+    write_checkpoint(tmp.path(), &f.config, &tensors, 2);
+    let loaded = open_layer(tmp.path(), Some(0), 1).unwrap();
+    assert_same_weights(&loaded, &Direct::new(moe[&0].clone(), 1));
+    let report = checkpoint::inspect_report(tmp.path(), Some(0)).unwrap();
+    assert!(
+        report.contains("model.layers.0.mlp.gate.weight"),
+        "{report}"
+    );
+    assert!(!report.contains("mtp.layers.0."), "{report}");
+}
+
 #[test]
 fn qwen3_next_gated_shared_expert() {
-    check_family(
-        Family {
-            config: json!({
-                "model_type": "qwen3_next", "num_experts": 8, "num_experts_per_tok": 3,
-                "norm_topk_prob": true, "hidden_size": H, "moe_intermediate_size": I,
-                "shared_expert_intermediate_size": I, "num_hidden_layers": 2,
-                "decoder_sparse_step": 1, "mlp_only_layers": []
-            }),
-            naming: Naming::Qwen,
-            prefix: "model.layers.",
-            dtype: Dtype::BF16,
-            shards: 1,
-        },
-        1,
-    );
+    check_family(qwen3_next(), 1);
 }
 
 #[test]

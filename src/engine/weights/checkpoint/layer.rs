@@ -185,21 +185,44 @@ pub fn ranges(layers: &[usize]) -> String {
     }
 }
 
-/// The layer number of a `…layers.{N}.…` tensor name.
-pub fn layer_of(name: &str) -> Option<usize> {
-    let mut rest = name;
-    while let Some(at) = rest.find("layers.") {
-        let boundary = at == 0 || rest.as_bytes()[at - 1] == b'.';
-        let tail = &rest[at + "layers.".len()..];
-        let digits: &str = &tail[..tail
+/// The layer number of a `…layers.{N}.…` tensor name, and the length of its prefix up to
+/// and including `layers.{N}.`.
+pub fn split_layer(name: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(at) = name[from..].find("layers.").map(|i| from + i) {
+        let boundary = at == 0 || name.as_bytes()[at - 1] == b'.';
+        let tail = &name[at + "layers.".len()..];
+        let digits = &tail[..tail
             .find(|c: char| !c.is_ascii_digit())
             .unwrap_or(tail.len())];
         if boundary && !digits.is_empty() && tail[digits.len()..].starts_with('.') {
-            return digits.parse().ok();
+            let end = at + "layers.".len() + digits.len() + 1;
+            return digits.parse().ok().map(|l| (l, end));
         }
-        rest = tail;
+        from = at + "layers.".len();
     }
     None
+}
+
+/// The layer number of a `…layers.{N}.…` tensor name.
+pub fn layer_of(name: &str) -> Option<usize> {
+    split_layer(name).map(|(l, _)| l)
+}
+
+/// The prefix of decoder layer `layer`'s tensors (`model.layers.3.`,
+/// `language_model.model.layers.3.`, ...). Multi-token-prediction stacks (`mtp.layers.0.`)
+/// number their layers from 0 too: any other prefix wins over them, then the shortest.
+pub fn layer_prefix(files: &Files, layer: usize) -> Option<String> {
+    let is_mtp = |p: &str| p.split('.').any(|seg| seg.starts_with("mtp"));
+    files
+        .names
+        .keys()
+        .filter_map(|n| match split_layer(n) {
+            Some((l, end)) if l == layer => Some(&n[..end]),
+            _ => None,
+        })
+        .min_by_key(|p| (is_mtp(p), p.len(), *p))
+        .map(str::to_string)
 }
 
 /// How the routed experts are stored.
@@ -232,27 +255,19 @@ impl LayerNames {
     /// Finds the layer's names in the checkpoint, under whatever prefix the model uses
     /// (`model.`, `language_model.model.`, ...).
     pub fn resolve(files: &Files, layer: usize) -> Result<LayerNames> {
-        let suffixes = [
-            format!("layers.{layer}.mlp.gate.weight"),
-            format!("layers.{layer}.block_sparse_moe.gate.weight"),
-        ];
-        let router = files
-            .names
-            .keys()
-            .filter(|n| {
-                suffixes.iter().any(|s| {
-                    n.ends_with(s.as_str())
-                        && (n.len() == s.len() || n.as_bytes()[n.len() - s.len() - 1] == b'.')
-                })
-            })
-            .min_by_key(|n| n.len())
-            .cloned()
-            .ok_or_else(|| {
-                anyhow!(
-                    "tensor `model.layers.{layer}.mlp.gate.weight` (the router gate [E, H]) is missing from {} (also looked for `…layers.{layer}.block_sparse_moe.gate.weight` under any prefix)",
-                    files.dir.display()
-                )
-            })?;
+        let prefix = layer_prefix(files, layer).unwrap_or_else(|| format!("model.layers.{layer}."));
+        let router = [
+            format!("{prefix}mlp.gate.weight"),
+            format!("{prefix}block_sparse_moe.gate.weight"),
+        ]
+        .into_iter()
+        .find(|n| files.contains(n))
+        .ok_or_else(|| {
+            anyhow!(
+                "tensor `{prefix}mlp.gate.weight` (the router gate [E, H]) is missing from {} (also looked for `{prefix}block_sparse_moe.gate.weight`)",
+                files.dir.display()
+            )
+        })?;
         let moe = router[..router.len() - "gate.weight".len()].to_string();
         let experts = if files.contains(&format!("{moe}experts.0.gate_proj.weight")) {
             Experts::PerExpert(["gate_proj", "up_proj", "down_proj"])
@@ -577,6 +592,8 @@ mod tests {
         assert_eq!(layer_of("model.sublayers.3.x"), None);
         assert_eq!(layer_of("model.embed_tokens.weight"), None);
         assert_eq!(layer_of("model.layers.x.layers.4.y"), Some(4));
+        assert_eq!(split_layer("a.layers.17.mlp"), Some((17, 12)));
+        assert_eq!(layer_of("layers.5"), None);
     }
 
     #[test]

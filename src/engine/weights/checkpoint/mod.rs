@@ -190,13 +190,9 @@ pub fn inspect_report(dir: &Path, layer: Option<usize>) -> Result<String> {
         ranges(&dense),
         plan.rule()
     );
-    let prefix_of = |name: &str| layer::layer_of(name) == Some(layer);
-    let mut names: Vec<String> = files
-        .names
-        .keys()
-        .filter(|n| prefix_of(n))
-        .cloned()
-        .collect();
+    let prefix = layer::layer_prefix(&files, layer);
+    let in_layer = |name: &&String| prefix.as_deref().is_some_and(|p| name.starts_with(p));
+    let mut names: Vec<String> = files.names.keys().filter(in_layer).cloned().collect();
     names.sort_by(|a, b| natural_cmp(a, b));
     files.open_for(names.iter().map(String::as_str))?;
     let kind = if plan.is_moe(layer) { "MoE" } else { "dense" };
