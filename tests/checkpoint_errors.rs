@@ -127,6 +127,30 @@ fn unsupported_dtype_is_named() {
         &open_err(&config(), &t, 1, None),
         &[&format!("{name}_scale_inv"), "block scales"],
     );
+    // FP8 with per-tensor scales instead of block scales.
+    let mut per_tensor = t.clone();
+    per_tensor.insert(
+        format!("{name}_scale"),
+        checkpoint_support::t(&[0.5], &[1], Dtype::F32),
+    );
+    assert_has(
+        &open_err(&config(), &per_tensor, 1, None),
+        &[&format!("{name}_scale`"), "per-tensor", "block scales"],
+    );
+    // Packed integer experts (compressed-tensors).
+    let mut packed = tensors();
+    for x in 0..4 {
+        let n = format!("{P}experts.{x}.gate_proj.weight");
+        let w = packed.remove(&n).unwrap();
+        packed.insert(format!("{n}_packed"), w);
+    }
+    assert_has(
+        &open_err(&config(), &packed, 1, None),
+        &[
+            "experts.0.gate_proj.weight_packed",
+            "packed integer weights",
+        ],
+    );
     // FP8 with scales of the wrong shape.
     let mut t = t.clone();
     t.insert(

@@ -257,6 +257,11 @@ impl Files {
     /// The block-scale tensor of an FP8 tensor, its shape checked: [⌈R/b⌉, ⌈C/b⌉] per 2-D slab.
     fn scale_meta(&self, name: &str, shape: &[usize]) -> Result<(&Shard, &TensorMeta)> {
         let scale_name = format!("{name}_scale_inv");
+        let per_tensor = format!("{name}_scale");
+        ensure!(
+            self.contains(&scale_name) || !self.contains(&per_tensor),
+            "F8_E4M3 tensor `{name}` has per-tensor or per-channel scales `{per_tensor}`; only block scales `{scale_name}` (DeepSeek-V3's format) are supported"
+        );
         let (shard, meta) = self.meta(&scale_name).with_context(|| {
             format!("F8_E4M3 tensor `{name}` needs its block scales `{scale_name}`")
         })?;

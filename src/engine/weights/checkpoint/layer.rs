@@ -279,6 +279,10 @@ impl LayerNames {
                 down: format!("{moe}experts.down_proj"),
                 transposed: false,
             }
+        } else if files.contains(&format!("{moe}experts.0.gate_proj.weight_packed")) {
+            bail!(
+                "the experts of layer {layer} are packed integer weights (`{moe}experts.0.gate_proj.weight_packed`, compressed-tensors); supported: BF16, F16, F32 and F8_E4M3 with block scales"
+            );
         } else {
             bail!(
                 "the experts of layer {layer} are missing from {}: expected `{moe}experts.0.gate_proj.weight` (DeepSeek/Qwen naming), `{moe}experts.0.w1.weight` (Mixtral) or `{moe}experts.gate_up_proj` (fused 3-D)",
