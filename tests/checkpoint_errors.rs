@@ -106,6 +106,16 @@ fn wrong_shape_names_expected_and_found() {
         &open_err(&config(), &t, 1, None),
         &[&name, "[16, 32]", "expected [32, 16]"],
     );
+    // inspect still lists the layer, and says why it does not load.
+    let tmp = tempfile::tempdir().unwrap();
+    write_checkpoint(tmp.path(), &config(), &t, 1);
+    let report = checkpoint::inspect_report(tmp.path(), None).unwrap();
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(line.contains("[16, 32]"), "{line}");
+    assert_has(&report, &["layer 1 does not load", "expected [32, 16]"]);
 }
 
 #[test]

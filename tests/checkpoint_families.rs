@@ -505,6 +505,12 @@ fn inspect_lists_config_layers_and_tensors() {
         "{report}"
     );
     assert!(report.contains("layer 1 (MoE)"), "{report}");
+    assert!(
+        report.contains(
+            "layer 1 loads as an MoE layer (experts.E.{gate_proj,up_proj,down_proj}; shared MLP shared_experts.)"
+        ),
+        "{report}"
+    );
     // Router gate: [8, 32] BF16 = 512 bytes, in one of the three shards.
     let line = report
         .lines()

@@ -303,6 +303,23 @@ impl LayerNames {
         })
     }
 
+    /// How the experts and shared expert are stored, for `inspect`.
+    pub fn layout(&self) -> String {
+        let experts = match &self.experts {
+            Experts::PerExpert(n) => format!("experts.E.{{{},{},{}}}", n[0], n[1], n[2]),
+            Experts::Fused {
+                transposed: false, ..
+            } => "fused experts.gate_up_proj [E, 2I, H], down_proj [E, H, I]".to_string(),
+            Experts::Fused {
+                transposed: true, ..
+            } => "fused experts.gate_up_proj [E, H, 2I], down_proj [E, I, H]".to_string(),
+        };
+        match &self.shared {
+            Some(p) => format!("{experts}; shared MLP {}", &p[self.moe.len()..]),
+            None => experts,
+        }
+    }
+
     fn expert_name(&self, e: usize, which: usize) -> String {
         match &self.experts {
             Experts::PerExpert(n) => format!("{}experts.{e}.{}.weight", self.moe, n[which]),

@@ -58,12 +58,9 @@ fn block_size(json: &serde_json::Value) -> Result<[usize; 2]> {
     let Some(b) = q.and_then(|q| q.get("weight_block_size")) else {
         return Ok(DEFAULT_BLOCK);
     };
-    let dims: Option<Vec<usize>> = b.as_array().map(|a| {
-        a.iter()
-            .filter_map(|x| x.as_u64())
-            .map(|n| n as usize)
-            .collect()
-    });
+    let dims: Option<Vec<usize>> = b
+        .as_array()
+        .and_then(|a| a.iter().map(|x| x.as_u64().map(|n| n as usize)).collect());
     match dims.as_deref() {
         Some(&[r, c]) if r > 0 && c > 0 => Ok([r, c]),
         _ => bail!("config.json `quantization_config.weight_block_size` is {b}; expected [rows, cols] of positive integers"),
@@ -126,6 +123,7 @@ pub fn read_hidden_states(path: &Path, hidden: usize) -> Result<Vec<f32>> {
 /// `hidden_states` [T, H] or [B, T, H] (F32, BF16 or F16) from a safetensors file's bytes, as
 /// [rows × H]. Never panics.
 pub fn parse_hidden_states(bytes: &[u8], hidden: usize) -> Result<Vec<f32>> {
+    // The header parse first, for its errors that say what is wrong.
     files::parse_header(bytes).context("not a valid safetensors file")?;
     let st = SafeTensors::deserialize(bytes).context("not a valid safetensors file")?;
     let view = st.tensor("hidden_states").map_err(|_| {
@@ -243,6 +241,14 @@ pub fn inspect_report(dir: &Path, layer: Option<usize>) -> Result<String> {
             w3 = widths[3]
         );
         let _ = writeln!(w, "{}", line.trim_end());
+    }
+    if plan.is_moe(layer) {
+        // Whether `--model DIR --layer N` would load it, and as what.
+        let verdict = match open_layer(dir, Some(layer), 1) {
+            Ok(l) => format!("loads as an MoE layer ({})", l.names.layout()),
+            Err(e) => format!("does not load: {e:#}"),
+        };
+        let _ = writeln!(w, "layer {layer} {verdict}");
     }
     Ok(out)
 }
