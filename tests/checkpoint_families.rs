@@ -620,3 +620,87 @@ fn command_line_inspect_and_run_on_a_checkpoint() {
     assert!(err.contains("layer 0 is a dense layer"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn fp8_fused_experts_with_small_blocks() {
+    use rand::{Rng, SeedableRng};
+    // 3-D FP8 experts with per-expert block scales [E, ⌈R/8⌉, ⌈C/8⌉]; 12 = 8 + 4 is ragged.
+    let (e, h, i) = (4usize, 32usize, 12usize);
+    let config = json!({
+        "model_type": "qwen3_moe", "num_experts": e, "num_experts_per_tok": 2,
+        "norm_topk_prob": true, "hidden_size": h, "moe_intermediate_size": i,
+        "num_hidden_layers": 1,
+        "quantization_config": {"quant_method": "fp8", "weight_block_size": [8, 8]}
+    });
+    let cfg = MoeConfig::from_hf_json(&config).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    // [E, rows, cols] FP8 bytes and scales, and the dequantized slabs computed here.
+    let mut fp8 = |rows: usize, cols: usize| {
+        let bytes: Vec<u8> = (0..e * rows * cols)
+            .map(|_| loop {
+                let b: u8 = rng.random();
+                if b & 0x7F != 0x7F {
+                    break b; // every code but NaN
+                }
+            })
+            .collect();
+        let (sr, sc) = (rows.div_ceil(8), cols.div_ceil(8));
+        let scales: Vec<f32> = (0..e * sr * sc)
+            .map(|_| rng.random_range(0.01..0.1))
+            .collect();
+        let slabs: Vec<Vec<f32>> = (0..e)
+            .map(|x| {
+                (0..rows * cols)
+                    .map(|k| {
+                        let (r, c) = (k / cols, k % cols);
+                        e4m3_formula(bytes[x * rows * cols + k])
+                            * scales[x * sr * sc + (r / 8) * sc + c / 8]
+                    })
+                    .collect()
+            })
+            .collect();
+        let weight = T {
+            dtype: Dtype::F8_E4M3,
+            shape: vec![e, rows, cols],
+            data: bytes,
+        };
+        (weight, t(&scales, &[e, sr, sc], Dtype::F32), slabs)
+    };
+    let (gu, gu_scale, gu_values) = fp8(2 * i, h);
+    let (down, down_scale, down_values) = fp8(h, i);
+    let base = Layer::random(&cfg, 4);
+    let p = "model.layers.0.mlp.";
+    let mut tensors = BTreeMap::new();
+    tensors.insert(
+        format!("{p}gate.weight"),
+        t(&base.router, &[e, h], Dtype::BF16),
+    );
+    tensors.insert(format!("{p}experts.gate_up_proj"), gu);
+    tensors.insert(format!("{p}experts.gate_up_proj_scale_inv"), gu_scale);
+    tensors.insert(format!("{p}experts.down_proj"), down);
+    tensors.insert(format!("{p}experts.down_proj_scale_inv"), down_scale);
+    let experts = (0..e)
+        .map(|x| moescope::engine::weights::ExpertWeights {
+            hidden: h,
+            intermediate: i,
+            gate: gu_values[x][..i * h].to_vec(),
+            up: gu_values[x][i * h..].to_vec(),
+            down: down_values[x].clone(),
+        })
+        .collect();
+    let layer = Layer { experts, ..base };
+    let tmp = tempfile::tempdir().unwrap();
+    write_checkpoint(tmp.path(), &config, &tensors, 1);
+    let loaded = open_layer(tmp.path(), None, 1).unwrap();
+    let slab = loaded
+        .files
+        .read_block(&format!("{p}experts.down_proj"), Some(3), 0..h, 0..i)
+        .unwrap();
+    assert_eq!(slab, down_values[3]);
+    assert_same_weights(&loaded, &Direct::new(layer.clone(), 1));
+    let hidden = write_hidden(&tmp.path().join("h.safetensors"), TOKENS, h, 4);
+    assert_eq!(
+        one_step(Box::new(loaded), &hidden),
+        one_step(Box::new(Direct::new(layer, 1)), &hidden)
+    );
+}
