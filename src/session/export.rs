@@ -1,0 +1,610 @@
+//! Exports of a session: one JSON document, the Chrome Trace Event Format (Perfetto), the EPLB
+//! expert-load matrix, and per-kernel timings as CSV. Each exporter streams: it takes steps one
+//! at a time from an iterator (a session file, or a live headless run) and writes as it goes.
+
+use super::summary::SummaryBuilder;
+use super::{ExportFormat, SessionHeader};
+use crate::engine::step::StepRecord;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// `format` field of the JSON export.
+pub const JSON_EXPORT_FORMAT: &str = "moescope-export";
+/// `format` field of the EPLB export.
+pub const EPLB_EXPORT_FORMAT: &str = "moescope-eplb";
+/// Version of the JSON and EPLB export documents.
+pub const EXPORT_VERSION: u32 = 1;
+
+/// Writes `steps` of the session described by `header` to `out` in `format`.
+pub fn write(
+    format: ExportFormat,
+    header: &SessionHeader,
+    steps: impl Iterator<Item = Result<StepRecord>>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    match format {
+        ExportFormat::Json => json_document(header, steps, out),
+        ExportFormat::Chrome => chrome_trace(header, steps, out),
+        ExportFormat::Eplb => eplb_matrix(header, steps, out),
+        ExportFormat::Csv => kernel_csv(steps, out),
+    }
+}
+
+/// Output errors get their own message; step errors (from the reader) already name the line.
+fn put(out: &mut dyn Write, bytes: &[u8]) -> Result<()> {
+    out.write_all(bytes).context("writing the export")
+}
+
+fn to_json(buf: &mut Vec<u8>, value: &impl Serialize) -> Result<()> {
+    serde_json::to_writer(buf, value).context("encoding the export as JSON")
+}
+
+/// `{"format", "version", "header", "steps": [...], "summary"}`; the summary is built while the
+/// steps stream, so it comes last.
+fn json_document(
+    header: &SessionHeader,
+    steps: impl Iterator<Item = Result<StepRecord>>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    buf.extend_from_slice(
+        format!("{{\"format\":\"{JSON_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\"header\":")
+            .as_bytes(),
+    );
+    to_json(&mut buf, header)?;
+    buf.extend_from_slice(b",\"steps\":[");
+    let mut summary = SummaryBuilder::new(header);
+    for (i, step) in steps.enumerate() {
+        let step = step?;
+        buf.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+        to_json(&mut buf, &step)?;
+        summary.add(&step);
+        put(out, &buf)?;
+        buf.clear();
+    }
+    buf.extend_from_slice(b"\n],\"summary\":");
+    to_json(&mut buf, &summary.finish())?;
+    buf.extend_from_slice(b"}\n");
+    put(out, &buf)
+}
+
+/// One event of the Chrome Trace Event Format; timestamps and durations in µs.
+#[derive(Serialize)]
+struct TraceEvent<'a> {
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cat: Option<&'static str>,
+    ph: &'static str,
+    ts: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dur: Option<f64>,
+    pid: u32,
+    tid: u32,
+    args: Value,
+}
+
+/// Process of the steps and paths, and of the GPU telemetry counters.
+const PID_LAYER: u32 = 1;
+const PID_TELEMETRY: u32 = 2;
+/// Track of whole steps; path i runs on track i + 1.
+const TID_STEPS: u32 = 0;
+
+/// Rounds to the nanosecond so the file does not carry float noise.
+fn ns(us: f64) -> f64 {
+    (us * 1e3).round() / 1e3
+}
+
+fn path_name(i: usize) -> &'static str {
+    ["A", "B", "C", "D"].get(i).copied().unwrap_or("?")
+}
+
+/// The Chrome Trace Event Format as a JSON object (`traceEvents`), which Perfetto and
+/// chrome://tracing open. Layout (docs/session-format.md): one process for the layer with a
+/// "steps" track and one track per path — each step's kernels laid back to back as `X` events
+/// under a path slice — `C` counters for per-expert load, load imbalance and effective weights,
+/// and a second process of `C` counters for the NVML telemetry; `M` events name them all.
+fn chrome_trace(
+    header: &SessionHeader,
+    steps: impl Iterator<Item = Result<StepRecord>>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let paths: Vec<String> = header
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}: {}", path_name(i), p.label()))
+        .collect();
+    let other = json!({
+        "moescope_format": header.format,
+        "moescope_version": header.tool_version,
+        "layer": header.config.name,
+        "backend": header.backend,
+        "device": header.device,
+        "weights": header.weights,
+        "started": header.started,
+        "paths": paths.join("; "),
+    });
+    buf.extend_from_slice(b"{\"displayTimeUnit\":\"ms\",\"otherData\":");
+    to_json(&mut buf, &other)?;
+    buf.extend_from_slice(b",\"traceEvents\":[\n");
+
+    let mut first = true;
+    let mut emit = |buf: &mut Vec<u8>, e: &TraceEvent| -> Result<()> {
+        if !first {
+            buf.extend_from_slice(b",\n");
+        }
+        first = false;
+        to_json(buf, e)
+    };
+    let meta = |name: &'static str, pid: u32, tid: u32, args: Value| TraceEvent {
+        name,
+        cat: None,
+        ph: "M",
+        ts: 0.0,
+        dur: None,
+        pid,
+        tid,
+        args,
+    };
+    let process = format!(
+        "moescope {} on {} ({})",
+        header.config.name, header.device, header.backend
+    );
+    emit(
+        &mut buf,
+        &meta("process_name", PID_LAYER, 0, json!({ "name": process })),
+    )?;
+    emit(
+        &mut buf,
+        &meta(
+            "process_sort_index",
+            PID_LAYER,
+            0,
+            json!({ "sort_index": 0 }),
+        ),
+    )?;
+    emit(
+        &mut buf,
+        &meta(
+            "thread_name",
+            PID_LAYER,
+            TID_STEPS,
+            json!({ "name": "steps" }),
+        ),
+    )?;
+    emit(
+        &mut buf,
+        &meta(
+            "thread_sort_index",
+            PID_LAYER,
+            TID_STEPS,
+            json!({ "sort_index": 0 }),
+        ),
+    )?;
+    for (i, label) in paths.iter().enumerate() {
+        let tid = i as u32 + 1;
+        emit(
+            &mut buf,
+            &meta(
+                "thread_name",
+                PID_LAYER,
+                tid,
+                json!({ "name": format!("path {label}") }),
+            ),
+        )?;
+        emit(
+            &mut buf,
+            &meta(
+                "thread_sort_index",
+                PID_LAYER,
+                tid,
+                json!({ "sort_index": tid }),
+            ),
+        )?;
+    }
+    emit(
+        &mut buf,
+        &meta(
+            "process_name",
+            PID_TELEMETRY,
+            0,
+            json!({ "name": format!("GPU telemetry ({})", header.device) }),
+        ),
+    )?;
+    emit(
+        &mut buf,
+        &meta(
+            "process_sort_index",
+            PID_TELEMETRY,
+            0,
+            json!({ "sort_index": 1 }),
+        ),
+    )?;
+    put(out, &buf)?;
+    buf.clear();
+
+    let experts = header.config.n_routed_experts;
+    let digits = experts.saturating_sub(1).max(1).to_string().len();
+    // Steps are laid out in order; a step never starts before the previous one ended, so the
+    // slices on each track nest properly even where recorded clocks disagree.
+    let mut cursor = 0.0f64;
+    for step in steps {
+        let r = step?;
+        let start = ns((r.t_ms * 1e3 - r.wall_us).max(cursor));
+        let mut end = start + r.wall_us.max(0.0);
+        let step_name = format!("step {}", r.step);
+        emit(
+            &mut buf,
+            &TraceEvent {
+                name: &step_name,
+                cat: Some("step"),
+                ph: "X",
+                ts: start,
+                dur: Some(ns(r.wall_us.max(0.0))),
+                pid: PID_LAYER,
+                tid: TID_STEPS,
+                args: json!({
+                    "step": r.step,
+                    "tokens": r.tokens,
+                    "routing_agreement_ab": r.comparison.routing_agreement_ab,
+                    "output_rel_l2_ab": r.comparison.output_rel_l2_ab,
+                }),
+            },
+        )?;
+        let mut imbalance = Map::new();
+        let mut routed_sum = Map::new();
+        let mut shared = Map::new();
+        for (i, p) in r.paths.iter().enumerate() {
+            let tid = i as u32 + 1;
+            let kernel_sum: f64 = p.timings.iter().map(|t| ns(t.us.max(0.0))).sum();
+            let path_dur = ns(p.total_us.max(kernel_sum));
+            let path_slice = format!("path {} step {}", p.name, r.step);
+            emit(
+                &mut buf,
+                &TraceEvent {
+                    name: &path_slice,
+                    cat: Some("path"),
+                    ph: "X",
+                    ts: start,
+                    dur: Some(path_dur),
+                    pid: PID_LAYER,
+                    tid,
+                    args: json!({
+                        "step": r.step,
+                        "total_us": p.total_us,
+                        "clean_us": p.clean_us,
+                        "contract_ok": p.contract.ok,
+                        "contract": p.contract.message,
+                    }),
+                },
+            )?;
+            let mut ts = start;
+            for t in &p.timings {
+                let dur = ns(t.us.max(0.0));
+                let mut args = json!({ "step": r.step, "tokens": r.tokens });
+                if let Some(bytes) = t.bytes {
+                    args["bytes"] = json!(bytes);
+                    if t.us > 0.0 {
+                        args["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
+                    }
+                }
+                emit(
+                    &mut buf,
+                    &TraceEvent {
+                        name: &t.name,
+                        cat: Some("kernel"),
+                        ph: "X",
+                        ts: ns(ts),
+                        dur: Some(dur),
+                        pid: PID_LAYER,
+                        tid,
+                        args,
+                    },
+                )?;
+                ts += dur;
+            }
+            end = end.max(start + path_dur);
+
+            let mut load = Map::new();
+            for (e, &n) in p.load.iter().enumerate() {
+                let key = if e < experts {
+                    format!("e{e:0digits$}")
+                } else {
+                    format!("shared{}", e - experts)
+                };
+                load.insert(key, json!(n));
+            }
+            let load_name = format!("load {}", p.name);
+            emit(
+                &mut buf,
+                &TraceEvent {
+                    name: &load_name,
+                    cat: Some("load"),
+                    ph: "C",
+                    ts: start,
+                    dur: None,
+                    pid: PID_LAYER,
+                    tid: 0,
+                    args: Value::Object(load),
+                },
+            )?;
+            let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
+            imbalance.insert(p.name.clone(), json!(super::summary::imbalance(&routed)));
+            routed_sum.insert(p.name.clone(), json!(p.routed_weight_sum.mean));
+            if let Some(s) = &p.shared_weight {
+                shared.insert(p.name.clone(), json!(s.mean));
+            }
+        }
+        for (name, args) in [
+            ("load imbalance (max/mean)", imbalance),
+            ("routed weight sum (mean)", routed_sum),
+            ("shared weight (mean)", shared),
+        ] {
+            if !args.is_empty() {
+                emit(
+                    &mut buf,
+                    &TraceEvent {
+                        name,
+                        cat: Some("contract"),
+                        ph: "C",
+                        ts: start,
+                        dur: None,
+                        pid: PID_LAYER,
+                        tid: 0,
+                        args: Value::Object(args),
+                    },
+                )?;
+            }
+        }
+        if let Some(t) = &r.telemetry {
+            let throttled = !t.throttle_reasons.is_empty();
+            let series: [(&str, Option<f64>); 14] = [
+                ("power W", t.power_w),
+                ("power limit W", t.power_limit_w),
+                ("GPU util %", t.gpu_util_pct.map(f64::from)),
+                ("memory util %", t.mem_util_pct.map(f64::from)),
+                ("memory used MiB", t.mem_used_mib.map(|v| v as f64)),
+                ("SM clock MHz", t.sm_clock_mhz.map(f64::from)),
+                ("memory clock MHz", t.mem_clock_mhz.map(f64::from)),
+                ("temperature C", t.temperature_c.map(f64::from)),
+                ("PCIe tx KiB/s", t.pcie_tx_kib_s.map(f64::from)),
+                ("PCIe rx KiB/s", t.pcie_rx_kib_s.map(f64::from)),
+                ("throttled", Some(if throttled { 1.0 } else { 0.0 })),
+                ("GPM SM occupancy %", t.gpm_sm_occupancy_pct),
+                ("GPM tensor active %", t.gpm_tensor_active_pct),
+                ("GPM DRAM bandwidth %", t.gpm_dram_bw_util_pct),
+            ];
+            for (name, value) in series {
+                if let Some(v) = value.filter(|v| v.is_finite()) {
+                    emit(
+                        &mut buf,
+                        &TraceEvent {
+                            name,
+                            cat: Some("telemetry"),
+                            ph: "C",
+                            ts: start,
+                            dur: None,
+                            pid: PID_TELEMETRY,
+                            tid: 0,
+                            args: json!({ "value": v }),
+                        },
+                    )?;
+                }
+            }
+        }
+        cursor = end;
+        put(out, &buf)?;
+        buf.clear();
+    }
+    put(out, b"\n]}\n")
+}
+
+/// DeepSeek EPLB's `rebalance_experts` takes `weight` [layers, logical experts]. moescope runs
+/// one layer, so row i holds step i's tokens per routed (logical) expert of path A — the
+/// reference-routed path; `total` [1 × E] is the sum over steps, the single-layer input.
+fn eplb_matrix(
+    header: &SessionHeader,
+    steps: impl Iterator<Item = Result<StepRecord>>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let experts = header.config.n_routed_experts;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let head = json!({
+        "layer": header.config.name,
+        "path": "A",
+        "path_label": header.paths.first().map(|p| p.label()),
+        "rows": "steps",
+        "device": header.device,
+        "started": header.started,
+    });
+    buf.extend_from_slice(
+        format!(
+            "{{\"format\":\"{EPLB_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\
+             \"num_logical_experts\":{experts},\"source\":"
+        )
+        .as_bytes(),
+    );
+    to_json(&mut buf, &head)?;
+    buf.extend_from_slice(b",\"weight\":[");
+    let mut total = vec![0u64; experts];
+    let mut rows = 0u64;
+    for step in steps {
+        let r = step?;
+        let Some(a) = r.paths.first() else {
+            bail!("step {} has no paths; expected path A's load", r.step);
+        };
+        if a.load.len() < experts {
+            bail!(
+                "step {}: path A's load has {} entries; expected at least {experts} (one per routed expert)",
+                r.step,
+                a.load.len()
+            );
+        }
+        let row = &a.load[..experts];
+        for (t, &n) in total.iter_mut().zip(row) {
+            *t += u64::from(n);
+        }
+        buf.extend_from_slice(if rows == 0 { b"\n" } else { b",\n" });
+        to_json(&mut buf, &row)?;
+        rows += 1;
+        put(out, &buf)?;
+        buf.clear();
+    }
+    buf.extend_from_slice(format!("\n],\"steps\":{rows},\"total\":[").as_bytes());
+    to_json(&mut buf, &total)?;
+    buf.extend_from_slice(b"]}\n");
+    put(out, &buf)
+}
+
+/// CSV header of the timing export: one row per step, path and kernel, in launch order.
+pub const CSV_HEADER: &str = "step,t_ms,tokens,path,kernel,index,us,bytes,gb_per_s";
+
+fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Write) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(4096);
+    s.push_str(CSV_HEADER);
+    s.push('\n');
+    for step in steps {
+        let r = step?;
+        for p in &r.paths {
+            for (i, t) in p.timings.iter().enumerate() {
+                let bytes = t.bytes.map_or(String::new(), |b| b.to_string());
+                let bw = match t.bytes {
+                    Some(b) if t.us > 0.0 => format!("{}", b as f64 / (t.us * 1e3)),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{},{},{i},{},{bytes},{bw}",
+                    r.step,
+                    r.t_ms,
+                    r.tokens,
+                    csv_field(&p.name),
+                    csv_field(&t.name),
+                    t.us
+                );
+            }
+        }
+        put(out, s.as_bytes())?;
+        s.clear();
+    }
+    Ok(())
+}
+
+/// Quotes a field that holds a comma, quote or line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Where an export goes: stdout, or a file written through a temporary file in the same folder
+/// and renamed into place on `commit`, so a failure never leaves a half-written output. (Like
+/// `route::write_atomically`, but streaming: an export of a large session never sits in memory.)
+pub struct Output {
+    target: Target,
+}
+
+enum Target {
+    Stdout(BufWriter<std::io::Stdout>),
+    File {
+        tmp: PathBuf,
+        dest: PathBuf,
+        writer: Option<BufWriter<File>>,
+    },
+}
+
+impl Output {
+    /// Stdout when `path` is None; else refuses an existing `path` unless `force`.
+    pub fn create(path: Option<&Path>, force: bool) -> Result<Output> {
+        let Some(dest) = path else {
+            return Ok(Output {
+                target: Target::Stdout(BufWriter::new(std::io::stdout())),
+            });
+        };
+        if dest.exists() && !force {
+            bail!(
+                "output file {} already exists; pass --force to overwrite it",
+                dest.display()
+            );
+        }
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = dest
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("moescope-export");
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        Ok(Output {
+            target: Target::File {
+                tmp,
+                dest: dest.to_path_buf(),
+                writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            },
+        })
+    }
+
+    pub fn writer(&mut self) -> &mut dyn Write {
+        match &mut self.target {
+            Target::Stdout(w) => w,
+            Target::File { writer, .. } => match writer {
+                Some(w) => w,
+                // Only `commit` takes the writer, and it consumes self.
+                None => unreachable!("export output used after commit"),
+            },
+        }
+    }
+
+    /// Flushes and moves the finished file into place.
+    pub fn commit(mut self) -> Result<()> {
+        match &mut self.target {
+            Target::Stdout(w) => w.flush().context("writing the export to stdout"),
+            Target::File { tmp, dest, writer } => {
+                if let Some(w) = writer.take() {
+                    let file = w
+                        .into_inner()
+                        .map_err(|e| e.into_error())
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                    file.sync_all()
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                }
+                std::fs::rename(&*tmp, &*dest)
+                    .with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
+            }
+        }
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // An export that did not commit leaves nothing behind (after a commit the rename has
+        // already moved the file, so this finds nothing).
+        if let Target::File { tmp, .. } = &self.target {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Refuses to export a session onto itself, even with --force.
+pub fn refuse_same_file(input: &Path, output: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
+        if a == b {
+            bail!(
+                "output file {} is the session being exported; choose another -o",
+                output.display()
+            );
+        }
+    }
+    Ok(())
+}
