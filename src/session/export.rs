@@ -93,9 +93,25 @@ const PID_TELEMETRY: u32 = 2;
 /// Track of whole steps; path i runs on track i + 1.
 const TID_STEPS: u32 = 0;
 
-/// Rounds to the nanosecond so the file does not carry float noise.
-fn ns(us: f64) -> f64 {
-    (us * 1e3).round() / 1e3
+/// Times are laid out in whole nanoseconds, so a slice's end is exactly where the next begins
+/// and children end inside their parent in every viewer; a non-finite time (a damaged record)
+/// becomes 0 so every event keeps a numeric `ts` and `dur`.
+fn to_ns(us: f64) -> i64 {
+    if us.is_finite() {
+        (us.max(0.0) * 1e3).round() as i64
+    } else {
+        0
+    }
+}
+
+/// Nanoseconds as the format's microseconds.
+fn us(ns: i64) -> f64 {
+    ns as f64 / 1e3
+}
+
+/// Counter values must be numbers: NaN (written as null) would break the counter track.
+fn finite(v: f64) -> Option<Value> {
+    v.is_finite().then(|| json!(v))
 }
 
 fn path_name(i: usize) -> &'static str {
@@ -232,11 +248,12 @@ fn chrome_trace(
     let digits = experts.saturating_sub(1).max(1).to_string().len();
     // Steps are laid out in order; a step never starts before the previous one ended, so the
     // slices on each track nest properly even where recorded clocks disagree.
-    let mut cursor = 0.0f64;
+    let mut cursor = 0i64;
     for step in steps {
         let r = step?;
-        let start = ns((r.t_ms * 1e3 - r.wall_us).max(cursor));
-        let mut end = start + r.wall_us.max(0.0);
+        let wall = to_ns(r.wall_us);
+        let start = (to_ns(r.t_ms * 1e3) - wall).max(cursor);
+        let mut end = start + wall;
         let step_name = format!("step {}", r.step);
         emit(
             &mut buf,
@@ -244,8 +261,8 @@ fn chrome_trace(
                 name: &step_name,
                 cat: Some("step"),
                 ph: "X",
-                ts: start,
-                dur: Some(ns(r.wall_us.max(0.0))),
+                ts: us(start),
+                dur: Some(us(wall)),
                 pid: PID_LAYER,
                 tid: TID_STEPS,
                 args: json!({
@@ -261,8 +278,9 @@ fn chrome_trace(
         let mut shared = Map::new();
         for (i, p) in r.paths.iter().enumerate() {
             let tid = i as u32 + 1;
-            let kernel_sum: f64 = p.timings.iter().map(|t| ns(t.us.max(0.0))).sum();
-            let path_dur = ns(p.total_us.max(kernel_sum));
+            let kernel_sum: i64 = p.timings.iter().map(|t| to_ns(t.us)).sum();
+            // The path slice encloses its kernels exactly, so they nest in every viewer.
+            let path_dur = to_ns(p.total_us).max(kernel_sum);
             let path_slice = format!("path {} step {}", p.name, r.step);
             emit(
                 &mut buf,
@@ -270,8 +288,8 @@ fn chrome_trace(
                     name: &path_slice,
                     cat: Some("path"),
                     ph: "X",
-                    ts: start,
-                    dur: Some(path_dur),
+                    ts: us(start),
+                    dur: Some(us(path_dur)),
                     pid: PID_LAYER,
                     tid,
                     args: json!({
@@ -285,7 +303,7 @@ fn chrome_trace(
             )?;
             let mut ts = start;
             for t in &p.timings {
-                let dur = ns(t.us.max(0.0));
+                let dur = to_ns(t.us);
                 let mut args = json!({ "step": r.step, "tokens": r.tokens });
                 if let Some(bytes) = t.bytes {
                     args["bytes"] = json!(bytes);
@@ -299,8 +317,8 @@ fn chrome_trace(
                         name: &t.name,
                         cat: Some("kernel"),
                         ph: "X",
-                        ts: ns(ts),
-                        dur: Some(dur),
+                        ts: us(ts),
+                        dur: Some(us(dur)),
                         pid: PID_LAYER,
                         tid,
                         args,
@@ -326,7 +344,7 @@ fn chrome_trace(
                     name: &load_name,
                     cat: Some("load"),
                     ph: "C",
-                    ts: start,
+                    ts: us(start),
                     dur: None,
                     pid: PID_LAYER,
                     tid: 0,
@@ -335,9 +353,11 @@ fn chrome_trace(
             )?;
             let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
             imbalance.insert(p.name.clone(), json!(super::summary::imbalance(&routed)));
-            routed_sum.insert(p.name.clone(), json!(p.routed_weight_sum.mean));
-            if let Some(s) = &p.shared_weight {
-                shared.insert(p.name.clone(), json!(s.mean));
+            if let Some(v) = finite(p.routed_weight_sum.mean) {
+                routed_sum.insert(p.name.clone(), v);
+            }
+            if let Some(v) = p.shared_weight.and_then(|s| finite(s.mean)) {
+                shared.insert(p.name.clone(), v);
             }
         }
         for (name, args) in [
@@ -352,7 +372,7 @@ fn chrome_trace(
                         name,
                         cat: Some("contract"),
                         ph: "C",
-                        ts: start,
+                        ts: us(start),
                         dur: None,
                         pid: PID_LAYER,
                         tid: 0,
@@ -387,7 +407,7 @@ fn chrome_trace(
                             name,
                             cat: Some("telemetry"),
                             ph: "C",
-                            ts: start,
+                            ts: us(start),
                             dur: None,
                             pid: PID_TELEMETRY,
                             tid: 0,

@@ -23,6 +23,8 @@ pub struct Dist {
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
+    /// NaN or infinite values seen (not in the other fields).
+    pub nonfinite: u64,
 }
 
 /// Accumulates a [`Dist`] in bounded memory: exact count, mean, min and max; percentiles from
@@ -30,6 +32,7 @@ pub struct Dist {
 #[derive(Clone, Debug, Default)]
 pub struct DistBuilder {
     n: u64,
+    nonfinite: u64,
     sum: f64,
     min: f64,
     max: f64,
@@ -39,9 +42,10 @@ pub struct DistBuilder {
 }
 
 impl DistBuilder {
-    /// Adds a value; NaN and infinities are ignored (they have no percentile).
+    /// Adds a value; NaN and infinities are only counted (they have no percentile).
     pub fn add(&mut self, v: f64) {
         if !v.is_finite() {
+            self.nonfinite += 1;
             return;
         }
         if self.n == 0 {
@@ -81,7 +85,10 @@ impl DistBuilder {
 
     pub fn finish(&self) -> Dist {
         if self.n == 0 {
-            return Dist::default();
+            return Dist {
+                nonfinite: self.nonfinite,
+                ..Dist::default()
+            };
         }
         Dist {
             n: self.n,
@@ -91,6 +98,7 @@ impl DistBuilder {
             p50: self.quantile(0.5),
             p90: self.quantile(0.9),
             p99: self.quantile(0.99),
+            nonfinite: self.nonfinite,
         }
     }
 }
@@ -289,21 +297,30 @@ impl Summary {
         }
 
         writeln!(s, "\nnumerics")?;
+        let nan = |d: &Dist| {
+            if d.nonfinite > 0 {
+                format!(" (NaN on {} steps)", d.nonfinite)
+            } else {
+                String::new()
+            }
+        };
         writeln!(
             s,
-            "  routing agreement A/B: mean {:.4}, min {:.4}; output rel. L2 A/B: max {:.3e}",
+            "  routing agreement A/B: mean {:.4}, min {:.4}; output rel. L2 A/B: max {:.3e}{}",
             self.routing_agreement_ab.mean,
             self.routing_agreement_ab.min,
-            self.output_rel_l2_ab.max
+            self.output_rel_l2_ab.max,
+            nan(&self.output_rel_l2_ab)
         )?;
         for p in &self.paths {
             writeln!(
                 s,
-                "  {} vs reference: routing agreement mean {:.4}, min {:.4}; output rel. L2 max {:.3e}; non-finite outputs {}",
+                "  {} vs reference: routing agreement mean {:.4}, min {:.4}; output rel. L2 max {:.3e}{}; non-finite outputs {}",
                 p.name,
                 p.routing_agreement_ref.mean,
                 p.routing_agreement_ref.min,
                 p.output_rel_l2_ref.max,
+                nan(&p.output_rel_l2_ref),
                 p.nonfinite_outputs
             )?;
         }
@@ -639,7 +656,7 @@ mod tests {
             d.add(v);
         }
         let s = d.finish();
-        assert_eq!(s.n, 4);
+        assert_eq!((s.n, s.nonfinite), (4, 2));
         assert_eq!(s.p50, 0.0);
         assert!((s.p99 - 4.0).abs() / 4.0 <= 0.005);
         assert_eq!(DistBuilder::default().finish(), Dist::default());
