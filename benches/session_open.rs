@@ -8,7 +8,8 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use moescope::cli::{LayerArgs, RunArgs};
 use moescope::engine::BackendChoice;
-use moescope::session::{SessionHeader, SessionReader, SessionWriter};
+use moescope::session::summary::Summary;
+use moescope::session::{export, ExportFormat, SessionHeader, SessionReader, SessionWriter};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -90,6 +91,28 @@ fn session_open(c: &mut Criterion) {
     );
     let last = reader.read(STEPS - 1).expect("the last step");
     assert_eq!(last.step, (STEPS - 1) as u64);
+
+    // Whole-session passes parse every step: timed once, for the record.
+    let header = reader.header().clone();
+    let t = Instant::now();
+    let summary = Summary::of_steps(&header, reader.steps()).expect("a summary");
+    assert_eq!(summary.steps, STEPS as u64);
+    eprintln!(
+        "replay --summary of {STEPS} steps: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
+    export::write(
+        ExportFormat::Chrome,
+        &header,
+        reader.steps(),
+        &mut std::io::sink(),
+    )
+    .expect("a chrome export");
+    eprintln!(
+        "chrome export of {STEPS} steps: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     drop(reader);
 
     let mut group = c.benchmark_group("session");

@@ -312,3 +312,33 @@ fn nan_numerics_survive_recording_and_export() {
     assert!(s.render("nan.jsonl").contains("NaN on 1 steps"));
     validate_chrome_trace(&export_to_string(&nan_path, ExportFormat::Chrome));
 }
+
+#[test]
+fn a_variant_switched_mid_session_shows_in_the_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.jsonl");
+    let args = session_util::small_args(Variant::Correct);
+    let (mut engine, _) = args.build_engine().unwrap();
+    let header = SessionHeader::for_run(&engine, &args);
+    let mut w = SessionWriter::create(&path, &header, false).unwrap();
+    for step in 0..4 {
+        if step == 2 {
+            // What the TUI's variant key does.
+            engine.set_variant(Variant::SharedInvRsf);
+        }
+        w.write(&engine.step().unwrap()).unwrap();
+    }
+    let (mut reader, _) = SessionReader::open(&path).unwrap();
+    let s = Summary::of_steps(&header, reader.steps()).unwrap();
+    let b = &s.paths[1];
+    assert_eq!(b.label, header.paths[1].label());
+    assert_eq!(b.other_labels.len(), 1);
+    assert!(
+        b.other_labels[0].contains("shared-inv-rsf"),
+        "{:?}",
+        b.other_labels
+    );
+    assert_eq!((b.contract.ok_steps, b.contract.violated_steps), (2, 2));
+    assert_eq!(b.contract.first_violation.as_ref().unwrap().step, 2);
+    assert!(s.render("s.jsonl").contains("later in the session"));
+}

@@ -528,26 +528,34 @@ fn csv_field(s: &str) -> String {
 /// Where an export goes: stdout, or a file written through a temporary file in the same folder
 /// and renamed into place on `commit`, so a failure never leaves a half-written output. (Like
 /// `route::write_atomically`, but streaming: an export of a large session never sits in memory.)
-pub struct Output {
-    target: Target,
-}
-
-enum Target {
+pub enum Output {
     Stdout(BufWriter<std::io::Stdout>),
     File {
-        tmp: PathBuf,
+        writer: BufWriter<File>,
+        tmp: TempFile,
         dest: PathBuf,
-        writer: Option<BufWriter<File>>,
     },
+}
+
+/// A temporary file removed when dropped, unless it was moved into place.
+pub struct TempFile {
+    path: PathBuf,
+    moved: bool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.moved {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 impl Output {
     /// Stdout when `path` is None; else refuses an existing `path` unless `force`.
     pub fn create(path: Option<&Path>, force: bool) -> Result<Output> {
         let Some(dest) = path else {
-            return Ok(Output {
-                target: Target::Stdout(BufWriter::new(std::io::stdout())),
-            });
+            return Ok(Output::Stdout(BufWriter::new(std::io::stdout())));
         };
         if dest.exists() && !force {
             bail!(
@@ -563,55 +571,45 @@ impl Output {
             .file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("moescope-export");
-        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let path = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let file =
-            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        Ok(Output {
-            target: Target::File {
-                tmp,
-                dest: dest.to_path_buf(),
-                writer: Some(BufWriter::with_capacity(1 << 20, file)),
-            },
+            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(Output::File {
+            writer: BufWriter::with_capacity(1 << 20, file),
+            tmp: TempFile { path, moved: false },
+            dest: dest.to_path_buf(),
         })
     }
 
     pub fn writer(&mut self) -> &mut dyn Write {
-        match &mut self.target {
-            Target::Stdout(w) => w,
-            Target::File { writer, .. } => match writer {
-                Some(w) => w,
-                // Only `commit` takes the writer, and it consumes self.
-                None => unreachable!("export output used after commit"),
-            },
+        match self {
+            Output::Stdout(w) => w,
+            Output::File { writer, .. } => writer,
         }
     }
 
-    /// Flushes and moves the finished file into place.
-    pub fn commit(mut self) -> Result<()> {
-        match &mut self.target {
-            Target::Stdout(w) => w.flush().context("writing the export to stdout"),
-            Target::File { tmp, dest, writer } => {
-                if let Some(w) = writer.take() {
-                    let file = w
-                        .into_inner()
-                        .map_err(|e| e.into_error())
-                        .with_context(|| format!("writing {}", tmp.display()))?;
-                    file.sync_all()
-                        .with_context(|| format!("writing {}", tmp.display()))?;
-                }
-                std::fs::rename(&*tmp, &*dest)
-                    .with_context(|| format!("cannot move {} to {}", tmp.display(), dest.display()))
+    /// Flushes and moves the finished file into place. Dropping an `Output` without committing
+    /// removes its temporary file.
+    pub fn commit(self) -> Result<()> {
+        match self {
+            Output::Stdout(mut w) => w.flush().context("writing the export to stdout"),
+            Output::File {
+                writer,
+                mut tmp,
+                dest,
+            } => {
+                let file = writer
+                    .into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(|| format!("writing {}", tmp.path.display()))?;
+                file.sync_all()
+                    .with_context(|| format!("writing {}", tmp.path.display()))?;
+                std::fs::rename(&tmp.path, &dest).with_context(|| {
+                    format!("cannot move {} to {}", tmp.path.display(), dest.display())
+                })?;
+                tmp.moved = true;
+                Ok(())
             }
-        }
-    }
-}
-
-impl Drop for Output {
-    fn drop(&mut self) {
-        // An export that did not commit leaves nothing behind (after a commit the rename has
-        // already moved the file, so this finds nothing).
-        if let Target::File { tmp, .. } = &self.target {
-            let _ = std::fs::remove_file(tmp);
         }
     }
 }

@@ -134,6 +134,9 @@ pub struct KernelSummary {
 pub struct PathSummary {
     pub name: String,
     pub label: String,
+    /// Labels of the path as the steps ran it, in order of first appearance, where they differ
+    /// from `label` (the TUI can switch path B's variant mid-session).
+    pub other_labels: Vec<String>,
     /// In the order the kernels first appeared.
     pub kernels: Vec<KernelSummary>,
     pub total_us: Dist,
@@ -205,14 +208,19 @@ impl Summary {
     fn render_into(&self, s: &mut String, source: &str) -> std::fmt::Result {
         writeln!(s, "session  {source}")?;
         match (self.first_step, self.last_step) {
-            (Some(a), Some(b)) => writeln!(
-                s,
-                "steps    {} (step {a} to {b}), {:.0} to {:.0} tokens per step, {:.2} s recorded",
-                self.steps,
-                self.tokens.min,
-                self.tokens.max,
-                self.span_ms / 1e3
-            )?,
+            (Some(a), Some(b)) => {
+                let tokens = if self.tokens.min == self.tokens.max {
+                    format!("{:.0}", self.tokens.min)
+                } else {
+                    format!("{:.0} to {:.0}", self.tokens.min, self.tokens.max)
+                };
+                writeln!(
+                    s,
+                    "steps    {} (step {a} to {b}), {tokens} tokens per step, {:.2} s recorded",
+                    self.steps,
+                    self.span_ms / 1e3
+                )?
+            }
             _ => {
                 writeln!(s, "steps    none recorded")?;
                 return Ok(());
@@ -227,6 +235,9 @@ impl Summary {
         )?;
         for p in &self.paths {
             writeln!(s, "path {}   {}", p.name, p.label)?;
+            for other in &p.other_labels {
+                writeln!(s, "         later in the session: {other}")?;
+            }
         }
 
         writeln!(s, "\nkernel times (µs, percentiles within ±0.5%)")?;
@@ -380,6 +391,7 @@ struct KernelBuilder {
 struct PathBuilder {
     name: String,
     label: String,
+    other_labels: Vec<String>,
     kernels: Vec<KernelBuilder>,
     total_us: DistBuilder,
     clean_us: DistBuilder,
@@ -532,6 +544,10 @@ pub fn imbalance(routed_load: &[u64]) -> f64 {
 
 impl PathBuilder {
     fn add(&mut self, p: &PathRecord, step: u64, routed_experts: usize) {
+        let label = p.spec.label();
+        if label != self.label && !self.other_labels.contains(&label) {
+            self.other_labels.push(label);
+        }
         for t in &p.timings {
             let k = match self.kernels.iter().position(|k| k.name == t.name) {
                 Some(k) => k,
@@ -604,6 +620,7 @@ impl PathBuilder {
         PathSummary {
             name: self.name,
             label: self.label,
+            other_labels: self.other_labels,
             kernels: self
                 .kernels
                 .into_iter()
