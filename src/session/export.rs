@@ -109,6 +109,17 @@ fn us(ns: i64) -> f64 {
     ns as f64 / 1e3
 }
 
+/// Event args without nulls: an absent reading (`clean_us` on the CPU) or a NaN comparison
+/// (serialized as null) is left out rather than shown as null.
+fn args(value: Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    }
+}
+
 /// Counter values must be numbers: NaN (written as null) would break the counter track.
 fn finite(v: f64) -> Option<Value> {
     v.is_finite().then(|| json!(v))
@@ -265,12 +276,12 @@ fn chrome_trace(
                 dur: Some(us(wall)),
                 pid: PID_LAYER,
                 tid: TID_STEPS,
-                args: json!({
+                args: args(json!({
                     "step": r.step,
                     "tokens": r.tokens,
                     "routing_agreement_ab": r.comparison.routing_agreement_ab,
                     "output_rel_l2_ab": r.comparison.output_rel_l2_ab,
-                }),
+                })),
             },
         )?;
         let mut imbalance = Map::new();
@@ -292,23 +303,23 @@ fn chrome_trace(
                     dur: Some(us(path_dur)),
                     pid: PID_LAYER,
                     tid,
-                    args: json!({
+                    args: args(json!({
                         "step": r.step,
                         "total_us": p.total_us,
                         "clean_us": p.clean_us,
                         "contract_ok": p.contract.ok,
                         "contract": p.contract.message,
-                    }),
+                    })),
                 },
             )?;
             let mut ts = start;
             for t in &p.timings {
                 let dur = to_ns(t.us);
-                let mut args = json!({ "step": r.step, "tokens": r.tokens });
+                let mut args_k = json!({ "step": r.step, "tokens": r.tokens });
                 if let Some(bytes) = t.bytes {
-                    args["bytes"] = json!(bytes);
+                    args_k["bytes"] = json!(bytes);
                     if t.us > 0.0 {
-                        args["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
+                        args_k["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
                     }
                 }
                 emit(
@@ -321,7 +332,7 @@ fn chrome_trace(
                         dur: Some(us(dur)),
                         pid: PID_LAYER,
                         tid,
-                        args,
+                        args: args(args_k),
                     },
                 )?;
                 ts += dur;

@@ -79,7 +79,7 @@ fn int(e: &Value, key: &str, i: usize) -> u64 {
 /// Checks a Chrome trace (JSON object format) against the Trace Event Format's rules for the
 /// phases moescope writes, and that complete events on one track nest (what Perfetto needs):
 /// - every event: string `name` and `ph`, integer `pid` and `tid`, object `args`;
-/// - X: numeric `ts` and `dur` ≥ 0 (µs); C: numeric `ts`, args all finite numbers;
+/// - X: numeric `ts` and `dur` ≥ 0 (µs), no null args; C: numeric `ts`, args all finite numbers;
 /// - M: a known metadata name with `args.name` (string) or `args.sort_index` (integer).
 pub fn validate_chrome_trace(text: &str) -> TraceStats {
     let doc: Value = serde_json::from_str(text).expect("the trace is one JSON document");
@@ -106,6 +106,10 @@ pub fn validate_chrome_trace(text: &str) -> TraceStats {
         match ph {
             "X" => {
                 let (ts, dur) = (num(e, "ts", i), num(e, "dur", i));
+                assert!(
+                    args.values().all(|v| !v.is_null()),
+                    "event {i}: a null arg: {e}"
+                );
                 let start = (ts * 1e3).round() as i64;
                 spans
                     .entry((pid, tid))
