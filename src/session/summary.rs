@@ -301,7 +301,11 @@ impl Summary {
                 if let Some(v) = &c.first_violation {
                     writeln!(s, "      first at step {}: {}", v.step, v.message)?;
                 }
-                if let Some(v) = &c.worst_violation {
+                if let Some(v) = c
+                    .worst_violation
+                    .as_ref()
+                    .filter(|w| Some(*w) != c.first_violation.as_ref())
+                {
                     writeln!(s, "      worst at step {}: {}", v.step, v.message)?;
                 }
             }
