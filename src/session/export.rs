@@ -4,7 +4,7 @@
 
 use super::summary::SummaryBuilder;
 use super::{ExportFormat, SessionHeader};
-use crate::engine::step::StepRecord;
+use crate::engine::step::{StepRecord, TelemetrySample};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -129,6 +129,85 @@ fn path_name(i: usize) -> &'static str {
     ["A", "B", "C", "D"].get(i).copied().unwrap_or("?")
 }
 
+/// Trace events, comma-separated into a buffer that goes out once per step.
+struct Events {
+    buf: Vec<u8>,
+    first: bool,
+}
+
+impl Events {
+    fn push(&mut self, e: &TraceEvent) -> Result<()> {
+        if !self.first {
+            self.buf.extend_from_slice(b",\n");
+        }
+        self.first = false;
+        to_json(&mut self.buf, e)
+    }
+
+    /// An `M` event naming or ordering a process or track.
+    fn meta(&mut self, name: &'static str, pid: u32, tid: u32, args: Value) -> Result<()> {
+        self.push(&TraceEvent {
+            name,
+            cat: None,
+            ph: "M",
+            ts: 0.0,
+            dur: None,
+            pid,
+            tid,
+            args,
+        })
+    }
+
+    /// An `X` slice on a track of the layer process; times in ns.
+    fn slice(
+        &mut self,
+        name: &str,
+        cat: &'static str,
+        tid: u32,
+        ts: i64,
+        dur: i64,
+        a: Value,
+    ) -> Result<()> {
+        self.push(&TraceEvent {
+            name,
+            cat: Some(cat),
+            ph: "X",
+            ts: us(ts),
+            dur: Some(us(dur)),
+            pid: PID_LAYER,
+            tid,
+            args: args(a),
+        })
+    }
+
+    /// A `C` sample of one or more series; time in ns.
+    fn counter(
+        &mut self,
+        name: &str,
+        cat: &'static str,
+        pid: u32,
+        ts: i64,
+        series: Value,
+    ) -> Result<()> {
+        self.push(&TraceEvent {
+            name,
+            cat: Some(cat),
+            ph: "C",
+            ts: us(ts),
+            dur: None,
+            pid,
+            tid: 0,
+            args: series,
+        })
+    }
+
+    fn flush(&mut self, out: &mut dyn Write) -> Result<()> {
+        put(out, &self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 /// The Chrome Trace Event Format as a JSON object (`traceEvents`), which Perfetto and
 /// chrome://tracing open. Layout (docs/session-format.md): one process for the layer with a
 /// "steps" track and one track per path — each step's kernels laid back to back as `X` events
@@ -139,7 +218,6 @@ fn chrome_trace(
     steps: impl Iterator<Item = Result<StepRecord>>,
     out: &mut dyn Write,
 ) -> Result<()> {
-    let mut buf = Vec::with_capacity(64 * 1024);
     let paths: Vec<String> = header
         .paths
         .iter()
@@ -156,283 +234,199 @@ fn chrome_trace(
         "started": header.started,
         "paths": paths.join("; "),
     });
-    buf.extend_from_slice(b"{\"displayTimeUnit\":\"ms\",\"otherData\":");
-    to_json(&mut buf, &other)?;
-    buf.extend_from_slice(b",\"traceEvents\":[\n");
+    let mut ev = Events {
+        buf: b"{\"displayTimeUnit\":\"ms\",\"otherData\":".to_vec(),
+        first: true,
+    };
+    to_json(&mut ev.buf, &other)?;
+    ev.buf.extend_from_slice(b",\"traceEvents\":[\n");
 
-    let mut first = true;
-    let mut emit = |buf: &mut Vec<u8>, e: &TraceEvent| -> Result<()> {
-        if !first {
-            buf.extend_from_slice(b",\n");
-        }
-        first = false;
-        to_json(buf, e)
-    };
-    let meta = |name: &'static str, pid: u32, tid: u32, args: Value| TraceEvent {
-        name,
-        cat: None,
-        ph: "M",
-        ts: 0.0,
-        dur: None,
-        pid,
-        tid,
-        args,
-    };
     let process = format!(
         "moescope {} on {} ({})",
         header.config.name, header.device, header.backend
     );
-    emit(
-        &mut buf,
-        &meta("process_name", PID_LAYER, 0, json!({ "name": process })),
+    ev.meta("process_name", PID_LAYER, 0, json!({ "name": process }))?;
+    ev.meta(
+        "process_sort_index",
+        PID_LAYER,
+        0,
+        json!({ "sort_index": 0 }),
     )?;
-    emit(
-        &mut buf,
-        &meta(
-            "process_sort_index",
-            PID_LAYER,
-            0,
-            json!({ "sort_index": 0 }),
-        ),
+    ev.meta(
+        "thread_name",
+        PID_LAYER,
+        TID_STEPS,
+        json!({ "name": "steps" }),
     )?;
-    emit(
-        &mut buf,
-        &meta(
-            "thread_name",
-            PID_LAYER,
-            TID_STEPS,
-            json!({ "name": "steps" }),
-        ),
-    )?;
-    emit(
-        &mut buf,
-        &meta(
-            "thread_sort_index",
-            PID_LAYER,
-            TID_STEPS,
-            json!({ "sort_index": 0 }),
-        ),
+    ev.meta(
+        "thread_sort_index",
+        PID_LAYER,
+        TID_STEPS,
+        json!({ "sort_index": 0 }),
     )?;
     for (i, label) in paths.iter().enumerate() {
         let tid = i as u32 + 1;
-        emit(
-            &mut buf,
-            &meta(
-                "thread_name",
-                PID_LAYER,
-                tid,
-                json!({ "name": format!("path {label}") }),
-            ),
+        ev.meta(
+            "thread_name",
+            PID_LAYER,
+            tid,
+            json!({ "name": format!("path {label}") }),
         )?;
-        emit(
-            &mut buf,
-            &meta(
-                "thread_sort_index",
-                PID_LAYER,
-                tid,
-                json!({ "sort_index": tid }),
-            ),
+        ev.meta(
+            "thread_sort_index",
+            PID_LAYER,
+            tid,
+            json!({ "sort_index": tid }),
         )?;
     }
-    emit(
-        &mut buf,
-        &meta(
-            "process_name",
-            PID_TELEMETRY,
-            0,
-            json!({ "name": format!("GPU telemetry ({})", header.device) }),
-        ),
+    let telemetry = format!("GPU telemetry ({})", header.device);
+    ev.meta(
+        "process_name",
+        PID_TELEMETRY,
+        0,
+        json!({ "name": telemetry }),
     )?;
-    emit(
-        &mut buf,
-        &meta(
-            "process_sort_index",
-            PID_TELEMETRY,
-            0,
-            json!({ "sort_index": 1 }),
-        ),
+    ev.meta(
+        "process_sort_index",
+        PID_TELEMETRY,
+        0,
+        json!({ "sort_index": 1 }),
     )?;
-    put(out, &buf)?;
-    buf.clear();
+    ev.flush(out)?;
 
+    // Series names of the per-expert load counters, zero-padded so they sort by expert id.
     let experts = header.config.n_routed_experts;
     let digits = experts.saturating_sub(1).max(1).to_string().len();
+    let mut load_keys: Vec<String> = (0..experts).map(|e| format!("e{e:0digits$}")).collect();
     // Steps are laid out in order; a step never starts before the previous one ended, so the
     // slices on each track nest properly even where recorded clocks disagree.
     let mut cursor = 0i64;
     for step in steps {
         let r = step?;
-        let wall = to_ns(r.wall_us);
-        let start = (to_ns(r.t_ms * 1e3) - wall).max(cursor);
-        let mut end = start + wall;
-        let step_name = format!("step {}", r.step);
-        emit(
-            &mut buf,
-            &TraceEvent {
-                name: &step_name,
-                cat: Some("step"),
-                ph: "X",
-                ts: us(start),
-                dur: Some(us(wall)),
-                pid: PID_LAYER,
-                tid: TID_STEPS,
-                args: args(json!({
-                    "step": r.step,
-                    "tokens": r.tokens,
-                    "routing_agreement_ab": r.comparison.routing_agreement_ab,
-                    "output_rel_l2_ab": r.comparison.output_rel_l2_ab,
-                })),
-            },
-        )?;
-        let mut imbalance = Map::new();
-        let mut routed_sum = Map::new();
-        let mut shared = Map::new();
-        for (i, p) in r.paths.iter().enumerate() {
-            let tid = i as u32 + 1;
-            let kernel_sum: i64 = p.timings.iter().map(|t| to_ns(t.us)).sum();
-            // The path slice encloses its kernels exactly, so they nest in every viewer.
-            let path_dur = to_ns(p.total_us).max(kernel_sum);
-            let path_slice = format!("path {} step {}", p.name, r.step);
-            emit(
-                &mut buf,
-                &TraceEvent {
-                    name: &path_slice,
-                    cat: Some("path"),
-                    ph: "X",
-                    ts: us(start),
-                    dur: Some(us(path_dur)),
-                    pid: PID_LAYER,
-                    tid,
-                    args: args(json!({
-                        "step": r.step,
-                        "total_us": p.total_us,
-                        "clean_us": p.clean_us,
-                        "contract_ok": p.contract.ok,
-                        "contract": p.contract.message,
-                    })),
-                },
-            )?;
-            let mut ts = start;
-            for t in &p.timings {
-                let dur = to_ns(t.us);
-                let mut args_k = json!({ "step": r.step, "tokens": r.tokens });
-                if let Some(bytes) = t.bytes {
-                    args_k["bytes"] = json!(bytes);
-                    if t.us > 0.0 {
-                        args_k["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
-                    }
-                }
-                emit(
-                    &mut buf,
-                    &TraceEvent {
-                        name: &t.name,
-                        cat: Some("kernel"),
-                        ph: "X",
-                        ts: us(ts),
-                        dur: Some(us(dur)),
-                        pid: PID_LAYER,
-                        tid,
-                        args: args(args_k),
-                    },
-                )?;
-                ts += dur;
-            }
-            end = end.max(start + path_dur);
-
-            let mut load = Map::new();
-            for (e, &n) in p.load.iter().enumerate() {
-                let key = if e < experts {
-                    format!("e{e:0digits$}")
-                } else {
-                    format!("shared{}", e - experts)
-                };
-                load.insert(key, json!(n));
-            }
-            let load_name = format!("load {}", p.name);
-            emit(
-                &mut buf,
-                &TraceEvent {
-                    name: &load_name,
-                    cat: Some("load"),
-                    ph: "C",
-                    ts: us(start),
-                    dur: None,
-                    pid: PID_LAYER,
-                    tid: 0,
-                    args: Value::Object(load),
-                },
-            )?;
-            let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
-            imbalance.insert(p.name.clone(), json!(super::summary::imbalance(&routed)));
-            if let Some(v) = finite(p.routed_weight_sum.mean) {
-                routed_sum.insert(p.name.clone(), v);
-            }
-            if let Some(v) = p.shared_weight.and_then(|s| finite(s.mean)) {
-                shared.insert(p.name.clone(), v);
-            }
+        let start = (to_ns(r.t_ms * 1e3) - to_ns(r.wall_us)).max(cursor);
+        while load_keys.len() < r.paths.iter().map(|p| p.load.len()).max().unwrap_or(0) {
+            load_keys.push(format!("shared{}", load_keys.len() - experts));
         }
-        for (name, args) in [
-            ("load imbalance (max/mean)", imbalance),
-            ("routed weight sum (mean)", routed_sum),
-            ("shared weight (mean)", shared),
-        ] {
-            if !args.is_empty() {
-                emit(
-                    &mut buf,
-                    &TraceEvent {
-                        name,
-                        cat: Some("contract"),
-                        ph: "C",
-                        ts: us(start),
-                        dur: None,
-                        pid: PID_LAYER,
-                        tid: 0,
-                        args: Value::Object(args),
-                    },
-                )?;
-            }
-        }
+        cursor = chrome_step(&mut ev, &r, start, experts, &load_keys)?;
         if let Some(t) = &r.telemetry {
-            let throttled = !t.throttle_reasons.is_empty();
-            let series: [(&str, Option<f64>); 14] = [
-                ("power W", t.power_w),
-                ("power limit W", t.power_limit_w),
-                ("GPU util %", t.gpu_util_pct.map(f64::from)),
-                ("memory util %", t.mem_util_pct.map(f64::from)),
-                ("memory used MiB", t.mem_used_mib.map(|v| v as f64)),
-                ("SM clock MHz", t.sm_clock_mhz.map(f64::from)),
-                ("memory clock MHz", t.mem_clock_mhz.map(f64::from)),
-                ("temperature C", t.temperature_c.map(f64::from)),
-                ("PCIe tx KiB/s", t.pcie_tx_kib_s.map(f64::from)),
-                ("PCIe rx KiB/s", t.pcie_rx_kib_s.map(f64::from)),
-                ("throttled", Some(if throttled { 1.0 } else { 0.0 })),
-                ("GPM SM occupancy %", t.gpm_sm_occupancy_pct),
-                ("GPM tensor active %", t.gpm_tensor_active_pct),
-                ("GPM DRAM bandwidth %", t.gpm_dram_bw_util_pct),
-            ];
-            for (name, value) in series {
-                if let Some(v) = value.filter(|v| v.is_finite()) {
-                    emit(
-                        &mut buf,
-                        &TraceEvent {
-                            name,
-                            cat: Some("telemetry"),
-                            ph: "C",
-                            ts: us(start),
-                            dur: None,
-                            pid: PID_TELEMETRY,
-                            tid: 0,
-                            args: json!({ "value": v }),
-                        },
-                    )?;
-                }
-            }
+            chrome_telemetry(&mut ev, t, start)?;
         }
-        cursor = end;
-        put(out, &buf)?;
-        buf.clear();
+        ev.flush(out)?;
     }
     put(out, b"\n]}\n")
+}
+
+/// One step's slices and counters from `start` (ns); returns when the step ends.
+fn chrome_step(
+    ev: &mut Events,
+    r: &StepRecord,
+    start: i64,
+    experts: usize,
+    load_keys: &[String],
+) -> Result<i64> {
+    let wall = to_ns(r.wall_us);
+    let mut end = start + wall;
+    let step_args = json!({
+        "step": r.step,
+        "tokens": r.tokens,
+        "routing_agreement_ab": r.comparison.routing_agreement_ab,
+        "output_rel_l2_ab": r.comparison.output_rel_l2_ab,
+    });
+    ev.slice(
+        &format!("step {}", r.step),
+        "step",
+        TID_STEPS,
+        start,
+        wall,
+        step_args,
+    )?;
+    let (mut imbalance, mut routed_sum, mut shared) = (Map::new(), Map::new(), Map::new());
+    for (i, p) in r.paths.iter().enumerate() {
+        let tid = i as u32 + 1;
+        let kernel_sum: i64 = p.timings.iter().map(|t| to_ns(t.us)).sum();
+        // The path slice encloses its kernels exactly, so they nest in every viewer.
+        let path_dur = to_ns(p.total_us).max(kernel_sum);
+        let path_args = json!({
+            "step": r.step,
+            "total_us": p.total_us,
+            "clean_us": p.clean_us,
+            "contract_ok": p.contract.ok,
+            "contract": p.contract.message,
+        });
+        let name = format!("path {} step {}", p.name, r.step);
+        ev.slice(&name, "path", tid, start, path_dur, path_args)?;
+        let mut ts = start;
+        for t in &p.timings {
+            let dur = to_ns(t.us);
+            let mut a = json!({ "step": r.step, "tokens": r.tokens });
+            if let Some(bytes) = t.bytes {
+                a["bytes"] = json!(bytes);
+                if t.us > 0.0 {
+                    a["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
+                }
+            }
+            ev.slice(&t.name, "kernel", tid, ts, dur, a)?;
+            ts += dur;
+        }
+        end = end.max(start + path_dur);
+
+        let load: Map<String, Value> = load_keys
+            .iter()
+            .zip(&p.load)
+            .map(|(k, &n)| (k.clone(), json!(n)))
+            .collect();
+        let name = format!("load {}", p.name);
+        ev.counter(&name, "load", PID_LAYER, start, Value::Object(load))?;
+        let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
+        imbalance.insert(p.name.clone(), json!(super::summary::imbalance(&routed)));
+        if let Some(v) = finite(p.routed_weight_sum.mean) {
+            routed_sum.insert(p.name.clone(), v);
+        }
+        if let Some(v) = p.shared_weight.and_then(|s| finite(s.mean)) {
+            shared.insert(p.name.clone(), v);
+        }
+    }
+    for (name, series) in [
+        ("load imbalance (max/mean)", imbalance),
+        ("routed weight sum (mean)", routed_sum),
+        ("shared weight (mean)", shared),
+    ] {
+        if !series.is_empty() {
+            ev.counter(name, "contract", PID_LAYER, start, Value::Object(series))?;
+        }
+    }
+    Ok(end)
+}
+
+/// One counter per NVML reading the device reported, at `ts` (ns).
+fn chrome_telemetry(ev: &mut Events, t: &TelemetrySample, ts: i64) -> Result<()> {
+    let throttled = if t.throttle_reasons.is_empty() {
+        0.0
+    } else {
+        1.0
+    };
+    let series: [(&str, Option<f64>); 14] = [
+        ("power W", t.power_w),
+        ("power limit W", t.power_limit_w),
+        ("GPU util %", t.gpu_util_pct.map(f64::from)),
+        ("memory util %", t.mem_util_pct.map(f64::from)),
+        ("memory used MiB", t.mem_used_mib.map(|v| v as f64)),
+        ("SM clock MHz", t.sm_clock_mhz.map(f64::from)),
+        ("memory clock MHz", t.mem_clock_mhz.map(f64::from)),
+        ("temperature C", t.temperature_c.map(f64::from)),
+        ("PCIe tx KiB/s", t.pcie_tx_kib_s.map(f64::from)),
+        ("PCIe rx KiB/s", t.pcie_rx_kib_s.map(f64::from)),
+        ("throttled", Some(throttled)),
+        ("GPM SM occupancy %", t.gpm_sm_occupancy_pct),
+        ("GPM tensor active %", t.gpm_tensor_active_pct),
+        ("GPM DRAM bandwidth %", t.gpm_dram_bw_util_pct),
+    ];
+    for (name, value) in series {
+        if let Some(v) = value.and_then(finite) {
+            ev.counter(name, "telemetry", PID_TELEMETRY, ts, json!({ "value": v }))?;
+        }
+    }
+    Ok(())
 }
 
 /// DeepSeek EPLB's `rebalance_experts` takes `weight` [layers, logical experts]. moescope runs
