@@ -220,3 +220,66 @@ fn a_header_without_steps_opens_empty_and_exports() {
     let t = validate_chrome_trace(std::str::from_utf8(&out).unwrap());
     assert!(t.slices.is_empty() && !t.thread_names.is_empty());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn session_bytes() -> &'static [u8] {
+        static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+        BYTES.get_or_init(|| joined(lines()).into_bytes())
+    }
+
+    /// Opens `bytes` as a session and reads every step; must never panic.
+    fn open_and_read(dir: &Path, bytes: &[u8]) -> anyhow::Result<(usize, Vec<String>)> {
+        let path = dir.join("s.jsonl");
+        std::fs::write(&path, bytes).unwrap();
+        let (mut reader, warnings) = SessionReader::open(&path)?;
+        let n = reader.len();
+        for step in reader.steps() {
+            step?;
+        }
+        Ok((n, warnings))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// A recording cut at any byte after the header keeps exactly its complete steps; a cut
+        /// inside the header is an error.
+        #[test]
+        fn a_cut_anywhere_keeps_the_complete_steps(cut in 0usize..1_000_000) {
+            let bytes = session_bytes();
+            let cut = cut % (bytes.len() + 1);
+            let dir = tempfile::tempdir().unwrap();
+            let header_len = lines()[0].len() + 1;
+            let result = open_and_read(dir.path(), &bytes[..cut]);
+            if cut < header_len {
+                prop_assert!(result.is_err());
+            } else {
+                let (n, warnings) = result.unwrap();
+                // Lines after the header that end before the cut (newline included).
+                let complete = bytes[header_len..cut].iter().filter(|&&b| b == b'\n').count();
+                let partial = !bytes[..cut].ends_with(b"\n");
+                // A partial line is kept only when it is a whole record that lost its newline.
+                let whole = partial && bytes.get(cut) == Some(&b'\n');
+                prop_assert_eq!(n, complete + usize::from(whole));
+                prop_assert_eq!(warnings.len(), usize::from(partial && !whole));
+            }
+        }
+
+        /// Bytes overwritten anywhere: an error or a readable session, never a panic.
+        #[test]
+        fn corrupt_bytes_never_panic(
+            edits in proptest::collection::vec((0usize..1_000_000, any::<u8>()), 1..8)
+        ) {
+            let mut bytes = session_bytes().to_vec();
+            let len = bytes.len();
+            for (at, b) in edits {
+                bytes[at % len] = b;
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let _ = open_and_read(dir.path(), &bytes);
+        }
+    }
+}
