@@ -342,3 +342,26 @@ fn a_variant_switched_mid_session_shows_in_the_summary() {
     assert_eq!(b.contract.first_violation.as_ref().unwrap().step, 2);
     assert!(s.render("s.jsonl").contains("later in the session"));
 }
+
+#[test]
+fn a_header_from_parts_matches_one_from_the_engine() {
+    use moescope::session::writer::describe_weights;
+    let mut args = session_util::small_args(Variant::Hardcoded2_5);
+    args.layer.skew = 0.5;
+    args.layer.tp = 2;
+    let (engine, _) = args.build_engine().unwrap();
+    let from_engine = SessionHeader::for_run(&engine, &args);
+    let mut from_parts = SessionHeader::from_parts(
+        &engine.info(),
+        engine.config(),
+        engine.paths(),
+        describe_weights(&args),
+    );
+    from_parts.started.clone_from(&from_engine.started);
+    assert_eq!(from_parts, from_engine);
+    assert_eq!(from_engine.paths[1].variant, Variant::Hardcoded2_5);
+    assert_eq!(
+        from_engine.weights,
+        "synthetic, seed 7, skew 0.5, tp 2 (one rank)"
+    );
+}

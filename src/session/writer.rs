@@ -3,8 +3,10 @@
 
 use super::{SessionHeader, SESSION_FORMAT, SESSION_VERSION};
 use crate::cli::RunArgs;
+use crate::engine::config::MoeConfig;
+use crate::engine::paths::PathSpec;
 use crate::engine::step::StepRecord;
-use crate::engine::Engine;
+use crate::engine::{BackendInfo, Engine};
 use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -15,15 +17,25 @@ impl SessionHeader {
     /// The header of a session recorded from `engine`, started now. `weights` says where the
     /// weights came from (see [`describe_weights`]).
     pub fn new(engine: &Engine, weights: impl Into<String>) -> SessionHeader {
-        let info = engine.info();
+        SessionHeader::from_parts(&engine.info(), engine.config(), engine.paths(), weights)
+    }
+
+    /// The same from the pieces, for a caller whose engine lives on another thread (the TUI
+    /// starting a recording mid-run): `paths` as they run now, A then B.
+    pub fn from_parts(
+        info: &BackendInfo,
+        config: &MoeConfig,
+        paths: &[PathSpec],
+        weights: impl Into<String>,
+    ) -> SessionHeader {
         SessionHeader {
             format: SESSION_FORMAT.to_string(),
             version: SESSION_VERSION,
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
-            backend: info.kind,
-            device: info.device,
-            config: engine.config().clone(),
-            paths: engine.paths().to_vec(),
+            backend: info.kind.clone(),
+            device: info.device.clone(),
+            config: config.clone(),
+            paths: paths.to_vec(),
             weights: weights.into(),
             started: rfc3339_utc(SystemTime::now()),
         }
