@@ -577,8 +577,13 @@ impl Output {
             .and_then(|n| n.to_str())
             .unwrap_or("moescope-export");
         let path = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let file =
-            File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        let file = File::create(&path).with_context(|| {
+            format!(
+                "cannot create output file {} (through {})",
+                dest.display(),
+                path.display()
+            )
+        })?;
         Ok(Output::File {
             writer: BufWriter::with_capacity(1 << 20, file),
             tmp: TempFile { path, moved: false },
