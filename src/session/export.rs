@@ -234,8 +234,9 @@ fn chrome_trace(
         "started": header.started,
         "paths": paths.join("; "),
     });
+    // Kernels take microseconds: "ns" keeps the viewer's overlap arithmetic precise.
     let mut ev = Events {
-        buf: b"{\"displayTimeUnit\":\"ms\",\"otherData\":".to_vec(),
+        buf: b"{\"displayTimeUnit\":\"ns\",\"otherData\":".to_vec(),
         first: true,
     };
     to_json(&mut ev.buf, &other)?;

@@ -83,6 +83,10 @@ fn int(e: &Value, key: &str, i: usize) -> u64 {
 /// - M: a known metadata name with `args.name` (string) or `args.sort_index` (integer).
 pub fn validate_chrome_trace(text: &str) -> TraceStats {
     let doc: Value = serde_json::from_str(text).expect("the trace is one JSON document");
+    // The format knows two display units.
+    if let Some(unit) = doc.get("displayTimeUnit") {
+        assert!(unit == "ms" || unit == "ns", "displayTimeUnit {unit}");
+    }
     let events = doc["traceEvents"]
         .as_array()
         .expect("the trace has a `traceEvents` array");
