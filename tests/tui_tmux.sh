@@ -37,6 +37,16 @@ wait_for() {
 
 current_step() { screen | grep -Eo 'step [0-9]+ · T=' | head -1 | grep -Eo '[0-9]+'; }
 
+# The step on screen once it stops changing: a step in flight when pausing still arrives.
+settled_step() {
+    local a b
+    a=$(current_step)
+    while sleep 0.5; b=$(current_step); [ "$a" != "$b" ]; do
+        a=$b
+    done
+    echo "$a"
+}
+
 tm new-session -d -s main -x 120 -y 40 \
     "$BIN --backend cpu --preset deepseek-v3 --tokens 4 --hidden 64 --intermediate 64 --telemetry-hz 0; echo \"EXIT=\$?\"; sleep 60"
 
@@ -51,7 +61,7 @@ tm send-keys -t main 2
 wait_for 'cumulative, steps' "view 2 (expert load)"
 wait_for 'balancedness' "the imbalance figures"
 
-before=$(current_step)
+before=$(settled_step)
 tm send-keys -t main n
 wait_for "step $((before + 1)) · T=" "n to run one step after step $before"
 

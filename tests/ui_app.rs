@@ -311,13 +311,6 @@ fn a_missing_session_fails_the_replay_naming_the_file() {
 }
 
 #[test]
-fn rfc3339_dates() {
-    assert_eq!(source::rfc3339(0), "1970-01-01T00:00:00Z");
-    assert_eq!(source::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    assert_eq!(source::rfc3339(1_795_771_364), "2026-11-27T09:22:44Z");
-}
-
-#[test]
 fn live_records_carry_telemetry_where_nvml_runs_and_say_why_where_not() {
     let mut args = tiny_cpu_args();
     args.telemetry_hz = 20.0;

@@ -293,7 +293,7 @@ pub fn app(preset: &str, variant: Variant, steps: u64, telemetry: bool, mode: Mo
         device: "NVIDIA H100 80GB HBM3 (sm_90)".into(),
         paths: paths.clone(),
         tokens,
-        weights: "synthetic, seed 7, skew 0".into(),
+        weights: "synthetic, seed 7".into(),
     })));
     app.on_event(SourceEvent::Telemetry(
         (!telemetry).then(|| "NVML not found (libnvidia-ml.so.1)".to_string()),

@@ -9,6 +9,7 @@ use crate::engine::paths::{PathSpec, Variant};
 use crate::engine::step::StepRecord;
 use crate::engine::telemetry::Telemetry;
 use crate::engine::Engine;
+use crate::session::writer::describe_weights;
 use crate::session::{SessionHeader, SessionReader, SessionWriter};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -132,61 +133,12 @@ pub fn spawn_replay(path: PathBuf) -> Result<SourceHandle> {
     spawn(move |cmds, out| replay(&path, cmds, out))
 }
 
-/// Seconds since the Unix epoch, for file names and headers.
+/// Seconds since the Unix epoch, for recording file names.
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-/// RFC 3339 UTC of a Unix time (civil-from-days, proleptic Gregorian).
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// How the weights were made, for the session header and the overview.
-fn weights_label(args: &RunArgs) -> String {
-    let l = &args.layer;
-    match &l.model {
-        Some(dir) => format!("checkpoint {}", dir.display()),
-        None => format!("synthetic, seed {}, skew {}", l.seed, l.skew),
-    }
-}
-
-/// The header of a session recorded from `engine` now, with the paths it runs at this moment.
-// MERGE NOTE: the session branch adds `SessionHeader::new(engine, weights)` (and `for_run`,
-// `describe_weights`, `rfc3339_utc`); once it is merged, this function, `rfc3339` and
-// `weights_label` give way to those.
-fn session_header(engine: &Engine, weights: &str) -> SessionHeader {
-    let info = engine.info();
-    SessionHeader {
-        format: "moescope-session".into(),
-        version: 1,
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        backend: info.kind,
-        device: info.device,
-        config: engine.config().clone(),
-        paths: engine.paths().to_vec(),
-        weights: weights.to_string(),
-        started: rfc3339(unix_now()),
-    }
 }
 
 struct Live {
@@ -198,7 +150,7 @@ struct Live {
 impl Live {
     /// Starts recording; a failure is a notice (from the `r` key) or returned (from --record).
     fn start_recording(&mut self, path: PathBuf, force: bool, out: &Outbox) -> Result<()> {
-        let header = session_header(&self.engine, &self.meta.weights);
+        let header = SessionHeader::new(&self.engine, self.meta.weights.clone());
         let w = SessionWriter::create(&path, &header, force)
             .with_context(|| format!("cannot record to {}", path.display()))?;
         self.writer = Some((w, path.clone()));
@@ -236,7 +188,7 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
         device: info.device,
         paths: engine.paths().to_vec(),
         tokens: engine.tokens(),
-        weights: weights_label(&args),
+        weights: describe_weights(&args),
     };
     if !out.send(SourceEvent::Ready(Box::new(meta.clone()))) {
         return;
