@@ -50,8 +50,9 @@ fn enter() -> Result<(DefaultTerminal, Guard)> {
     require_terminal()?;
     // ratatui's hook restores the terminal before printing; ours also releases the mouse and
     // keeps panics of the source thread off the screen (that thread reports them as errors).
-    let terminal = ratatui::try_init().context("setting up the terminal")?;
+    // The guard first: a half-done setup (raw mode on, alternate screen refused) is undone too.
     let guard = Guard;
+    let terminal = ratatui::try_init().context("setting up the terminal")?;
     let ratatui_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if std::thread::current().name() == Some(SOURCE_THREAD) {
