@@ -31,6 +31,11 @@ struct Guard;
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // While unwinding, the panic hook has restored the terminal already; leaving the
+        // alternate screen twice would move the cursor back over the panic message.
+        if std::thread::panicking() {
+            return;
+        }
         let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);
         ratatui::restore();
         // Back to the default hook: the terminal is ours no more.

@@ -205,7 +205,11 @@ fn draw_tabs(f: &mut Frame, area: Rect, app: &App) {
 
 fn draw_footer(f: &mut Frame, area: Rect, app: &App) {
     let (text, style) = if let Some(e) = &app.engine_error {
-        (format!(" engine error: {e}"), Style::new().fg(BAD).bold())
+        // One line: a panic message spans two.
+        (
+            format!(" engine error: {}", e.replace('\n', " ")),
+            Style::new().fg(BAD).bold(),
+        )
     } else if let Some(s) = &app.status {
         (format!(" {s}"), Style::new().fg(Color::Yellow))
     } else if let Some(n) = app.notices.back() {
