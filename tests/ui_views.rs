@@ -208,3 +208,22 @@ fn odd_records_from_a_session_file_draw_without_panicking() {
         }
     }
 }
+
+#[test]
+fn an_engine_error_stops_the_run_and_shows_on_one_line() {
+    let mut a = app("deepseek-v3", Variant::Correct, false);
+    a.on_event(moescope::ui::source::SourceEvent::StepError(
+        "engine panicked: panicked at x.rs:1:1:\nout of memory".into(),
+    ));
+    let s = render(&a, 120, 30);
+    assert!(s.contains("■ stopped"), "{s}");
+    assert!(
+        s.contains("engine error: engine panicked: panicked at x.rs:1:1: out of memory"),
+        "{s}"
+    );
+    assert!(
+        a.update(Action::TogglePause).is_empty(),
+        "a stopped engine does not resume"
+    );
+    assert!(a.update(Action::StepForward).is_empty());
+}
