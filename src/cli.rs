@@ -6,7 +6,7 @@ use crate::engine::paths::{PathSpec, RsfPlacement, Variant, VARIANTS};
 use crate::engine::weights::synthetic::SyntheticWeights;
 use crate::engine::weights::WeightSource;
 use crate::engine::{self, BackendChoice, Engine};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -257,8 +257,7 @@ impl RunArgs {
         let hidden = match &self.hidden_states {
             Some(path) => {
                 let h = backend.weights().config().hidden_size;
-                let states = crate::engine::weights::checkpoint::read_hidden_states(path, h)
-                    .with_context(|| format!("--hidden-states {}", path.display()))?;
+                let states = crate::engine::weights::checkpoint::read_hidden_states(path, h)?;
                 Some(Arc::new(states))
             }
             None => None,

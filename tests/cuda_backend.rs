@@ -88,7 +88,7 @@ fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
         g.sample_hidden, c.sample_hidden,
         "hidden states bit for bit"
     );
-    let rec = compare::assemble(&cfg, gpu_backend.weights(), &input, &paths, &g, "cuda").unwrap();
+    let rec = compare::assemble(&cfg, gpu_backend.as_ref(), &input, &paths, &g, "cuda").unwrap();
     assert_eq!(rec.comparison.routing_agreement_ref, vec![1.0, 1.0]);
     assert!(rec.paths.iter().all(|p| p.contract.ok));
     for e in &rec.comparison.output_rel_l2_ref {

@@ -8,10 +8,11 @@ use super::routing::{self, Routing, TokenRoute};
 use super::step::{
     Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
 };
-use super::weights::{ExpertWeights, WeightSource};
-use super::{BackendStep, PathRun, StepInput};
+use super::weights::ExpertWeights;
+use super::{Backend, BackendStep, PathRun, StepInput};
 use anyhow::{ensure, Result};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// Relative tolerance of the contract verdict: weights are f32, the bugs are off by far more.
 pub const CONTRACT_TOLERANCE: f64 = 1e-3;
@@ -83,7 +84,7 @@ pub fn reference_output(
     route: &TokenRoute,
     x: &[f64],
     gate: f64,
-    mut slot: impl FnMut(usize) -> Result<std::sync::Arc<ExpertWeights>>,
+    mut slot: impl FnMut(usize) -> Result<Arc<ExpertWeights>>,
 ) -> Result<Vec<f64>> {
     let mut y = vec![0.0f64; cfg.hidden_size];
     for (&id, &p) in route.ids.iter().zip(&route.probs) {
@@ -184,11 +185,11 @@ fn check_contract(routed: &[(f64, f64)], shared: &[(f64, f64)], has_shared: bool
 /// Builds the StepRecord of one step (wall and clock times are filled in by the engine).
 pub fn assemble(
     cfg: &MoeConfig,
-    weights: &dyn WeightSource,
+    backend: &dyn Backend,
     input: &StepInput,
     paths: &[PathSpec],
     out: &BackendStep,
-    backend: &str,
+    backend_kind: &str,
 ) -> Result<StepRecord> {
     let (t_count, e, h) = (input.tokens, cfg.n_routed_experts, cfg.hidden_size);
     ensure!(
@@ -205,6 +206,7 @@ pub fn assemble(
     );
     let has_shared = cfg.n_shared_experts > 0;
     let rsf = cfg.routed_scaling_factor;
+    let weights = backend.weights();
     let bias = weights.router_bias()?;
     let reference: Routing = routing::route(
         cfg,
@@ -296,19 +298,17 @@ pub fn assemble(
         },
         ..Comparison::default()
     };
-    for p in 0..paths.len() {
+    for eff in &effectives {
         let mut agree = 0;
         let mut max_diff = 0.0f64;
-        for t in 0..t_count {
-            if path_set(p, t) != ref_set(t) {
+        for (t, x) in eff.iter().enumerate() {
+            let ref_ids = &reference.ids[t * reference.k..(t + 1) * reference.k];
+            if id_set(x.routed.iter().map(|r| r.0)) != ref_set(t) {
                 continue;
             }
             agree += 1;
-            for (id, w) in &effectives[p][t].routed {
-                let r = reference.ids[t * reference.k..(t + 1) * reference.k]
-                    .iter()
-                    .position(|x| x == id);
-                if let Some(r) = r {
+            for (id, w) in &x.routed {
+                if let Some(r) = ref_ids.iter().position(|x| x == id) {
                     max_diff = max_diff.max((w - reference.probs[t * reference.k + r] * rsf).abs());
                 }
             }
@@ -326,16 +326,12 @@ pub fn assemble(
         samples.len() * h
     );
     let shared_gate_w = weights.shared_gate()?;
-    let mut cache: HashMap<usize, std::sync::Arc<ExpertWeights>> = HashMap::new();
-    let mut slot = |id: usize| -> Result<std::sync::Arc<ExpertWeights>> {
+    let mut cache: HashMap<usize, Arc<ExpertWeights>> = HashMap::new();
+    let mut slot = |id: usize| -> Result<Arc<ExpertWeights>> {
         if let Some(w) = cache.get(&id) {
             return Ok(w.clone());
         }
-        let w = std::sync::Arc::new(if id < e {
-            weights.expert(id)?
-        } else {
-            weights.shared_slot(id - e)?
-        });
+        let w = backend.reference_slot(id)?;
         cache.insert(id, w.clone());
         Ok(w)
     };
@@ -406,7 +402,7 @@ pub fn assemble(
     Ok(StepRecord {
         step: input.step,
         tokens: t_count,
-        backend: backend.to_string(),
+        backend: backend_kind.to_string(),
         wall_us: 0.0,
         t_ms: 0.0,
         paths: records,

@@ -269,7 +269,9 @@ impl MoeConfig {
         if tp == 0 {
             return Err(bad("tp", "must be at least 1"));
         }
-        if self.moe_intermediate_size % tp != 0 || self.shared_intermediate_size % tp != 0 {
+        if !self.moe_intermediate_size.is_multiple_of(tp)
+            || !self.shared_intermediate_size.is_multiple_of(tp)
+        {
             return Err(bad(
                 "tp",
                 format!(
@@ -294,7 +296,7 @@ impl MoeConfig {
         if self.n_group == 0 {
             return Err(bad("n_group", "must be at least 1"));
         }
-        if self.n_routed_experts % self.n_group != 0 {
+        if !self.n_routed_experts.is_multiple_of(self.n_group) {
             return Err(bad(
                 "n_group",
                 format!(

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 use step::{KernelTiming, OutputStats, StepRecord};
-use weights::WeightSource;
+use weights::{ExpertWeights, WeightSource};
 
 /// What the engine asks a backend to compute for one step.
 #[derive(Clone, Debug)]
@@ -86,6 +86,17 @@ pub trait Backend: Send {
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep>;
     /// The weights, for the f64 reference on sampled tokens.
     fn weights(&self) -> &dyn WeightSource;
+    /// Slot `slot`'s MLP (routed < E, then shared slots) for the f64 reference. Backends that
+    /// already hold the weights on the host override this to skip regenerating or re-reading.
+    fn reference_slot(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
+        let w = self.weights();
+        let e = w.config().n_routed_experts;
+        Ok(Arc::new(if slot < e {
+            w.expert(slot)?
+        } else {
+            w.shared_slot(slot - e)?
+        }))
+    }
 }
 
 /// `--backend` choice.
@@ -192,7 +203,7 @@ impl Engine {
         let info = self.backend.info();
         let mut record = compare::assemble(
             &cfg,
-            self.backend.weights(),
+            self.backend.as_ref(),
             &input,
             &self.paths,
             &out,

@@ -273,4 +273,29 @@ mod tests {
         }
         assert_eq!(Variant::from_name("nope"), None);
     }
+
+    proptest::proptest! {
+        /// For any rsf, the correct contracts give rsf·p on routed experts and 1 on shared ones,
+        /// and each bug variant breaks exactly what it is named for.
+        #[test]
+        fn contract_over_any_rsf(rsf in 0.1f64..20.0, p in 0.01f64..1.0) {
+            let distinct = (rsf - 1.0).abs() > 1e-3 && (rsf - 2.5).abs() > 1e-3;
+            for shared in [SharedMode::Separate, SharedMode::FusedSlot] {
+                for rsf_at in [RsfPlacement::InRouter, RsfPlacement::OnOutput] {
+                    for &variant in VARIANTS {
+                        let spec = PathSpec { router: RouterImpl::Fused, shared, rsf: rsf_at, variant };
+                        let c = spec.contract(rsf, true);
+                        let routed_ok = (c.effective_routed(p) - rsf * p).abs() < 1e-9;
+                        let shared_ok = (c.effective_shared() - 1.0).abs() < 1e-9;
+                        match variant {
+                            Variant::Correct => proptest::prop_assert!(routed_ok && shared_ok),
+                            Variant::RsfTwice => proptest::prop_assert!(!routed_ok || !distinct),
+                            Variant::SharedInvRsf | Variant::Hardcoded2_5 => proptest::prop_assert!(routed_ok && (!shared_ok || !distinct)),
+                            Variant::SharedDropped => proptest::prop_assert!(routed_ok && c.effective_shared() == 0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

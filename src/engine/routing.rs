@@ -234,32 +234,90 @@ mod tests {
         assert!((r.probs[0] - sig).abs() < 1e-7);
     }
 
+    /// A random valid grouped config and matching logits/bias.
+    fn arb_case() -> impl Strategy<Value = (MoeConfig, Vec<f32>, Vec<f32>)> {
+        (
+            1usize..=8,
+            2usize..=16,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_flat_map(|(groups, per, sigmoid, with_bias, norm)| {
+                let e = groups * per;
+                (
+                    1..=groups,
+                    Just((groups, per, sigmoid, with_bias, norm)),
+                    proptest::collection::vec(-4.0f32..4.0, e),
+                    proptest::collection::vec(-0.2f32..0.2, e),
+                )
+                    .prop_flat_map(move |(topk_group, shape, logits, bias)| {
+                        let max_k = (topk_group * shape.1).min(16);
+                        (1..=max_k, Just((topk_group, shape, logits, bias)))
+                    })
+                    .prop_map(
+                        |(
+                            k,
+                            (topk_group, (groups, per, sigmoid, with_bias, norm), logits, bias),
+                        )| {
+                            let cfg = MoeConfig {
+                                n_routed_experts: groups * per,
+                                n_group: groups,
+                                topk_group,
+                                num_experts_per_tok: k,
+                                scoring_func: if sigmoid {
+                                    ScoringFunc::Sigmoid
+                                } else {
+                                    ScoringFunc::Softmax
+                                },
+                                has_bias: with_bias,
+                                norm_topk_prob: norm,
+                                ..MoeConfig::preset("deepseek-v3").unwrap()
+                            };
+                            (cfg, logits, bias)
+                        },
+                    )
+            })
+    }
+
     proptest! {
         #[test]
-        fn router_invariants(logits in proptest::collection::vec(-4.0f32..4.0, 16), bias in proptest::collection::vec(-0.2f32..0.2, 16)) {
-            let cfg = small_grouped();
-            let r = route_token(&cfg, &logits, Some(&bias), cfg.num_experts_per_tok);
+        fn router_invariants((cfg, logits, bias) in arb_case()) {
+            prop_assert!(cfg.validate().is_ok());
+            let bias = cfg.has_bias.then_some(bias);
+            let r = route_token(&cfg, &logits, bias.as_deref(), cfg.num_experts_per_tok);
             let mut ids = r.ids.clone();
             ids.sort_unstable();
             ids.dedup();
             prop_assert_eq!(ids.len(), cfg.num_experts_per_tok, "distinct ids");
             let per = cfg.experts_per_group() as u32;
-            for id in &r.ids {
-                prop_assert!(r.kept_groups.contains(&(id / per)), "expert {} outside the kept groups", id);
+            if cfg.n_group > 1 {
+                prop_assert_eq!(r.kept_groups.len(), cfg.topk_group);
+                for id in &r.ids {
+                    prop_assert!(r.kept_groups.contains(&(id / per)), "expert {} outside the kept groups", id);
+                }
             }
             let sum: f64 = r.probs.iter().sum();
-            prop_assert!((sum - 1.0).abs() < 1e-9, "renormalized sum {}", sum);
-            // Every chosen expert beats every unchosen one of the kept groups.
-            let mut scores = vec![0.0f32; 16];
+            if cfg.norm_topk_prob {
+                prop_assert!((sum - 1.0).abs() < 1e-9, "renormalized sum {}", sum);
+            }
+            // Every chosen expert beats every unchosen expert of the kept groups.
+            let mut scores = vec![0.0f32; cfg.n_routed_experts];
             scores_into(cfg.scoring_func, &logits, &mut scores);
-            let sel: Vec<f32> = scores.iter().zip(&bias).map(|(s, b)| s + b).collect();
+            let sel: Vec<f32> = match &bias { Some(b) => scores.iter().zip(b).map(|(s, b)| s + b).collect(), None => scores.clone() };
             let worst = r.ids.iter().map(|&i| sel[i as usize]).fold(f32::INFINITY, f32::min);
-            for g in &r.kept_groups {
+            let kept: Vec<u32> = if cfg.n_group > 1 { r.kept_groups.clone() } else { vec![0] };
+            for g in kept {
                 for e in g * per..(g + 1) * per {
                     if !r.ids.contains(&e) {
                         prop_assert!(sel[e as usize] <= worst);
                     }
                 }
+            }
+            // Weights are the unbiased scores of the chosen experts.
+            for (id, p) in r.ids.iter().zip(&r.probs) {
+                let want = if cfg.norm_topk_prob { scores[*id as usize] as f64 / r.ids.iter().map(|&i| scores[i as usize] as f64).sum::<f64>() } else { scores[*id as usize] as f64 };
+                prop_assert!((p - want).abs() < 1e-12);
             }
         }
     }

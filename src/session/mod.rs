@@ -1,8 +1,30 @@
 //! Sessions: record (JSONL), replay reader, export (json, chrome trace, eplb, csv).
+//!
+//! The format is documented in docs/session-format.md: line 1 a [`SessionHeader`], then one
+//! `StepRecord` per line. [`SessionWriter`] appends and flushes per step; [`SessionReader`]
+//! indexes line offsets and parses a step only when asked, so large sessions open fast in
+//! bounded memory. `summary` and `export` consume steps one at a time from any iterator, so a
+//! headless run exports live with the same code that exports a recorded file.
 
-use anyhow::{bail, Result};
+pub mod export;
+pub mod reader;
+pub mod summary;
+pub mod writer;
+
+pub use reader::SessionReader;
+pub use writer::SessionWriter;
+
+use crate::engine::config::MoeConfig;
+use crate::engine::paths::PathSpec;
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+
+/// The `format` field of every session header.
+pub const SESSION_FORMAT: &str = "moescope-session";
+/// The session format version this build writes and reads.
+pub const SESSION_VERSION: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ExportFormat {
@@ -35,22 +57,44 @@ pub struct ExportArgs {
     pub force: bool,
 }
 
+/// `moescope replay FILE [--summary]`.
 pub fn replay(args: ReplayArgs) -> Result<()> {
     if !args.summary {
         return crate::ui::run_replay(&args.file);
     }
-    bail!("replay --summary is not built yet")
+    let (mut reader, warnings) = SessionReader::open(&args.file)?;
+    print_warnings(&warnings);
+    let header = reader.header().clone();
+    let summary = summary::Summary::of_steps(&header, reader.steps())?;
+    let text = summary.render(&args.file.display().to_string());
+    use std::io::Write;
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the summary to stdout")?;
+    Ok(())
 }
 
-pub fn export_command(_args: ExportArgs) -> Result<()> {
-    bail!("export is not built yet")
+/// `moescope export FILE --format F [-o OUT] [--force]`.
+pub fn export_command(args: ExportArgs) -> Result<()> {
+    if let Some(out) = &args.output {
+        export::refuse_same_file(&args.file, out)?;
+    }
+    // Refuse an existing output before reading anything.
+    let mut output = export::Output::create(args.output.as_deref(), args.force)?;
+    let (mut reader, warnings) = SessionReader::open(&args.file)?;
+    print_warnings(&warnings);
+    let header = reader.header().clone();
+    export::write(args.format, &header, reader.steps(), output.writer())?;
+    output.commit()
 }
 
-use crate::engine::config::MoeConfig;
-use crate::engine::paths::PathSpec;
-use crate::engine::step::StepRecord;
-use serde::{Deserialize, Serialize};
-use std::path::Path;
+/// Warnings go to stderr so stdout stays clean for exports.
+pub fn print_warnings(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("moescope: warning: {w}");
+    }
+}
 
 /// Line 1 of a session file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,42 +113,4 @@ pub struct SessionHeader {
     pub weights: String,
     /// Start time, RFC 3339 UTC.
     pub started: String,
-}
-
-/// Appends StepRecords to a session file, flushed per step.
-pub struct SessionWriter {}
-
-impl SessionWriter {
-    /// Creates `path` (refused if it exists unless `force`) and writes the header.
-    pub fn create(_path: &Path, _header: &SessionHeader, _force: bool) -> Result<SessionWriter> {
-        bail!("recording is not built yet")
-    }
-    /// Appends one step and flushes it.
-    pub fn write(&mut self, _record: &StepRecord) -> Result<()> {
-        bail!("recording is not built yet")
-    }
-}
-
-/// Random access to a session file's steps without loading them all.
-pub struct SessionReader {}
-
-impl SessionReader {
-    /// Opens and indexes `path`; warnings (e.g. a skipped truncated last line) are returned.
-    pub fn open(_path: &Path) -> Result<(SessionReader, Vec<String>)> {
-        bail!("replay is not built yet")
-    }
-    pub fn header(&self) -> &SessionHeader {
-        unreachable!("no reader can be opened yet")
-    }
-    /// Number of steps.
-    pub fn len(&self) -> usize {
-        0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    /// Step `i` (0-based).
-    pub fn read(&mut self, _i: usize) -> Result<StepRecord> {
-        bail!("replay is not built yet")
-    }
 }

@@ -12,6 +12,7 @@ use super::weights::{round_bf16, ExpertWeights, WeightSource};
 use super::{Backend, BackendInfo, BackendStep, PathRun, StepInput};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The layer's weights held on the host.
@@ -21,9 +22,9 @@ pub struct CpuBackend {
     gate: Vec<f32>,
     bias: Option<Vec<f32>>,
     offset: Vec<f32>,
-    experts: Vec<ExpertWeights>,
+    experts: Vec<Arc<ExpertWeights>>,
     /// Shared slots (each the routed experts' size when fusable).
-    shared_slots: Vec<ExpertWeights>,
+    shared_slots: Vec<Arc<ExpertWeights>>,
     /// The shared experts as one dense MLP (the separate path).
     shared_dense: Option<ExpertWeights>,
     shared_gate: Option<Vec<f32>>,
@@ -35,10 +36,10 @@ impl CpuBackend {
         cfg.validate()?;
         let experts = (0..cfg.n_routed_experts)
             .into_par_iter()
-            .map(|e| source.expert(e))
+            .map(|e| source.expert(e).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let shared_slots = (0..cfg.n_shared_experts)
-            .map(|j| source.shared_slot(j))
+            .map(|j| source.shared_slot(j).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let shared_dense = concat_mlps(&shared_slots);
         Ok(CpuBackend {
@@ -69,7 +70,7 @@ impl CpuBackend {
         logits
     }
 
-    fn slot_mlp(&self, slot: usize) -> &ExpertWeights {
+    fn slot_mlp(&self, slot: usize) -> &Arc<ExpertWeights> {
         let e = self.cfg.n_routed_experts;
         if slot < e {
             &self.experts[slot]
@@ -177,8 +178,8 @@ impl CpuBackend {
         let mut expert_out = vec![0.0f32; slot_ids.len() * h];
         let mut chunks: Vec<(usize, &mut [f32])> = Vec::with_capacity(slots);
         let mut rest: &mut [f32] = &mut expert_out;
-        for slot in 0..slots {
-            let (head, tail) = rest.split_at_mut(counts[slot] * h);
+        for (slot, &count) in counts.iter().enumerate() {
+            let (head, tail) = rest.split_at_mut(count * h);
             chunks.push((slot, head));
             rest = tail;
         }
@@ -394,7 +395,7 @@ fn mlp_rows(w: &ExpertWeights, rows: &[&[f32]], out: &mut [f32]) {
 }
 
 /// The shared slots as one dense MLP: intermediate rows stacked, down columns side by side.
-fn concat_mlps(slots: &[ExpertWeights]) -> Option<ExpertWeights> {
+fn concat_mlps(slots: &[Arc<ExpertWeights>]) -> Option<ExpertWeights> {
     let first = slots.first()?;
     let h = first.hidden;
     let inter: usize = slots.iter().map(|s| s.intermediate).sum();
@@ -426,6 +427,10 @@ impl Backend for CpuBackend {
 
     fn weights(&self) -> &dyn WeightSource {
         self.source.as_ref()
+    }
+
+    fn reference_slot(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
+        Ok(self.slot_mlp(slot).clone())
     }
 
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {

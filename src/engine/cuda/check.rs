@@ -612,7 +612,7 @@ fn check_layer(
             let out = gpu_backend
                 .step(&input, &paths)
                 .with_context(|| format!("{} variant {variant}", shape(t)))?;
-            let rec = compare::assemble(&cfg, gpu_backend.weights(), &input, &paths, &out, "cuda")?;
+            let rec = compare::assemble(&cfg, &gpu_backend, &input, &paths, &out, "cuda")?;
             let tag = format!("{} [{variant}]", shape(t));
             // Every output element written; ids valid; weights finite.
             for (p, run) in out.paths.iter().enumerate() {
@@ -773,7 +773,7 @@ fn compare_with_cpu(
     table: &mut Table,
 ) -> Result<()> {
     let out = cpu.step(input, paths)?;
-    let rec = compare::assemble(cfg, cpu.weights(), input, paths, &out, "cpu")?;
+    let rec = compare::assemble(cfg, &*cpu, input, paths, &out, "cpu")?;
     let scale = out
         .router_logits
         .iter()

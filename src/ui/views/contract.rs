@@ -1,0 +1,163 @@
+//! View 3, shared slot and scaling contract: per path the effective shared-slot weight and
+//! routed weight sum against the reference, the verdict, and its history.
+
+use super::overview::verdict;
+use super::{block, fmt_small, path_color, path_name, sparkline, BAD, DIM, OK};
+use crate::engine::step::{PathRecord, Stats};
+use crate::ui::app::App;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+fn stats_cells(s: &Stats) -> String {
+    format!("{:>8.4}{:>8.4}{:>8.4}", s.mean, s.min, s.max)
+}
+
+fn row(label: &str, got: Option<&Stats>, want: Option<&Stats>, dev: f64) -> Line<'static> {
+    let dim = Style::new().fg(DIM);
+    let Some(got) = got else {
+        return Line::from(vec![
+            Span::styled(format!("{label:<14}"), dim),
+            Span::styled("— (no shared experts)", dim),
+        ]);
+    };
+    let want = want
+        .map(stats_cells)
+        .unwrap_or_else(|| format!("{:>26}", "—"));
+    // The same absolute tolerance the engine's verdict uses.
+    let bad = dev > crate::engine::compare::CONTRACT_TOLERANCE;
+    Line::from(vec![
+        Span::styled(format!("{label:<14}"), dim),
+        Span::styled(
+            stats_cells(got),
+            Style::new().fg(if bad { BAD } else { OK }),
+        ),
+        Span::raw("  "),
+        Span::raw(want),
+        Span::raw(format!("  {:>9}", fmt_small(dev))),
+    ])
+}
+
+fn path_lines(i: usize, p: &PathRecord) -> Vec<Line<'static>> {
+    let c = &p.contract;
+    vec![
+        Line::from(vec![
+            Span::styled(
+                format!("{} ", path_name(i)),
+                Style::new().fg(path_color(i)).bold(),
+            ),
+            Span::raw(p.spec.label()),
+        ]),
+        Line::from(vec![Span::raw("  "), verdict(c)]),
+        Line::from(Span::styled(
+            format!(
+                "{:<14}{:>8}{:>8}{:>8}  {:>8}{:>8}{:>8}  {:>9}",
+                "effective", "mean", "min", "max", "ref mean", "min", "max", "max |dev|"
+            ),
+            Style::new().fg(DIM),
+        )),
+        row(
+            "routed sum",
+            Some(&p.routed_weight_sum),
+            Some(&c.expected_routed_sum),
+            c.routed_max_dev,
+        ),
+        row(
+            "shared weight",
+            p.shared_weight.as_ref(),
+            c.expected_shared.as_ref(),
+            c.shared_max_dev,
+        ),
+    ]
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let Some(r) = app.latest() else {
+        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
+        return;
+    };
+    let n = r.paths.len().max(1);
+    let [now, hist] =
+        Layout::vertical([Constraint::Length(7 * n as u16), Constraint::Min(0)]).areas(area);
+    let rows = Layout::vertical(vec![Constraint::Length(7); n]).split(now);
+    for (i, p) in r.paths.iter().enumerate() {
+        f.render_widget(
+            // No wrapping: a narrow terminal cuts lines rather than pushing rows out of the box.
+            Paragraph::new(path_lines(i, p)).block(block(format!(
+                "path {} · step {}",
+                path_name(i),
+                r.step
+            ))),
+            rows[i],
+        );
+    }
+
+    let outer = block(format!("history · last {} steps", app.history.len()));
+    let inner = outer.inner(hist);
+    f.render_widget(outer, hist);
+    let cols = Layout::horizontal(vec![Constraint::Ratio(1, n as u32); n]).split(inner);
+    for i in 0..n {
+        // The verdict strip first; the charts get what is left, if anything.
+        let [strip, charts] =
+            Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(cols[i]);
+        let [shared, routed] = Layout::vertical([Constraint::Percentage(50); 2]).areas(charts);
+        // One cell per step: green where the contract held, red where it broke.
+        let w = strip.width as usize;
+        let recent: Vec<bool> = app
+            .history
+            .iter()
+            .filter_map(|r| r.paths.get(i).map(|p| p.contract.ok))
+            .collect();
+        let broken = recent.iter().filter(|ok| !**ok).count();
+        let cells: Vec<Span> = recent[recent.len().saturating_sub(w)..]
+            .iter()
+            .map(|ok| Span::styled("▮", Style::new().fg(if *ok { OK } else { BAD })))
+            .collect();
+        f.render_widget(
+            Paragraph::new(vec![
+                Line::from(vec![
+                    Span::styled(
+                        format!("{} ", path_name(i)),
+                        Style::new().fg(path_color(i)).bold(),
+                    ),
+                    Span::styled(
+                        format!("verdict per step: {broken} of {} broken", recent.len()),
+                        Style::new().fg(DIM),
+                    ),
+                ]),
+                Line::from(cells),
+            ]),
+            strip,
+        );
+        let shared_means: Vec<f64> = app
+            .history
+            .iter()
+            .filter_map(|r| r.paths.get(i).and_then(|p| p.shared_weight.map(|s| s.mean)))
+            .collect();
+        let routed_means: Vec<f64> = app
+            .history
+            .iter()
+            .filter_map(|r| r.paths.get(i).map(|p| p.routed_weight_sum.mean))
+            .collect();
+        if let Some(last) = shared_means.last() {
+            sparkline(
+                f,
+                shared,
+                format!("shared weight mean (now {last:.4})"),
+                &shared_means,
+                path_color(i),
+            );
+        }
+        if let Some(last) = routed_means.last() {
+            sparkline(
+                f,
+                routed,
+                format!("routed weight sum mean (now {last:.4})"),
+                &routed_means,
+                path_color(i),
+            );
+        }
+    }
+}

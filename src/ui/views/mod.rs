@@ -1,0 +1,398 @@
+//! Drawing. Every function here reads the App and writes a frame; none changes state, so every
+//! view can be rendered from fixed StepRecords in tests.
+
+mod contract;
+mod load;
+mod numerics;
+mod overview;
+mod telemetry;
+mod timings;
+
+use super::app::{App, Mode, Popup, View};
+use super::keys;
+use crate::engine::paths::VARIANTS;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Sparkline, Wrap};
+use ratatui::Frame;
+
+/// What a view says before the first step arrives (a GPU step or a CUDA build can take a while).
+pub const NO_STEPS: &str = "waiting for the first step…";
+
+/// Screen row of the view tabs (mouse clicks are matched against it).
+pub const TABS_ROW: u16 = 2;
+const TABS_X: u16 = 1;
+
+pub const OK: Color = Color::Green;
+pub const BAD: Color = Color::Red;
+pub const DIM: Color = Color::DarkGray;
+pub const ACCENT: Color = Color::Cyan;
+/// Path A and path B.
+pub const PATH_COLORS: [Color; 2] = [Color::Yellow, Color::Magenta];
+
+fn tab_label(i: usize, v: View) -> String {
+    format!(" {} {} ", i + 1, v.title())
+}
+
+/// Column ranges of the tabs, left to right.
+fn tab_ranges() -> impl Iterator<Item = (usize, u16, u16)> {
+    let mut x = TABS_X;
+    View::ALL.iter().enumerate().map(move |(i, v)| {
+        let w = tab_label(i, *v).chars().count() as u16;
+        let r = (i, x, x + w);
+        x += w + 1;
+        r
+    })
+}
+
+/// The view whose tab covers column `x`.
+pub fn tab_at(x: u16) -> Option<usize> {
+    tab_ranges()
+        .find(|(_, a, b)| (*a..*b).contains(&x))
+        .map(|(i, _, _)| i)
+}
+
+pub fn path_name(i: usize) -> &'static str {
+    ["A", "B"].get(i).copied().unwrap_or("?")
+}
+
+pub fn path_color(i: usize) -> Color {
+    PATH_COLORS[i.min(1)]
+}
+
+/// Draws the whole screen.
+pub fn draw(f: &mut Frame, app: &App) {
+    let [header, tabs, body, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(f.area());
+    draw_header(f, header, app);
+    draw_tabs(f, tabs, app);
+    if app.meta.is_none() {
+        let what = match app.mode {
+            Mode::Live => "building the engine…",
+            Mode::Replay => "opening the session…",
+        };
+        f.render_widget(Paragraph::new(what).fg(DIM), body);
+    } else {
+        match app.view {
+            View::Overview => overview::draw(f, body, app),
+            View::Load => load::draw(f, body, app),
+            View::Contract => contract::draw(f, body, app),
+            View::Timings => timings::draw(f, body, app),
+            View::Numerics => numerics::draw(f, body, app),
+            View::Telemetry => telemetry::draw(f, body, app),
+        }
+    }
+    draw_footer(f, footer, app);
+    match &app.popup {
+        Some(Popup::Help) => draw_help(f, app),
+        Some(Popup::Variant(sel)) => draw_variant_menu(f, *sel),
+        Some(Popup::Goto(buf)) => draw_goto(f, app, buf),
+        None => {}
+    }
+}
+
+/// Steps per second over the recent history, from the steps' recorded times.
+pub fn step_rate(app: &App) -> Option<f64> {
+    let n = app.history.len().min(20);
+    if n < 2 {
+        return None;
+    }
+    let last = app.history.back()?;
+    let first = &app.history[app.history.len() - n];
+    let dt = (last.t_ms - first.t_ms) / 1e3;
+    (dt > 0.0).then(|| (n - 1) as f64 / dt)
+}
+
+fn draw_header(f: &mut Frame, area: Rect, app: &App) {
+    let mut top = vec![Span::styled(
+        " moescope ",
+        Style::new().bold().fg(Color::Black).bg(ACCENT),
+    )];
+    let sep = || Span::styled(" │ ", Style::new().fg(DIM));
+    let (state, color) = match (&app.engine_error, app.paused, app.mode) {
+        (Some(_), _, _) => ("■ stopped", BAD),
+        (None, true, _) => ("⏸ paused", Color::Yellow),
+        (None, false, Mode::Live) => ("▶ running", OK),
+        (None, false, Mode::Replay) => ("▶ playing", OK),
+    };
+    top.push(Span::raw(" "));
+    top.push(Span::styled(state, Style::new().fg(color).bold()));
+    if let Some(rec) = &app.recording {
+        top.push(sep());
+        top.push(Span::styled(
+            format!("● REC {}", rec.display()),
+            Style::new().fg(BAD).bold(),
+        ));
+    }
+    if let Some(r) = app.latest() {
+        top.push(sep());
+        top.push(Span::raw(format!("step {} · T={}", r.step, r.tokens)));
+        if let Some(rate) = step_rate(app) {
+            top.push(Span::raw(format!(" · {rate:.1} steps/s")));
+        }
+    }
+    if let Some(p) = app.replay {
+        top.push(sep());
+        top.push(Span::raw(format!(
+            "pos {}/{} ×{}",
+            p.pos,
+            p.len.saturating_sub(1),
+            p.speed
+        )));
+    }
+    if let Some(m) = &app.meta {
+        top.push(sep());
+        top.push(Span::styled(m.config.name.clone(), Style::new().bold()));
+        let mode = match app.mode {
+            Mode::Live => "live".to_string(),
+            Mode::Replay => format!("replay {}", m.source),
+        };
+        top.push(sep());
+        top.push(Span::raw(format!("{mode} · {} · {}", m.backend, m.device)));
+    }
+    // The variant first: it is what users change, and the path labels may not fit.
+    let shown = app.paths().last().map(|p| p.variant);
+    let variant_style = if app.variant == crate::engine::paths::Variant::Correct {
+        Style::new().fg(OK)
+    } else {
+        Style::new().fg(BAD).bold()
+    };
+    let mut paths = vec![
+        Span::styled(" variant ", Style::new().fg(DIM)),
+        Span::styled(app.variant.name(), variant_style),
+    ];
+    if shown.is_some_and(|v| v != app.variant) {
+        paths.push(Span::styled(" (from the next step)", Style::new().fg(DIM)));
+    }
+    for (i, spec) in app.paths().iter().enumerate() {
+        paths.push(Span::styled(
+            format!("  {}: ", path_name(i)),
+            Style::new().fg(path_color(i)).bold(),
+        ));
+        paths.push(Span::raw(spec.label()));
+    }
+    f.render_widget(
+        Paragraph::new(vec![Line::from(top), Line::from(paths)]),
+        area,
+    );
+}
+
+fn draw_tabs(f: &mut Frame, area: Rect, app: &App) {
+    let buf = f.buffer_mut();
+    for (i, x0, _) in tab_ranges() {
+        let style = if i == app.view.index() {
+            Style::new().fg(Color::Black).bg(ACCENT).bold()
+        } else {
+            Style::new().fg(Color::Gray)
+        };
+        if x0 < area.right() {
+            buf.set_stringn(
+                x0,
+                area.y,
+                tab_label(i, View::ALL[i]),
+                (area.right() - x0) as usize,
+                style,
+            );
+        }
+    }
+}
+
+fn draw_footer(f: &mut Frame, area: Rect, app: &App) {
+    let (text, style) = if let Some(e) = &app.engine_error {
+        // One line: a panic message spans two.
+        (
+            format!(" engine error: {}", e.replace('\n', " ")),
+            Style::new().fg(BAD).bold(),
+        )
+    } else if let Some(s) = &app.status {
+        (format!(" {s}"), Style::new().fg(Color::Yellow))
+    } else if let Some(n) = app.notices.back() {
+        (format!(" {n}"), Style::new().fg(DIM))
+    } else {
+        (String::new(), Style::new())
+    };
+    let hint = " ? help · q quit ";
+    let [left, right] =
+        Layout::horizontal([Constraint::Min(0), Constraint::Length(hint.len() as u16)]).areas(area);
+    f.render_widget(Paragraph::new(text).style(style), left);
+    f.render_widget(Paragraph::new(hint).fg(DIM), right);
+}
+
+/// A centered rectangle of at most `w`×`h` cells.
+fn centered(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    )
+}
+
+fn draw_help(f: &mut Frame, app: &App) {
+    let replay = app.mode == Mode::Replay;
+    let mut lines = Vec::new();
+    let mut popup_header = false;
+    for b in keys::help_rows(replay) {
+        if b.scope == keys::Scope::Popup && !popup_header {
+            popup_header = true;
+            lines.push(Line::from(Span::styled(
+                "in menus and prompts",
+                Style::new().fg(DIM),
+            )));
+        }
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("{:>13}  ", b.label()),
+                Style::new().fg(ACCENT).bold(),
+            ),
+            Span::raw(b.help),
+        ]));
+    }
+    lines.push(Line::from(Span::styled(
+        "mouse: click a tab to show its view",
+        Style::new().fg(DIM),
+    )));
+    let title = if replay {
+        " keys (replay) "
+    } else {
+        " keys (live) "
+    };
+    // Short terminals get the list in columns instead of cut off.
+    let room = f.area().height.saturating_sub(2).max(1) as usize;
+    let ncols = lines.len().div_ceil(room).max(1);
+    let rows = lines.len().div_ceil(ncols);
+    let col_w: u16 = 58;
+    let area = centered(f.area(), col_w * ncols as u16 + 2, rows as u16 + 2);
+    f.render_widget(Clear, area);
+    let outer = Block::bordered()
+        .title(title)
+        .border_style(Style::new().fg(ACCENT));
+    let inner = outer.inner(area);
+    f.render_widget(outer, area);
+    let cols = Layout::horizontal(vec![Constraint::Length(col_w); ncols]).split(inner);
+    for (chunk, col) in lines.chunks(rows.max(1)).zip(cols.iter()) {
+        f.render_widget(Paragraph::new(chunk.to_vec()), *col);
+    }
+}
+
+fn draw_variant_menu(f: &mut Frame, sel: usize) {
+    let mut lines = Vec::new();
+    for (i, v) in VARIANTS.iter().enumerate() {
+        let mark = if i == sel { "▶ " } else { "  " };
+        let style = if i == sel {
+            Style::new().bold().fg(ACCENT)
+        } else {
+            Style::new()
+        };
+        lines.push(Line::from(Span::styled(
+            format!("{mark}{}", v.name()),
+            style,
+        )));
+        lines.push(Line::from(Span::styled(
+            format!("    {}", v.describe()),
+            Style::new().fg(DIM),
+        )));
+    }
+    // Room for descriptions that wrap.
+    let area = centered(f.area(), 110, lines.len() as u16 + 4);
+    f.render_widget(Clear, area);
+    f.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::bordered()
+                .title(" path B variant — ↑↓ choose, Enter apply, Esc cancel ")
+                .border_style(Style::new().fg(ACCENT)),
+        ),
+        area,
+    );
+}
+
+fn draw_goto(f: &mut Frame, app: &App, buf: &str) {
+    let last = app.replay.map(|r| r.len.saturating_sub(1)).unwrap_or(0);
+    let area = centered(f.area(), 44, 3);
+    f.render_widget(Clear, area);
+    f.render_widget(
+        Paragraph::new(format!("{buf}▏")).block(
+            Block::bordered()
+                .title(format!(" go to position 0..{last}, Enter "))
+                .border_style(Style::new().fg(ACCENT)),
+        ),
+        area,
+    );
+}
+
+/// A titled block.
+pub fn block(title: impl Into<String>) -> Block<'static> {
+    Block::new()
+        .borders(Borders::ALL)
+        .border_style(Style::new().fg(DIM))
+        .title(Span::styled(
+            format!(" {} ", title.into()),
+            Style::new().fg(Color::White).add_modifier(Modifier::BOLD),
+        ))
+}
+
+/// Microseconds with a unit that suits them.
+pub fn fmt_us(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.2} ms", us / 1e3)
+    } else if us >= 100.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{us:.1} µs")
+    }
+}
+
+/// A value in scientific notation for small differences, plain otherwise.
+pub fn fmt_small(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.abs() < 1e-3 || x.abs() >= 1e4 {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// A one-line history chart with its title and newest value; fills `area`'s last line with
+/// the newest values that fit.
+pub fn sparkline(f: &mut Frame, area: Rect, title: String, values: &[f64], color: Color) {
+    if area.height == 0 || area.width == 0 {
+        return;
+    }
+    // A label line and at most three chart lines: taller charts say nothing more.
+    let [label, chart] = Layout::vertical([Constraint::Length(1), Constraint::Max(3)]).areas(area);
+    f.render_widget(Paragraph::new(title).fg(Color::Gray), label);
+    let w = chart.width as usize;
+    let tail = &values[values.len().saturating_sub(w)..];
+    let (lo, hi) = tail
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    // The range maps onto 8..=100 so the lowest value still shows as a sliver (a bar needs
+    // an eighth of a row); a flat series sits midway.
+    let data: Vec<u64> = tail
+        .iter()
+        .map(|v| match v.is_finite() {
+            false => 0,
+            true if hi > lo => 8 + ((v - lo) / (hi - lo) * 92.0).round() as u64,
+            true => 50,
+        })
+        .collect();
+    f.render_widget(
+        Sparkline::default()
+            .data(&data)
+            .max(100)
+            .style(Style::new().fg(color)),
+        chart,
+    );
+}

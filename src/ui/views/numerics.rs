@@ -1,0 +1,278 @@
+//! View 5, numerics: routing agreement, weight and output differences between the paths and
+//! against the f64 reference, their history, and a drill-down into one sampled token.
+
+use super::{block, fmt_small, path_color, path_name, sparkline, ACCENT, BAD, DIM, OK};
+use crate::engine::step::{SlotWeights, StepRecord, TokenDetail};
+use crate::ui::app::App;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+/// Weight differences below this are f32 rounding, not a different contract.
+const WEIGHT_EPS: f64 = 1e-3;
+
+fn pct(x: f64) -> Span<'static> {
+    Span::styled(
+        format!("{:>9.1}%", x * 100.0),
+        Style::new().fg(if x >= 1.0 { OK } else { BAD }),
+    )
+}
+
+fn now_lines(r: &StepRecord) -> Vec<Line<'static>> {
+    let c = &r.comparison;
+    let dim = Style::new().fg(DIM);
+    let label = |s: &str| Span::styled(format!("{s:<24}"), dim);
+    let per_path = |name: &str, f: &dyn Fn(usize) -> Span<'static>| {
+        let mut l = vec![label(name)];
+        for i in 0..r.paths.len() {
+            l.push(f(i));
+        }
+        Line::from(l)
+    };
+    let num = |v: Option<f64>| {
+        Span::raw(format!(
+            "{:>10}",
+            v.map(fmt_small).unwrap_or_else(|| "—".into())
+        ))
+    };
+    let mut head = vec![label("")];
+    for i in 0..r.paths.len() {
+        head.push(Span::styled(
+            format!("{:>10}", path_name(i)),
+            Style::new().fg(path_color(i)).bold(),
+        ));
+    }
+    vec![
+        Line::from(vec![
+            label("routing agreement A = B"),
+            pct(c.routing_agreement_ab),
+        ]),
+        Line::from(vec![
+            label("output rel L2 A vs B"),
+            num(Some(c.output_rel_l2_ab)),
+        ]),
+        Line::from(head),
+        per_path("routing = reference", &|i| {
+            c.routing_agreement_ref
+                .get(i)
+                .map(|&x| pct(x))
+                .unwrap_or_else(|| num(None))
+        }),
+        per_path("weight max |Δ| vs ref", &|i| {
+            num(c.weight_max_diff_ref.get(i).copied())
+        }),
+        per_path("output rel L2 vs ref", &|i| {
+            num(c.output_rel_l2_ref.get(i).copied())
+        }),
+        per_path("output rms", &|i| num(r.paths.get(i).map(|p| p.output.rms))),
+        per_path("output max |y|", &|i| {
+            num(r.paths.get(i).map(|p| p.output.max_abs))
+        }),
+        per_path("non-finite outputs", &|i| {
+            let n = r.paths.get(i).map(|p| p.output.nonfinite).unwrap_or(0);
+            Span::styled(
+                format!("{n:>10}"),
+                Style::new().fg(if n == 0 { OK } else { BAD }),
+            )
+        }),
+        Line::from(vec![
+            label("sampled tokens"),
+            Span::raw(format!("{:>10}", c.sampled_tokens)),
+        ]),
+    ]
+}
+
+fn slot_name(id: u32, e: usize) -> String {
+    if (id as usize) >= e {
+        format!("S{}", id as usize - e)
+    } else {
+        id.to_string()
+    }
+}
+
+/// One column of the drill-down: slots and weights, marked where they differ from the reference.
+fn slot_column(
+    title: Span<'static>,
+    s: &SlotWeights,
+    reference: Option<&SlotWeights>,
+    e: usize,
+) -> Vec<Line<'static>> {
+    let mut out = vec![Line::from(title)];
+    for (&id, &w) in s.ids.iter().zip(&s.weights) {
+        let style = match reference {
+            None => Style::new(),
+            Some(r) => match r.ids.iter().position(|&x| x == id) {
+                None => Style::new().fg(BAD).bold(),
+                Some(j)
+                    if r.weights
+                        .get(j)
+                        .is_some_and(|rw| (rw - w).abs() > WEIGHT_EPS) =>
+                {
+                    Style::new().fg(Color::Yellow)
+                }
+                Some(_) => Style::new(),
+            },
+        };
+        let shared = if id as usize >= e {
+            Style::new().fg(Color::Magenta)
+        } else {
+            style
+        };
+        out.push(Line::from(vec![
+            Span::styled(
+                format!("{:>5}", slot_name(id, e)),
+                if reference.is_some() {
+                    style.patch(shared)
+                } else {
+                    shared
+                },
+            ),
+            Span::styled(format!(" {w:>8.4}"), style),
+        ]));
+    }
+    out
+}
+
+fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
+    let e = app
+        .meta
+        .as_ref()
+        .map(|m| m.config.n_routed_experts)
+        .unwrap_or(usize::MAX);
+    let outer = block(format!(
+        "token drill-down · step {} · ↑↓/jk choose · red: not in the reference, yellow: other weight",
+        r.step
+    ));
+    let inner = outer.inner(area);
+    f.render_widget(outer, area);
+    if r.token_details.is_empty() {
+        f.render_widget(
+            Paragraph::new("no sampled tokens in this step").fg(DIM),
+            inner,
+        );
+        return;
+    }
+    let sel = app.token_sel.min(r.token_details.len() - 1);
+    let n = r.paths.len();
+    let [list, groups, slots] = Layout::horizontal([
+        Constraint::Length(10),
+        Constraint::Length(34),
+        Constraint::Min(15 * (n as u16 + 1)),
+    ])
+    .areas(inner);
+    let items: Vec<Line> = r
+        .token_details
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i == sel {
+                Line::from(Span::styled(
+                    format!("▶ t{:<6}", d.token),
+                    Style::new().fg(ACCENT).bold(),
+                ))
+            } else {
+                Line::from(format!("  t{:<6}", d.token))
+            }
+        })
+        .collect();
+    f.render_widget(Paragraph::new(items), list);
+    let d: &TokenDetail = &r.token_details[sel];
+    let (lo, hi) = d
+        .group_scores
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let bar_w = groups.width.saturating_sub(18) as f32;
+    let mut gl = vec![Line::from(Span::styled(
+        format!("group scores · kept {:?}", d.kept_groups),
+        Style::new().fg(DIM),
+    ))];
+    for (g, &s) in d.group_scores.iter().enumerate() {
+        let kept = d.kept_groups.contains(&(g as u32));
+        let frac = if hi > lo { (s - lo) / (hi - lo) } else { 1.0 };
+        let len = (frac * bar_w).round() as usize;
+        let style = if kept {
+            Style::new().fg(OK)
+        } else {
+            Style::new().fg(DIM)
+        };
+        gl.push(Line::from(vec![
+            Span::styled(format!("g{g:<3}{} ", if kept { "★" } else { " " }), style),
+            Span::raw(format!("{s:>8.4} ")),
+            Span::styled("█".repeat(len.max(1)), style),
+        ]));
+    }
+    f.render_widget(Paragraph::new(gl), groups);
+    let cols = Layout::horizontal(vec![Constraint::Length(15); n + 1]).split(slots);
+    f.render_widget(
+        Paragraph::new(slot_column(
+            Span::styled("  reference", Style::new().bold()),
+            &d.reference,
+            None,
+            e,
+        )),
+        cols[0],
+    );
+    for (i, s) in d.paths.iter().enumerate().take(n) {
+        let title = Span::styled(
+            format!("  path {}", path_name(i)),
+            Style::new().fg(path_color(i)).bold(),
+        );
+        f.render_widget(
+            Paragraph::new(slot_column(title, s, Some(&d.reference), e)),
+            cols[i + 1],
+        );
+    }
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let Some(r) = app.latest() else {
+        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
+        return;
+    };
+    let [top, bottom] = Layout::vertical([Constraint::Length(12), Constraint::Min(6)]).areas(area);
+    let [now, hist] = Layout::horizontal([Constraint::Length(50), Constraint::Min(20)]).areas(top);
+    f.render_widget(
+        Paragraph::new(now_lines(r)).block(block(format!("step {}", r.step))),
+        now,
+    );
+
+    let outer = block(format!("history · last {} steps", app.history.len()));
+    let inner = outer.inner(hist);
+    f.render_widget(outer, hist);
+    let h = &app.history;
+    let mut series: Vec<(String, Vec<f64>, Color)> = vec![(
+        "routing agreement A = B".into(),
+        h.iter()
+            .map(|r| r.comparison.routing_agreement_ab)
+            .collect(),
+        ACCENT,
+    )];
+    series.push((
+        "output rel L2 A vs B".into(),
+        h.iter().map(|r| r.comparison.output_rel_l2_ab).collect(),
+        ACCENT,
+    ));
+    for i in 0..r.paths.len() {
+        series.push((
+            format!("{} output rel L2 vs ref", path_name(i)),
+            h.iter()
+                .filter_map(|r| r.comparison.output_rel_l2_ref.get(i).copied())
+                .collect(),
+            path_color(i),
+        ));
+    }
+    let cells = Layout::vertical(vec![
+        Constraint::Ratio(1, series.len() as u32);
+        series.len()
+    ])
+    .split(inner);
+    for ((title, values, color), cell) in series.into_iter().zip(cells.iter()) {
+        let now = values.last().map(|v| fmt_small(*v)).unwrap_or_default();
+        sparkline(f, *cell, format!("{title} (now {now})"), &values, color);
+    }
+    drill_down(f, bottom, app, r);
+}

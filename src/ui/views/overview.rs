@@ -1,0 +1,272 @@
+//! View 1, overview: the layer, the run, the headline numbers and the telemetry gauges.
+
+use super::timings::path_means;
+use super::{block, fmt_small, fmt_us, path_color, path_name, step_rate, BAD, DIM, OK};
+use crate::ui::app::App;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{LineGauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+fn kv(k: &str, v: impl Into<String>) -> Line<'static> {
+    Line::from(vec![
+        Span::styled(format!("{k:<15}"), Style::new().fg(DIM)),
+        Span::raw(v.into()),
+    ])
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let Some(m) = &app.meta else { return };
+    let [left, right] =
+        Layout::horizontal([Constraint::Length(46), Constraint::Min(30)]).areas(area);
+    let c = &m.config;
+    let groups = if c.n_group > 1 {
+        format!(
+            "{} × {} experts, keep {}",
+            c.n_group,
+            c.experts_per_group(),
+            c.topk_group
+        )
+    } else {
+        "none".into()
+    };
+    let shared = if c.n_shared_experts == 0 {
+        "none".to_string()
+    } else {
+        format!(
+            "{} (intermediate {}){}",
+            c.n_shared_experts,
+            c.shared_intermediate_size,
+            if c.shared_expert_gate { ", gated" } else { "" }
+        )
+    };
+    let mut lines = vec![
+        kv("model", c.name.clone()),
+        kv("routed experts", c.n_routed_experts.to_string()),
+        kv("groups", groups),
+        kv("top-k", c.num_experts_per_tok.to_string()),
+        kv("shared experts", shared),
+        kv(
+            "scoring",
+            format!(
+                "{}{}{}",
+                c.scoring_func.name(),
+                if c.has_bias { " + bias" } else { "" },
+                if c.norm_topk_prob {
+                    ", renormalized"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        kv("rsf", format!("{}", c.routed_scaling_factor)),
+        kv(
+            "hidden / inter",
+            format!("{} / {}", c.hidden_size, c.moe_intermediate_size),
+        ),
+        Line::raw(""),
+        kv("backend", m.backend.clone()),
+        kv("device", m.device.clone()),
+        kv("weights", m.weights.clone()),
+    ];
+    if let Some(r) = app.latest() {
+        lines.push(kv("tokens / step", r.tokens.to_string()));
+        let rate = step_rate(app)
+            .map(|x| format!(", {x:.1} steps/s"))
+            .unwrap_or_default();
+        lines.push(kv("step", format!("{}{rate}", r.step)));
+    } else {
+        lines.push(kv("step", "the first one is running"));
+    }
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block("layer and run")),
+        left,
+    );
+
+    let [head, gauges, notes] = Layout::vertical([
+        Constraint::Min(12),
+        Constraint::Length(7),
+        Constraint::Length(5),
+    ])
+    .areas(right);
+    draw_headline(f, head, app);
+    draw_gauges(f, gauges, app);
+    let notes_lines: Vec<Line> = app
+        .notices
+        .iter()
+        .rev()
+        .take(3)
+        .map(|n| Line::from(Span::styled(n.clone(), Style::new().fg(Color::Gray))))
+        .collect();
+    f.render_widget(
+        Paragraph::new(notes_lines)
+            .wrap(Wrap { trim: true })
+            .block(block("notices")),
+        notes,
+    );
+}
+
+fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
+    let Some(r) = app.latest() else {
+        f.render_widget(
+            Paragraph::new(super::NO_STEPS).block(block("headline")),
+            area,
+        );
+        return;
+    };
+    let mut lines = Vec::new();
+    let means = path_means(app);
+    for (i, p) in r.paths.iter().enumerate() {
+        let (total, clean) = means.get(i).copied().unwrap_or((p.total_us, p.clean_us));
+        let clean = clean
+            .map(|c| format!(", clean {}", fmt_us(c)))
+            .unwrap_or_default();
+        lines.push(Line::from(vec![
+            Span::styled(
+                format!("{} ", path_name(i)),
+                Style::new().fg(path_color(i)).bold(),
+            ),
+            Span::raw(format!("{:>10}{clean}  ", fmt_us(total))),
+            verdict(&p.contract),
+        ]));
+    }
+    if let (Some(a), Some(b)) = (means.first(), means.get(1)) {
+        if b.0 > 0.0 {
+            let s = a.0 / b.0;
+            let color = if s >= 1.0 { OK } else { BAD };
+            lines.push(Line::from(vec![
+                Span::styled("speedup B/A     ", Style::new().fg(DIM)),
+                Span::styled(format!("{s:.2}×"), Style::new().fg(color).bold()),
+                Span::styled(
+                    format!(
+                        "  (mean of the last {} steps)",
+                        app.history.len().min(crate::ui::app::TIMING_WINDOW)
+                    ),
+                    Style::new().fg(DIM),
+                ),
+            ]));
+        }
+    }
+    lines.push(Line::raw(""));
+    for (i, p) in r.paths.iter().enumerate() {
+        let c = &p.contract;
+        let mut l = vec![
+            Span::styled(
+                format!("{} ", path_name(i)),
+                Style::new().fg(path_color(i)).bold(),
+            ),
+            Span::styled("routed sum ", Style::new().fg(DIM)),
+            Span::raw(format!("{:.3}", p.routed_weight_sum.mean)),
+            Span::styled(
+                format!(" (ref {:.3})", c.expected_routed_sum.mean),
+                Style::new().fg(DIM),
+            ),
+        ];
+        if let (Some(s), Some(want)) = (&p.shared_weight, &c.expected_shared) {
+            l.push(Span::styled("  shared weight ", Style::new().fg(DIM)));
+            l.push(Span::raw(format!("{:.3}", s.mean)));
+            l.push(Span::styled(
+                format!(" (ref {:.3})", want.mean),
+                Style::new().fg(DIM),
+            ));
+        }
+        lines.push(Line::from(l));
+    }
+    let cmp = &r.comparison;
+    lines.push(Line::raw(""));
+    lines.push(agreement_line("routing A = B", cmp.routing_agreement_ab));
+    for (i, a) in cmp.routing_agreement_ref.iter().enumerate() {
+        lines.push(agreement_line(
+            &format!("routing {} = ref", path_name(i)),
+            *a,
+        ));
+    }
+    lines.push(Line::from(vec![
+        Span::styled(format!("{:<16}", "output A vs B"), Style::new().fg(DIM)),
+        Span::raw(format!("rel L2 {}", fmt_small(cmp.output_rel_l2_ab))),
+        Span::styled(
+            format!("  ({} sampled tokens)", cmp.sampled_tokens),
+            Style::new().fg(DIM),
+        ),
+    ]));
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block("headline")),
+        area,
+    );
+}
+
+/// A contract verdict: green "contract ok" or the deviation in red.
+pub fn verdict(c: &crate::engine::step::ContractCheck) -> Span<'static> {
+    if c.ok {
+        Span::styled("✓ contract ok", Style::new().fg(OK))
+    } else {
+        Span::styled(format!("✗ {}", c.message), Style::new().fg(BAD).bold())
+    }
+}
+
+fn agreement_line(label: &str, frac: f64) -> Line<'static> {
+    let color = if frac >= 1.0 { OK } else { BAD };
+    Line::from(vec![
+        Span::styled(format!("{label:<16}"), Style::new().fg(DIM)),
+        Span::styled(format!("{:.1}%", frac * 100.0), Style::new().fg(color)),
+    ])
+}
+
+fn draw_gauges(f: &mut Frame, area: Rect, app: &App) {
+    let outer = block("telemetry");
+    let inner = outer.inner(area);
+    f.render_widget(outer, area);
+    let sample = app.history.iter().rev().find_map(|r| r.telemetry.as_ref());
+    let Some(t) = sample else {
+        f.render_widget(
+            Paragraph::new(super::telemetry::unavailable_text(app))
+                .fg(DIM)
+                .wrap(Wrap { trim: true }),
+            inner,
+        );
+        return;
+    };
+    let mem = match (t.mem_used_mib, t.mem_total_mib) {
+        (Some(u), Some(tot)) if tot > 0 => Some((u as f64 / tot as f64, format!("{u}/{tot} MiB"))),
+        _ => None,
+    };
+    let power = match (t.power_w, t.power_limit_w) {
+        (Some(p), Some(l)) if l > 0.0 => Some((p / l, format!("{p:.0}/{l:.0} W"))),
+        (Some(p), None) => Some((0.0, format!("{p:.0} W"))),
+        _ => None,
+    };
+    let rows: Vec<(&str, Option<(f64, String)>)> = vec![
+        (
+            "GPU util",
+            t.gpu_util_pct.map(|u| (u as f64 / 100.0, format!("{u}%"))),
+        ),
+        ("memory", mem),
+        ("power", power),
+        (
+            "temperature",
+            t.temperature_c
+                .map(|c| (c as f64 / 100.0, format!("{c} °C"))),
+        ),
+        (
+            "SM clock",
+            t.sm_clock_mhz.map(|c| (0.0, format!("{c} MHz"))),
+        ),
+    ];
+    let areas = Layout::vertical(vec![Constraint::Length(1); rows.len()]).split(inner);
+    for ((label, v), a) in rows.into_iter().zip(areas.iter()) {
+        let (ratio, text) = v.unwrap_or((0.0, "n/a".into()));
+        f.render_widget(
+            LineGauge::default()
+                .label(format!("{label:<12}{text:>16} "))
+                .ratio(ratio.clamp(0.0, 1.0))
+                .filled_style(Style::new().fg(OK))
+                .unfilled_style(Style::new().fg(DIM)),
+            *a,
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! View 4, kernel timings: per kernel mean/p50/p99 over the recent window, share of the path
+//! and achieved bandwidth; the paths side by side with the speedup; a timeline of the last step.
+
+use super::{block, fmt_us, path_color, path_name, BAD, DIM, OK};
+use crate::ui::app::{App, TIMING_WINDOW};
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Cell, Paragraph, Row, Table};
+use ratatui::Frame;
+
+/// Statistics of one kernel over the window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelStats {
+    pub name: String,
+    pub mean: f64,
+    pub p50: f64,
+    pub p99: f64,
+    /// Of the path's mean instrumented time.
+    pub share: f64,
+    pub gb_s: Option<f64>,
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn window(app: &App) -> impl Iterator<Item = &crate::engine::step::StepRecord> {
+    let skip = app.history.len().saturating_sub(TIMING_WINDOW);
+    app.history.iter().skip(skip)
+}
+
+/// Per path, the mean instrumented and (where measured) clean time over the window.
+pub fn path_means(app: &App) -> Vec<(f64, Option<f64>)> {
+    let n = app.latest().map(|r| r.paths.len()).unwrap_or(0);
+    (0..n)
+        .map(|i| {
+            let (mut t, mut c, mut k, mut kc) = (0.0, 0.0, 0usize, 0usize);
+            for r in window(app) {
+                if let Some(p) = r.paths.get(i) {
+                    t += p.total_us;
+                    k += 1;
+                    if let Some(x) = p.clean_us {
+                        c += x;
+                        kc += 1;
+                    }
+                }
+            }
+            (t / k.max(1) as f64, (kc > 0).then(|| c / kc as f64))
+        })
+        .collect()
+}
+
+/// Kernel statistics of path `i` over the window, in the latest step's launch order.
+pub fn kernel_stats(app: &App, i: usize) -> Vec<KernelStats> {
+    let mut names: Vec<String> = Vec::new();
+    let mut times: Vec<Vec<f64>> = Vec::new();
+    let mut bytes: Vec<Option<u64>> = Vec::new();
+    if let Some(p) = app.latest().and_then(|r| r.paths.get(i)) {
+        for k in &p.timings {
+            names.push(k.name.clone());
+            times.push(Vec::new());
+            bytes.push(k.bytes);
+        }
+    }
+    for r in window(app) {
+        let Some(p) = r.paths.get(i) else { continue };
+        for k in &p.timings {
+            match names.iter().position(|n| *n == k.name) {
+                Some(j) => times[j].push(k.us),
+                None => {
+                    names.push(k.name.clone());
+                    times.push(vec![k.us]);
+                    bytes.push(k.bytes);
+                }
+            }
+        }
+    }
+    let total = path_means(app).get(i).map(|m| m.0).unwrap_or(0.0);
+    names
+        .into_iter()
+        .zip(times)
+        .zip(bytes)
+        .map(|((name, mut t), b)| {
+            t.sort_by(f64::total_cmp);
+            let mean = t.iter().sum::<f64>() / t.len().max(1) as f64;
+            KernelStats {
+                name,
+                mean,
+                p50: percentile(&t, 0.5),
+                p99: percentile(&t, 0.99),
+                share: if total > 0.0 { mean / total } else { 0.0 },
+                gb_s: b.filter(|_| mean > 0.0).map(|b| b as f64 / mean / 1e3),
+            }
+        })
+        .collect()
+}
+
+const SEGMENT_COLORS: [Color; 6] = [
+    Color::Blue,
+    Color::Green,
+    Color::Yellow,
+    Color::Magenta,
+    Color::Cyan,
+    Color::Red,
+];
+
+/// A label for kernel j in the timeline: 1-9 then a-z.
+fn seg_label(j: usize) -> char {
+    std::char::from_digit((j + 1) as u32 % 36, 36).unwrap_or('*')
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let Some(r) = app.latest() else {
+        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
+        return;
+    };
+    let n = r.paths.len().max(1);
+    let means = path_means(app);
+    let [head, tables, timeline] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(6),
+        Constraint::Length(3 * n as u16 + 4),
+    ])
+    .areas(area);
+
+    let win = app.history.len().min(TIMING_WINDOW);
+    // Line 1: the speedup (what users look for first); line 2: each path's time.
+    let mut speed = vec![Span::raw(" ")];
+    if let (Some(a), Some(b)) = (means.first(), means.get(1)) {
+        if b.0 > 0.0 {
+            let s = a.0 / b.0;
+            speed.push(Span::styled("speedup B/A ", Style::new().fg(DIM)));
+            speed.push(Span::styled(
+                format!("{s:.2}×"),
+                Style::new().fg(if s >= 1.0 { OK } else { BAD }).bold(),
+            ));
+            if let (Some(ca), Some(cb)) = (a.1, b.1) {
+                if cb > 0.0 {
+                    speed.push(Span::styled(
+                        format!("  clean {:.2}×", ca / cb),
+                        Style::new().fg(DIM),
+                    ));
+                }
+            }
+        }
+    }
+    speed.push(Span::styled(
+        format!("   window: last {win} steps"),
+        Style::new().fg(DIM),
+    ));
+    let mut times = vec![Span::raw(" ")];
+    for (i, (t, c)) in means.iter().enumerate() {
+        times.push(Span::styled(
+            format!("{} ", path_name(i)),
+            Style::new().fg(path_color(i)).bold(),
+        ));
+        let clean = c
+            .map(|c| format!(" (clean {})", fmt_us(c)))
+            .unwrap_or_default();
+        times.push(Span::raw(format!("{}{clean}   ", fmt_us(*t))));
+    }
+    f.render_widget(
+        Paragraph::new(vec![Line::from(speed), Line::from(times)]),
+        head,
+    );
+
+    let cols = Layout::horizontal(vec![Constraint::Ratio(1, n as u32); n]).split(tables);
+    for i in 0..n {
+        let stats = kernel_stats(app, i);
+        // Columns by priority: a narrow pane drops p50 and GB/s before it would cut numbers.
+        type Col = (&'static str, u16, u8, fn(&KernelStats) -> String);
+        let all: [Col; 5] = [
+            ("mean", 9, 0, |k| format!("{:.1}", k.mean)),
+            ("p50", 9, 2, |k| format!("{:.1}", k.p50)),
+            ("p99", 9, 1, |k| format!("{:.1}", k.p99)),
+            ("share", 6, 0, |k| format!("{:.1}%", k.share * 100.0)),
+            ("GB/s", 8, 2, |k| {
+                k.gb_s
+                    .map(|g| format!("{g:.1}"))
+                    .unwrap_or_else(|| "—".into())
+            }),
+        ];
+        let room = cols[i].width.saturating_sub(2 + 12);
+        let mut level = 0u8;
+        let fits = |lvl: u8| {
+            all.iter()
+                .filter(|c| c.2 <= lvl)
+                .map(|c| c.1 + 1)
+                .sum::<u16>()
+                <= room
+        };
+        while level < 2 && fits(level + 1) {
+            level += 1;
+        }
+        let shown: Vec<&Col> = all.iter().filter(|c| c.2 <= level).collect();
+        let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
+        let rows = stats.iter().map(|k| {
+            let mut cells = vec![Cell::from(k.name.clone())];
+            cells.extend(shown.iter().map(|c| right((c.3)(k))));
+            Row::new(cells)
+        });
+        let mut head = vec![Cell::from("kernel µs")];
+        head.extend(shown.iter().map(|c| right(c.0.to_string())));
+        let header = Row::new(head).style(Style::new().fg(DIM));
+        let mut widths = vec![Constraint::Min(12)];
+        widths.extend(shown.iter().map(|c| Constraint::Length(c.1)));
+        let title = format!(
+            "path {} · {}",
+            path_name(i),
+            r.paths.get(i).map(|p| p.spec.label()).unwrap_or_default()
+        );
+        f.render_widget(
+            Table::new(rows, widths)
+                .header(header)
+                .column_spacing(1)
+                .block(block(title).border_style(Style::new().fg(path_color(i)))),
+            cols[i],
+        );
+    }
+
+    // Last step's timeline: both paths on one time scale, so the shorter bar is the faster path.
+    let outer = block(format!("timeline of step {} (same scale)", r.step));
+    let inner = outer.inner(timeline);
+    f.render_widget(outer, timeline);
+    let max_total = r.paths.iter().map(|p| p.total_us).fold(0.0, f64::max);
+    // Room for the path label before the bar and the total after it.
+    let width = inner.width.saturating_sub(3 + 12) as f64;
+    let mut lines = Vec::new();
+    for (i, p) in r.paths.iter().enumerate() {
+        let mut spans = vec![Span::styled(
+            format!("{}  ", path_name(i)),
+            Style::new().fg(path_color(i)).bold(),
+        )];
+        let mut used = 0usize;
+        let mut acc = 0.0;
+        for (j, k) in p.timings.iter().enumerate() {
+            acc += k.us;
+            // Cumulative rounding keeps the bar's end exact.
+            let end = if max_total > 0.0 {
+                (acc / max_total * width).round() as usize
+            } else {
+                0
+            };
+            let w = end.saturating_sub(used);
+            used = end;
+            if w > 0 {
+                let c = SEGMENT_COLORS[j % SEGMENT_COLORS.len()];
+                spans.push(Span::styled(
+                    seg_label(j).to_string().repeat(w),
+                    Style::new().fg(Color::Black).bg(c),
+                ));
+            }
+        }
+        spans.push(Span::raw(format!(" {}", fmt_us(p.total_us))));
+        lines.push(Line::from(spans));
+        let legend: Vec<Span> = p
+            .timings
+            .iter()
+            .enumerate()
+            .map(|(j, k)| {
+                Span::styled(
+                    format!("{} {} ", seg_label(j), k.name),
+                    Style::new().fg(SEGMENT_COLORS[j % SEGMENT_COLORS.len()]),
+                )
+            })
+            .collect();
+        let mut l = vec![Span::raw("   ")];
+        l.extend(legend);
+        lines.push(Line::from(l));
+        lines.push(Line::raw(""));
+    }
+    f.render_widget(
+        Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
+        inner,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}
