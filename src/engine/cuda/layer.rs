@@ -191,12 +191,16 @@ impl DeviceLayer {
         let per = inter * h;
         let up = gpu.download_at(w13, idx * 2 * per, 2 * per, "expert weights")?;
         let down = gpu.download_at(w2, idx * per, per, "expert weights")?;
+        // Tens of millions of values per full-size expert: convert on every core.
+        use rayon::prelude::*;
+        let widen =
+            |bits: &[u16]| -> Vec<f32> { bits.par_iter().map(|&b| bf16_value(b)).collect() };
         Ok(ExpertWeights {
             hidden: h,
             intermediate: inter,
-            gate: up[..per].iter().map(|&b| bf16_value(b)).collect(),
-            up: up[per..].iter().map(|&b| bf16_value(b)).collect(),
-            down: down.iter().map(|&b| bf16_value(b)).collect(),
+            gate: widen(&up[..per]),
+            up: widen(&up[per..]),
+            down: widen(&down),
         })
     }
 }
