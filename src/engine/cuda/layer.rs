@@ -205,6 +205,32 @@ impl DeviceLayer {
     }
 }
 
+/// Sums `splits` partial [rows × n] products into `out`, adding the per-column `bias` (0: none).
+fn splitk_reduce(
+    gpu: &Gpu,
+    parts: u64,
+    splits: usize,
+    rows: usize,
+    n: usize,
+    bias: u64,
+    out: u64,
+) -> Result<()> {
+    gpu.launch(
+        "splitk_reduce",
+        gpu.stride_grid(rows * n, 256),
+        256,
+        0,
+        &[
+            Arg::Ptr(parts),
+            Arg::I32(splits as i32),
+            Arg::U64((rows * n) as u64),
+            Arg::I32(n as i32),
+            Arg::Ptr(bias),
+            Arg::Ptr(out),
+        ],
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn init_mlps(
     gpu: &Gpu,
@@ -769,19 +795,14 @@ impl CudaBackend {
             },
         )?;
         if splits > 1 {
-            gpu.launch(
-                "splitk_reduce",
-                gpu.stride_grid(t * e, 256),
-                256,
-                0,
-                &[
-                    Arg::Ptr(p(&ws.gate_parts)),
-                    Arg::I32(splits as i32),
-                    Arg::U64((t * e) as u64),
-                    Arg::I32(e as i32),
-                    Arg::Ptr(p(&l.offset)),
-                    Arg::Ptr(p(&ws.logits)),
-                ],
+            splitk_reduce(
+                gpu,
+                p(&ws.gate_parts),
+                splits,
+                t,
+                e,
+                p(&l.offset),
+                p(&ws.logits),
             )?;
         }
         timer.stop(
@@ -898,20 +919,7 @@ impl CudaBackend {
             g.k_splits = splits;
             g.c_split = rows * n;
             gemm(gpu, &g)?;
-            gpu.launch(
-                "splitk_reduce",
-                gpu.stride_grid(rows * n, 256),
-                256,
-                0,
-                &[
-                    Arg::Ptr(p(&ws.expert_parts)),
-                    Arg::I32(splits as i32),
-                    Arg::U64((rows * n) as u64),
-                    Arg::I32(n as i32),
-                    Arg::Ptr(0),
-                    Arg::Ptr(out),
-                ],
-            )
+            splitk_reduce(gpu, p(&ws.expert_parts), splits, rows, n, 0, out)
         };
         // Weight bytes are filled in once the step's active slots are known (see `step`).
         timer.start(gpu)?;
