@@ -260,7 +260,7 @@ __device__ __forceinline__ void rf_head(const u32 (&key)[PER], u32& hk, int& hj)
 }
 
 // FAST_SCORE (bench only, NOT exact): f32 expf sigmoid, to measure what the double one costs.
-template <int PER, bool FAST_SCORE>
+template <int PER, bool FAST_SCORE, bool SORT>
 __device__ __forceinline__ void router_lanes_body(
              const void* logits, int logits_bf16, const float* bias, int group_top2, int T, int E,
              int n_group, int topk_group, int k, int k_eff, int softmax, int norm,
@@ -312,13 +312,39 @@ __device__ __forceinline__ void router_lanes_body(
             s_score[warp][lane * PER + j] = sc;
             key[j] = sort_key(bias != 0 ? sc + b[j] : sc);
         }
+        // SORT: the lane's keys sorted once (descending, equal keys in position order), so the
+        // lane's top-2 and each round's head are its first entries and a pop is a shift.
+        int pos[PER];
+#pragma unroll
+        for (int j = 0; j < PER; j++) pos[j] = j;
+        if (SORT) {
+            // Odd-even transposition sort; swapping only on a strictly larger right key keeps it
+            // stable.
+#pragma unroll
+            for (int r = 0; r < PER; r++)
+#pragma unroll
+                for (int j = r & 1; j + 1 < PER; j += 2) {
+                    u32 ka = key[j], kb = key[j + 1];
+                    int pa = pos[j], pb = pos[j + 1];
+                    bool swap = kb > ka;
+                    key[j] = max(ka, kb);
+                    key[j + 1] = min(ka, kb);
+                    pos[j] = swap ? pb : pa;
+                    pos[j + 1] = swap ? pa : pb;
+                }
+        }
         if (n_group > 1) {
             // Top-2 keys of the lane (a multiset, as routing.rs), merged over the group's lanes.
             u32 a1 = 0u, a2 = 0u;
+            if (SORT) {
+                a1 = key[0];
+                a2 = key[1];
+            } else {
 #pragma unroll
-            for (int j = 0; j < PER; j++) {
-                a2 = max(a2, min(a1, key[j]));
-                a1 = max(a1, key[j]);
+                for (int j = 0; j < PER; j++) {
+                    a2 = max(a2, min(a1, key[j]));
+                    a1 = max(a1, key[j]);
+                }
             }
             for (int off = 1; off < L; off <<= 1) {
                 u32 b1 = __shfl_xor_sync(0xffffffffu, a1, off);
@@ -341,7 +367,12 @@ __device__ __forceinline__ void router_lanes_body(
         }
         u32 hk;
         int hj;
-        rf_head<PER>(key, hk, hj);
+        if (SORT) {
+            hk = key[0];
+            hj = pos[0];
+        } else {
+            rf_head<PER>(key, hk, hj);
+        }
         int my_id = 0;
         for (int r = 0; r < k_eff; r++) {
             u32 mk = warp_umax(hk);
@@ -349,10 +380,21 @@ __device__ __forceinline__ void router_lanes_body(
             int wid = __shfl_sync(0xffffffffu, lane * PER + hj, wl);
             if (lane == r) my_id = wid;
             if (lane == wl) {
+                if (SORT) {
 #pragma unroll
-                for (int j = 0; j < PER; j++)
-                    if (j == hj) key[j] = 0u;
-                rf_head<PER>(key, hk, hj);
+                    for (int j = 0; j + 1 < PER; j++) {
+                        key[j] = key[j + 1];
+                        pos[j] = pos[j + 1];
+                    }
+                    key[PER - 1] = 0u;
+                    hk = key[0];
+                    hj = pos[0];
+                } else {
+#pragma unroll
+                    for (int j = 0; j < PER; j++)
+                        if (j == hj) key[j] = 0u;
+                    rf_head<PER>(key, hk, hj);
+                }
             }
         }
         __syncwarp();
@@ -364,14 +406,20 @@ __device__ __forceinline__ void router_lanes_body(
 }
 
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8(RF_ARGS) {
-    router_lanes_body<8, false>(RF_PASS);
+    router_lanes_body<8, false, true>(RF_PASS);
 }
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12(RF_ARGS) {
-    router_lanes_body<12, false>(RF_PASS);
+    router_lanes_body<12, false, true>(RF_PASS);
 }
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_16(RF_ARGS) {
-    router_lanes_body<16, false>(RF_PASS);
+    router_lanes_body<16, false, true>(RF_PASS);
 }
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8_inexact(RF_ARGS) {
-    router_lanes_body<8, true>(RF_PASS);
+    router_lanes_body<8, true, true>(RF_PASS);
+}
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8_unsorted(RF_ARGS) {
+    router_lanes_body<8, false, false>(RF_PASS);
+}
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12_unsorted(RF_ARGS) {
+    router_lanes_body<12, false, false>(RF_PASS);
 }

@@ -42,6 +42,8 @@ pub const MODULES: &[KernelSource] = &[
             "router_lanes_12",
             "router_lanes_16",
             "router_lanes_8_inexact",
+            "router_lanes_8_unsorted",
+            "router_lanes_12_unsorted",
         ],
     },
     KernelSource {

@@ -120,6 +120,8 @@ pub enum FusedKernel {
     Auto,
     /// The warp-per-token v4 kernel, kept for shapes v5 does not cover (and as `bench`'s baseline).
     V4,
+    /// v5 without the lane sort (E = 256 and 384), for the version history.
+    V5Unsorted,
     /// Bench only, NOT exact: v5 for E = 256 with an f32 sigmoid, to measure what the exact
     /// double-precision scores cost.
     InexactScores,
@@ -174,6 +176,11 @@ pub fn fused_with(
     let lanes = match which {
         FusedKernel::Auto => lanes_kernel(sh, io),
         FusedKernel::V4 => None,
+        FusedKernel::V5Unsorted => match lanes_kernel(sh, io) {
+            Some("router_lanes_8") => Some("router_lanes_8_unsorted"),
+            Some("router_lanes_12") => Some("router_lanes_12_unsorted"),
+            _ => bail!("the unsorted v5 router kernel covers only E = 256 and 384"),
+        },
         FusedKernel::InexactScores => {
             if lanes_kernel(sh, io) != Some("router_lanes_8") {
                 bail!("the inexact-score router kernel covers only the v5 E = 256 shapes");
