@@ -1,6 +1,8 @@
 // The fused router: scores, bias, group scores, group top-k, expert top-k, weights and the shared
 // slots in ONE kernel, one warp per token. Selection mirrors routing::route_token exactly: values
-// are compared through order-preserving u32 keys (NaN lowest), ties to the lower index, and the
+// are compared through order-preserving u32 keys (NaN lowest), ties to the lower index.
+// Two kernels (router.rs picks): v5 `router_lanes_*` (below; sigmoid, E = 256 or 384) and v4
+// `router_fused_e*` for every other shape, where lane l holds experts l, l+32, ... and the
 // warp-wide best is found with redux.sync (max key, then min index among the lanes holding it).
 // Limits (checked on the host): E <= 512, k + S <= 32.
 
@@ -230,8 +232,8 @@ extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e512(RF
     router_fused_body<16>(RF_PASS);
 }
 
-// v5, the lane-contiguous router for sigmoid scoring with E = 32 * PER and n_group a power of two
-// (every DeepSeek-V3 / Kimi-K2-style config): lane l holds experts PER*l .. PER*l+PER-1, loaded
+// v5, the lane-contiguous router for sigmoid scoring with E = 32 * PER (PER = 8 or 12) and n_group
+// a power of two (DeepSeek-V3 and Kimi-K2 shapes): lane l holds experts PER*l .. PER*l+PER-1, loaded
 // with 16-byte (f32) or 8-byte (bf16) loads, so a group is L = 32 / n_group adjacent lanes and a
 // lower lane always holds lower expert indices. Group top-2 is lane-local, then log2(L) shuffle
 // merges; kept groups by rank counting (no serial rounds); each top-k round is one redux.max and
@@ -309,7 +311,7 @@ __device__ __forceinline__ void router_lanes_body(
 #pragma unroll
         for (int j = 0; j < PER; j++) {
             float sc = FAST_SCORE ? __fdiv_rn(1.0f, 1.0f + expf(-x[j])) : sigmoid_score(x[j]);
-            s_score[warp][lane * PER + j] = sc;
+            s_score[warp][j * 32 + lane] = sc;  // [position][lane]: no bank conflicts
             key[j] = sort_key(bias != 0 ? sc + b[j] : sc);
         }
         // SORT: the lane's keys sorted once (descending, equal keys in position order), so the
@@ -398,28 +400,20 @@ __device__ __forceinline__ void router_lanes_body(
             }
         }
         __syncwarp();
-        float my_score = lane < k_eff ? s_score[warp][my_id] : 0.f;
+        float my_score = lane < k_eff ? s_score[warp][(my_id % PER) * 32 + my_id / PER] : 0.f;
         rf_store(my_id, my_score, t, E, k, k_eff, norm, routed_scale, S, shared_w, gate, ids,
                  weights, probs_out, spt, lane);
         __syncwarp();
     }
 }
 
+// Sorting pays for 8 keys a lane; for 12 the sort costs more than the rescans it saves (run 11).
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8(RF_ARGS) {
     router_lanes_body<8, false, true>(RF_PASS);
 }
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12(RF_ARGS) {
-    router_lanes_body<12, false, true>(RF_PASS);
-}
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_16(RF_ARGS) {
-    router_lanes_body<16, false, true>(RF_PASS);
+    router_lanes_body<12, false, false>(RF_PASS);
 }
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8_inexact(RF_ARGS) {
     router_lanes_body<8, true, true>(RF_PASS);
-}
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8_unsorted(RF_ARGS) {
-    router_lanes_body<8, false, false>(RF_PASS);
-}
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12_unsorted(RF_ARGS) {
-    router_lanes_body<12, false, false>(RF_PASS);
 }

@@ -146,7 +146,7 @@ fn bench_routers(
         cfg.name
     );
     println!(
-        "{:>7}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}  {:>9}  {:>14}  {:>9}  method",
+        "{:>7}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}  {:>9}  {:>14}  method",
         "tokens",
         "fused µs",
         "fused v4 µs",
@@ -154,8 +154,7 @@ fn bench_routers(
         "speedup",
         "fused GB/s",
         "of copy",
-        "f32-score µs*",
-        "v5u µs"
+        "f32-score µs*"
     );
     for &t in tokens {
         if t == 0 {
@@ -187,21 +186,15 @@ fn bench_routers(
         let fused = |set: usize| router::fused(gpu, &sh, &io(set), t);
         // The previous fused kernel, timed in the same run for the version history.
         let fused_v4 = |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::V4);
-        let v5u = |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::V5Unsorted);
         let inexact =
             |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::InexactScores);
         let unfused =
             |set: usize| router::unfused(gpu, &sh, &io(set), t, &bufs, &mut Timer::new(false));
-        let (f_us, v4_us, u_us, v5u_us, x_us, method) = if t < GRAPH_MAX_TOKENS {
+        let (f_us, v4_us, u_us, x_us, method) = if t < GRAPH_MAX_TOKENS {
             (
                 graph_us(gpu, &fused)?,
                 graph_us(gpu, &fused_v4)?,
                 graph_us(gpu, &unfused)?,
-                if e == 256 || e == 384 {
-                    graph_us(gpu, &v5u)?
-                } else {
-                    f64::NAN
-                },
                 if covered {
                     graph_us(gpu, &inexact)?
                 } else {
@@ -214,11 +207,6 @@ fn bench_routers(
                 time_us(gpu, fused)?,
                 time_us(gpu, fused_v4)?,
                 time_us(gpu, unfused)?,
-                if e == 256 || e == 384 {
-                    time_us(gpu, v5u)?
-                } else {
-                    f64::NAN
-                },
                 if covered {
                     time_us(gpu, inexact)?
                 } else {
@@ -230,7 +218,7 @@ fn bench_routers(
         let bytes = (logits_bytes + t * spt * 8) as f64;
         let gbs = bytes / f_us / 1e3;
         println!(
-            "{t:>7}  {f_us:>12.2}  {v4_us:>12.2}  {u_us:>12.2}  {:>7.1}x  {gbs:>10.0}  {:>8.0}%  {x_us:>14.2}  {v5u_us:>9.2}  {method}",
+            "{t:>7}  {f_us:>12.2}  {v4_us:>12.2}  {u_us:>12.2}  {:>7.1}x  {gbs:>10.0}  {:>8.0}%  {x_us:>14.2}  {method}",
             u_us / f_us,
             100.0 * gbs / copy_gbs
         );

@@ -258,11 +258,7 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
         for (name, which) in [
             ("router_fused", FusedKernel::Auto),
             ("router_fused v4", FusedKernel::V4),
-            ("router_fused v5u", FusedKernel::V5Unsorted),
         ] {
-            if which == FusedKernel::V5Unsorted && !(e == 256 || e == 384) {
-                continue;
-            }
             poison(gpu)?;
             router::fused_with(gpu, &sh, &io, t, which)?;
             let got_ids = gpu.download(&ids, t * spt, "ids")?;

@@ -40,10 +40,7 @@ pub const MODULES: &[KernelSource] = &[
             "router_fused_e512",
             "router_lanes_8",
             "router_lanes_12",
-            "router_lanes_16",
             "router_lanes_8_inexact",
-            "router_lanes_8_unsorted",
-            "router_lanes_12_unsorted",
         ],
     },
     KernelSource {

@@ -120,20 +120,17 @@ pub enum FusedKernel {
     Auto,
     /// The warp-per-token v4 kernel, kept for shapes v5 does not cover (and as `bench`'s baseline).
     V4,
-    /// v5 without the lane sort (E = 256 and 384), for the version history.
-    V5Unsorted,
     /// Bench only, NOT exact: v5 for E = 256 with an f32 sigmoid, to measure what the exact
     /// double-precision scores cost.
     InexactScores,
 }
 
-/// The v5 kernel for a shape, if it covers it: sigmoid scoring, E = 32 × (8, 12 or 16), n_group
+/// The v5 kernel for a shape, if it covers it: sigmoid scoring, E = 256 or 384, n_group
 /// a power of two (each group whole lanes), loads aligned for 16-byte (f32) or 8-byte (bf16).
 fn lanes_kernel(sh: &RouterShape, io: &RouterIo) -> Option<&'static str> {
     let name = match sh.e {
         256 => "router_lanes_8",
         384 => "router_lanes_12",
-        512 => "router_lanes_16",
         _ => return None,
     };
     let align = if io.logits_bf16 { 8 } else { 16 };
@@ -176,11 +173,6 @@ pub fn fused_with(
     let lanes = match which {
         FusedKernel::Auto => lanes_kernel(sh, io),
         FusedKernel::V4 => None,
-        FusedKernel::V5Unsorted => match lanes_kernel(sh, io) {
-            Some("router_lanes_8") => Some("router_lanes_8_unsorted"),
-            Some("router_lanes_12") => Some("router_lanes_12_unsorted"),
-            _ => bail!("the unsorted v5 router kernel covers only E = 256 and 384"),
-        },
         FusedKernel::InexactScores => {
             if lanes_kernel(sh, io) != Some("router_lanes_8") {
                 bail!("the inexact-score router kernel covers only the v5 E = 256 shapes");
