@@ -1,6 +1,8 @@
 // The fused router: scores, bias, group scores, group top-k, expert top-k, weights and the shared
 // slots in ONE kernel, one warp per token. Selection mirrors routing::route_token exactly: values
-// are compared through order-preserving u32 keys (NaN lowest), ties to the lower index, and the
+// are compared through order-preserving u32 keys (NaN lowest), ties to the lower index.
+// Two kernels (router.rs picks): v5 `router_lanes_*` (below; sigmoid, E = 256 or 384) and v4
+// `router_fused_e*` for every other shape, where lane l holds experts l, l+32, ... and the
 // warp-wide best is found with redux.sync (max key, then min index among the lanes holding it).
 // Limits (checked on the host): E <= 512, k + S <= 32.
 
@@ -9,6 +11,29 @@
 
 __device__ __forceinline__ float load_logit(const void* p, u64 i, int is_bf16) {
     return is_bf16 ? bf16_to_f32(((const bf16_t*)p)[i]) : ((const float*)p)[i];
+}
+
+// The outputs of one token, shared by both kernels: lane r < k_eff holds the r-th chosen expert
+// and its unbiased score. Probabilities are summed in selection order in double (as routing.rs).
+__device__ __forceinline__ void rf_store(int my_id, float my_score, int t, int E, int k, int k_eff,
+                                         int norm, double routed_scale, int S, double shared_w,
+                                         const float* gate, u32* ids, float* weights,
+                                         double* probs_out, int spt, int lane) {
+    double sum = 0.0;
+    for (int r = 0; r < k_eff; r++) sum += (double)__shfl_sync(0xffffffffu, my_score, r);
+    double p = (double)my_score;
+    if (norm && sum > 0.0) p = p / sum;
+    const u64 base = (u64)t * spt;
+    if (lane < k) {
+        bool real = lane < k_eff;
+        ids[base + lane] = real ? (u32)my_id : 0u;
+        weights[base + lane] = real ? (float)(routed_scale * p) : 0.f;
+        if (probs_out != 0) probs_out[(u64)t * k + lane] = real ? p : 0.0;
+    } else if (lane < k + S) {
+        float g = gate != 0 ? gate[t] : 1.0f;
+        ids[base + lane] = (u32)(E + lane - k);
+        weights[base + lane] = (float)(shared_w * (double)g);
+    }
 }
 
 // ids/weights: [T x spt] slots (k routed, then S shared); probs_out (nullable): [T x k] the
@@ -185,22 +210,8 @@ __device__ __forceinline__ void router_fused_body(
                     }
             }
         }
-        // Probabilities: the chosen experts' unbiased scores, summed in selection order in double.
-        double sum = 0.0;
-        for (int r = 0; r < k_eff; r++) sum += (double)__shfl_sync(0xffffffffu, my_score, r);
-        double p = (double)my_score;
-        if (norm && sum > 0.0) p = p / sum;
-        const u64 base = (u64)t * spt;
-        if (lane < k) {
-            bool real = lane < k_eff;
-            ids[base + lane] = real ? (u32)my_id : 0u;
-            weights[base + lane] = real ? (float)(routed_scale * p) : 0.f;
-            if (probs_out != 0) probs_out[(u64)t * k + lane] = real ? p : 0.0;
-        } else if (lane < k + S) {
-            float g = gate != 0 ? gate[t] : 1.0f;
-            ids[base + lane] = (u32)(E + lane - k);
-            weights[base + lane] = (float)(shared_w * (double)g);
-        }
+        rf_store(my_id, my_score, t, E, k, k_eff, norm, routed_scale, S, shared_w, gate, ids, weights,
+                 probs_out, spt, lane);
         __syncwarp();
     }
 }
@@ -219,4 +230,190 @@ extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e256(RF
 }
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e512(RF_ARGS) {
     router_fused_body<16>(RF_PASS);
+}
+
+// v5, the lane-contiguous router for sigmoid scoring with E = 32 * PER (PER = 8 or 12) and n_group
+// a power of two (DeepSeek-V3 and Kimi-K2 shapes): lane l holds experts PER*l .. PER*l+PER-1, loaded
+// with 16-byte (f32) or 8-byte (bf16) loads, so a group is L = 32 / n_group adjacent lanes and a
+// lower lane always holds lower expert indices. Group top-2 is lane-local, then log2(L) shuffle
+// merges; kept groups by rank counting (no serial rounds); each top-k round is one redux.max and
+// one ballot (the lowest lane holding the max key has the lowest index among equals).
+// The lane's best key and its lowest position among equals: a tree of depth log2(PER), lower
+// positions always on the left (taken unless the right is strictly larger).
+template <int PER>
+__device__ __forceinline__ void rf_head(const u32 (&key)[PER], u32& hk, int& hj) {
+    u32 k2[PER];
+    int j2[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        k2[j] = key[j];
+        j2[j] = j;
+    }
+#pragma unroll
+    for (int w = 1; w < PER; w <<= 1)
+#pragma unroll
+        for (int j = 0; j + w < PER; j += 2 * w)
+            if (k2[j + w] > k2[j]) {
+                k2[j] = k2[j + w];
+                j2[j] = j2[j + w];
+            }
+    hk = k2[0];
+    hj = j2[0];
+}
+
+// FAST_SCORE (bench only, NOT exact): f32 expf sigmoid, to measure what the double one costs.
+template <int PER, bool FAST_SCORE, bool SORT>
+__device__ __forceinline__ void router_lanes_body(
+             const void* logits, int logits_bf16, const float* bias, int group_top2, int T, int E,
+             int n_group, int topk_group, int k, int k_eff, int softmax, int norm,
+             double routed_scale, int S, double shared_w, const float* gate, u32* ids,
+             float* weights, double* probs_out, int spt) {
+    __shared__ float s_score[RF_WARPS][32 * PER];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int L = 32 / n_group;  // lanes per group
+    const int my_group = lane / L;
+    for (int t = blockIdx.x * RF_WARPS + warp; t < T; t += gridDim.x * RF_WARPS) {
+        const u64 first = (u64)t * E + (u64)lane * PER;
+        float x[PER], b[PER];
+        if (logits_bf16) {
+            const uint2* src = (const uint2*)((const bf16_t*)logits + first);
+#pragma unroll
+            for (int j = 0; j < PER / 4; j++) {
+                uint2 v = src[j];
+                x[4 * j] = __uint_as_float(v.x << 16);
+                x[4 * j + 1] = __uint_as_float(v.x & 0xffff0000u);
+                x[4 * j + 2] = __uint_as_float(v.y << 16);
+                x[4 * j + 3] = __uint_as_float(v.y & 0xffff0000u);
+            }
+        } else {
+            const float4* src = (const float4*)((const float*)logits + first);
+#pragma unroll
+            for (int j = 0; j < PER / 4; j++) {
+                float4 v = src[j];
+                x[4 * j] = v.x;
+                x[4 * j + 1] = v.y;
+                x[4 * j + 2] = v.z;
+                x[4 * j + 3] = v.w;
+            }
+        }
+        if (bias != 0) {
+            const float4* src = (const float4*)(bias + lane * PER);
+#pragma unroll
+            for (int j = 0; j < PER / 4; j++) {
+                float4 v = src[j];
+                b[4 * j] = v.x;
+                b[4 * j + 1] = v.y;
+                b[4 * j + 2] = v.z;
+                b[4 * j + 3] = v.w;
+            }
+        }
+        u32 key[PER];
+#pragma unroll
+        for (int j = 0; j < PER; j++) {
+            float sc = FAST_SCORE ? __fdiv_rn(1.0f, 1.0f + expf(-x[j])) : sigmoid_score(x[j]);
+            s_score[warp][j * 32 + lane] = sc;  // [position][lane]: no bank conflicts
+            key[j] = sort_key(bias != 0 ? sc + b[j] : sc);
+        }
+        // SORT: the lane's keys sorted once (descending, equal keys in position order), so the
+        // lane's top-2 and each round's head are its first entries and a pop is a shift.
+        int pos[PER];
+#pragma unroll
+        for (int j = 0; j < PER; j++) pos[j] = j;
+        if (SORT) {
+            // Odd-even transposition sort; swapping only on a strictly larger right key keeps it
+            // stable.
+#pragma unroll
+            for (int r = 0; r < PER; r++)
+#pragma unroll
+                for (int j = r & 1; j + 1 < PER; j += 2) {
+                    u32 ka = key[j], kb = key[j + 1];
+                    int pa = pos[j], pb = pos[j + 1];
+                    bool swap = kb > ka;
+                    key[j] = max(ka, kb);
+                    key[j + 1] = min(ka, kb);
+                    pos[j] = swap ? pb : pa;
+                    pos[j + 1] = swap ? pa : pb;
+                }
+        }
+        if (n_group > 1) {
+            // Top-2 keys of the lane (a multiset, as routing.rs), merged over the group's lanes.
+            u32 a1 = 0u, a2 = 0u;
+            if (SORT) {
+                a1 = key[0];
+                a2 = key[1];
+            } else {
+#pragma unroll
+                for (int j = 0; j < PER; j++) {
+                    a2 = max(a2, min(a1, key[j]));
+                    a1 = max(a1, key[j]);
+                }
+            }
+            for (int off = 1; off < L; off <<= 1) {
+                u32 b1 = __shfl_xor_sync(0xffffffffu, a1, off);
+                u32 b2 = __shfl_xor_sync(0xffffffffu, a2, off);
+                a2 = max(min(a1, b1), max(a2, b2));
+                a1 = max(a1, b1);
+            }
+            u32 gk = sort_key(group_top2 ? key_value(a1) + key_value(a2) : key_value(a1));
+            // Rank of my group: the groups with a larger score, or an equal one and a lower index.
+            int rank = 0;
+#pragma unroll 8
+            for (int h = 0; h < n_group; h++) {
+                u32 o = __shfl_sync(0xffffffffu, gk, h * L);
+                rank += (o > gk || (o == gk && h < my_group)) ? 1 : 0;
+            }
+            if (rank >= topk_group) {
+#pragma unroll
+                for (int j = 0; j < PER; j++) key[j] = 0u;
+            }
+        }
+        u32 hk;
+        int hj;
+        if (SORT) {
+            hk = key[0];
+            hj = pos[0];
+        } else {
+            rf_head<PER>(key, hk, hj);
+        }
+        int my_id = 0;
+        for (int r = 0; r < k_eff; r++) {
+            u32 mk = warp_umax(hk);
+            int wl = __ffs(__ballot_sync(0xffffffffu, hk == mk)) - 1;
+            int wid = __shfl_sync(0xffffffffu, lane * PER + hj, wl);
+            if (lane == r) my_id = wid;
+            if (lane == wl) {
+                if (SORT) {
+#pragma unroll
+                    for (int j = 0; j + 1 < PER; j++) {
+                        key[j] = key[j + 1];
+                        pos[j] = pos[j + 1];
+                    }
+                    key[PER - 1] = 0u;
+                    hk = key[0];
+                    hj = pos[0];
+                } else {
+#pragma unroll
+                    for (int j = 0; j < PER; j++)
+                        if (j == hj) key[j] = 0u;
+                    rf_head<PER>(key, hk, hj);
+                }
+            }
+        }
+        __syncwarp();
+        float my_score = lane < k_eff ? s_score[warp][(my_id % PER) * 32 + my_id / PER] : 0.f;
+        rf_store(my_id, my_score, t, E, k, k_eff, norm, routed_scale, S, shared_w, gate, ids,
+                 weights, probs_out, spt, lane);
+        __syncwarp();
+    }
+}
+
+// Sorting pays for 8 keys a lane; for 12 the sort costs more than the rescans it saves (run 11).
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8(RF_ARGS) {
+    router_lanes_body<8, false, true>(RF_PASS);
+}
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12(RF_ARGS) {
+    router_lanes_body<12, false, false>(RF_PASS);
+}
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8_inexact(RF_ARGS) {
+    router_lanes_body<8, true, true>(RF_PASS);
 }

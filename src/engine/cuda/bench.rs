@@ -7,7 +7,7 @@
 
 use super::gpu::{cuda_err, ptr, Arg, Gpu, Timer};
 use super::layer::CudaBackend;
-use super::router::{self, RouterIo, RouterShape, UnfusedBufs};
+use super::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
 use crate::engine::paths::PathSpec;
 use crate::engine::{Backend, BackendChoice, StepInput};
 use anyhow::{anyhow, Context, Result};
@@ -121,6 +121,8 @@ fn bench_routers(
     // Path B's router: fused shared slots, rsf on the output.
     let sh = RouterShape::new(cfg, k, s, 1.0, 1.0 / rsf)?;
     let spt = sh.spt();
+    // The inexact-score kernel (a measurement of what exact scores cost) exists for E = 256 only.
+    let covered = router::inexact_covered(&sh);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let bias: Vec<f32> = (0..e).map(|_| rng.random_range(-0.05f32..0.05)).collect();
     let d_bias = gpu.upload(&bias, "bias")?;
@@ -138,12 +140,21 @@ fn bench_routers(
     println!();
     println!("graph-replay floor per launch (one-word kernel): {floor:.2} µs");
     println!(
-        "router, {} shape, f32 logits, top-{k} + {s} shared slots",
+        "router, {} shape, f32 logits, top-{k} + {s} shared slots; fused = v5 where it covers the \
+         shape, v4 = the previous kernel; * = v5 with f32 sigmoid scores, NOT exact (measures the \
+         cost of the double-precision scores)",
         cfg.name
     );
     println!(
-        "{:>7}  {:>12}  {:>12}  {:>8}  {:>10}  {:>9}  method",
-        "tokens", "fused µs", "unfused µs", "speedup", "fused GB/s", "of copy"
+        "{:>7}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}  {:>9}  {:>14}  method",
+        "tokens",
+        "fused µs",
+        "fused v4 µs",
+        "unfused µs",
+        "speedup",
+        "fused GB/s",
+        "of copy",
+        "f32-score µs*"
     );
     for &t in tokens {
         if t == 0 {
@@ -173,25 +184,41 @@ fn bench_routers(
             probs: 0,
         };
         let fused = |set: usize| router::fused(gpu, &sh, &io(set), t);
+        // The previous fused kernel, timed in the same run for the version history.
+        let fused_v4 = |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::V4);
+        let inexact =
+            |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::InexactScores);
         let unfused =
             |set: usize| router::unfused(gpu, &sh, &io(set), t, &bufs, &mut Timer::new(false));
-        let (f_us, u_us, method) = if t < GRAPH_MAX_TOKENS {
+        let (f_us, v4_us, u_us, x_us, method) = if t < GRAPH_MAX_TOKENS {
             (
                 graph_us(gpu, &fused)?,
+                graph_us(gpu, &fused_v4)?,
                 graph_us(gpu, &unfused)?,
+                if covered {
+                    graph_us(gpu, &inexact)?
+                } else {
+                    f64::NAN
+                },
                 "graph replay",
             )
         } else {
             (
                 time_us(gpu, fused)?,
+                time_us(gpu, fused_v4)?,
                 time_us(gpu, unfused)?,
+                if covered {
+                    time_us(gpu, inexact)?
+                } else {
+                    f64::NAN
+                },
                 "events, rotated inputs",
             )
         };
         let bytes = (logits_bytes + t * spt * 8) as f64;
         let gbs = bytes / f_us / 1e3;
         println!(
-            "{t:>7}  {f_us:>12.2}  {u_us:>12.2}  {:>7.1}x  {gbs:>10.0}  {:>8.0}%  {method}",
+            "{t:>7}  {f_us:>12.2}  {v4_us:>12.2}  {u_us:>12.2}  {:>7.1}x  {gbs:>10.0}  {:>8.0}%  {x_us:>14.2}  {method}",
             u_us / f_us,
             100.0 * gbs / copy_gbs
         );

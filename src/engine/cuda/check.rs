@@ -8,7 +8,7 @@
 
 use super::gpu::{ptr, Arg, Gpu};
 use super::layer::CudaBackend;
-use super::router::{self, RouterIo, RouterShape, UnfusedBufs};
+use super::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
 use crate::engine::compare;
 use crate::engine::config::{MoeConfig, PRESET_NAMES};
 use crate::engine::cpu::CpuBackend;
@@ -254,28 +254,25 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
             probs: ptr(gpu, &probs),
         };
 
-        poison(gpu)?;
-        router::fused(gpu, &sh, &io, t)?;
-        let got_ids = gpu.download(&ids, t * spt, "ids")?;
-        let got_w = gpu.download(&weights, t * spt, "weights")?;
-        let got_p = gpu.download(&probs, t * k, "probs")?;
-        let got = Routing {
-            k,
-            ids: strip(&got_ids, t, spt, k),
-            probs: got_p,
-        };
-        report_router(
-            table,
-            "router_fused",
-            &shape,
-            cfg,
-            &reference,
-            &got,
-            &got_ids,
-            &got_w,
-            &sh,
-            1.0,
-        );
+        // The fused router as callers get it, and the v4 kernel it falls back to on other shapes.
+        for (name, which) in [
+            ("router_fused", FusedKernel::Auto),
+            ("router_fused v4", FusedKernel::V4),
+        ] {
+            poison(gpu)?;
+            router::fused_with(gpu, &sh, &io, t, which)?;
+            let got_ids = gpu.download(&ids, t * spt, "ids")?;
+            let got_w = gpu.download(&weights, t * spt, "weights")?;
+            let got_p = gpu.download(&probs, t * k, "probs")?;
+            let got = Routing {
+                k,
+                ids: strip(&got_ids, t, spt, k),
+                probs: got_p,
+            };
+            report_router(
+                table, name, &shape, cfg, &reference, &got, &got_ids, &got_w, &sh, 1.0,
+            );
+        }
 
         poison(gpu)?;
         let bufs = UnfusedBufs::new(gpu, t, e, cfg.n_group, k)?;

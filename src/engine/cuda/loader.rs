@@ -35,7 +35,13 @@ pub const MODULES: &[KernelSource] = &[
     KernelSource {
         name: "router_fused",
         source: include_str!("../../../kernels/router_fused.cu"),
-        functions: &["router_fused_e256", "router_fused_e512"],
+        functions: &[
+            "router_fused_e256",
+            "router_fused_e512",
+            "router_lanes_8",
+            "router_lanes_12",
+            "router_lanes_8_inexact",
+        ],
     },
     KernelSource {
         name: "router_unfused",

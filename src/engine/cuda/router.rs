@@ -112,14 +112,79 @@ pub struct RouterIo {
     pub probs: u64,
 }
 
+/// The fused router kernels: v5 (`router_lanes_*`, lane-contiguous experts, see
+/// kernels/router_fused.cu) where the shape and pointers allow it, else v4 (`router_fused_e*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedKernel {
+    /// The best kernel for the shape (what every caller uses).
+    Auto,
+    /// The warp-per-token v4 kernel, kept for shapes v5 does not cover (and as `bench`'s baseline).
+    V4,
+    /// Bench only, NOT exact: v5 for E = 256 with an f32 sigmoid, to measure what the exact
+    /// double-precision scores cost.
+    InexactScores,
+}
+
+/// The v5 kernel for a shape, if it covers it: sigmoid scoring, E = 256 or 384, n_group
+/// a power of two (each group whole lanes), loads aligned for 16-byte (f32) or 8-byte (bf16).
+fn lanes_kernel(sh: &RouterShape, io: &RouterIo) -> Option<&'static str> {
+    let name = match sh.e {
+        256 => "router_lanes_8",
+        384 => "router_lanes_12",
+        _ => return None,
+    };
+    let align = if io.logits_bf16 { 8 } else { 16 };
+    let ok = !sh.softmax
+        && sh.n_group.is_power_of_two()
+        && sh.n_group <= 32
+        && io.logits.is_multiple_of(align)
+        && io.bias.is_multiple_of(16);
+    ok.then_some(name)
+}
+
+/// Whether `FusedKernel::InexactScores` has a kernel for this shape (f32 logits).
+pub fn inexact_covered(sh: &RouterShape) -> bool {
+    let io = RouterIo {
+        logits: 0,
+        logits_bf16: false,
+        bias: 0,
+        gate: 0,
+        ids: 0,
+        weights: 0,
+        probs: 0,
+    };
+    lanes_kernel(sh, &io) == Some("router_lanes_8")
+}
+
 /// The fused router: one launch.
 pub fn fused(gpu: &Gpu, sh: &RouterShape, io: &RouterIo, t: usize) -> Result<()> {
+    fused_with(gpu, sh, io, t, FusedKernel::Auto)
+}
+
+/// The fused router through a chosen kernel.
+pub fn fused_with(
+    gpu: &Gpu,
+    sh: &RouterShape,
+    io: &RouterIo,
+    t: usize,
+    which: FusedKernel,
+) -> Result<()> {
     let blocks = t.div_ceil(FUSED_WARPS) as u32;
-    // Experts per lane: 8 covers E <= 256 at half the registers and loop trips of 16.
-    let kernel = if sh.e <= 256 {
-        "router_fused_e256"
-    } else {
-        "router_fused_e512"
+    let lanes = match which {
+        FusedKernel::Auto => lanes_kernel(sh, io),
+        FusedKernel::V4 => None,
+        FusedKernel::InexactScores => {
+            if lanes_kernel(sh, io) != Some("router_lanes_8") {
+                bail!("the inexact-score router kernel covers only the v5 E = 256 shapes");
+            }
+            Some("router_lanes_8_inexact")
+        }
+    };
+    // v4: experts per lane 8 covers E <= 256 at half the registers and loop trips of 16.
+    let kernel = match lanes {
+        Some(name) => name,
+        None if sh.e <= 256 => "router_fused_e256",
+        None => "router_fused_e512",
     };
     gpu.launch(
         kernel,
