@@ -111,3 +111,24 @@ __device__ __forceinline__ u32 warp_umin(u32 v) {
     asm volatile("redux.sync.min.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
     return r;
 }
+
+// Score of one group of `per` selection values (routing::group_scores_into): the sum of the top
+// two with a correction bias (`top2`), the maximum without.
+__device__ __forceinline__ float group_score(const float* grp, int per, int top2) {
+    if (!top2) {
+        float r = NEG_INF;
+        for (int j = 0; j < per; j++) r = fmaxf(r, grp[j]);
+        return r;
+    }
+    float first = NEG_INF, second = NEG_INF;
+    for (int j = 0; j < per; j++) {
+        float v = grp[j];
+        if (v > first) {
+            second = first;
+            first = v;
+        } else if (v > second) {
+            second = v;
+        }
+    }
+    return first + second;
+}

@@ -39,6 +39,20 @@ __device__ __forceinline__ void rf_store(int my_id, float my_score, int t, int E
 // ids/weights: [T x spt] slots (k routed, then S shared); probs_out (nullable): [T x k] the
 // renormalized probabilities in double (rsf not included), for `moescope route`.
 // RF_PER_LANE experts per lane: 8 (E <= 256) or 16 (E <= 512), one instantiation each.
+// N floats (a multiple of 4, 16-byte aligned) into registers with 16-byte loads.
+template <int N>
+__device__ __forceinline__ void load_f32x4(const float* src, float* dst) {
+    const float4* v4 = (const float4*)src;
+#pragma unroll
+    for (int j = 0; j < N / 4; j++) {
+        float4 v = v4[j];
+        dst[4 * j] = v.x;
+        dst[4 * j + 1] = v.y;
+        dst[4 * j + 2] = v.z;
+        dst[4 * j + 3] = v.w;
+    }
+}
+
 template <int RF_PER_LANE>
 __device__ __forceinline__ void router_fused_body(
              const void* logits, int logits_bf16, const float* bias, int group_top2, int T, int E,
@@ -116,23 +130,7 @@ __device__ __forceinline__ void router_fused_body(
                 __syncwarp();
                 for (int g = lane; g < n_group; g += 32) {
                     const float* grp = &s_sel[warp][g * per];
-                    float r;
-                    if (group_top2) {
-                        float first = NEG_INF, second = NEG_INF;
-                        for (int j = 0; j < per; j++) {
-                            float v = grp[j];
-                            if (v > first) {
-                                second = first;
-                                first = v;
-                            } else if (v > second) {
-                                second = v;
-                            }
-                        }
-                        r = first + second;
-                    } else {
-                        r = NEG_INF;
-                        for (int j = 0; j < per; j++) r = fmaxf(r, grp[j]);
-                    }
+                    float r = group_score(grp, per, group_top2);
                     if (lane_groups) my_gs = r;
                     else s_gs[warp][g] = r;
                 }
@@ -286,26 +284,10 @@ __device__ __forceinline__ void router_lanes_body(
                 x[4 * j + 3] = __uint_as_float(v.y & 0xffff0000u);
             }
         } else {
-            const float4* src = (const float4*)((const float*)logits + first);
-#pragma unroll
-            for (int j = 0; j < PER / 4; j++) {
-                float4 v = src[j];
-                x[4 * j] = v.x;
-                x[4 * j + 1] = v.y;
-                x[4 * j + 2] = v.z;
-                x[4 * j + 3] = v.w;
-            }
+            load_f32x4<PER>((const float*)logits + first, x);
         }
         if (bias != 0) {
-            const float4* src = (const float4*)(bias + lane * PER);
-#pragma unroll
-            for (int j = 0; j < PER / 4; j++) {
-                float4 v = src[j];
-                b[4 * j] = v.x;
-                b[4 * j + 1] = v.y;
-                b[4 * j + 2] = v.z;
-                b[4 * j + 3] = v.w;
-            }
+            load_f32x4<PER>(bias + lane * PER, b);
         }
         u32 key[PER];
 #pragma unroll

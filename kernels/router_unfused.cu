@@ -52,25 +52,7 @@ extern "C" __global__ void router_group_scores(const float* sel, float* gs, int 
     if (i >= (u64)T * G) return;
     int per = E / G;
     u64 t = i / G, g = i % G;
-    const float* grp = sel + t * E + g * per;
-    float r;
-    if (top2) {
-        float first = NEG_INF, second = NEG_INF;
-        for (int j = 0; j < per; j++) {
-            float v = grp[j];
-            if (v > first) {
-                second = first;
-                first = v;
-            } else if (v > second) {
-                second = v;
-            }
-        }
-        r = first + second;
-    } else {
-        r = NEG_INF;
-        for (int j = 0; j < per; j++) r = fmaxf(r, grp[j]);
-    }
-    gs[i] = r;
+    gs[i] = group_score(sel + t * E + g * per, per, top2);
 }
 
 // One thread per token: the best topk_group groups, as flags [T x G].
