@@ -272,6 +272,19 @@ impl Timer {
         }
         Ok(())
     }
+    /// Launches one kernel (256 threads a block, no dynamic shared memory) as a timed stage.
+    pub fn launch(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        grid: (u32, u32),
+        args: &[Arg],
+        bytes: Option<u64>,
+    ) -> Result<()> {
+        self.start(gpu)?;
+        gpu.launch(name, grid, 256, 0, args)?;
+        self.stop(gpu, name, bytes)
+    }
     /// Synchronizes and returns the stage times.
     pub fn finish(self, gpu: &Gpu) -> Result<Vec<KernelTiming>> {
         gpu.sync("the timed kernels")?;

@@ -260,17 +260,16 @@ pub fn unfused(
     let per_token = |n: usize| (n.div_ceil(256) as u32, 1);
     let logit_bytes = if io.logits_bf16 { 2 } else { 4 } * te as u64;
 
-    timer.start(gpu)?;
+    // Softmax needs a warp per token (max and sum); sigmoid is elementwise.
     let grid = if sh.softmax {
         ((t * 32).div_ceil(256) as u32, 1)
     } else {
         gpu.stride_grid(te, 256)
     };
-    gpu.launch(
+    timer.launch(
+        gpu,
         "router_scores",
         grid,
-        256,
-        0,
         &[
             Arg::Ptr(io.logits),
             Arg::I32(io.logits_bf16 as i32),
@@ -279,15 +278,13 @@ pub fn unfused(
             Arg::I32(e as i32),
             Arg::I32(sh.softmax as i32),
         ],
+        Some(logit_bytes + 4 * te as u64),
     )?;
-    timer.stop(gpu, "router_scores", Some(logit_bytes + 4 * te as u64))?;
 
-    timer.start(gpu)?;
-    gpu.launch(
+    timer.launch(
+        gpu,
         "router_add_bias",
         gpu.stride_grid(te, 256),
-        256,
-        0,
         &[
             Arg::Ptr(scores),
             Arg::Ptr(io.bias),
@@ -295,16 +292,14 @@ pub fn unfused(
             Arg::I32(t as i32),
             Arg::I32(e as i32),
         ],
+        f32b(2 * te),
     )?;
-    timer.stop(gpu, "router_add_bias", f32b(2 * te))?;
 
     let topk_input = if g > 1 {
-        timer.start(gpu)?;
-        gpu.launch(
+        timer.launch(
+            gpu,
             "router_group_scores",
             per_token(t * g),
-            256,
-            0,
             &[
                 Arg::Ptr(sel),
                 Arg::Ptr(gs),
@@ -313,15 +308,13 @@ pub fn unfused(
                 Arg::I32(g as i32),
                 Arg::I32(sh.top2 as i32),
             ],
+            f32b(te + t * g),
         )?;
-        timer.stop(gpu, "router_group_scores", f32b(te + t * g))?;
 
-        timer.start(gpu)?;
-        gpu.launch(
+        timer.launch(
+            gpu,
             "router_group_topk",
             per_token(t),
-            256,
-            0,
             &[
                 Arg::Ptr(gs),
                 Arg::Ptr(kept),
@@ -329,15 +322,13 @@ pub fn unfused(
                 Arg::I32(g as i32),
                 Arg::I32(sh.topk_group as i32),
             ],
+            Some((4 * t * g + t * g) as u64),
         )?;
-        timer.stop(gpu, "router_group_topk", Some((4 * t * g + t * g) as u64))?;
 
-        timer.start(gpu)?;
-        gpu.launch(
+        timer.launch(
+            gpu,
             "router_mask",
             gpu.stride_grid(te, 256),
-            256,
-            0,
             &[
                 Arg::Ptr(sel),
                 Arg::Ptr(kept),
@@ -346,19 +337,17 @@ pub fn unfused(
                 Arg::I32(e as i32),
                 Arg::I32(g as i32),
             ],
+            Some((8 * te + t * g) as u64),
         )?;
-        timer.stop(gpu, "router_mask", Some((8 * te + t * g) as u64))?;
         masked
     } else {
         sel
     };
 
-    timer.start(gpu)?;
-    gpu.launch(
+    timer.launch(
+        gpu,
         "router_expert_topk",
         ((t * 32).div_ceil(256) as u32, 1),
-        256,
-        0,
         &[
             Arg::Ptr(topk_input),
             Arg::Ptr(io.ids),
@@ -367,15 +356,13 @@ pub fn unfused(
             Arg::I32(k as i32),
             Arg::I32(spt as i32),
         ],
+        Some((4 * te + 4 * t * k) as u64),
     )?;
-    timer.stop(gpu, "router_expert_topk", Some((4 * te + 4 * t * k) as u64))?;
 
-    timer.start(gpu)?;
-    gpu.launch(
+    timer.launch(
+        gpu,
         "router_gather",
         per_token(t * k),
-        256,
-        0,
         &[
             Arg::Ptr(scores),
             Arg::Ptr(io.ids),
@@ -385,30 +372,26 @@ pub fn unfused(
             Arg::I32(k as i32),
             Arg::I32(spt as i32),
         ],
+        Some((16 * t * k) as u64),
     )?;
-    timer.stop(gpu, "router_gather", Some((16 * t * k) as u64))?;
 
-    timer.start(gpu)?;
-    gpu.launch(
+    timer.launch(
+        gpu,
         "router_renormalize",
         per_token(t),
-        256,
-        0,
         &[
             Arg::Ptr(w),
             Arg::I32(t as i32),
             Arg::I32(k as i32),
             Arg::I32(sh.norm as i32),
         ],
+        Some((16 * t * k) as u64),
     )?;
-    timer.stop(gpu, "router_renormalize", Some((16 * t * k) as u64))?;
 
-    timer.start(gpu)?;
-    gpu.launch(
+    timer.launch(
+        gpu,
         "router_scale",
         per_token(t * spt),
-        256,
-        0,
         &[
             Arg::Ptr(w),
             Arg::I32(t as i32),
@@ -422,7 +405,7 @@ pub fn unfused(
             Arg::Ptr(io.weights),
             Arg::I32(spt as i32),
         ],
+        Some((8 * t * k + 8 * t * spt) as u64),
     )?;
-    timer.stop(gpu, "router_scale", Some((8 * t * k + 8 * t * spt) as u64))?;
     Ok(())
 }
