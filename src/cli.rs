@@ -144,14 +144,10 @@ impl LayerArgs {
 
     /// Opens the backend on these weights. Returns the backend and notices to show.
     pub fn open(&self) -> Result<(Box<dyn engine::Backend>, Vec<String>)> {
-        let cpu_sized = match self.backend {
-            BackendChoice::Cpu => true,
-            BackendChoice::Cuda => false,
-            BackendChoice::Auto => engine::cuda::probe().is_err(),
-        };
-        let (weights, mut notices) = self.weights(cpu_sized)?;
-        let (backend, notice) = engine::open_backend(self.backend, weights)?;
-        notices.extend(notice);
+        let (choice, fallback) = engine::resolve_backend(self.backend);
+        let (weights, mut notices) = self.weights(choice == BackendChoice::Cpu)?;
+        notices.splice(0..0, fallback);
+        let (backend, _) = engine::open_backend(choice, weights)?;
         Ok((backend, notices))
     }
 }

@@ -109,22 +109,33 @@ pub enum BackendChoice {
     Cpu,
 }
 
-/// Opens the chosen backend. Returns a notice to show when `auto` fell back to the CPU.
+/// Resolves `auto`: CUDA when a driver, a device and NVRTC are present, else the CPU with a notice
+/// saying why. The one place the driver is probed.
+pub fn resolve_backend(choice: BackendChoice) -> (BackendChoice, Option<String>) {
+    match choice {
+        BackendChoice::Auto => match cuda::probe() {
+            Ok(()) => (BackendChoice::Cuda, None),
+            Err(why) => (
+                BackendChoice::Cpu,
+                Some(format!("no CUDA: {why}; running on the CPU")),
+            ),
+        },
+        other => (other, None),
+    }
+}
+
+/// Opens the chosen backend (resolving `auto` first). Returns a notice to show when `auto` fell
+/// back to the CPU.
 pub fn open_backend(
     choice: BackendChoice,
     weights: Box<dyn WeightSource>,
 ) -> Result<(Box<dyn Backend>, Option<String>)> {
-    match choice {
-        BackendChoice::Cpu => Ok((Box::new(cpu::CpuBackend::new(weights)?), None)),
-        BackendChoice::Cuda => Ok((cuda::open(weights)?, None)),
-        BackendChoice::Auto => match cuda::probe() {
-            Ok(()) => Ok((cuda::open(weights)?, None)),
-            Err(why) => Ok((
-                Box::new(cpu::CpuBackend::new(weights)?),
-                Some(format!("no CUDA: {why}; running on the CPU")),
-            )),
-        },
-    }
+    let (choice, notice) = resolve_backend(choice);
+    let backend: Box<dyn Backend> = match choice {
+        BackendChoice::Cuda => cuda::open(weights)?,
+        _ => Box::new(cpu::CpuBackend::new(weights)?),
+    };
+    Ok((backend, notice))
 }
 
 /// Runs steps: owns the backend, the two paths and the batch settings.
