@@ -37,8 +37,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     for n in &notices {
         eprintln!("moescope: {n}");
     }
-    let telemetry = crate::engine::telemetry::Telemetry::start(0, args.telemetry_hz);
-    if let (Some(why), "cuda") = (telemetry.unavailable(), engine.info().kind.as_str()) {
+    let why_no_telemetry = engine.start_telemetry(args.telemetry_hz);
+    if let (Some(why), "cuda") = (why_no_telemetry, engine.info().kind.as_str()) {
         eprintln!("moescope: {why}");
     }
     let header = SessionHeader::for_run(&engine, &args);
@@ -49,8 +49,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let steps = args.steps.unwrap_or(DEFAULT_HEADLESS_STEPS);
     // Each step is recorded (and flushed) as soon as it exists, whatever consumes it next.
     let records = (0..steps).map(|_| {
-        let mut record = engine.step()?;
-        record.telemetry = telemetry.latest();
+        let record = engine.step()?;
         if let Some(w) = recorder.as_mut() {
             w.write(&record)?;
         }

@@ -147,6 +147,7 @@ pub struct Engine {
     hidden: Option<Arc<Vec<f32>>>,
     next_step: u64,
     started: Instant,
+    telemetry: Option<telemetry::Telemetry>,
 }
 
 impl Engine {
@@ -170,6 +171,7 @@ impl Engine {
             hidden,
             next_step: 0,
             started: Instant::now(),
+            telemetry: None,
         }
     }
 
@@ -198,6 +200,15 @@ impl Engine {
         }
     }
 
+    /// Starts NVML sampling of GPU 0 at `hz` (0 = off); every later StepRecord carries the newest
+    /// sample. Returns why there is no telemetry, where there is none.
+    pub fn start_telemetry(&mut self, hz: f64) -> Option<String> {
+        let t = telemetry::Telemetry::start(0, hz);
+        let why = t.unavailable().map(String::from);
+        self.telemetry = Some(t);
+        why
+    }
+
     /// Runs the next step through both paths and analyses it.
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
@@ -222,6 +233,7 @@ impl Engine {
         )?;
         record.wall_us = t0.elapsed().as_secs_f64() * 1e6;
         record.t_ms = self.started.elapsed().as_secs_f64() * 1e3;
+        record.telemetry = self.telemetry.as_ref().and_then(|t| t.latest());
         self.next_step += 1;
         Ok(record)
     }

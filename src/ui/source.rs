@@ -7,7 +7,6 @@ use crate::cli::RunArgs;
 use crate::engine::config::MoeConfig;
 use crate::engine::paths::{PathSpec, Variant};
 use crate::engine::step::StepRecord;
-use crate::engine::telemetry::Telemetry;
 use crate::engine::Engine;
 use crate::session::writer::describe_weights;
 use crate::session::{SessionHeader, SessionReader, SessionWriter};
@@ -166,7 +165,7 @@ impl Live {
 }
 
 fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
-    let (engine, notices) = match args.build_engine() {
+    let (mut engine, notices) = match args.build_engine() {
         Ok(x) => x,
         Err(e) => {
             out.send(SourceEvent::Failed(format!("{e:#}")));
@@ -176,9 +175,8 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
     for n in notices {
         out.send(SourceEvent::Notice(n));
     }
-    let telemetry = Telemetry::start(0, args.telemetry_hz);
     out.send(SourceEvent::Telemetry(
-        telemetry.unavailable().map(String::from),
+        engine.start_telemetry(args.telemetry_hz),
     ));
     let info = engine.info();
     let meta = Meta {
@@ -262,7 +260,7 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
             continue;
         }
         pending_steps = pending_steps.saturating_sub(1);
-        let mut record = match live.engine.step() {
+        let record = match live.engine.step() {
             Ok(r) => r,
             Err(e) => {
                 stopped = true;
@@ -270,7 +268,6 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
                 continue;
             }
         };
-        record.telemetry = telemetry.latest();
         if let Some((w, path)) = &mut live.writer {
             if let Err(e) = w.write(&record) {
                 let msg = format!("recording to {} stopped: {e:#}", path.display());
