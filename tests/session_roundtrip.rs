@@ -355,7 +355,7 @@ fn a_header_from_parts_matches_one_from_the_engine() {
         &engine.info(),
         engine.config(),
         engine.paths(),
-        describe_weights(&args),
+        describe_weights(&engine, &args),
     );
     from_parts.started.clone_from(&from_engine.started);
     assert_eq!(from_parts, from_engine);

@@ -178,6 +178,10 @@ impl Engine {
     pub fn config(&self) -> &MoeConfig {
         self.backend.weights().config()
     }
+    /// Where the weights come from ("synthetic, seed 7", "checkpoint DIR, layer 3").
+    pub fn weights_description(&self) -> String {
+        self.backend.weights().describe()
+    }
     pub fn info(&self) -> BackendInfo {
         self.backend.info()
     }

@@ -43,33 +43,23 @@ impl SessionHeader {
 
     /// The header of a `moescope run` with these options on `engine`.
     pub fn for_run(engine: &Engine, args: &RunArgs) -> SessionHeader {
-        SessionHeader::new(engine, describe_weights(args))
+        SessionHeader::new(engine, describe_weights(engine, args))
     }
 }
 
-/// Where a run's weights and inputs come from, for the header's `weights` field.
-pub fn describe_weights(args: &RunArgs) -> String {
+/// Where a run's weights and inputs come from, for the header's `weights` field: the weight
+/// source's own description (seed and skew, or the checkpoint layer actually loaded), plus what
+/// only the options know.
+pub fn describe_weights(engine: &Engine, args: &RunArgs) -> String {
     let layer = &args.layer;
-    let mut s = match &layer.model {
-        Some(dir) => {
-            let which = layer
-                .layer
-                .map_or("first MoE layer".to_string(), |l| format!("layer {l}"));
-            format!("checkpoint {}, {which}", dir.display())
+    let mut s = engine.weights_description();
+    if layer.model.is_none() {
+        if let Some(cfg) = &layer.config {
+            s.push_str(&format!(", shape of {}", cfg.display()));
         }
-        None => {
-            let mut s = format!("synthetic, seed {}", layer.seed);
-            if layer.skew != 0.0 {
-                s.push_str(&format!(", skew {}", layer.skew));
-            }
-            if let Some(cfg) = &layer.config {
-                s.push_str(&format!(", shape of {}", cfg.display()));
-            }
-            s
+        if layer.tp > 1 {
+            s.push_str(&format!(", tp {} (one rank)", layer.tp));
         }
-    };
-    if layer.tp > 1 {
-        s.push_str(&format!(", tp {} (one rank)", layer.tp));
     }
     if let Some(h) = &args.hidden_states {
         s.push_str(&format!(", hidden states from {}", h.display()));

@@ -186,7 +186,7 @@ fn live(args: RunArgs, cmds: mpsc::Receiver<Command>, out: &Outbox) {
         device: info.device,
         paths: engine.paths().to_vec(),
         tokens: engine.tokens(),
-        weights: describe_weights(&args),
+        weights: describe_weights(&engine, &args),
     };
     if !out.send(SourceEvent::Ready(Box::new(meta.clone()))) {
         return;
