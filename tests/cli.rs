@@ -28,30 +28,31 @@ fn golden(name: &str) -> String {
         .to_string()
 }
 
-#[test]
-fn headless_run_prints_one_step_record_per_line() {
-    let out = moescope(&[
-        "run",
+/// A headless CPU run of a small layer (hidden 64, intermediate 32) that must succeed; returns
+/// its stdout.
+fn headless_small(args: &[&str]) -> String {
+    let mut all = vec![
         "--headless",
         "--backend",
         "cpu",
-        "--preset",
-        "glm-4.5",
-        "--steps",
-        "3",
-        "--tokens",
-        "8",
         "--hidden",
         "64",
         "--intermediate",
         "32",
-    ]);
+    ];
+    all.extend_from_slice(args);
+    let out = moescope(&all);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn headless_run_prints_one_step_record_per_line() {
+    let text = headless_small(&["--preset", "glm-4.5", "--steps", "3", "--tokens", "8"]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3);
     for (i, line) in lines.iter().enumerate() {
@@ -65,29 +66,17 @@ fn headless_run_prints_one_step_record_per_line() {
 
 #[test]
 fn headless_run_with_a_bug_variant_reports_it() {
-    let out = moescope(&[
-        "--headless",
-        "--backend",
-        "cpu",
+    let text = headless_small(&[
         "--preset",
         "kimi-k2",
         "--steps",
         "1",
         "--tokens",
         "4",
-        "--hidden",
-        "64",
-        "--intermediate",
-        "32",
         "--variant",
         "shared-inv-rsf",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rec: moescope::engine::step::StepRecord = serde_json::from_slice(&out.stdout).unwrap();
+    let rec: moescope::engine::step::StepRecord = serde_json::from_str(&text).unwrap();
     assert_eq!(
         rec.paths[1].contract.message,
         "shared weight 0.354, expected 1.000"
