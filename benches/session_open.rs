@@ -6,7 +6,8 @@
 //! `cargo bench --bench session_open`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use moescope::cli::{LayerArgs, RunArgs};
+use moescope::engine::paths::PathSpec;
+use moescope::engine::spec::{LayerSpec, RunSpec};
 use moescope::engine::BackendChoice;
 use moescope::session::summary::Summary;
 use moescope::session::{export, ExportFormat, SessionHeader, SessionReader, SessionWriter};
@@ -18,19 +19,17 @@ const STEPS: usize = 100_000;
 const MEMORY_BOUND_MIB: f64 = 32.0;
 
 fn generate(path: &Path) -> u64 {
-    let args = RunArgs {
-        layer: LayerArgs {
-            preset: Some("deepseek-v3".to_string()),
+    let spec = RunSpec {
+        layer: LayerSpec {
             backend: BackendChoice::Cpu,
-            tp: 1,
-            seed: 7,
-            ..LayerArgs::default()
+            ..LayerSpec::default()
         },
         tokens: 64,
-        ..RunArgs::default()
+        paths: PathSpec::default_pair(),
+        hidden_states: None,
     };
-    let (mut engine, _) = args.build_engine().expect("a CPU engine");
-    let header = SessionHeader::for_run(&engine, &args);
+    let (mut engine, _) = spec.build_engine().expect("a CPU engine");
+    let header = SessionHeader::new(&engine);
     let mut record = engine.step().expect("one step");
     let mut writer = SessionWriter::create(path, &header, true).expect("a session file");
     let t0 = record.t_ms;

@@ -2,8 +2,8 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = moescope::cli::Cli::parse();
-    match moescope::cli::main_with(cli) {
+    let cli = moescope::commands::Cli::parse();
+    match moescope::commands::main_with(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // The TUI restores the terminal before its error reaches here.

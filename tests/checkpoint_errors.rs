@@ -109,7 +109,7 @@ fn wrong_shape_names_expected_and_found() {
     // inspect still lists the layer, and says why it does not load.
     let tmp = tempfile::tempdir().unwrap();
     write_checkpoint(tmp.path(), &config(), &t, 1);
-    let report = checkpoint::inspect_report(tmp.path(), None).unwrap();
+    let report = moescope::commands::inspect::report(tmp.path(), None).unwrap();
     let line = report
         .lines()
         .find(|l| l.trim_start().starts_with(&format!("{name} ")))

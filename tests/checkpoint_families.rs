@@ -330,7 +330,7 @@ fn mtp_layers_do_not_shadow_decoder_layers() {
     write_checkpoint(tmp.path(), &f.config, &tensors, 2);
     let loaded = open_layer(tmp.path(), Some(0), 1).unwrap();
     assert_same_weights(&loaded, &Direct::new(moe[&0].clone(), 1));
-    let report = checkpoint::inspect_report(tmp.path(), Some(0)).unwrap();
+    let report = moescope::commands::inspect::report(tmp.path(), Some(0)).unwrap();
     assert!(
         report.contains("model.layers.0.mlp.gate.weight"),
         "{report}"
@@ -498,7 +498,7 @@ fn inspect_lists_config_layers_and_tensors() {
             shards: 3,
         },
     );
-    let report = checkpoint::inspect_report(tmp.path(), None).unwrap();
+    let report = moescope::commands::inspect::report(tmp.path(), None).unwrap();
     assert!(report.contains("n_routed_experts: 8"), "{report}");
     assert!(
         report.contains("layers: 3; MoE: 1-2 (2 layers); dense: 0 (first_k_dense_replace 1)"),
@@ -536,7 +536,7 @@ fn inspect_lists_config_layers_and_tensors() {
     );
     assert!(!report.contains("model.layers.2."));
     // A dense layer can be listed too.
-    let dense = checkpoint::inspect_report(tmp.path(), Some(0)).unwrap();
+    let dense = moescope::commands::inspect::report(tmp.path(), Some(0)).unwrap();
     assert!(dense.contains("layer 0 (dense)"), "{dense}");
     assert!(
         dense.contains("model.layers.0.mlp.gate_proj.weight"),

@@ -136,7 +136,7 @@ proptest! {
         std::fs::write(tmp.path().join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
         std::fs::write(tmp.path().join("model.safetensors"), &bytes).unwrap();
         read_everything(tmp.path());
-        let _ = moescope::engine::weights::checkpoint::inspect_report(tmp.path(), None);
+        let _ = moescope::commands::inspect::report(tmp.path(), None);
     }
 }
 

@@ -88,7 +88,15 @@ fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
         g.sample_hidden, c.sample_hidden,
         "hidden states bit for bit"
     );
-    let rec = compare::assemble(&cfg, gpu_backend.as_ref(), &input, &paths, &g, "cuda").unwrap();
+    let rec = compare::assemble(
+        &cfg,
+        gpu_backend.as_ref(),
+        &input,
+        &paths,
+        &g,
+        moescope::engine::BackendKind::Cuda,
+    )
+    .unwrap();
     assert_eq!(rec.comparison.routing_agreement_ref, vec![1.0, 1.0]);
     assert!(rec.paths.iter().all(|p| p.contract.ok));
     for e in &rec.comparison.output_rel_l2_ref {
@@ -174,7 +182,10 @@ fn weights_uploaded_from_the_host_equal_weights_generated_on_the_device() {
     cfg.shared_intermediate_size = 64;
     let syn = || SyntheticWeights::new(cfg.clone(), 3, 0.0);
     let mut generated = cuda::open(Box::new(syn())).unwrap();
-    let mut uploaded = cuda::open(Box::new(cuda::check::HostOnly(syn()))).unwrap();
+    let mut uploaded = cuda::open(Box::new(moescope::engine::weights::synthetic::HostOnly(
+        syn(),
+    )))
+    .unwrap();
     let paths = vec![
         PathSpec::unfused_baseline(),
         PathSpec::fused(Variant::Correct),

@@ -5,7 +5,6 @@
 mod checkpoint_support;
 
 use checkpoint_support::*;
-use moescope::cli::RunArgs;
 use moescope::engine::config::MoeConfig;
 use moescope::engine::weights::checkpoint;
 use moescope::engine::{cuda, Engine};
@@ -39,10 +38,10 @@ fn checkpoint_layer_with_captured_hidden_states_on_the_gpu() {
 
     let source = checkpoint::open(dir.path(), None, 1).unwrap();
     let backend = cuda::open(source).unwrap();
-    let paths = RunArgs::default().paths();
+    let paths = moescope::engine::paths::PathSpec::default_pair();
     let mut engine = Engine::new(backend, paths, 0, 7, Some(Arc::new(hidden.clone())));
     let rec = engine.step().unwrap();
-    assert_eq!(rec.backend, "cuda");
+    assert_eq!(rec.backend, moescope::engine::BackendKind::Cuda);
     assert_eq!(rec.tokens, tokens);
     assert_eq!(rec.comparison.routing_agreement_ref, vec![1.0, 1.0]);
     assert!(rec.paths.iter().all(|p| p.contract.ok), "contract");

@@ -3,8 +3,8 @@
 //! through `moescope route`.
 
 use moescope::engine::config::MoeConfig;
+use moescope::engine::inputs::read_router_inputs;
 use moescope::engine::routing;
-use moescope::route::read_router_inputs;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;

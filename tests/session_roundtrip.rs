@@ -33,7 +33,7 @@ fn recorded_steps_read_back_equal_in_any_order() {
     let path = dir.path().join("s.jsonl");
     let (header, records) = record(&path, 4, Variant::Correct);
     assert_eq!(header.format, "moescope-session");
-    assert_eq!(header.backend, "cpu");
+    assert_eq!(header.backend, moescope::engine::BackendKind::Cpu);
     assert_eq!(header.paths.len(), 2);
     assert!(header.weights.contains("seed 7"), "{}", header.weights);
     assert!(header.started.ends_with('Z') && header.started.len() == 20);
@@ -317,9 +317,10 @@ fn nan_numerics_survive_recording_and_export() {
 fn a_variant_switched_mid_session_shows_in_the_summary() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.jsonl");
-    let args = session_util::small_args(Variant::Correct);
-    let (mut engine, _) = args.build_engine().unwrap();
-    let header = SessionHeader::for_run(&engine, &args);
+    let (mut engine, _) = session_util::small_spec(Variant::Correct)
+        .build_engine()
+        .unwrap();
+    let header = SessionHeader::new(&engine);
     let mut w = SessionWriter::create(&path, &header, false).unwrap();
     for step in 0..4 {
         if step == 2 {
@@ -344,22 +345,19 @@ fn a_variant_switched_mid_session_shows_in_the_summary() {
 }
 
 #[test]
-fn a_header_from_parts_matches_one_from_the_engine() {
-    use moescope::session::writer::describe_weights;
-    let mut args = session_util::small_args(Variant::Hardcoded2_5);
-    args.layer.skew = 0.5;
-    args.layer.tp = 2;
-    let (engine, _) = args.build_engine().unwrap();
-    let from_engine = SessionHeader::for_run(&engine, &args);
-    let mut from_parts = SessionHeader::from_parts(
-        &engine.info(),
-        engine.config(),
-        engine.paths(),
-        describe_weights(&engine, &args),
-    );
-    from_parts.started.clone_from(&from_engine.started);
-    assert_eq!(from_parts, from_engine);
+fn the_header_describes_the_run_from_the_engine_alone() {
+    let mut spec = session_util::small_spec(Variant::Hardcoded2_5);
+    spec.layer.skew = 0.5;
+    spec.layer.tp = 2;
+    let (engine, _) = spec.build_engine().unwrap();
+    let from_engine = SessionHeader::new(&engine);
     assert_eq!(from_engine.paths[1].variant, Variant::Hardcoded2_5);
+    assert_eq!(from_engine.config, *engine.config());
+    assert!(
+        from_engine.started.ends_with('Z') && from_engine.started.len() == 20,
+        "RFC 3339 UTC to the second: {}",
+        from_engine.started
+    );
     assert_eq!(
         from_engine.weights,
         "synthetic, seed 7, skew 0.5, tp 2 (one rank)"

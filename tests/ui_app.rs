@@ -2,8 +2,10 @@
 //! as the UI loop sees them: commands in, events out.
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
-use moescope::cli::{LayerArgs, RunArgs};
+use moescope::commands::driver::{self, LivePlan};
+use moescope::engine::paths::PathSpec;
 use moescope::engine::paths::{Variant, VARIANTS};
+use moescope::engine::spec::{LayerSource, LayerSpec, RunSpec};
 use moescope::engine::BackendChoice;
 use moescope::ui::app::{App, Mode, Popup, View};
 use moescope::ui::fixtures;
@@ -38,11 +40,11 @@ fn number_keys_tab_and_clicks_switch_views() {
     let click = |column| MouseEvent {
         kind: MouseEventKind::Down(MouseButton::Left),
         column,
-        row: moescope::ui::views::TABS_ROW,
+        row: moescope::ui::tabs::TABS_ROW,
         modifiers: KeyModifiers::NONE,
     };
     let x = (0..200u16)
-        .find(|&x| moescope::ui::views::tab_at(x) == Some(2))
+        .find(|&x| moescope::ui::tabs::tab_at(x) == Some(2))
         .expect("a column of tab 3");
     a.handle_mouse(click(x));
     assert_eq!(a.view, View::Contract);
@@ -150,7 +152,7 @@ fn token_selection_stays_within_the_sampled_tokens() {
 fn replay_keys_seek_and_change_speed() {
     let mut a =
         fixtures::app("deepseek-v3", Variant::Correct, 3, false, Mode::Replay).expect("fixture");
-    a.on_event(SourceEvent::Replay(moescope::ui::app::ReplayPos {
+    a.on_event(SourceEvent::Replay(moescope::ui::source::ReplayPos {
         pos: 2,
         len: 50,
         playing: false,
@@ -213,20 +215,24 @@ fn stepping_back_keeps_history_consecutive_and_cumulative_load_exact() {
     );
 }
 
-fn tiny_cpu_args() -> RunArgs {
-    RunArgs {
-        layer: LayerArgs {
-            preset: Some("deepseek-v3".into()),
-            backend: BackendChoice::Cpu,
-            hidden: Some(64),
-            intermediate: Some(64),
-            seed: 7,
-            tp: 1,
-            ..LayerArgs::default()
+fn tiny_cpu_plan() -> LivePlan {
+    LivePlan {
+        spec: RunSpec {
+            layer: LayerSpec {
+                source: LayerSource::Preset("deepseek-v3".into()),
+                backend: BackendChoice::Cpu,
+                hidden: Some(64),
+                intermediate: Some(64),
+                ..LayerSpec::default()
+            },
+            tokens: 4,
+            paths: PathSpec::default_pair(),
+            hidden_states: None,
         },
-        tokens: 4,
         telemetry_hz: 0.0,
-        ..RunArgs::default()
+        record: None,
+        force: false,
+        steps: None,
     }
 }
 
@@ -244,11 +250,11 @@ fn pump(app: &mut App, h: &mut source::SourceHandle, until: impl Fn(&App) -> boo
 
 #[test]
 fn live_cpu_source_steps_pauses_and_applies_commands() {
-    let mut h = source::spawn_live(tiny_cpu_args()).expect("engine thread");
+    let mut h = driver::spawn_live(tiny_cpu_plan()).expect("engine thread");
     let mut app = App::new(Mode::Live);
     pump(&mut app, &mut h, |a| a.history.len() >= 2);
     let meta = app.meta.as_ref().expect("ready before records");
-    assert_eq!(meta.backend, "cpu");
+    assert_eq!(meta.backend, moescope::engine::BackendKind::Cpu);
     assert_eq!(meta.config.n_routed_experts, 256);
     assert!(app
         .telemetry_unavailable
@@ -285,9 +291,9 @@ fn live_cpu_source_steps_pauses_and_applies_commands() {
 
 #[test]
 fn a_bad_engine_config_fails_the_source_with_its_message() {
-    let mut args = tiny_cpu_args();
-    args.layer.preset = Some("no-such-model".into());
-    let mut h = source::spawn_live(args).expect("engine thread");
+    let mut args = tiny_cpu_plan();
+    args.spec.layer.source = LayerSource::Preset("no-such-model".into());
+    let mut h = driver::spawn_live(args).expect("engine thread");
     let mut app = App::new(Mode::Live);
     pump(&mut app, &mut h, |a| a.fatal.is_some());
     assert!(app.quit);
@@ -300,7 +306,8 @@ fn a_bad_engine_config_fails_the_source_with_its_message() {
 
 #[test]
 fn a_missing_session_fails_the_replay_naming_the_file() {
-    let mut h = source::spawn_replay("/nonexistent/session.jsonl".into()).expect("replay thread");
+    let mut h = moescope::commands::replay::spawn_replay("/nonexistent/session.jsonl".into())
+        .expect("replay thread");
     let mut app = App::new(Mode::Replay);
     pump(&mut app, &mut h, |a| a.fatal.is_some());
     assert!(app
@@ -312,9 +319,9 @@ fn a_missing_session_fails_the_replay_naming_the_file() {
 
 #[test]
 fn live_records_carry_telemetry_where_nvml_runs_and_say_why_where_not() {
-    let mut args = tiny_cpu_args();
+    let mut args = tiny_cpu_plan();
     args.telemetry_hz = 20.0;
-    let mut h = source::spawn_live(args).expect("engine thread");
+    let mut h = driver::spawn_live(args).expect("engine thread");
     let mut app = App::new(Mode::Live);
     pump(&mut app, &mut h, |a| {
         a.meta.is_some() && !a.history.is_empty()
@@ -345,9 +352,9 @@ fn live_records_carry_telemetry_where_nvml_runs_and_say_why_where_not() {
 
 #[test]
 fn a_record_file_that_cannot_be_written_fails_the_run() {
-    let mut args = tiny_cpu_args();
+    let mut args = tiny_cpu_plan();
     args.record = Some("/nonexistent/dir/run.jsonl".into());
-    let mut h = source::spawn_live(args).expect("engine thread");
+    let mut h = driver::spawn_live(args).expect("engine thread");
     let mut app = App::new(Mode::Live);
     pump(&mut app, &mut h, |a| a.fatal.is_some());
     let msg = app.fatal.unwrap_or_default();
@@ -363,9 +370,9 @@ fn a_record_file_that_cannot_be_written_fails_the_run() {
 
 #[test]
 fn steps_limit_pauses_the_live_run_and_space_runs_on() {
-    let mut args = tiny_cpu_args();
+    let mut args = tiny_cpu_plan();
     args.steps = Some(2);
-    let mut h = source::spawn_live(args).expect("engine thread");
+    let mut h = driver::spawn_live(args).expect("engine thread");
     let mut app = App::new(Mode::Live);
     pump(&mut app, &mut h, |a| a.paused && a.history.len() == 2);
     std::thread::sleep(Duration::from_millis(200));
@@ -385,6 +392,6 @@ fn the_tui_refuses_to_start_without_a_terminal() {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         return;
     }
-    let err = moescope::ui::run_tui(tiny_cpu_args()).expect_err("no terminal");
+    let err = moescope::ui::require_terminal().expect_err("no terminal");
     assert!(err.to_string().contains("--headless"), "{err}");
 }

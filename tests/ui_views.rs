@@ -114,7 +114,7 @@ fn replay_header_and_help() {
     let mut a =
         fixtures::app("mixtral-8x7b", Variant::Correct, 5, false, Mode::Replay).expect("fixture");
     a.on_event(moescope::ui::source::SourceEvent::Replay(
-        moescope::ui::app::ReplayPos {
+        moescope::ui::source::ReplayPos {
             pos: 4,
             len: 10,
             playing: false,
@@ -159,7 +159,10 @@ fn views_wait_for_the_first_step_after_the_engine_is_ready() {
             fixtures::app("deepseek-v3", Variant::Correct, 0, false, Mode::Live).expect("fixture");
         let s = render(&shown(waiting, v), 100, 30);
         if v != View::Telemetry {
-            assert!(s.contains(moescope::ui::views::NO_STEPS), "{v:?}\n{s}");
+            assert!(
+                s.contains(moescope::ui::views::style::NO_STEPS),
+                "{v:?}\n{s}"
+            );
         }
         assert!(s.contains("deepseek-v3"), "the header names the model\n{s}");
     }

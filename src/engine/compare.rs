@@ -9,7 +9,7 @@ use super::step::{
     Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
 };
 use super::weights::ExpertWeights;
-use super::{Backend, BackendStep, PathRun, StepInput};
+use super::{Backend, BackendKind, BackendStep, PathRun, StepInput};
 use anyhow::{ensure, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -183,7 +183,7 @@ pub fn assemble(
     input: &StepInput,
     paths: &[PathSpec],
     out: &BackendStep,
-    backend_kind: &str,
+    backend_kind: BackendKind,
 ) -> Result<StepRecord> {
     let (t_count, e, h) = (input.tokens, cfg.n_routed_experts, cfg.hidden_size);
     ensure!(
@@ -396,7 +396,7 @@ pub fn assemble(
     Ok(StepRecord {
         step: input.step,
         tokens: t_count,
-        backend: backend_kind.to_string(),
+        backend: backend_kind,
         wall_us: 0.0,
         t_ms: 0.0,
         paths: records,

@@ -5,8 +5,10 @@ pub mod compare;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod inputs;
 pub mod paths;
 pub mod routing;
+pub mod spec;
 pub mod step;
 pub mod telemetry;
 pub mod weights;
@@ -70,11 +72,33 @@ pub struct BackendStep {
     pub paths: Vec<PathRun>,
 }
 
+/// The kind of backend; serialised as `cpu` / `cuda` in StepRecords and session headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Cpu,
+    Cuda,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Cuda => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Which backend runs, and on what.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BackendInfo {
-    /// `cpu` or `cuda`.
-    pub kind: String,
+    pub kind: BackendKind,
     /// e.g. "NVIDIA H100 80GB HBM3 (sm_90)" or "CPU, 2 threads".
     pub device: String,
 }
@@ -99,14 +123,33 @@ pub trait Backend: Send {
     }
 }
 
-/// `--backend` choice.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+/// Which backend to open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BackendChoice {
     #[default]
     /// CUDA when a driver and a device exist, else the CPU with a notice.
     Auto,
     Cuda,
     Cpu,
+}
+
+impl BackendChoice {
+    /// The names `FromStr` takes.
+    pub const NAMES: &'static [&'static str] = &["auto", "cuda", "cpu"];
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "cuda" => Ok(BackendChoice::Cuda),
+            "cpu" => Ok(BackendChoice::Cpu),
+            other => Err(format!(
+                "unknown backend `{other}`; expected auto, cuda or cpu"
+            )),
+        }
+    }
 }
 
 /// Resolves `auto`: CUDA when a driver, a device and NVRTC are present, else the CPU with a notice
@@ -147,7 +190,8 @@ pub struct Engine {
     hidden: Option<Arc<Vec<f32>>>,
     next_step: u64,
     started: Instant,
-    telemetry: Option<telemetry::Telemetry>,
+    /// Where the weights and inputs come from, for session headers.
+    description: String,
 }
 
 impl Engine {
@@ -163,6 +207,7 @@ impl Engine {
             .as_ref()
             .map(|h| h.len() / backend.weights().config().hidden_size)
             .unwrap_or(tokens);
+        let description = backend.weights().describe();
         Engine {
             backend,
             paths,
@@ -171,16 +216,22 @@ impl Engine {
             hidden,
             next_step: 0,
             started: Instant::now(),
-            telemetry: None,
+            description,
         }
+    }
+
+    /// Sets the description session headers carry (see `spec::RunSpec::build_engine`).
+    pub fn described_as(mut self, description: String) -> Engine {
+        self.description = description;
+        self
     }
 
     pub fn config(&self) -> &MoeConfig {
         self.backend.weights().config()
     }
-    /// Where the weights come from ("synthetic, seed 7", "checkpoint DIR, layer 3").
-    pub fn weights_description(&self) -> String {
-        self.backend.weights().describe()
+    /// Where the weights and inputs come from ("synthetic, seed 7", "checkpoint DIR, layer 3").
+    pub fn description(&self) -> &str {
+        &self.description
     }
     pub fn info(&self) -> BackendInfo {
         self.backend.info()
@@ -204,15 +255,6 @@ impl Engine {
         }
     }
 
-    /// Starts NVML sampling of GPU 0 at `hz` (0 = off); every later StepRecord carries the newest
-    /// sample. Returns why there is no telemetry, where there is none.
-    pub fn start_telemetry(&mut self, hz: f64) -> Option<String> {
-        let t = telemetry::Telemetry::start(0, hz);
-        let why = t.unavailable().map(String::from);
-        self.telemetry = Some(t);
-        why
-    }
-
     /// Runs the next step through both paths and analyses it.
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
@@ -233,11 +275,10 @@ impl Engine {
             &input,
             &self.paths,
             &out,
-            &info.kind,
+            info.kind,
         )?;
         record.wall_us = t0.elapsed().as_secs_f64() * 1e6;
         record.t_ms = self.started.elapsed().as_secs_f64() * 1e3;
-        record.telemetry = self.telemetry.as_ref().and_then(|t| t.latest());
         self.next_step += 1;
         Ok(record)
     }

@@ -129,6 +129,14 @@ impl PathSpec {
         }
     }
 
+    /// The paths `run` compares by default: A unfused + separate shared, B fused + fused slot.
+    pub fn default_pair() -> Vec<PathSpec> {
+        vec![
+            PathSpec::unfused_baseline(),
+            PathSpec::fused(Variant::Correct),
+        ]
+    }
+
     /// Short label, e.g. `fused router + fused slot, rsf on-output [rsf-twice]`.
     pub fn label(&self) -> String {
         let router = match self.router {

@@ -2,6 +2,7 @@
 //! session writer stores and the exporters read (design §2), so it is plain serde data.
 
 use super::paths::PathSpec;
+use super::BackendKind;
 use serde::{Deserialize, Serialize};
 
 /// Everything one step of the layer produced, for both paths.
@@ -11,8 +12,7 @@ pub struct StepRecord {
     pub step: u64,
     /// Tokens in this step's batch.
     pub tokens: usize,
-    /// `cpu` or `cuda`.
-    pub backend: String,
+    pub backend: BackendKind,
     /// Host wall time of the whole step (both paths, analysis included), µs.
     #[serde(deserialize_with = "nan_as_null::f64")]
     pub wall_us: f64,

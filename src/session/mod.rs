@@ -16,77 +16,45 @@ pub use writer::SessionWriter;
 
 use crate::engine::config::MoeConfig;
 use crate::engine::paths::PathSpec;
-use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use crate::engine::BackendKind;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 
 /// The `format` field of every session header.
 pub const SESSION_FORMAT: &str = "moescope-session";
 /// The session format version this build writes and reads.
 pub const SESSION_VERSION: u32 = 1;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// The formats `export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportFormat {
+    /// One JSON document: the header and every step.
     Json,
+    /// Chrome Trace Event Format (opens in Perfetto).
     Chrome,
+    /// The expert-load matrix [steps × experts] EPLB takes.
     Eplb,
+    /// Per-step per-kernel timings.
     Csv,
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct ReplayArgs {
-    /// Session file (JSONL) to open.
-    pub file: PathBuf,
-    /// Print aggregate statistics instead of opening the TUI.
-    #[arg(long)]
-    pub summary: bool,
+impl ExportFormat {
+    /// The names `FromStr` takes.
+    pub const NAMES: &'static [&'static str] = &["json", "chrome", "eplb", "csv"];
 }
 
-#[derive(Args, Debug, Clone)]
-pub struct ExportArgs {
-    /// Session file (JSONL) to export.
-    pub file: PathBuf,
-    #[arg(long, value_enum)]
-    pub format: ExportFormat,
-    /// Output file (stdout when absent).
-    #[arg(short = 'o', long = "output")]
-    pub output: Option<PathBuf>,
-    /// Overwrite an existing output file.
-    #[arg(long)]
-    pub force: bool,
-}
-
-/// `moescope replay FILE [--summary]`.
-pub fn replay(args: ReplayArgs) -> Result<()> {
-    if !args.summary {
-        return crate::ui::run_replay(&args.file);
+impl std::str::FromStr for ExportFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "json" => Ok(ExportFormat::Json),
+            "chrome" => Ok(ExportFormat::Chrome),
+            "eplb" => Ok(ExportFormat::Eplb),
+            "csv" => Ok(ExportFormat::Csv),
+            other => Err(format!(
+                "unknown export format `{other}`; expected json, chrome, eplb or csv"
+            )),
+        }
     }
-    let (mut reader, warnings) = SessionReader::open(&args.file)?;
-    print_warnings(&warnings);
-    let header = reader.header().clone();
-    let summary = summary::Summary::of_steps(&header, reader.steps())?;
-    let text = summary.render(&args.file.display().to_string());
-    use std::io::Write;
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .context("writing the summary to stdout")?;
-    Ok(())
-}
-
-/// `moescope export FILE --format F [-o OUT] [--force]`.
-pub fn export_command(args: ExportArgs) -> Result<()> {
-    if let Some(out) = &args.output {
-        export::refuse_same_file(&args.file, out)?;
-    }
-    // Refuse an existing output before reading anything.
-    let mut output = export::Output::create(args.output.as_deref(), args.force)?;
-    let (mut reader, warnings) = SessionReader::open(&args.file)?;
-    print_warnings(&warnings);
-    let header = reader.header().clone();
-    export::write(args.format, &header, reader.steps(), output.writer())?;
-    output.commit()
 }
 
 /// Warnings go to stderr so stdout stays clean for exports.
@@ -103,8 +71,7 @@ pub struct SessionHeader {
     pub format: String,
     pub version: u32,
     pub tool_version: String,
-    /// `cpu` or `cuda`.
-    pub backend: String,
+    pub backend: BackendKind,
     pub device: String,
     pub config: MoeConfig,
     /// Path A, path B.

@@ -2,7 +2,9 @@
 //! `SourceEvent`s in and hands `Command`s out, and never talks to an engine or a file itself.
 
 use super::keys::{self, Action, Scope};
-use super::source::{Command, Meta, SourceEvent};
+use super::source::{Command, Meta, ReplayPos, SourceEvent};
+use super::tabs;
+pub use super::tabs::View;
 use crate::engine::paths::{PathSpec, Variant, VARIANTS};
 use crate::engine::step::StepRecord;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseButton, MouseEvent, MouseEventKind};
@@ -19,42 +21,6 @@ pub const MAX_TOKENS: usize = 65536;
 const NOTICES: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum View {
-    Overview,
-    Load,
-    Contract,
-    Timings,
-    Numerics,
-    Telemetry,
-}
-
-impl View {
-    pub const ALL: [View; 6] = [
-        View::Overview,
-        View::Load,
-        View::Contract,
-        View::Timings,
-        View::Numerics,
-        View::Telemetry,
-    ];
-
-    pub fn title(self) -> &'static str {
-        match self {
-            View::Overview => "Overview",
-            View::Load => "Expert load",
-            View::Contract => "Contract",
-            View::Timings => "Kernels",
-            View::Numerics => "Numerics",
-            View::Telemetry => "Telemetry",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        View::ALL.iter().position(|v| *v == self).unwrap_or(0)
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Live,
     Replay,
@@ -68,15 +34,6 @@ pub enum Popup {
     Variant(usize),
     /// The go-to-step prompt with what was typed so far.
     Goto(String),
-}
-
-/// Where a replay stands.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ReplayPos {
-    pub pos: usize,
-    pub len: usize,
-    pub playing: bool,
-    pub speed: f64,
 }
 
 pub struct App {
@@ -297,8 +254,8 @@ impl App {
 
     /// A left click on a tab shows its view.
     pub fn handle_mouse(&mut self, ev: MouseEvent) -> Vec<Command> {
-        if ev.kind == MouseEventKind::Down(MouseButton::Left) && ev.row == super::views::TABS_ROW {
-            if let Some(i) = super::views::tab_at(ev.column) {
+        if ev.kind == MouseEventKind::Down(MouseButton::Left) && ev.row == tabs::TABS_ROW {
+            if let Some(i) = tabs::tab_at(ev.column) {
                 return self.update(Action::ShowView(i));
             }
         }

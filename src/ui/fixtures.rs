@@ -10,6 +10,7 @@ use crate::engine::step::{
     Comparison, ContractCheck, KernelTiming, OutputStats, PathRecord, SlotWeights, Stats,
     StepRecord, TelemetrySample, TokenDetail,
 };
+use crate::engine::BackendKind;
 use anyhow::Result;
 
 /// splitmix64: a well-mixed hash of one word.
@@ -153,7 +154,7 @@ pub fn record(
             problems.push(format!("routed sum {eff_routed:.3}, expected {rsf:.3}"));
         }
         records.push(PathRecord {
-            name: super::views::path_name(pi).into(),
+            name: super::views::style::path_name(pi).into(),
             spec: *spec,
             load,
             routed_weight_sum: Stats {
@@ -232,7 +233,7 @@ pub fn record(
     StepRecord {
         step,
         tokens,
-        backend: "cuda".into(),
+        backend: BackendKind::Cuda,
         wall_us: 1500.0,
         t_ms: 100.0 * (step + 1) as f64,
         comparison: Comparison {
@@ -289,7 +290,7 @@ pub fn app(preset: &str, variant: Variant, steps: u64, telemetry: bool, mode: Mo
             Mode::Replay => "fixture.jsonl".into(),
         },
         config: cfg.clone(),
-        backend: "cuda".into(),
+        backend: BackendKind::Cuda,
         device: "NVIDIA H100 80GB HBM3 (sm_90)".into(),
         paths: paths.clone(),
         tokens,

@@ -1,30 +1,28 @@
 //! The ratatui app: state, input, views. It draws StepRecords; it never computes them.
 //!
-//! `source` runs the engine (or reads a session) on its own thread and sends `SourceEvent`s;
-//! `app` holds the state and turns keys into `Command`s for the source; `views` draws the
-//! state; `term` owns the terminal and the async loop between them.
+//! `source` is the protocol with a step source on its own thread (`SourceEvent`s in,
+//! `Command`s out); `app` holds the state and turns keys into `Command`s; `views` draws the
+//! state; `term` owns the terminal and the async loop between them. Sources are built by
+//! `commands`: the UI never builds an engine or opens a file.
 
 pub mod app;
 pub mod fixtures;
 pub mod keys;
 pub mod source;
+pub mod tabs;
 mod term;
 pub mod views;
 
-use crate::cli::RunArgs;
 use anyhow::Result;
-use app::{App, Mode};
+pub use app::{App, Mode};
 
-/// Opens the TUI on a live engine.
-pub fn run_tui(args: RunArgs) -> Result<()> {
-    term::require_terminal()?;
-    let source = source::spawn_live(args)?;
-    term::run(App::new(Mode::Live), source)
+/// Opens the TUI on a step source (a live engine or a session, see `commands`) until quit. The
+/// terminal is restored on every way out.
+pub fn run(mode: Mode, source: source::SourceHandle) -> Result<()> {
+    term::run(App::new(mode), source)
 }
 
-/// Opens the TUI on a recorded session (`moescope replay FILE`).
-pub fn run_replay(path: &std::path::Path) -> Result<()> {
-    term::require_terminal()?;
-    let source = source::spawn_replay(path.to_path_buf())?;
-    term::run(App::new(Mode::Replay), source)
+/// Refuses to start without a terminal; call before building a source.
+pub fn require_terminal() -> Result<()> {
+    term::require_terminal()
 }

@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event, EventStream, KeyEventKind};
 use futures::StreamExt;
 use ratatui::DefaultTerminal;
-use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -15,16 +14,6 @@ use std::time::Duration;
 const FRAME: Duration = Duration::from_millis(33);
 /// Records taken from the channel per wake-up before drawing again.
 const DRAIN: usize = 256;
-
-thread_local! {
-    /// The message of a panic on the source thread, for the UI to show.
-    static SOURCE_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// The message of the last panic on this (source) thread.
-pub fn take_source_panic() -> Option<String> {
-    SOURCE_PANIC.with(|p| p.borrow_mut().take())
-}
 
 /// Restores the terminal when dropped: on return, on error and while unwinding.
 struct Guard;
@@ -61,7 +50,7 @@ fn enter() -> Result<(DefaultTerminal, Guard)> {
     let ratatui_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if std::thread::current().name() == Some(SOURCE_THREAD) {
-            SOURCE_PANIC.with(|p| *p.borrow_mut() = Some(info.to_string()));
+            super::source::keep_source_panic(info.to_string());
             return;
         }
         let _ = crossterm::execute!(std::io::stdout(), DisableMouseCapture);

@@ -3,7 +3,6 @@
 //! out in each family's real tensor naming, single-file or sharded with an index.
 #![allow(dead_code)]
 
-use moescope::cli::RunArgs;
 use moescope::engine::config::MoeConfig;
 use moescope::engine::cpu::CpuBackend;
 use moescope::engine::step::StepRecord;
@@ -430,7 +429,7 @@ pub fn write_hidden(path: &Path, tokens: usize, hidden: usize, seed: u64) -> Vec
 /// One engine step (paths A and B of `run`) on the CPU backend over `source`.
 pub fn one_step(source: Box<dyn WeightSource>, hidden: &[f32]) -> StepRecord {
     let backend = CpuBackend::new(source).unwrap();
-    let paths = RunArgs::default().paths();
+    let paths = moescope::engine::paths::PathSpec::default_pair();
     let mut engine = Engine::new(
         Box::new(backend),
         paths,

@@ -2,8 +2,9 @@
 //! validator for the Chrome Trace Event Format.
 #![allow(dead_code)] // each test crate uses a different subset
 
-use moescope::cli::{LayerArgs, RunArgs};
+use moescope::engine::paths::PathSpec;
 use moescope::engine::paths::Variant;
+use moescope::engine::spec::{LayerSource, LayerSpec, RunSpec};
 use moescope::engine::step::StepRecord;
 use moescope::engine::BackendChoice;
 use moescope::session::{SessionHeader, SessionWriter};
@@ -13,28 +14,25 @@ use std::path::Path;
 
 /// DeepSeek-V3 routing (256 experts, 8 groups, a shared expert) with tiny expert matrices, so
 /// a step takes milliseconds even in a debug build.
-pub fn small_args(variant: Variant) -> RunArgs {
-    RunArgs {
-        layer: LayerArgs {
-            preset: Some("deepseek-v3".to_string()),
+pub fn small_spec(variant: Variant) -> RunSpec {
+    RunSpec {
+        layer: LayerSpec {
+            source: LayerSource::Preset("deepseek-v3".to_string()),
             hidden: Some(64),
             intermediate: Some(64),
             backend: BackendChoice::Cpu,
-            tp: 1,
-            seed: 7,
-            ..LayerArgs::default()
+            ..LayerSpec::default()
         },
         tokens: 8,
-        variant,
-        ..RunArgs::default()
+        paths: vec![PathSpec::unfused_baseline(), PathSpec::fused(variant)],
+        hidden_states: None,
     }
 }
 
 /// Records `steps` steps of the small engine to `path`; returns what was written.
 pub fn record(path: &Path, steps: usize, variant: Variant) -> (SessionHeader, Vec<StepRecord>) {
-    let args = small_args(variant);
-    let (mut engine, _) = args.build_engine().unwrap();
-    let header = SessionHeader::for_run(&engine, &args);
+    let (mut engine, _) = small_spec(variant).build_engine().unwrap();
+    let header = SessionHeader::new(&engine);
     let mut w = SessionWriter::create(path, &header, false).unwrap();
     let mut records = Vec::new();
     for _ in 0..steps {

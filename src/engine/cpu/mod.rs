@@ -9,7 +9,7 @@ use super::routing::{self, top_k};
 use super::step::KernelTiming;
 use super::weights::synthetic::hidden_row;
 use super::weights::{round_bf16, ExpertWeights, WeightSource};
-use super::{Backend, BackendInfo, BackendStep, PathRun, StepInput};
+use super::{Backend, BackendInfo, BackendKind, BackendStep, PathRun, StepInput};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -420,7 +420,7 @@ fn concat_mlps(slots: &[Arc<ExpertWeights>]) -> Option<ExpertWeights> {
 impl Backend for CpuBackend {
     fn info(&self) -> BackendInfo {
         BackendInfo {
-            kind: "cpu".to_string(),
+            kind: BackendKind::Cpu,
             device: format!("CPU, {} threads", rayon::current_num_threads()),
         }
     }

@@ -9,7 +9,7 @@ use crate::engine::paths::{PathSpec, RouterImpl, SharedMode};
 use crate::engine::step::{KernelTiming, OutputStats};
 use crate::engine::weights::synthetic::{amplitude, tensor_id};
 use crate::engine::weights::{ExpertWeights, WeightSource};
-use crate::engine::{Backend, BackendInfo, BackendStep, PathRun, StepInput};
+use crate::engine::{Backend, BackendInfo, BackendKind, BackendStep, PathRun, StepInput};
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::CudaSlice;
 use std::sync::Arc;
@@ -1097,7 +1097,7 @@ fn silu(gpu: &Gpu, h1: u64, act: u64, rows: usize, inter: usize) -> Result<()> {
 impl Backend for CudaBackend {
     fn info(&self) -> BackendInfo {
         BackendInfo {
-            kind: "cuda".to_string(),
+            kind: BackendKind::Cuda,
             device: self.gpu.describe(),
         }
     }

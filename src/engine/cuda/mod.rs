@@ -4,8 +4,6 @@
 //! architecture and cached on disk (`loader`). `gpu` holds the context and launches, `router` the
 //! fused and unfused routers, `layer` the weights on the device and the `Backend`.
 
-pub mod bench;
-pub mod check;
 pub mod gpu;
 pub mod layer;
 pub mod loader;
@@ -43,7 +41,7 @@ pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
 /// `--backend cuda`) instead of returning None (for `auto`, which then routes on the CPU).
 pub fn route_on_gpu(
     cfg: &crate::engine::config::MoeConfig,
-    inputs: &crate::route::RouterInputs,
+    inputs: &crate::engine::inputs::RouterInputs,
     required: bool,
 ) -> Result<Option<crate::engine::routing::Routing>> {
     if let Err(why) = probe() {

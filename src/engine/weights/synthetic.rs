@@ -183,6 +183,37 @@ impl WeightSource for SyntheticWeights {
     }
 }
 
+/// A weight source that hides that it is synthetic, so the backend uploads it from the host as
+/// it does a checkpoint's weights (checks the upload path against device generation).
+pub struct HostOnly(pub SyntheticWeights);
+
+impl WeightSource for HostOnly {
+    fn config(&self) -> &MoeConfig {
+        self.0.config()
+    }
+    fn router_gate(&self) -> anyhow::Result<Vec<f32>> {
+        self.0.router_gate()
+    }
+    fn router_bias(&self) -> anyhow::Result<Option<Vec<f32>>> {
+        self.0.router_bias()
+    }
+    fn logit_offset(&self) -> anyhow::Result<Vec<f32>> {
+        self.0.logit_offset()
+    }
+    fn expert(&self, e: usize) -> anyhow::Result<super::ExpertWeights> {
+        self.0.expert(e)
+    }
+    fn shared_slot(&self, j: usize) -> anyhow::Result<super::ExpertWeights> {
+        self.0.shared_slot(j)
+    }
+    fn shared_gate(&self) -> anyhow::Result<Option<Vec<f32>>> {
+        self.0.shared_gate()
+    }
+    fn describe(&self) -> String {
+        format!("{} (uploaded)", self.0.describe())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! routed weight sum against the reference, the verdict, and its history.
 
 use super::overview::verdict;
-use super::{block, fmt_small, path_color, path_name, sparkline, BAD, DIM, OK};
+use super::style::{block, fmt_small, path_color, path_name, sparkline, BAD, DIM, OK};
 use crate::engine::step::{PathRecord, Stats};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -75,7 +75,7 @@ fn path_lines(i: usize, p: &PathRecord) -> Vec<Line<'static>> {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
-        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
+        f.render_widget(Paragraph::new(super::style::NO_STEPS).fg(DIM), area);
         return;
     };
     let n = r.paths.len().max(1);

@@ -1,7 +1,7 @@
 //! View 2, expert load: every slot of the current step and cumulatively, laid out by group,
 //! with the shared slots marked and the imbalance figures.
 
-use super::{block, path_color, path_name, DIM};
+use super::style::{block, path_color, path_name, DIM};
 use crate::ui::app::App;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -211,7 +211,7 @@ fn stat_lines(
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let (Some(m), Some(r)) = (&app.meta, app.latest()) else {
-        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
+        f.render_widget(Paragraph::new(super::style::NO_STEPS).fg(DIM), area);
         return;
     };
     let e = m.config.n_routed_experts;

@@ -1,7 +1,7 @@
 //! View 5, numerics: routing agreement, weight and output differences between the paths and
 //! against the f64 reference, their history, and a drill-down into one sampled token.
 
-use super::{block, fmt_small, path_color, path_name, sparkline, ACCENT, BAD, DIM, OK};
+use super::style::{block, fmt_small, path_color, path_name, sparkline, ACCENT, BAD, DIM, OK};
 use crate::engine::step::{SlotWeights, StepRecord, TokenDetail};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -230,7 +230,7 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
-        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
+        f.render_widget(Paragraph::new(super::style::NO_STEPS).fg(DIM), area);
         return;
     };
     let [top, bottom] = Layout::vertical([Constraint::Length(12), Constraint::Min(6)]).areas(area);

@@ -1,7 +1,7 @@
 //! View 1, overview: the layer, the run, the headline numbers and the telemetry gauges.
 
+use super::style::{block, fmt_small, fmt_us, path_color, path_name, step_rate, BAD, DIM, OK};
 use super::timings::path_means;
-use super::{block, fmt_small, fmt_us, path_color, path_name, step_rate, BAD, DIM, OK};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -66,7 +66,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             format!("{} / {}", c.hidden_size, c.moe_intermediate_size),
         ),
         Line::raw(""),
-        kv("backend", m.backend.clone()),
+        kv("backend", m.backend.to_string()),
         kv("device", m.device.clone()),
         kv("weights", m.weights.clone()),
     ];
@@ -112,7 +112,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
 fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
         f.render_widget(
-            Paragraph::new(super::NO_STEPS).block(block("headline")),
+            Paragraph::new(super::style::NO_STEPS).block(block("headline")),
             area,
         );
         return;

@@ -1,6 +1,6 @@
 //! View 6, telemetry: NVML history as sparklines, or the reason there is none.
 
-use super::{block, sparkline, BAD, DIM, OK};
+use super::style::{block, sparkline, BAD, DIM, OK};
 use crate::engine::step::TelemetrySample;
 use crate::ui::app::{App, Mode};
 use ratatui::layout::{Constraint, Layout, Rect};

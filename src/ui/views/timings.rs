@@ -1,7 +1,7 @@
 //! View 4, kernel timings: per kernel mean/p50/p99 over the recent window, share of the path
 //! and achieved bandwidth; the paths side by side with the speedup; a timeline of the last step.
 
-use super::{block, fmt_us, path_color, path_name, BAD, DIM, OK};
+use super::style::{block, fmt_us, path_color, path_name, BAD, DIM, OK};
 use crate::ui::app::{App, TIMING_WINDOW};
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -117,7 +117,7 @@ fn seg_label(j: usize) -> char {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
-        f.render_widget(Paragraph::new(super::NO_STEPS).fg(DIM), area);
+        f.render_widget(Paragraph::new(super::style::NO_STEPS).fg(DIM), area);
         return;
     };
     let n = r.paths.len().max(1);

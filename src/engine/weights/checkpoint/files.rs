@@ -2,7 +2,7 @@
 //! maps, and reading 2-D blocks of a tensor (F32, BF16, F16, or F8_E4M3 with block scales) as
 //! f32. Only the bytes of the blocks asked for are touched.
 
-use crate::route::tensor_to_f32;
+use crate::engine::inputs::tensor_to_f32;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, SafeTensorError, TensorView};

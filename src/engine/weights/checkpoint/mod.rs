@@ -10,23 +10,13 @@ pub mod layer;
 
 use super::WeightSource;
 use crate::engine::config::MoeConfig;
-use crate::route::tensor_to_f32;
+use crate::engine::inputs::tensor_to_f32;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use clap::Args;
 use files::{Files, DEFAULT_BLOCK};
-use layer::{ranges, CheckpointLayer, LayerNames, LayerPlan};
+pub use layer::ranges;
+use layer::{CheckpointLayer, LayerNames, LayerPlan};
 use safetensors::SafeTensors;
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-
-#[derive(Args, Debug, Clone)]
-pub struct InspectArgs {
-    /// Checkpoint directory (config.json plus safetensors).
-    pub dir: PathBuf,
-    /// MoE layer to list (default: the first MoE layer).
-    #[arg(long)]
-    pub layer: Option<usize>,
-}
+use std::path::Path;
 
 /// The MoE config of a checkpoint directory.
 pub fn read_config(dir: &Path) -> Result<MoeConfig> {
@@ -149,108 +139,83 @@ pub fn parse_hidden_states(bytes: &[u8], hidden: usize) -> Result<Vec<f32>> {
     Ok(values)
 }
 
-/// `moescope inspect`: prints the report.
-pub fn inspect(args: InspectArgs) -> Result<()> {
-    print!("{}", inspect_report(&args.dir, args.layer)?);
-    Ok(())
+/// One tensor of a listed layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorListing {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: String,
+    pub bytes: usize,
+    /// The file (shard) that holds it.
+    pub file: String,
 }
 
-/// The text `inspect` prints: the MoE config, which layers are MoE, and every tensor of one
-/// layer with shape, dtype, bytes and file.
-pub fn inspect_report(dir: &Path, layer: Option<usize>) -> Result<String> {
+/// What `inspect` shows of a checkpoint: its MoE config, which layers are MoE, and one layer's
+/// tensors, with whether that layer loads as an MoE layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listing {
+    /// Where the tensors come from (one file, or an index of shards).
+    pub source: String,
+    pub config: MoeConfig,
+    pub num_layers: usize,
+    pub moe_layers: Vec<usize>,
+    pub dense_layers: Vec<usize>,
+    /// The config field that decides which layers are MoE.
+    pub rule: String,
+    pub layer: usize,
+    pub layer_is_moe: bool,
+    /// In natural order (`experts.2` before `experts.10`).
+    pub tensors: Vec<TensorListing>,
+    /// For an MoE layer: Ok(the layout it loads as) or Err(why it does not load).
+    pub loads: Option<std::result::Result<String, String>>,
+}
+
+/// Lists layer `layer` of a checkpoint (default: the first MoE layer; any layer, dense ones too).
+pub fn list_layer(dir: &Path, layer: Option<usize>) -> Result<Listing> {
     let (json, cfg) = load_config(dir)?;
     let mut files = Files::scan(dir, block_size(&json)?)?;
     let plan = LayerPlan::from_config(&json, &files)?;
     let layer = match layer {
-        // Any layer can be listed, dense ones too.
         Some(l) if l < plan.num_layers => l,
         other => plan.pick(other)?,
     };
-    let mut out = String::new();
-    let w = &mut out;
-    // Writing to a String cannot fail.
-    let _ = writeln!(w, "checkpoint {} ({})", dir.display(), files.source);
-    let _ = writeln!(w, "MoE config:");
-    if let serde_json::Value::Object(map) = serde_json::to_value(&cfg)? {
-        for (k, v) in map {
-            let _ = writeln!(w, "  {k}: {v}");
-        }
-    }
-    let moe = plan.moe_layers();
-    let dense: Vec<usize> = (0..plan.num_layers).filter(|&l| !plan.is_moe(l)).collect();
-    let _ = writeln!(
-        w,
-        "layers: {}; MoE: {} ({} layer{}); dense: {} ({})",
-        plan.num_layers,
-        ranges(&moe),
-        moe.len(),
-        if moe.len() == 1 { "" } else { "s" },
-        ranges(&dense),
-        plan.rule()
-    );
     let prefix = layer::layer_prefix(&files, layer);
     let in_layer = |name: &&String| prefix.as_deref().is_some_and(|p| name.starts_with(p));
     let mut names: Vec<String> = files.names.keys().filter(in_layer).cloned().collect();
     names.sort_by(|a, b| natural_cmp(a, b));
     files.open_for(names.iter().map(String::as_str))?;
-    let kind = if plan.is_moe(layer) { "MoE" } else { "dense" };
-    let mut rows = Vec::new();
-    let mut total = 0usize;
+    let mut tensors = Vec::with_capacity(names.len());
     for name in &names {
         let (shard, meta) = files.meta(name)?;
-        total += meta.len_bytes();
-        let file = shard
-            .path
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        rows.push([
-            name.clone(),
-            format!("{:?}", meta.shape),
-            meta.dtype.to_string(),
-            meta.len_bytes().to_string(),
-            file,
-        ]);
+        tensors.push(TensorListing {
+            name: name.clone(),
+            shape: meta.shape.clone(),
+            dtype: meta.dtype.to_string(),
+            bytes: meta.len_bytes(),
+            file: shard
+                .path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        });
     }
-    let _ = writeln!(
-        w,
-        "layer {layer} ({kind}): {} tensors, {total} bytes",
-        names.len()
-    );
-    let header = ["name", "shape", "dtype", "bytes", "file"].map(String::from);
-    let widths: Vec<usize> = (0..5)
-        .map(|c| {
-            rows.iter()
-                .chain(std::iter::once(&header))
-                .map(|r| r[c].len())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line = format!(
-            "  {:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3]
-        );
-        let _ = writeln!(w, "{}", line.trim_end());
-    }
-    if plan.is_moe(layer) {
-        // Whether `--model DIR --layer N` would load it, and as what.
-        let verdict = match open_layer(dir, Some(layer), 1) {
-            Ok(l) => format!("loads as an MoE layer ({})", l.names.layout()),
-            Err(e) => format!("does not load: {e:#}"),
-        };
-        let _ = writeln!(w, "layer {layer} {verdict}");
-    }
-    Ok(out)
+    let layer_is_moe = plan.is_moe(layer);
+    let loads = layer_is_moe.then(|| match open_layer(dir, Some(layer), 1) {
+        Ok(l) => Ok(l.names.layout()),
+        Err(e) => Err(format!("{e:#}")),
+    });
+    Ok(Listing {
+        source: files.source.clone(),
+        config: cfg,
+        num_layers: plan.num_layers,
+        moe_layers: plan.moe_layers(),
+        dense_layers: (0..plan.num_layers).filter(|&l| !plan.is_moe(l)).collect(),
+        rule: plan.rule(),
+        layer,
+        layer_is_moe,
+        tensors,
+        loads,
+    })
 }
 
 /// Orders names with their numbers compared as numbers (`experts.2` before `experts.10`).

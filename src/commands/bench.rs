@@ -5,9 +5,10 @@
 //! against the measured device copy bandwidth. Paths: the full layer's clean and instrumented
 //! times per token count, and the expert GEMMs against the floor of streaming the active weights.
 
-use super::gpu::{cuda_err, ptr, Arg, Gpu, Timer};
-use super::layer::CudaBackend;
-use super::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
+use super::LayerArgs;
+use crate::engine::cuda::gpu::{cuda_err, ptr, Arg, Gpu, Timer};
+use crate::engine::cuda::layer::CudaBackend;
+use crate::engine::cuda::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
 use crate::engine::paths::PathSpec;
 use crate::engine::{Backend, BackendChoice, StepInput};
 use anyhow::{anyhow, Context, Result};
@@ -19,7 +20,7 @@ use std::sync::Arc;
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     #[command(flatten)]
-    pub layer: crate::cli::LayerArgs,
+    pub layer: LayerArgs,
     /// Router token counts.
     #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8, 64, 512, 2048, 8192, 40000])]
     pub router_tokens: Vec<usize>,
@@ -44,6 +45,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let gpu = Arc::new(Gpu::open().context("moescope bench needs a CUDA device")?);
     let cfg = args
         .layer
+        .spec()
         .base_config()?
         .with_tensor_parallel(args.layer.tp)?;
     println!(
@@ -251,11 +253,7 @@ fn graph_us(gpu: &Gpu, call: &dyn Fn(usize) -> Result<()>) -> Result<f64> {
 
 /// The full layer through both paths: clean vs instrumented, and the expert GEMMs.
 fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
-    let layer = crate::cli::LayerArgs {
-        backend: BackendChoice::Cuda,
-        ..args.layer.clone()
-    };
-    let (weights, _) = layer.weights(false)?;
+    let (weights, _) = args.layer.spec().on(BackendChoice::Cuda).weights(false)?;
     let cfg = weights.config().clone();
     let started = std::time::Instant::now();
     let mut backend = CudaBackend::new(gpu.clone(), weights)?;

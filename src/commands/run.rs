@@ -1,0 +1,165 @@
+//! `moescope run`: the TUI by default, or headless StepRecords as JSON lines. Headless runs can
+//! record a session (`--record FILE`) and export directly (`--export FMT`); both end with the
+//! step rate on stderr.
+
+use super::driver::{self, Driver, LivePlan};
+use super::{named, parse_variant, LayerArgs};
+use crate::engine::paths::{PathSpec, RsfPlacement, Variant};
+use crate::engine::spec::RunSpec;
+use crate::session::export::{self, Output};
+use crate::session::ExportFormat;
+use crate::ui;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Steps of a headless run when --steps is not given.
+pub const DEFAULT_HEADLESS_STEPS: u64 = 10;
+
+/// `--b-rsf`: where path B applies the routed scaling factor.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum RsfArg {
+    InRouter,
+    OnOutput,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub layer: LayerArgs,
+    /// Tokens per step.
+    #[arg(long, short = 't', default_value_t = 64)]
+    pub tokens: usize,
+    /// Scaling variant of path B (the fused path): correct, shared-inv-rsf, rsf-twice,
+    /// hardcoded-2.5, shared-dropped.
+    #[arg(long, default_value = "correct", value_parser = parse_variant)]
+    pub variant: Variant,
+    /// Where path B applies the routed scaling factor.
+    #[arg(long, value_enum, default_value_t = RsfArg::OnOutput)]
+    pub b_rsf: RsfArg,
+    /// Captured hidden states (safetensors with `hidden_states` [T, H]) instead of synthetic ones.
+    #[arg(long)]
+    pub hidden_states: Option<PathBuf>,
+    /// Print StepRecords as JSON lines instead of opening the TUI.
+    #[arg(long)]
+    pub headless: bool,
+    /// Steps to run (headless: default 10; TUI: run until quit).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Record the session to this JSONL file.
+    #[arg(long)]
+    pub record: Option<PathBuf>,
+    /// Overwrite an existing --record or -o file.
+    #[arg(long)]
+    pub force: bool,
+    /// Headless: export the run directly in this format instead of printing JSON lines.
+    #[arg(long, requires = "headless", value_parser = named::<ExportFormat>(ExportFormat::NAMES))]
+    pub export: Option<ExportFormat>,
+    /// Output file of --export.
+    #[arg(short = 'o', long = "output", requires = "export")]
+    pub output: Option<PathBuf>,
+    /// NVML telemetry sampling rate, Hz (0 = off).
+    #[arg(long, default_value_t = 10.0)]
+    pub telemetry_hz: f64,
+}
+
+impl RunArgs {
+    /// Path A (the unfused baseline) and path B (fused, with the chosen variant).
+    pub fn paths(&self) -> Vec<PathSpec> {
+        let mut b = PathSpec::fused(self.variant);
+        b.rsf = match self.b_rsf {
+            RsfArg::InRouter => RsfPlacement::InRouter,
+            RsfArg::OnOutput => RsfPlacement::OnOutput,
+        };
+        vec![PathSpec::unfused_baseline(), b]
+    }
+
+    /// The engine's description of the run these options ask for.
+    pub fn spec(&self) -> RunSpec {
+        RunSpec {
+            layer: self.layer.spec(),
+            tokens: self.tokens,
+            paths: self.paths(),
+            hidden_states: self.hidden_states.clone(),
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    if args.headless {
+        headless(args)
+    } else {
+        tui(args)
+    }
+}
+
+fn tui(args: RunArgs) -> Result<()> {
+    ui::require_terminal()?;
+    let source = driver::spawn_live(LivePlan {
+        spec: args.spec(),
+        telemetry_hz: args.telemetry_hz,
+        record: args.record.clone(),
+        force: args.force,
+        steps: args.steps,
+    })?;
+    ui::run(ui::Mode::Live, source)
+}
+
+fn headless(args: RunArgs) -> Result<()> {
+    // Refuse existing outputs before spending time on the engine.
+    if let Some(path) = &args.record {
+        if path.exists() && !args.force {
+            bail!(
+                "session file {} already exists; pass --force to overwrite it",
+                path.display()
+            );
+        }
+        if args.export.is_some() && args.output.as_ref() == Some(path) {
+            bail!(
+                "--record and -o name the same file {}; choose two files",
+                path.display()
+            );
+        }
+    }
+    let mut output = match args.export {
+        Some(_) => Some(Output::create(args.output.as_deref(), args.force)?),
+        None => None,
+    };
+    let (engine, notices) = args.spec().build_engine()?;
+    for n in &notices {
+        eprintln!("moescope: {n}");
+    }
+    let mut driver = Driver::new(engine, args.telemetry_hz);
+    if let Some(why) = driver.telemetry_unavailable() {
+        if driver::telemetry_expected(driver.engine().info().kind) {
+            eprintln!("moescope: {why}");
+        }
+    }
+    if let Some(path) = &args.record {
+        driver.start_recording(path, args.force)?;
+    }
+    let header = driver.header();
+    let steps = args.steps.unwrap_or(DEFAULT_HEADLESS_STEPS);
+    match (args.export, output.as_mut()) {
+        (Some(format), Some(out)) => {
+            export::write(format, &header, driver.records(steps), out.writer())?
+        }
+        _ => {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for record in driver.records(steps) {
+                serde_json::to_writer(&mut out, &record?)
+                    .context("writing a StepRecord to stdout")?;
+                writeln!(out).context("writing to stdout")?;
+                out.flush().context("writing to stdout")?;
+            }
+        }
+    }
+    let (done, rate) = driver.rate();
+    eprintln!("moescope: {done} steps, {rate:.2} steps/s");
+    match output {
+        Some(out) => out.commit(),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,185 @@
+//! What to run, in the engine's own words: which layer (a preset, a Hugging Face config or a
+//! checkpoint layer, with size overrides, seed and skew), on which backend, and a run of it
+//! (tokens per step, paths, captured activations). `commands` builds these from the CLI; nothing
+//! below it sees an argument.
+
+use super::config::MoeConfig;
+use super::paths::PathSpec;
+use super::weights::synthetic::SyntheticWeights;
+use super::weights::{checkpoint, WeightSource};
+use super::{open_backend, resolve_backend, Backend, BackendChoice, Engine};
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Hidden/intermediate sizes the CPU backend uses for synthetic layers unless told otherwise:
+/// the routing shape is the model's, the expert matrices small enough to stay lively.
+pub const CPU_HIDDEN: usize = 512;
+pub const CPU_INTERMEDIATE: usize = 256;
+
+/// Where a layer's shape and weights come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LayerSource {
+    /// A model preset by name (`MoeConfig::preset`), synthetic weights.
+    Preset(String),
+    /// A Hugging Face config.json, synthetic weights in its shape.
+    HfConfig(PathBuf),
+    /// A checkpoint directory's MoE layer (`None`: the first MoE layer), its real weights.
+    Checkpoint { dir: PathBuf, layer: Option<usize> },
+}
+
+/// One MoE layer to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerSpec {
+    pub source: LayerSource,
+    /// Tensor-parallel size: expert intermediate sizes divided by it, as one rank holds them.
+    pub tp: usize,
+    /// Synthetic weights only: hidden and routed-expert intermediate size overrides.
+    pub hidden: Option<usize>,
+    pub intermediate: Option<usize>,
+    /// Seed of the synthetic weights and hidden states.
+    pub seed: u64,
+    /// Routing skew toward hot experts (synthetic weights).
+    pub skew: f32,
+    pub backend: BackendChoice,
+}
+
+impl Default for LayerSpec {
+    fn default() -> Self {
+        LayerSpec {
+            source: LayerSource::Preset("deepseek-v3".to_string()),
+            tp: 1,
+            hidden: None,
+            intermediate: None,
+            seed: 7,
+            skew: 0.0,
+            backend: BackendChoice::Auto,
+        }
+    }
+}
+
+impl LayerSpec {
+    /// The layer's config before size overrides and tensor parallelism.
+    pub fn base_config(&self) -> Result<MoeConfig> {
+        match &self.source {
+            LayerSource::Preset(name) => Ok(MoeConfig::preset(name)?),
+            LayerSource::HfConfig(path) => MoeConfig::from_hf_file(path),
+            LayerSource::Checkpoint { dir, .. } => checkpoint::read_config(dir),
+        }
+    }
+
+    /// The same spec on another backend.
+    pub fn on(&self, backend: BackendChoice) -> LayerSpec {
+        LayerSpec {
+            backend,
+            ..self.clone()
+        }
+    }
+
+    /// Opens the weights: the checkpoint layer, or synthetic weights in the config's shape.
+    /// `cpu_sized` shrinks synthetic matrices to the CPU defaults where no size was given.
+    /// Returns notices to show the user.
+    pub fn weights(&self, cpu_sized: bool) -> Result<(Box<dyn WeightSource>, Vec<String>)> {
+        let mut notices = Vec::new();
+        if let LayerSource::Checkpoint { dir, layer } = &self.source {
+            if self.hidden.is_some() || self.intermediate.is_some() {
+                bail!("--hidden and --intermediate apply to synthetic weights, not to --model");
+            }
+            return Ok((checkpoint::open(dir, *layer, self.tp)?, notices));
+        }
+        let mut cfg = self.base_config()?.with_tensor_parallel(self.tp)?;
+        let shared_per_slot = cfg.shared_slot_intermediate();
+        let slots_like_experts = cfg.shared_fusable();
+        if let Some(h) = self.hidden {
+            cfg.hidden_size = h;
+        }
+        if let Some(i) = self.intermediate {
+            cfg.moe_intermediate_size = i;
+        }
+        if cpu_sized && self.hidden.is_none() && self.intermediate.is_none() {
+            cfg.hidden_size = CPU_HIDDEN.min(cfg.hidden_size);
+            cfg.moe_intermediate_size = CPU_INTERMEDIATE.min(cfg.moe_intermediate_size);
+            notices.push(format!(
+                "CPU backend: expert matrices shrunk to hidden {}, intermediate {} (set --hidden/--intermediate to change)",
+                cfg.hidden_size, cfg.moe_intermediate_size
+            ));
+        }
+        // Keep the shared experts' size in proportion to the routed experts'.
+        if cfg.n_shared_experts > 0 && (self.intermediate.is_some() || cpu_sized) {
+            cfg.shared_intermediate_size = if slots_like_experts {
+                cfg.n_shared_experts * cfg.moe_intermediate_size
+            } else {
+                shared_per_slot.min(cfg.moe_intermediate_size) * cfg.n_shared_experts
+            };
+        }
+        cfg.validate()?;
+        Ok((
+            Box::new(SyntheticWeights::new(cfg, self.seed, self.skew)),
+            notices,
+        ))
+    }
+
+    /// Opens the backend on these weights (resolving `auto` once). Returns notices to show.
+    pub fn open(&self) -> Result<(Box<dyn Backend>, Vec<String>)> {
+        let (choice, fallback) = resolve_backend(self.backend);
+        let (weights, mut notices) = self.weights(choice == BackendChoice::Cpu)?;
+        notices.splice(0..0, fallback);
+        let (backend, _) = open_backend(choice, weights)?;
+        Ok((backend, notices))
+    }
+
+    /// What only the spec knows about the weights, appended to the source's own description.
+    fn describe_extras(&self) -> String {
+        let mut s = String::new();
+        if let LayerSource::HfConfig(path) = &self.source {
+            s.push_str(&format!(", shape of {}", path.display()));
+        }
+        if self.tp > 1 && !matches!(self.source, LayerSource::Checkpoint { .. }) {
+            s.push_str(&format!(", tp {} (one rank)", self.tp));
+        }
+        s
+    }
+}
+
+/// A run of a layer: what `Engine::new` needs, before any backend is opened.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSpec {
+    pub layer: LayerSpec,
+    /// Tokens per step (ignored with captured hidden states: their batch size counts).
+    pub tokens: usize,
+    /// Path A, path B (and more).
+    pub paths: Vec<PathSpec>,
+    /// Captured hidden states (safetensors `hidden_states` [T, H]) instead of synthetic ones.
+    pub hidden_states: Option<PathBuf>,
+}
+
+impl RunSpec {
+    /// Builds the engine. Returns it with notices to show the user.
+    pub fn build_engine(&self) -> Result<(Engine, Vec<String>)> {
+        if self.tokens == 0 {
+            bail!("--tokens must be at least 1");
+        }
+        let (backend, notices) = self.layer.open()?;
+        let hidden = match &self.hidden_states {
+            Some(path) => {
+                let h = backend.weights().config().hidden_size;
+                Some(Arc::new(checkpoint::read_hidden_states(path, h)?))
+            }
+            None => None,
+        };
+        let mut description = backend.weights().describe();
+        description.push_str(&self.layer.describe_extras());
+        if let Some(h) = &self.hidden_states {
+            description.push_str(&format!(", hidden states from {}", h.display()));
+        }
+        let engine = Engine::new(
+            backend,
+            self.paths.clone(),
+            self.tokens,
+            self.layer.seed,
+            hidden,
+        )
+        .described_as(description);
+        Ok((engine, notices))
+    }
+}

@@ -1,0 +1,107 @@
+//! What every view draws with: colours, titled blocks, number formats, the history chart.
+
+use crate::ui::app::App;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::Span;
+use ratatui::widgets::{Block, Borders, Paragraph, Sparkline};
+use ratatui::Frame;
+
+/// What a view says before the first step arrives (a GPU step or a CUDA build can take a while).
+pub const NO_STEPS: &str = "waiting for the first step…";
+
+pub const OK: Color = Color::Green;
+pub const BAD: Color = Color::Red;
+pub const DIM: Color = Color::DarkGray;
+pub const ACCENT: Color = Color::Cyan;
+/// Path A and path B.
+pub const PATH_COLORS: [Color; 2] = [Color::Yellow, Color::Magenta];
+
+pub fn path_name(i: usize) -> &'static str {
+    ["A", "B"].get(i).copied().unwrap_or("?")
+}
+
+pub fn path_color(i: usize) -> Color {
+    PATH_COLORS[i.min(1)]
+}
+
+/// Steps per second over the recent history, from the steps' recorded times.
+pub fn step_rate(app: &App) -> Option<f64> {
+    let n = app.history.len().min(20);
+    if n < 2 {
+        return None;
+    }
+    let last = app.history.back()?;
+    let first = &app.history[app.history.len() - n];
+    let dt = (last.t_ms - first.t_ms) / 1e3;
+    (dt > 0.0).then(|| (n - 1) as f64 / dt)
+}
+
+/// A titled block.
+pub fn block(title: impl Into<String>) -> Block<'static> {
+    Block::new()
+        .borders(Borders::ALL)
+        .border_style(Style::new().fg(DIM))
+        .title(Span::styled(
+            format!(" {} ", title.into()),
+            Style::new().fg(Color::White).add_modifier(Modifier::BOLD),
+        ))
+}
+
+/// Microseconds with a unit that suits them.
+pub fn fmt_us(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.2} ms", us / 1e3)
+    } else if us >= 100.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{us:.1} µs")
+    }
+}
+
+/// A value in scientific notation for small differences, plain otherwise.
+pub fn fmt_small(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.abs() < 1e-3 || x.abs() >= 1e4 {
+        format!("{x:.2e}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// A one-line history chart with its title and newest value; fills `area`'s last line with
+/// the newest values that fit.
+pub fn sparkline(f: &mut Frame, area: Rect, title: String, values: &[f64], color: Color) {
+    if area.height == 0 || area.width == 0 {
+        return;
+    }
+    // A label line and at most three chart lines: taller charts say nothing more.
+    let [label, chart] = Layout::vertical([Constraint::Length(1), Constraint::Max(3)]).areas(area);
+    f.render_widget(Paragraph::new(title).fg(Color::Gray), label);
+    let w = chart.width as usize;
+    let tail = &values[values.len().saturating_sub(w)..];
+    let (lo, hi) = tail
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    // The range maps onto 8..=100 so the lowest value still shows as a sliver (a bar needs
+    // an eighth of a row); a flat series sits midway.
+    let data: Vec<u64> = tail
+        .iter()
+        .map(|v| match v.is_finite() {
+            false => 0,
+            true if hi > lo => 8 + ((v - lo) / (hi - lo) * 92.0).round() as u64,
+            true => 50,
+        })
+        .collect();
+    f.render_widget(
+        Sparkline::default()
+            .data(&data)
+            .max(100)
+            .style(Style::new().fg(color)),
+        chart,
+    );
+}
