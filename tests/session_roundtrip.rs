@@ -91,9 +91,9 @@ fn summary_aggregates_what_was_recorded() {
         let kernels: Vec<&str> = records[0].paths[i]
             .timings
             .iter()
-            .map(|t| t.name.as_str())
+            .map(|t| t.stage.name())
             .collect();
-        let got: Vec<&str> = p.kernels.iter().map(|k| k.name.as_str()).collect();
+        let got: Vec<&str> = p.kernels.iter().map(|k| k.stage.name()).collect();
         assert_eq!(got, kernels);
         for k in &p.kernels {
             let times: Vec<f64> = records
@@ -102,7 +102,7 @@ fn summary_aggregates_what_was_recorded() {
                     r.paths[i]
                         .timings
                         .iter()
-                        .find(|t| t.name == k.name)
+                        .find(|t| t.stage == k.stage)
                         .unwrap()
                         .us
                 })
@@ -209,7 +209,7 @@ fn csv_export_has_one_row_per_step_path_and_kernel() {
     for r in &records {
         for p in &r.paths {
             for (i, t) in p.timings.iter().enumerate() {
-                expected.push((r.step, p.name.clone(), t.name.clone(), i, t.us));
+                expected.push((r.step, p.name.clone(), t.stage.name(), i, t.us));
             }
         }
     }
@@ -242,8 +242,12 @@ fn chrome_export_is_a_valid_trace_with_one_track_per_path() {
         let expected: Vec<String> = records
             .iter()
             .flat_map(|r| {
-                std::iter::once(format!("path {name} step {}", r.step))
-                    .chain(r.paths[i].timings.iter().map(|k| k.name.clone()))
+                std::iter::once(format!("path {name} step {}", r.step)).chain(
+                    r.paths[i]
+                        .timings
+                        .iter()
+                        .map(|k| k.stage.name().to_string()),
+                )
             })
             .collect();
         assert_eq!(t.slices[&track], expected);

@@ -6,10 +6,12 @@
 //! times per token count, and the expert GEMMs against the floor of streaming the active weights.
 
 use super::LayerArgs;
-use crate::engine::cuda::gpu::{cuda_err, ptr, Arg, Gpu, Timer};
+use crate::engine::cuda::gpu::{cuda_err, ptr, Arg, Gpu, Grid, Timer};
+use crate::engine::cuda::kernels::FillArgs;
 use crate::engine::cuda::layer::CudaBackend;
 use crate::engine::cuda::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
 use crate::engine::paths::PathSpec;
+use crate::engine::step::Stage;
 use crate::engine::{Backend, BackendChoice, StepInput};
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
@@ -94,7 +96,7 @@ fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
     let dst = gpu.alloc::<u8>(n, "copy destination")?;
     let words = (n / 16) as u64;
     let us = time_us(gpu, |_| {
-        gpu.launch(
+        gpu.launch_raw(
             "copy_u4",
             (gpu.sms * 8, 1),
             512,
@@ -132,11 +134,12 @@ fn bench_routers(
     let word = gpu.alloc::<u32>(1, "word")?;
     let floor = graph_us(gpu, &|_| {
         gpu.launch(
-            "fill_u32",
-            (1, 1),
-            32,
-            0,
-            &[Arg::Ptr(ptr(gpu, &word)), Arg::U64(1), Arg::I32(0)],
+            Grid::x(1, 32),
+            FillArgs {
+                out: gpu.ptr(&word),
+                n: 1,
+                value: 0,
+            },
         )
     })?;
     println!();
@@ -299,8 +302,8 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
         for (name, run) in ["A", "B"].iter().zip(&out.paths) {
             let instr: f64 = run.timings.iter().map(|k| k.us).sum();
             let clean = run.clean_us.unwrap_or(f64::NAN);
-            let find = |n: &str| run.timings.iter().find(|k| k.name == n);
-            let (up, down) = (find("expert_gemm_up"), find("expert_gemm_down"));
+            let find = |st: Stage| run.timings.iter().find(|k| k.stage == st);
+            let (up, down) = (find(Stage::ExpertGemmUp), find(Stage::ExpertGemmDown));
             let us = up.map(|k| k.us).unwrap_or(0.0) + down.map(|k| k.us).unwrap_or(0.0);
             let bytes =
                 up.and_then(|k| k.bytes).unwrap_or(0) + down.and_then(|k| k.bytes).unwrap_or(0);
@@ -317,7 +320,7 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
         let detail: Vec<String> = b
             .timings
             .iter()
-            .map(|k| format!("{} {:.1}", k.name, k.us))
+            .map(|k| format!("{} {:.1}", k.stage, k.us))
             .collect();
         println!("        B stages (µs): {}", detail.join(", "));
     }

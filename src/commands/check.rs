@@ -11,7 +11,8 @@ use super::LayerArgs;
 use crate::engine::compare;
 use crate::engine::config::{MoeConfig, PRESET_NAMES};
 use crate::engine::cpu::CpuBackend;
-use crate::engine::cuda::gpu::{ptr, Arg, Gpu};
+use crate::engine::cuda::gpu::{ptr, Gpu};
+use crate::engine::cuda::kernels::InitHiddenArgs;
 use crate::engine::cuda::layer::{CudaBackend, DeviceLayer};
 use crate::engine::cuda::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
 use crate::engine::inputs::tensor_to_f32;
@@ -213,8 +214,8 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
         let weights = gpu.alloc::<f32>(t * spt, "weights")?;
         let probs = gpu.alloc::<f64>(t * k, "probs")?;
         let poison = |gpu: &Gpu| -> Result<()> {
-            gpu.fill(ptr(gpu, &ids), t * spt, u32::MAX)?;
-            gpu.fill(ptr(gpu, &weights), t * spt, f32::NAN.to_bits())
+            gpu.fill(gpu.ptr(&ids), t * spt, u32::MAX)?;
+            gpu.fill(gpu.ptr(&weights), t * spt, f32::NAN.to_bits())
         };
         let io = RouterIo {
             logits: if bf16 {
@@ -503,16 +504,13 @@ fn check_init(
     let (t, h, step, seed) = (37usize, cfg.hidden_size, 5u64, syn.seed);
     let x = gpu.alloc::<u16>(t * h, "hidden")?;
     gpu.launch(
-        "init_hidden_bf16",
-        gpu.stride_grid(t * h, 256),
-        256,
-        0,
-        &[
-            Arg::Ptr(ptr(gpu, &x)),
-            Arg::U64((t * h) as u64),
-            Arg::U64(seed),
-            Arg::U64(synthetic::tensor_id::HIDDEN_BASE + step),
-        ],
+        gpu.stride(t * h, 256),
+        InitHiddenArgs {
+            out: gpu.ptr(&x),
+            n: (t * h) as u64,
+            seed,
+            tensor: synthetic::tensor_id::HIDDEN_BASE + step,
+        },
     )?;
     let dev: Vec<f32> = gpu
         .download(&x, t * h, "hidden")?

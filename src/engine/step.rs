@@ -114,10 +114,116 @@ pub struct OutputStats {
     pub nonfinite: u64,
 }
 
-/// Time of one kernel (GPU) or stage (CPU).
+/// A timed stage of a path: one kernel on the GPU (or a few that belong together), one pass on
+/// the CPU. Serialised by the names sessions have always used (`gate_gemm`, `router_scores`..).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Router logits: x · gateᵀ (+ the skew offset).
+    GateGemm,
+    /// The fused router, shared-slot append included.
+    RouterFused,
+    // The unfused router, one stage per step of the PyTorch sequence.
+    RouterScores,
+    RouterAddBias,
+    RouterGroupScores,
+    RouterGroupTopk,
+    RouterMask,
+    RouterExpertTopk,
+    RouterGather,
+    RouterRenormalize,
+    RouterScale,
+    /// Tokens grouped by slot (counts, offsets, permutation).
+    MoeAlign,
+    /// Grouped expert GEMM, gate and up projections.
+    ExpertGemmUp,
+    SiluMul,
+    /// Grouped expert GEMM, down projection.
+    ExpertGemmDown,
+    /// The whole expert MLP as one stage (CPU backend).
+    ExpertMlp,
+    /// The separate dense shared MLP.
+    SharedMlp,
+    /// Weighted sum back to tokens (+ shared output, × output scale).
+    Combine,
+}
+
+impl Stage {
+    /// Every stage, in the order a path runs them.
+    pub const ALL: &'static [Stage] = &[
+        Stage::GateGemm,
+        Stage::RouterFused,
+        Stage::RouterScores,
+        Stage::RouterAddBias,
+        Stage::RouterGroupScores,
+        Stage::RouterGroupTopk,
+        Stage::RouterMask,
+        Stage::RouterExpertTopk,
+        Stage::RouterGather,
+        Stage::RouterRenormalize,
+        Stage::RouterScale,
+        Stage::MoeAlign,
+        Stage::ExpertGemmUp,
+        Stage::SiluMul,
+        Stage::ExpertGemmDown,
+        Stage::ExpertMlp,
+        Stage::SharedMlp,
+        Stage::Combine,
+    ];
+
+    /// The name sessions, exports and the Kernels view use (its serde name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::GateGemm => "gate_gemm",
+            Stage::RouterFused => "router_fused",
+            Stage::RouterScores => "router_scores",
+            Stage::RouterAddBias => "router_add_bias",
+            Stage::RouterGroupScores => "router_group_scores",
+            Stage::RouterGroupTopk => "router_group_topk",
+            Stage::RouterMask => "router_mask",
+            Stage::RouterExpertTopk => "router_expert_topk",
+            Stage::RouterGather => "router_gather",
+            Stage::RouterRenormalize => "router_renormalize",
+            Stage::RouterScale => "router_scale",
+            Stage::MoeAlign => "moe_align",
+            Stage::ExpertGemmUp => "expert_gemm_up",
+            Stage::SiluMul => "silu_mul",
+            Stage::ExpertGemmDown => "expert_gemm_down",
+            Stage::ExpertMlp => "expert_mlp",
+            Stage::SharedMlp => "shared_mlp",
+            Stage::Combine => "combine",
+        }
+    }
+
+    /// A stage of the router (fused or unfused).
+    pub fn is_router(self) -> bool {
+        matches!(
+            self,
+            Stage::RouterFused
+                | Stage::RouterScores
+                | Stage::RouterAddBias
+                | Stage::RouterGroupScores
+                | Stage::RouterGroupTopk
+                | Stage::RouterMask
+                | Stage::RouterExpertTopk
+                | Stage::RouterGather
+                | Stage::RouterRenormalize
+                | Stage::RouterScale
+        )
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Time of one stage.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct KernelTiming {
-    pub name: String,
+    #[serde(rename = "name")]
+    pub stage: Stage,
     #[serde(deserialize_with = "nan_as_null::f64")]
     pub us: f64,
     /// Fewest bytes the kernel must move through memory, where meaningful (for GB/s).
@@ -216,6 +322,15 @@ mod nan_as_null {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage_names_are_their_serde_names() {
+        for &st in Stage::ALL {
+            let json = serde_json::to_string(&st).unwrap();
+            assert_eq!(json, format!("\"{}\"", st.name()));
+            assert_eq!(serde_json::from_str::<Stage>(&json).unwrap(), st);
+        }
+    }
 
     #[test]
     fn stats_of_values_and_of_nothing() {

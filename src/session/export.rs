@@ -366,7 +366,7 @@ fn chrome_step(
                     a["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
                 }
             }
-            ev.slice(&t.name, "kernel", tid, ts, dur, a)?;
+            ev.slice(t.stage.name(), "kernel", tid, ts, dur, a)?;
             ts += dur;
         }
         end = end.max(start + path_dur);
@@ -511,7 +511,7 @@ fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Wri
                     r.t_ms,
                     r.tokens,
                     csv_field(&p.name),
-                    csv_field(&t.name),
+                    csv_field(t.stage.name()),
                     t.us
                 );
             }

@@ -2,7 +2,7 @@
 //! that does not grow with the number of steps (percentiles come from log-spaced histograms).
 
 use super::SessionHeader;
-use crate::engine::step::{PathRecord, StepRecord};
+use crate::engine::step::{PathRecord, Stage, StepRecord};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -124,7 +124,7 @@ pub struct ContractSummary {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct KernelSummary {
-    pub name: String,
+    pub stage: Stage,
     pub us: Dist,
     /// Achieved bandwidth, where the kernel reports the bytes it must move.
     pub gb_per_s: Option<Dist>,
@@ -248,7 +248,7 @@ impl Summary {
         )?;
         for p in &self.paths {
             for k in &p.kernels {
-                let mut name = format!("{} {}", p.name, k.name);
+                let mut name = format!("{} {}", p.name, k.stage);
                 if let Some(bw) = &k.gb_per_s {
                     name.push_str(&format!(" ({:.0} GB/s p50)", bw.p50));
                 }
@@ -386,7 +386,7 @@ fn time_row(s: &mut String, name: &str, d: &Dist) -> std::fmt::Result {
 
 #[derive(Default)]
 struct KernelBuilder {
-    name: String,
+    stage: Option<Stage>,
     us: DistBuilder,
     gb_per_s: DistBuilder,
 }
@@ -553,11 +553,11 @@ impl PathBuilder {
             self.other_labels.push(label);
         }
         for t in &p.timings {
-            let k = match self.kernels.iter().position(|k| k.name == t.name) {
+            let k = match self.kernels.iter().position(|k| k.stage == Some(t.stage)) {
                 Some(k) => k,
                 None => {
                     self.kernels.push(KernelBuilder {
-                        name: t.name.clone(),
+                        stage: Some(t.stage),
                         ..KernelBuilder::default()
                     });
                     self.kernels.len() - 1
@@ -628,10 +628,12 @@ impl PathBuilder {
             kernels: self
                 .kernels
                 .into_iter()
-                .map(|k| KernelSummary {
-                    name: k.name,
-                    us: k.us.finish(),
-                    gb_per_s: (k.gb_per_s.n > 0).then(|| k.gb_per_s.finish()),
+                .filter_map(|k| {
+                    Some(KernelSummary {
+                        stage: k.stage?,
+                        us: k.us.finish(),
+                        gb_per_s: (k.gb_per_s.n > 0).then(|| k.gb_per_s.finish()),
+                    })
                 })
                 .collect(),
             total_us: self.total_us.finish(),

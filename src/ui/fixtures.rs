@@ -7,7 +7,7 @@ use super::source::{Meta, SourceEvent};
 use crate::engine::config::MoeConfig;
 use crate::engine::paths::{PathSpec, RouterImpl, SharedMode, Variant};
 use crate::engine::step::{
-    Comparison, ContractCheck, KernelTiming, OutputStats, PathRecord, SlotWeights, Stats,
+    Comparison, ContractCheck, KernelTiming, OutputStats, PathRecord, SlotWeights, Stage, Stats,
     StepRecord, TelemetrySample, TokenDetail,
 };
 use crate::engine::BackendKind;
@@ -43,29 +43,31 @@ fn pick(cfg: &MoeConfig, step: u64, token: u64, k: usize) -> Vec<u32> {
     ids
 }
 
-const UNFUSED_KERNELS: &[(&str, f64, Option<u64>)] = &[
-    ("scores", 6.0, Some(1 << 20)),
-    ("add_bias", 4.0, None),
-    ("group_scores", 5.0, None),
-    ("group_topk", 5.0, None),
-    ("mask", 3.0, None),
-    ("expert_topk", 7.0, None),
-    ("gather_renorm_scale", 4.0, None),
-    ("moe_align", 9.0, None),
-    ("gemm_gate_up", 180.0, Some(1 << 27)),
-    ("silu_mul", 6.0, None),
-    ("gemm_down", 95.0, Some(1 << 26)),
-    ("shared_mlp", 40.0, Some(1 << 25)),
-    ("combine", 8.0, None),
+const UNFUSED_KERNELS: &[(Stage, f64, Option<u64>)] = &[
+    (Stage::RouterScores, 6.0, Some(1 << 20)),
+    (Stage::RouterAddBias, 4.0, None),
+    (Stage::RouterGroupScores, 5.0, None),
+    (Stage::RouterGroupTopk, 5.0, None),
+    (Stage::RouterMask, 3.0, None),
+    (Stage::RouterExpertTopk, 7.0, None),
+    (Stage::RouterGather, 1.5, None),
+    (Stage::RouterRenormalize, 1.5, None),
+    (Stage::RouterScale, 1.0, None),
+    (Stage::MoeAlign, 9.0, None),
+    (Stage::ExpertGemmUp, 180.0, Some(1 << 27)),
+    (Stage::SiluMul, 6.0, None),
+    (Stage::ExpertGemmDown, 95.0, Some(1 << 26)),
+    (Stage::SharedMlp, 40.0, Some(1 << 25)),
+    (Stage::Combine, 8.0, None),
 ];
 
-const FUSED_KERNELS: &[(&str, f64, Option<u64>)] = &[
-    ("router_fused", 3.5, Some(1 << 20)),
-    ("moe_align", 9.0, None),
-    ("gemm_gate_up", 205.0, Some(1 << 27)),
-    ("silu_mul", 6.5, None),
-    ("gemm_down", 108.0, Some(1 << 26)),
-    ("combine", 7.0, None),
+const FUSED_KERNELS: &[(Stage, f64, Option<u64>)] = &[
+    (Stage::RouterFused, 3.5, Some(1 << 20)),
+    (Stage::MoeAlign, 9.0, None),
+    (Stage::ExpertGemmUp, 205.0, Some(1 << 27)),
+    (Stage::SiluMul, 6.5, None),
+    (Stage::ExpertGemmDown, 108.0, Some(1 << 26)),
+    (Stage::Combine, 7.0, None),
 ];
 
 /// Step `step` of a run of `cfg` with `paths` at `tokens` tokens per step.
@@ -126,11 +128,11 @@ pub fn record(
         let timings: Vec<KernelTiming> = kernels
             .iter()
             .enumerate()
-            .filter(|(_, (name, _, _))| {
-                *name != "shared_mlp" || spec.shared == SharedMode::Separate
+            .filter(|(_, (stage, _, _))| {
+                *stage != Stage::SharedMlp || spec.shared == SharedMode::Separate
             })
-            .map(|(j, (name, us, bytes))| KernelTiming {
-                name: name.to_string(),
+            .map(|(j, (stage, us, bytes))| KernelTiming {
+                stage: *stage,
                 us: (us * jitter(j as u64) * 10.0).round() / 10.0,
                 bytes: *bytes,
             })

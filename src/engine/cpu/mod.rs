@@ -6,7 +6,7 @@ use super::compare::output_stats;
 use super::config::MoeConfig;
 use super::paths::{PathSpec, RouterImpl, SharedMode};
 use super::routing::{self, top_k};
-use super::step::KernelTiming;
+use super::step::{KernelTiming, Stage};
 use super::weights::synthetic::hidden_row;
 use super::weights::{round_bf16, ExpertWeights, WeightSource};
 use super::{Backend, BackendInfo, BackendKind, BackendStep, PathRun, StepInput};
@@ -100,7 +100,7 @@ impl CpuBackend {
 
         let start = Instant::now();
         let logits = self.gate_gemm(x, t);
-        timed(&mut timings, "gate_gemm", start);
+        timed(&mut timings, Stage::GateGemm, start);
 
         // Routing into slots: routed ids and weights, then shared slots.
         let per_token = k + s;
@@ -125,7 +125,7 @@ impl CpuBackend {
                             ws[k + j] = (contract.shared_slot_weight * gates[tok] as f64) as f32;
                         }
                     });
-                timed(&mut timings, "router_fused", start);
+                timed(&mut timings, Stage::RouterFused, start);
             }
             RouterImpl::Unfused => {
                 let stages = unfused_router(
@@ -171,7 +171,7 @@ impl CpuBackend {
             order[p] = a;
             position[a] = p;
         }
-        timed(&mut timings, "moe_align", start);
+        timed(&mut timings, Stage::MoeAlign, start);
 
         // Grouped expert MLPs, one slot at a time in parallel, outputs in slot order.
         let start = Instant::now();
@@ -193,7 +193,7 @@ impl CpuBackend {
                 .collect();
             mlp_rows(self.slot_mlp(slot), &rows, out);
         });
-        timed(&mut timings, "expert_mlp", start);
+        timed(&mut timings, Stage::ExpertMlp, start);
 
         // Combine back to tokens, with the output scale.
         let start = Instant::now();
@@ -207,7 +207,7 @@ impl CpuBackend {
             }
             row.iter_mut().for_each(|y| *y *= scale);
         });
-        timed(&mut timings, "combine", start);
+        timed(&mut timings, Stage::Combine, start);
 
         // The separate shared MLP, added after the scale.
         let mut separate = Vec::new();
@@ -232,7 +232,7 @@ impl CpuBackend {
                         let w = separate[tok];
                         row.iter_mut().zip(s).for_each(|(y, o)| *y += w * o);
                     });
-                timed(&mut timings, "shared_mlp", start);
+                timed(&mut timings, Stage::SharedMlp, start);
             }
         }
 
@@ -273,7 +273,7 @@ fn unfused_router(
         .par_chunks_mut(e)
         .zip(logits.par_chunks(e))
         .for_each(|(s, l)| routing::scores_into(cfg.scoring_func, l, s));
-    timed(timings, "router_scores", start);
+    timed(timings, Stage::RouterScores, start);
 
     let start = Instant::now();
     let mut sel = scores.clone();
@@ -281,7 +281,7 @@ fn unfused_router(
         sel.par_chunks_mut(e)
             .for_each(|row| row.iter_mut().zip(b).for_each(|(s, b)| *s += b));
     }
-    timed(timings, "router_add_bias", start);
+    timed(timings, Stage::RouterAddBias, start);
 
     let mut masked = sel.clone();
     if g > 1 {
@@ -291,14 +291,14 @@ fn unfused_router(
             .par_chunks_mut(g)
             .zip(sel.par_chunks(e))
             .for_each(|(gs, s)| routing::group_scores_into(cfg, s, gs));
-        timed(timings, "router_group_scores", start);
+        timed(timings, Stage::RouterGroupScores, start);
 
         let start = Instant::now();
         let kept: Vec<Vec<usize>> = group_scores
             .par_chunks(g)
             .map(|gs| top_k(gs, 0..g, cfg.topk_group))
             .collect();
-        timed(timings, "router_group_topk", start);
+        timed(timings, Stage::RouterGroupTopk, start);
 
         let start = Instant::now();
         let per = cfg.experts_per_group();
@@ -312,7 +312,7 @@ fn unfused_router(
                     }
                 }
             });
-        timed(timings, "router_mask", start);
+        timed(timings, Stage::RouterMask, start);
     }
 
     let start = Instant::now();
@@ -320,7 +320,7 @@ fn unfused_router(
         .par_chunks(e)
         .flat_map_iter(|row| top_k(row, 0..e, k).into_iter().map(|i| i as u32))
         .collect();
-    timed(timings, "router_expert_topk", start);
+    timed(timings, Stage::RouterExpertTopk, start);
 
     let start = Instant::now();
     let mut weights: Vec<f64> = ids
@@ -328,7 +328,7 @@ fn unfused_router(
         .enumerate()
         .map(|(a, &id)| scores[(a / k) * e + id as usize] as f64)
         .collect();
-    timed(timings, "router_gather", start);
+    timed(timings, Stage::RouterGather, start);
 
     let start = Instant::now();
     if cfg.norm_topk_prob {
@@ -339,21 +339,21 @@ fn unfused_router(
             }
         });
     }
-    timed(timings, "router_renormalize", start);
+    timed(timings, Stage::RouterRenormalize, start);
 
     let start = Instant::now();
     let scaled: Vec<f32> = weights
         .par_iter()
         .map(|&w| (w * routed_scale) as f32)
         .collect();
-    timed(timings, "router_scale", start);
+    timed(timings, Stage::RouterScale, start);
     (ids, scaled)
 }
 
-/// Records the time since `start` as stage `name`.
-fn timed(timings: &mut Vec<KernelTiming>, name: &str, start: Instant) {
+/// Records the time since `start` as `stage`.
+fn timed(timings: &mut Vec<KernelTiming>, stage: Stage, start: Instant) {
     timings.push(KernelTiming {
-        name: name.to_string(),
+        stage,
         us: start.elapsed().as_secs_f64() * 1e6,
         bytes: None,
     });

@@ -1,10 +1,12 @@
-//! The device: context, stream, loaded kernels, raw-pointer launches and event timing.
+//! The device: context, stream, loaded kernels, launches and event timing.
 //!
 //! Everything runs on one stream, so cudarc's per-buffer event tracking is switched off (it would
-//! add event records between launches and into the timings) and kernels take raw device pointers.
+//! add event records between launches and into the timings) and kernels take device addresses
+//! (`kernels::DevPtr`) inside their argument structs.
 
+use super::kernels::{DevPtr, FillArgs, Kernel, Module, KERNELS};
 use super::loader;
-use crate::engine::step::KernelTiming;
+use crate::engine::step::{KernelTiming, Stage};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
@@ -34,8 +36,52 @@ pub struct Gpu {
     /// e.g. "sm_90".
     pub arch: String,
     pub sms: u32,
+    /// The registry's kernels, indexed by `KernelId`.
+    kernels: Vec<CudaFunction>,
+    /// Kernels not yet in the registry, by name.
     funcs: HashMap<&'static str, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
+}
+
+/// Launch geometry: blocks, threads per block, dynamic shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grid {
+    pub blocks: (u32, u32, u32),
+    pub threads: u32,
+    pub shared_bytes: u32,
+}
+
+impl Grid {
+    pub fn x(blocks: u32, threads: u32) -> Grid {
+        Grid {
+            blocks: (blocks, 1, 1),
+            threads,
+            shared_bytes: 0,
+        }
+    }
+    pub fn xy(x: u32, y: u32, threads: u32) -> Grid {
+        Grid {
+            blocks: (x, y, 1),
+            threads,
+            shared_bytes: 0,
+        }
+    }
+    pub fn xyz(x: u32, y: u32, z: u32, threads: u32) -> Grid {
+        Grid {
+            blocks: (x, y, z),
+            threads,
+            shared_bytes: 0,
+        }
+    }
+    pub fn with_shared(self, bytes: u32) -> Grid {
+        Grid {
+            shared_bytes: bytes,
+            ..self
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.blocks.0 == 0 || self.blocks.1 == 0 || self.blocks.2 == 0
+    }
 }
 
 /// Turns a cudarc driver error into one naming what was being done.
@@ -63,16 +109,23 @@ impl Gpu {
             )
             .map_err(cuda_err("reading the multiprocessor count"))? as u32;
         let mut funcs = HashMap::new();
+        let mut typed: Vec<Option<CudaFunction>> = vec![None; KERNELS.len()];
         let mut modules = Vec::new();
-        for m in loader::MODULES {
+        for &m in Module::ALL {
             let cubin = loader::cubin_cached(m, &arch)?;
             let module = ctx
                 .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
                 .map_err(cuda_err(&format!(
                     "loading kernels/{}.cu for {arch}",
-                    m.name
+                    m.name()
                 )))?;
-            for &f in m.functions {
+            for k in KERNELS.iter().filter(|k| k.module == m) {
+                let func = module
+                    .load_function(k.function)
+                    .map_err(cuda_err(&format!("loading kernel {}", k.function)))?;
+                typed[k.id as usize] = Some(func);
+            }
+            for &f in loader::legacy_functions(m) {
                 let func = module
                     .load_function(f)
                     .map_err(cuda_err(&format!("loading kernel {f}")))?;
@@ -80,12 +133,18 @@ impl Gpu {
             }
             modules.push(module);
         }
+        let kernels = typed
+            .into_iter()
+            .zip(KERNELS)
+            .map(|(f, k)| f.ok_or_else(|| anyhow!("kernel {} was not loaded", k.function)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Gpu {
             ctx,
             stream,
             name,
             arch,
             sms,
+            kernels,
             funcs,
             _modules: modules,
         })
@@ -96,8 +155,39 @@ impl Gpu {
         format!("{} ({})", self.name, self.arch)
     }
 
-    /// Launches kernel `name` on the stream.
-    pub fn launch(
+    /// Launches a registered kernel with its argument struct.
+    pub fn launch<K: Kernel>(&self, grid: Grid, args: K) -> Result<()> {
+        if grid.is_empty() {
+            return Ok(());
+        }
+        let f = &self.kernels[K::INFO.id as usize];
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&args);
+        let cfg = LaunchConfig {
+            grid_dim: grid.blocks,
+            block_dim: (grid.threads, 1, 1),
+            shared_mem_bytes: grid.shared_bytes,
+        };
+        // SAFETY: the kernel takes exactly one `K` (the C struct is generated from it, and
+        // kernels.rs's test checks the signature); every address in it refers to a live
+        // allocation of the size the kernel indexes.
+        unsafe { b.launch(cfg) }.map_err(cuda_err(&format!("launching {}", K::INFO.function)))?;
+        Ok(())
+    }
+
+    /// A typed address of `buf` on this device's stream.
+    pub fn ptr<T>(&self, buf: &CudaSlice<T>) -> DevPtr<T> {
+        DevPtr::of(&self.stream, buf)
+    }
+
+    /// Grid of a grid-stride kernel over `n` items: enough blocks to fill the device.
+    pub fn stride(&self, n: usize, threads: u32) -> Grid {
+        let (x, _) = self.stride_grid(n, threads);
+        Grid::x(x, threads)
+    }
+
+    /// Launches kernel `name` (not yet in the registry) on the stream.
+    pub fn launch_raw(
         &self,
         name: &str,
         grid: (u32, u32),
@@ -105,11 +195,11 @@ impl Gpu {
         shared: u32,
         args: &[Arg],
     ) -> Result<()> {
-        self.launch3(name, (grid.0, grid.1, 1), block, shared, args)
+        self.launch_raw3(name, (grid.0, grid.1, 1), block, shared, args)
     }
 
-    /// Launches kernel `name` on a 3-D grid.
-    pub fn launch3(
+    /// Launches kernel `name` (not yet in the registry) on a 3-D grid.
+    pub fn launch_raw3(
         &self,
         name: &str,
         grid: (u32, u32, u32),
@@ -217,14 +307,23 @@ impl Gpu {
             .map_err(cuda_err(&format!("running {what}")))
     }
 
-    /// Fills `n` 32-bit words at device address `p` with `value` (zeroing, ones, NaN poison).
-    pub fn fill(&self, p: u64, n: usize, value: u32) -> Result<()> {
+    /// Fills `n` elements of 4 bytes at `p` with the bit pattern `value` (zeroing, ones, NaN
+    /// poison).
+    pub fn fill<T>(&self, p: DevPtr<T>, n: usize, value: u32) -> Result<()> {
+        if std::mem::size_of::<T>() != 4 {
+            bail!(
+                "fill writes 32-bit words; the buffer's elements are {} bytes",
+                std::mem::size_of::<T>()
+            );
+        }
+        let out = p.cast::<u32>();
         self.launch(
-            "fill_u32",
-            self.stride_grid(n, 256),
-            256,
-            0,
-            &[Arg::Ptr(p), Arg::U64(n as u64), Arg::I32(value as i32)],
+            self.stride(n, 256),
+            FillArgs {
+                out,
+                n: n as u64,
+                value,
+            },
         )
     }
 
@@ -245,7 +344,7 @@ pub fn ptr<T>(gpu: &Gpu, s: &CudaSlice<T>) -> u64 {
 /// Per-kernel event timings; `on == false` records nothing (the clean run).
 pub struct Timer {
     on: bool,
-    marks: Vec<(String, Option<u64>, CudaEvent, CudaEvent)>,
+    marks: Vec<(Stage, Option<u64>, CudaEvent, CudaEvent)>,
     open: Option<CudaEvent>,
 }
 
@@ -265,37 +364,38 @@ impl Timer {
         Ok(())
     }
     /// Ends the stage started last.
-    pub fn stop(&mut self, gpu: &Gpu, name: &str, bytes: Option<u64>) -> Result<()> {
+    pub fn stop(&mut self, gpu: &Gpu, stage: Stage, bytes: Option<u64>) -> Result<()> {
         if let Some(start) = self.open.take() {
             let end = gpu.event()?;
-            self.marks.push((name.to_string(), bytes, start, end));
+            self.marks.push((stage, bytes, start, end));
         }
         Ok(())
     }
-    /// Launches one kernel (256 threads a block, no dynamic shared memory) as a timed stage.
+    /// Launches one kernel (256 threads a block, no dynamic shared memory) as a timed stage
+    /// of the same name.
     pub fn launch(
         &mut self,
         gpu: &Gpu,
-        name: &str,
+        stage: Stage,
         grid: (u32, u32),
         args: &[Arg],
         bytes: Option<u64>,
     ) -> Result<()> {
         self.start(gpu)?;
-        gpu.launch(name, grid, 256, 0, args)?;
-        self.stop(gpu, name, bytes)
+        gpu.launch_raw(stage.name(), grid, 256, 0, args)?;
+        self.stop(gpu, stage, bytes)
     }
     /// Synchronizes and returns the stage times.
     pub fn finish(self, gpu: &Gpu) -> Result<Vec<KernelTiming>> {
         gpu.sync("the timed kernels")?;
         self.marks
             .into_iter()
-            .map(|(name, bytes, a, b)| {
+            .map(|(stage, bytes, a, b)| {
                 let ms = a
                     .elapsed_ms(&b)
-                    .map_err(cuda_err(&format!("reading the time of {name}")))?;
+                    .map_err(cuda_err(&format!("reading the time of {stage}")))?;
                 Ok(KernelTiming {
-                    name,
+                    stage,
                     us: ms as f64 * 1e3,
                     bytes,
                 })

@@ -3,10 +3,11 @@
 //! runs its stages (src/engine/cpu/mod.rs is the reference).
 
 use super::gpu::{ptr, Arg, Gpu, Timer};
+use super::kernels::{DevPtr, InitHiddenArgs, InitMlpArgs, InitUniformArgs, ToBf16Args};
 use super::router::{self, RouterIo, RouterShape, UnfusedBufs};
 use crate::engine::config::MoeConfig;
 use crate::engine::paths::{PathSpec, RouterImpl, SharedMode};
-use crate::engine::step::{KernelTiming, OutputStats};
+use crate::engine::step::{KernelTiming, OutputStats, Stage};
 use crate::engine::weights::synthetic::{amplitude, tensor_id};
 use crate::engine::weights::{ExpertWeights, WeightSource};
 use crate::engine::{Backend, BackendInfo, BackendKind, BackendStep, PathRun, StepInput};
@@ -120,21 +121,18 @@ impl DeviceLayer {
             let seed = syn.seed;
             let n = (e * h) as u64;
             gpu.launch(
-                "init_uniform_bf16",
-                gpu.stride_grid(n as usize, 256),
-                256,
-                0,
-                &[
-                    Arg::Ptr(ptr(gpu, &gate_w)),
-                    Arg::U64(n),
-                    Arg::U64(seed),
-                    Arg::U64(tensor_id::ROUTER_GATE),
-                    Arg::F32(amplitude(h)),
-                ],
+                gpu.stride(n as usize, 256),
+                InitUniformArgs {
+                    out: gpu.ptr(&gate_w),
+                    n,
+                    seed,
+                    tensor: tensor_id::ROUTER_GATE,
+                    amp: amplitude(h),
+                },
             )?;
-            init_mlps(gpu, ptr(gpu, &w13), ptr(gpu, &w2), 0, e, i, h, seed)?;
+            init_mlps(gpu, gpu.ptr(&w13), gpu.ptr(&w2), 0, e, i, h, seed)?;
             if let (Some(a), Some(b)) = (&sw13, &sw2) {
-                init_mlps(gpu, ptr(gpu, a), ptr(gpu, b), e, s, is, h, seed)?;
+                init_mlps(gpu, gpu.ptr(a), gpu.ptr(b), e, s, is, h, seed)?;
             }
             gpu.sync("initializing the weights on the device")?;
         } else {
@@ -215,7 +213,7 @@ fn splitk_reduce(
     bias: u64,
     out: u64,
 ) -> Result<()> {
-    gpu.launch(
+    gpu.launch_raw(
         "splitk_reduce",
         gpu.stride_grid(rows * n, 256),
         256,
@@ -234,8 +232,8 @@ fn splitk_reduce(
 #[allow(clippy::too_many_arguments)]
 fn init_mlps(
     gpu: &Gpu,
-    w13: u64,
-    w2: u64,
+    w13: DevPtr<u16>,
+    w2: DevPtr<u16>,
     slot0: usize,
     n: usize,
     inter: usize,
@@ -244,21 +242,18 @@ fn init_mlps(
 ) -> Result<()> {
     let total = n * 3 * inter * h;
     gpu.launch(
-        "init_mlp_bf16",
-        gpu.stride_grid(total, 256),
-        256,
-        0,
-        &[
-            Arg::Ptr(w13),
-            Arg::Ptr(w2),
-            Arg::U64(slot0 as u64),
-            Arg::U64(n as u64),
-            Arg::U64(inter as u64),
-            Arg::U64(h as u64),
-            Arg::U64(seed),
-            Arg::F32(amplitude(h)),
-            Arg::F32(amplitude(inter)),
-        ],
+        gpu.stride(total, 256),
+        InitMlpArgs {
+            w13,
+            w2,
+            slot0: slot0 as u64,
+            n_slots: n as u64,
+            inter: inter as u64,
+            hidden: h as u64,
+            seed,
+            amp_in: amplitude(h),
+            amp_down: amplitude(inter),
+        },
     )
 }
 
@@ -554,7 +549,7 @@ fn expert_splits(sms: u32, a: usize, slots: usize, n: usize, k: usize) -> usize 
 }
 
 fn gemm(gpu: &Gpu, g: &Gemm) -> Result<()> {
-    gpu.launch3(
+    gpu.launch_raw3(
         "grouped_gemm_bf16",
         (
             g.max_tiles as u32,
@@ -700,29 +695,23 @@ impl CudaBackend {
                     .memcpy_htod(states.as_slice(), buf)
                     .map_err(super::gpu::cuda_err("uploading the hidden states"))?;
                 gpu.launch(
-                    "f32_to_bf16_kernel",
-                    gpu.stride_grid(t * h, 256),
-                    256,
-                    0,
-                    &[
-                        Arg::Ptr(ptr(&gpu, buf)),
-                        Arg::Ptr(ptr(&gpu, &ws.x)),
-                        Arg::U64((t * h) as u64),
-                    ],
+                    gpu.stride(t * h, 256),
+                    ToBf16Args {
+                        input: gpu.ptr(buf),
+                        out: gpu.ptr(&ws.x),
+                        n: (t * h) as u64,
+                    },
                 )?;
             }
             None => {
                 gpu.launch(
-                    "init_hidden_bf16",
-                    gpu.stride_grid(t * h, 256),
-                    256,
-                    0,
-                    &[
-                        Arg::Ptr(ptr(&gpu, &ws.x)),
-                        Arg::U64((t * h) as u64),
-                        Arg::U64(input.seed),
-                        Arg::U64(tensor_id::HIDDEN_BASE + input.step),
-                    ],
+                    gpu.stride(t * h, 256),
+                    InitHiddenArgs {
+                        out: gpu.ptr(&ws.x),
+                        n: (t * h) as u64,
+                        seed: input.seed,
+                        tensor: tensor_id::HIDDEN_BASE + input.step,
+                    },
                 )?;
             }
         }
@@ -730,7 +719,7 @@ impl CudaBackend {
             return Ok(Vec::new());
         }
         match &self.layer.shared_gate_w {
-            Some(wg) => gpu.launch(
+            Some(wg) => gpu.launch_raw(
                 "shared_gate",
                 ((t * 32).div_ceil(256) as u32, 1),
                 256,
@@ -743,7 +732,7 @@ impl CudaBackend {
                     Arg::I32(h as i32),
                 ],
             )?,
-            None => gpu.fill(ptr(&gpu, &ws.gates), t, 1.0f32.to_bits())?,
+            None => gpu.fill(gpu.ptr(&ws.gates), t, 1.0f32.to_bits())?,
         }
         gpu.download(&ws.gates, t, "shared gates")
     }
@@ -807,7 +796,7 @@ impl CudaBackend {
         }
         timer.stop(
             gpu,
-            "gate_gemm",
+            Stage::GateGemm,
             Some((2 * t * h + 2 * e * h + 4 * t * e) as u64),
         )?;
 
@@ -824,15 +813,15 @@ impl CudaBackend {
             RouterImpl::Fused => {
                 timer.start(gpu)?;
                 router::fused(gpu, &plan.shape, &io, t)?;
-                timer.stop(gpu, "router_fused", Some((4 * t * e + 8 * a) as u64))?;
+                timer.stop(gpu, Stage::RouterFused, Some((4 * t * e + 8 * a) as u64))?;
             }
             RouterImpl::Unfused => router::unfused(gpu, &plan.shape, &io, t, &ws.unfused, timer)?,
         }
 
         timer.start(gpu)?;
-        gpu.fill(ptr(gpu, &ws.counts), slots, 0)?;
+        gpu.fill(gpu.ptr(&ws.counts), slots, 0)?;
         let per_item = ((a.div_ceil(256)) as u32, 1);
-        gpu.launch(
+        gpu.launch_raw(
             "align_count",
             per_item,
             256,
@@ -843,7 +832,7 @@ impl CudaBackend {
                 Arg::Ptr(ptr(gpu, &ws.counts)),
             ],
         )?;
-        gpu.launch(
+        gpu.launch_raw(
             "align_scan",
             (1, 1),
             1024,
@@ -857,7 +846,7 @@ impl CudaBackend {
                 Arg::Ptr(ptr(gpu, &ws.cursor)),
             ],
         )?;
-        gpu.launch(
+        gpu.launch_raw(
             "align_fill",
             per_item,
             256,
@@ -870,7 +859,7 @@ impl CudaBackend {
                 Arg::Ptr(ptr(gpu, &ws.position)),
             ],
         )?;
-        timer.stop(gpu, "moe_align", Some((16 * a) as u64))?;
+        timer.stop(gpu, Stage::MoeAlign, Some((16 * a) as u64))?;
 
         let shared13 = l
             .sw13
@@ -934,10 +923,10 @@ impl CudaBackend {
             h,
         );
         split(up, ws.up_splits[spt], a)?;
-        timer.stop(gpu, "expert_gemm_up", None)?;
+        timer.stop(gpu, Stage::ExpertGemmUp, None)?;
         timer.start(gpu)?;
         silu(gpu, p(&ws.h1), ptr(gpu, &ws.act), a, i)?;
-        timer.stop(gpu, "silu_mul", Some((8 * a * i + 2 * a * i) as u64))?;
+        timer.stop(gpu, Stage::SiluMul, Some((8 * a * i + 2 * a * i) as u64))?;
         timer.start(gpu)?;
         let down = grouped(
             ptr(gpu, &ws.act),
@@ -950,7 +939,7 @@ impl CudaBackend {
             i,
         );
         split(down, ws.down_splits[spt], a)?;
-        timer.stop(gpu, "expert_gemm_down", None)?;
+        timer.stop(gpu, Stage::ExpertGemmDown, None)?;
 
         if plan.separate {
             let (sw13, sw2) = match (&l.sw13, &l.sw2) {
@@ -988,13 +977,13 @@ impl CudaBackend {
             split(down, ws.shared_splits.1, rows)?;
             timer.stop(
                 gpu,
-                "shared_mlp",
+                Stage::SharedMlp,
                 Some(wbytes + (2 * t * h + 4 * rows * h) as u64),
             )?;
         }
 
         timer.start(gpu)?;
-        gpu.launch(
+        gpu.launch_raw(
             "combine",
             (t as u32, h.div_ceil(256) as u32),
             256,
@@ -1016,7 +1005,7 @@ impl CudaBackend {
         let shared_read = if plan.separate { 4 * s_all * t * h } else { 0 };
         timer.stop(
             gpu,
-            "combine",
+            Stage::Combine,
             Some((4 * a * h + 8 * a + shared_read + 4 * t * h) as u64),
         )?;
         Ok(())
@@ -1027,7 +1016,7 @@ impl CudaBackend {
         let gpu = &*self.gpu;
         let ws = self.ws.as_ref().context("workspace missing")?;
         let n = t * self.cfg.hidden_size;
-        gpu.launch(
+        gpu.launch_raw(
             "output_stats",
             (STATS_BLOCKS as u32, 1),
             256,
@@ -1065,10 +1054,10 @@ impl CudaBackend {
         let ws = self.ws.as_ref().context("workspace missing")?;
         let nan = f32::NAN.to_bits();
         let e = self.cfg.n_routed_experts;
-        gpu.fill(ptr(gpu, &ws.logits), t * e, nan)?;
-        gpu.fill(ptr(gpu, &ws.ids), t * spt, u32::MAX)?;
-        gpu.fill(ptr(gpu, &ws.weights), t * spt, nan)?;
-        gpu.fill(ptr(gpu, &ws.y), t * self.cfg.hidden_size, nan)
+        gpu.fill(gpu.ptr(&ws.logits), t * e, nan)?;
+        gpu.fill(gpu.ptr(&ws.ids), t * spt, u32::MAX)?;
+        gpu.fill(gpu.ptr(&ws.weights), t * spt, nan)?;
+        gpu.fill(gpu.ptr(&ws.y), t * self.cfg.hidden_size, nan)
     }
 
     /// Whole-output download for checks: [t × H].
@@ -1080,7 +1069,7 @@ impl CudaBackend {
 }
 
 fn silu(gpu: &Gpu, h1: u64, act: u64, rows: usize, inter: usize) -> Result<()> {
-    gpu.launch(
+    gpu.launch_raw(
         "silu_mul",
         gpu.stride_grid(rows * inter, 256),
         256,
@@ -1213,9 +1202,11 @@ fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], timings: &mut [KernelTiming])
     let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
     let a = ids.len();
     for t in timings.iter_mut() {
-        t.bytes = match t.name.as_str() {
-            "expert_gemm_up" => Some((active * 2 * i * h * 2 + a * h * 2 + a * 2 * i * 4) as u64),
-            "expert_gemm_down" => Some((active * h * i * 2 + a * i * 2 + a * h * 4) as u64),
+        t.bytes = match t.stage {
+            Stage::ExpertGemmUp => {
+                Some((active * 2 * i * h * 2 + a * h * 2 + a * 2 * i * 4) as u64)
+            }
+            Stage::ExpertGemmDown => Some((active * h * i * 2 + a * i * 2 + a * h * 4) as u64),
             _ => t.bytes,
         };
     }

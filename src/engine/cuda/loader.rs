@@ -9,44 +9,23 @@ use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// A kernel module: a `.cu` file, compiled with `common.cu` prepended.
-pub struct KernelSource {
-    pub name: &'static str,
-    pub source: &'static str,
-    pub functions: &'static [&'static str],
-}
+use super::kernels::Module;
 
 const COMMON: &str = include_str!("../../../kernels/common.cu");
 
-/// Every kernel module of the backend.
-pub const MODULES: &[KernelSource] = &[
-    KernelSource {
-        name: "init",
-        source: include_str!("../../../kernels/init.cu"),
-        functions: &[
-            "init_uniform_bf16",
-            "init_mlp_bf16",
-            "init_hidden_bf16",
-            "f32_to_bf16_kernel",
-            "bf16_to_f32_kernel",
-            "fill_u32",
-        ],
-    },
-    KernelSource {
-        name: "router_fused",
-        source: include_str!("../../../kernels/router_fused.cu"),
-        functions: &[
+/// Kernels not yet in the typed registry (`kernels.rs`), by module: loaded by name and launched
+/// with `Gpu::launch_raw`.
+pub fn legacy_functions(module: Module) -> &'static [&'static str] {
+    match module {
+        Module::Init => &[],
+        Module::RouterFused => &[
             "router_fused_e256",
             "router_fused_e512",
             "router_lanes_8",
             "router_lanes_12",
             "router_lanes_8_inexact",
         ],
-    },
-    KernelSource {
-        name: "router_unfused",
-        source: include_str!("../../../kernels/router_unfused.cu"),
-        functions: &[
+        Module::RouterUnfused => &[
             "router_scores",
             "router_add_bias",
             "router_group_scores",
@@ -57,11 +36,7 @@ pub const MODULES: &[KernelSource] = &[
             "router_renormalize",
             "router_scale",
         ],
-    },
-    KernelSource {
-        name: "moe",
-        source: include_str!("../../../kernels/moe.cu"),
-        functions: &[
+        Module::Moe => &[
             "align_count",
             "align_scan",
             "align_fill",
@@ -73,14 +48,17 @@ pub const MODULES: &[KernelSource] = &[
             "output_stats",
             "copy_u4",
         ],
-    },
-];
-
-impl KernelSource {
-    /// The text NVRTC compiles.
-    pub fn full_source(&self) -> String {
-        format!("{COMMON}\n// ---- {}.cu ----\n{}", self.name, self.source)
     }
+}
+
+/// The text NVRTC compiles for a module: common.cu, the module's argument structs, the module.
+pub fn full_source(module: Module) -> String {
+    format!(
+        "{COMMON}\n// ---- argument structs (src/engine/cuda/kernels.rs) ----\n{}\n// ---- {}.cu ----\n{}",
+        module.arg_structs(),
+        module.name(),
+        module.source()
+    )
 }
 
 /// Directories where a pip or toolkit NVRTC may live, most specific first.
@@ -205,15 +183,18 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Compiles one module with NVRTC for `arch` (e.g. "sm_90") to a CUBIN.
-pub fn compile(module: &KernelSource, arch: &str) -> Result<Vec<u8>> {
+pub fn compile(module: Module, arch: &str) -> Result<Vec<u8>> {
+    compile_source(&full_source(module), module.name(), arch)
+}
+
+/// Compiles CUDA C++ `text` (named `name`.cu in messages) with NVRTC for `arch` to a CUBIN.
+pub fn compile_source(text: &str, name: &str, arch: &str) -> Result<Vec<u8>> {
     nvrtc_available().map_err(|e| anyhow!(e))?;
     use cudarc::nvrtc::{result, sys};
-    let src = CString::new(module.full_source())
-        .map_err(|_| anyhow!("kernel {} holds a NUL byte", module.name))?;
-    let name = CString::new(format!("{}.cu", module.name))
-        .map_err(|_| anyhow!("bad kernel name {}", module.name))?;
-    let prog = result::create_program(&src, Some(&name))
-        .map_err(|e| anyhow!("NVRTC could not create program {}: {e:?}", module.name))?;
+    let src = CString::new(text).map_err(|_| anyhow!("kernel {name} holds a NUL byte"))?;
+    let file = CString::new(format!("{name}.cu")).map_err(|_| anyhow!("bad kernel name {name}"))?;
+    let prog = result::create_program(&src, Some(&file))
+        .map_err(|e| anyhow!("NVRTC could not create program {name}: {e:?}"))?;
     let options = [
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
@@ -232,8 +213,7 @@ pub fn compile(module: &KernelSource, arch: &str) -> Result<Vec<u8>> {
                 })
                 .unwrap_or_default();
             Err(anyhow!(
-                "NVRTC failed to compile kernels/{}.cu for {arch}: {e:?}\n{log}",
-                module.name
+                "NVRTC failed to compile {name}.cu for {arch}: {e:?}\n{log}"
             ))
         }
     };
@@ -260,9 +240,9 @@ pub fn compile(module: &KernelSource, arch: &str) -> Result<Vec<u8>> {
 
 /// A module's CUBIN for `arch`, from the disk cache or freshly compiled (and then cached; a cache
 /// that cannot be written is skipped silently, it only saves time).
-pub fn cubin_cached(module: &KernelSource, arch: &str) -> Result<Vec<u8>> {
-    let key = source_hash(&module.full_source(), arch);
-    let path = cache_dir().map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", module.name)));
+pub fn cubin_cached(module: Module, arch: &str) -> Result<Vec<u8>> {
+    let key = source_hash(&full_source(module), arch);
+    let path = cache_dir().map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", module.name())));
     if let Some(p) = &path {
         if let Ok(bytes) = std::fs::read(p) {
             if !bytes.is_empty() {
@@ -270,7 +250,8 @@ pub fn cubin_cached(module: &KernelSource, arch: &str) -> Result<Vec<u8>> {
             }
         }
     }
-    let bytes = compile(module, arch).with_context(|| format!("kernel module {}", module.name))?;
+    let bytes =
+        compile(module, arch).with_context(|| format!("kernel module {}", module.name()))?;
     if let Some(p) = &path {
         if let Some(dir) = p.parent() {
             if std::fs::create_dir_all(dir).is_ok() {
@@ -298,19 +279,19 @@ mod tests {
 
     #[test]
     fn every_module_names_functions_it_defines() {
-        for m in MODULES {
-            for f in m.functions {
+        for &m in Module::ALL {
+            for f in legacy_functions(m) {
                 assert!(
-                    m.source.contains(&format!("{f}(")),
+                    m.source().contains(&format!("{f}(")),
                     "kernels/{}.cu lacks {f}",
-                    m.name
+                    m.name()
                 );
             }
             // Self-contained: NVRTC from pip has no CUDA headers.
             assert!(
-                !m.full_source().contains("#include"),
+                !full_source(m).contains("#include"),
                 "kernels/{}.cu includes a header",
-                m.name
+                m.name()
             );
         }
     }

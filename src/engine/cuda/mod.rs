@@ -5,6 +5,7 @@
 //! fused and unfused routers, `layer` the weights on the device and the `Backend`.
 
 pub mod gpu;
+pub mod kernels;
 pub mod layer;
 pub mod loader;
 pub mod router;

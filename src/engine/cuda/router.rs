@@ -2,6 +2,7 @@
 
 use super::gpu::{ptr, Arg, Gpu, Timer};
 use crate::engine::config::{MoeConfig, ScoringFunc};
+use crate::engine::step::Stage;
 use anyhow::{bail, Result};
 use cudarc::driver::CudaSlice;
 
@@ -186,7 +187,7 @@ pub fn fused_with(
         None if sh.e <= 256 => "router_fused_e256",
         None => "router_fused_e512",
     };
-    gpu.launch(
+    gpu.launch_raw(
         kernel,
         (blocks, 1),
         (FUSED_WARPS * 32) as u32,
@@ -268,7 +269,7 @@ pub fn unfused(
     };
     timer.launch(
         gpu,
-        "router_scores",
+        Stage::RouterScores,
         grid,
         &[
             Arg::Ptr(io.logits),
@@ -283,7 +284,7 @@ pub fn unfused(
 
     timer.launch(
         gpu,
-        "router_add_bias",
+        Stage::RouterAddBias,
         gpu.stride_grid(te, 256),
         &[
             Arg::Ptr(scores),
@@ -298,7 +299,7 @@ pub fn unfused(
     let topk_input = if g > 1 {
         timer.launch(
             gpu,
-            "router_group_scores",
+            Stage::RouterGroupScores,
             per_token(t * g),
             &[
                 Arg::Ptr(sel),
@@ -313,7 +314,7 @@ pub fn unfused(
 
         timer.launch(
             gpu,
-            "router_group_topk",
+            Stage::RouterGroupTopk,
             per_token(t),
             &[
                 Arg::Ptr(gs),
@@ -327,7 +328,7 @@ pub fn unfused(
 
         timer.launch(
             gpu,
-            "router_mask",
+            Stage::RouterMask,
             gpu.stride_grid(te, 256),
             &[
                 Arg::Ptr(sel),
@@ -346,7 +347,7 @@ pub fn unfused(
 
     timer.launch(
         gpu,
-        "router_expert_topk",
+        Stage::RouterExpertTopk,
         ((t * 32).div_ceil(256) as u32, 1),
         &[
             Arg::Ptr(topk_input),
@@ -361,7 +362,7 @@ pub fn unfused(
 
     timer.launch(
         gpu,
-        "router_gather",
+        Stage::RouterGather,
         per_token(t * k),
         &[
             Arg::Ptr(scores),
@@ -377,7 +378,7 @@ pub fn unfused(
 
     timer.launch(
         gpu,
-        "router_renormalize",
+        Stage::RouterRenormalize,
         per_token(t),
         &[
             Arg::Ptr(w),
@@ -390,7 +391,7 @@ pub fn unfused(
 
     timer.launch(
         gpu,
-        "router_scale",
+        Stage::RouterScale,
         per_token(t * spt),
         &[
             Arg::Ptr(w),

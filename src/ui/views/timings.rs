@@ -2,6 +2,7 @@
 //! and achieved bandwidth; the paths side by side with the speedup; a timeline of the last step.
 
 use super::style::{block, fmt_us, path_color, path_name, BAD, DIM, OK};
+use crate::engine::step::Stage;
 use crate::ui::app::{App, TIMING_WINDOW};
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -12,7 +13,7 @@ use ratatui::Frame;
 /// Statistics of one kernel over the window.
 #[derive(Clone, Debug, PartialEq)]
 pub struct KernelStats {
-    pub name: String,
+    pub stage: Stage,
     pub mean: f64,
     pub p50: f64,
     pub p99: f64,
@@ -58,12 +59,12 @@ pub fn path_means(app: &App) -> Vec<(f64, Option<f64>)> {
 
 /// Kernel statistics of path `i` over the window, in the latest step's launch order.
 pub fn kernel_stats(app: &App, i: usize) -> Vec<KernelStats> {
-    let mut names: Vec<String> = Vec::new();
+    let mut names: Vec<Stage> = Vec::new();
     let mut times: Vec<Vec<f64>> = Vec::new();
     let mut bytes: Vec<Option<u64>> = Vec::new();
     if let Some(p) = app.latest().and_then(|r| r.paths.get(i)) {
         for k in &p.timings {
-            names.push(k.name.clone());
+            names.push(k.stage);
             times.push(Vec::new());
             bytes.push(k.bytes);
         }
@@ -71,10 +72,10 @@ pub fn kernel_stats(app: &App, i: usize) -> Vec<KernelStats> {
     for r in window(app) {
         let Some(p) = r.paths.get(i) else { continue };
         for k in &p.timings {
-            match names.iter().position(|n| *n == k.name) {
+            match names.iter().position(|n| *n == k.stage) {
                 Some(j) => times[j].push(k.us),
                 None => {
-                    names.push(k.name.clone());
+                    names.push(k.stage);
                     times.push(vec![k.us]);
                     bytes.push(k.bytes);
                 }
@@ -90,7 +91,7 @@ pub fn kernel_stats(app: &App, i: usize) -> Vec<KernelStats> {
             t.sort_by(f64::total_cmp);
             let mean = t.iter().sum::<f64>() / t.len().max(1) as f64;
             KernelStats {
-                name,
+                stage: name,
                 mean,
                 p50: percentile(&t, 0.5),
                 p99: percentile(&t, 0.99),
@@ -201,7 +202,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         let shown: Vec<&Col> = all.iter().filter(|c| c.2 <= level).collect();
         let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
         let rows = stats.iter().map(|k| {
-            let mut cells = vec![Cell::from(k.name.clone())];
+            let mut cells = vec![Cell::from(k.stage.name())];
             cells.extend(shown.iter().map(|c| right((c.3)(k))));
             Row::new(cells)
         });
@@ -265,7 +266,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             .enumerate()
             .map(|(j, k)| {
                 Span::styled(
-                    format!("{} {} ", seg_label(j), k.name),
+                    format!("{} {} ", seg_label(j), k.stage),
                     Style::new().fg(SEGMENT_COLORS[j % SEGMENT_COLORS.len()]),
                 )
             })
