@@ -11,8 +11,8 @@ use super::LayerArgs;
 use crate::engine::compare;
 use crate::engine::config::{MoeConfig, PRESET_NAMES};
 use crate::engine::cpu::CpuBackend;
-use crate::engine::cuda::gpu::{ptr, Gpu};
-use crate::engine::cuda::kernels::InitHiddenArgs;
+use crate::engine::cuda::gpu::Gpu;
+use crate::engine::cuda::kernels::{DevPtr, InitHiddenArgs};
 use crate::engine::cuda::layer::{CudaBackend, DeviceLayer};
 use crate::engine::cuda::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
 use crate::engine::inputs::tensor_to_f32;
@@ -219,22 +219,23 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
         };
         let io = RouterIo {
             logits: if bf16 {
-                ptr(gpu, &d_logits_bf16)
+                gpu.ptr(&d_logits_bf16).cast()
             } else {
-                ptr(gpu, &d_logits_f32)
+                gpu.ptr(&d_logits_f32).cast()
             },
             logits_bf16: bf16,
-            bias: d_bias.as_ref().map(|b| ptr(gpu, b)).unwrap_or(0),
-            gate: 0,
-            ids: ptr(gpu, &ids),
-            weights: ptr(gpu, &weights),
-            probs: ptr(gpu, &probs),
+            bias: gpu.ptr_opt(d_bias.as_ref()),
+            gate: DevPtr::NULL,
+            ids: gpu.ptr(&ids),
+            weights: gpu.ptr(&weights),
+            probs: gpu.ptr(&probs),
         };
 
-        // The fused router as callers get it, and the v4 kernel it falls back to on other shapes.
+        // The fused router as callers get it, and the general kernel (the only one for other
+        // shapes) on this shape too.
         for (name, which) in [
             ("router_fused", FusedKernel::Auto),
-            ("router_fused v4", FusedKernel::V4),
+            ("router_fused general", FusedKernel::General),
         ] {
             poison(gpu)?;
             router::fused_with(gpu, &sh, &io, t, which)?;
@@ -253,7 +254,10 @@ fn check_routers(gpu: &Gpu, cfg: &MoeConfig, rng: &mut impl Rng, table: &mut Tab
 
         poison(gpu)?;
         let bufs = UnfusedBufs::new(gpu, t, e, cfg.n_group, k)?;
-        let io_unfused = RouterIo { probs: 0, ..io };
+        let io_unfused = RouterIo {
+            probs: DevPtr::NULL,
+            ..io
+        };
         router::unfused(
             gpu,
             &sh,
@@ -503,15 +507,12 @@ fn check_init(
 
     let (t, h, step, seed) = (37usize, cfg.hidden_size, 5u64, syn.seed);
     let x = gpu.alloc::<u16>(t * h, "hidden")?;
-    gpu.launch(
-        gpu.stride(t * h, 256),
-        InitHiddenArgs {
-            out: gpu.ptr(&x),
-            n: (t * h) as u64,
-            seed,
-            tensor: synthetic::tensor_id::HIDDEN_BASE + step,
-        },
-    )?;
+    gpu.launch(InitHiddenArgs {
+        out: gpu.ptr(&x),
+        n: (t * h) as u64,
+        seed,
+        tensor: synthetic::tensor_id::HIDDEN_BASE + step,
+    })?;
     let dev: Vec<f32> = gpu
         .download(&x, t * h, "hidden")?
         .into_iter()
