@@ -175,6 +175,7 @@ impl CudaBackend {
             output: out.output,
             timings,
             clean_us: Some(self.clean_us(plan, t)?),
+            finite: Default::default(),
         })
     }
 
@@ -252,6 +253,7 @@ impl Backend for CudaBackend {
             sample_hidden,
             shared_gate: gates,
             paths: runs,
+            finite: Default::default(),
         })
     }
 }
