@@ -210,7 +210,7 @@ fn csv_export_has_one_row_per_step_path_and_kernel() {
     for r in &records {
         for p in &r.paths {
             for (i, t) in p.timings.iter().enumerate() {
-                expected.push((r.step, p.name.clone(), t.stage.name(), i, t.us));
+                expected.push((r.step, p.name.name(), t.stage.name(), i, t.us));
             }
         }
     }

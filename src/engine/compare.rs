@@ -3,14 +3,14 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
-use super::paths::PathSpec;
+use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
     Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
 };
 use super::weights::ExpertWeights;
 use super::{Backend, BackendKind, BackendStep, PathRun, StepInput};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -250,7 +250,13 @@ pub fn assemble(
             .flat_map(|(t, x)| x.shared.iter().map(move |&w| (w, gate_of(t))))
             .collect();
         records.push(PathRecord {
-            name: ((b'A' + i as u8) as char).to_string(),
+            name: PathId::nth(i).with_context(|| {
+                format!(
+                    "{} paths given; a run compares at most {}",
+                    paths.len(),
+                    PathId::ALL.len()
+                )
+            })?,
             spec: *spec,
             load,
             routed_weight_sum: Stats::of(routed_pairs.iter().map(|p| p.0)),

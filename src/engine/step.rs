@@ -1,7 +1,7 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
 //! session writer stores and the exporters read (design §2), so it is plain serde data.
 
-use super::paths::PathSpec;
+use super::paths::{PathId, PathSpec};
 use super::BackendKind;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +19,7 @@ pub struct StepRecord {
     /// Milliseconds since the run started, when the step finished.
     #[serde(deserialize_with = "nan_as_null::f64")]
     pub t_ms: f64,
-    /// Path A then path B.
+    /// The paths in order: A, B, then C where the user brings a kernel.
     pub paths: Vec<PathRecord>,
     pub comparison: Comparison,
     /// Drill-down of a few sampled tokens (the ones compared against the f64 reference).
@@ -31,8 +31,8 @@ pub struct StepRecord {
 /// One path of one step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PathRecord {
-    /// "A" or "B".
-    pub name: String,
+    /// Which path: serialised "A", "B" or "C".
+    pub name: PathId,
     pub spec: PathSpec,
     /// Tokens assigned to each slot: E routed experts, then S shared slots. A separate shared
     /// expert counts every token.

@@ -4,6 +4,7 @@
 
 use super::summary::SummaryBuilder;
 use super::{ExportFormat, SessionHeader};
+use crate::engine::paths::PathId;
 use crate::engine::stats::{gb_per_s, imbalance};
 use crate::engine::step::{StepRecord, TelemetrySample};
 use anyhow::{bail, Context, Result};
@@ -126,10 +127,6 @@ fn finite(v: f64) -> Option<Value> {
     v.is_finite().then(|| json!(v))
 }
 
-fn path_name(i: usize) -> &'static str {
-    ["A", "B", "C", "D"].get(i).copied().unwrap_or("?")
-}
-
 /// Trace events, comma-separated into a buffer that goes out once per step.
 struct Events {
     buf: Vec<u8>,
@@ -222,8 +219,8 @@ fn chrome_trace(
     let paths: Vec<String> = header
         .paths
         .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}: {}", path_name(i), p.label()))
+        .zip(PathId::ALL)
+        .map(|(p, id)| format!("{id}: {}", p.label()))
         .collect();
     let other = json!({
         "moescope_format": header.format,
@@ -380,12 +377,12 @@ fn chrome_step(
         let name = format!("load {}", p.name);
         ev.counter(&name, "load", PID_LAYER, start, Value::Object(load))?;
         let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
-        imbalances.insert(p.name.clone(), json!(imbalance(&routed)));
+        imbalances.insert(p.name.to_string(), json!(imbalance(&routed)));
         if let Some(v) = finite(p.routed_weight_sum.mean) {
-            routed_sum.insert(p.name.clone(), v);
+            routed_sum.insert(p.name.to_string(), v);
         }
         if let Some(v) = p.shared_weight.and_then(|s| finite(s.mean)) {
-            shared.insert(p.name.clone(), v);
+            shared.insert(p.name.to_string(), v);
         }
     }
     for (name, series) in [
@@ -443,7 +440,7 @@ fn eplb_matrix(
     let mut buf = Vec::with_capacity(16 * 1024);
     let head = json!({
         "layer": header.config.name,
-        "path": "A",
+        "path": PathId::A,
         "path_label": header.paths.first().map(|p| p.label()),
         "rows": "steps",
         "device": header.device,
@@ -511,7 +508,7 @@ fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Wri
                     r.step,
                     r.t_ms,
                     r.tokens,
-                    csv_field(&p.name),
+                    csv_field(p.name.name()),
                     csv_field(t.stage.name()),
                     t.us
                 );

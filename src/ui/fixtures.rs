@@ -5,7 +5,7 @@
 use super::app::{App, Mode};
 use super::source::{Meta, SourceEvent};
 use crate::engine::config::MoeConfig;
-use crate::engine::paths::{PathSpec, RouterImpl, SharedMode, Variant};
+use crate::engine::paths::{PathId, PathSpec, RouterImpl, SharedMode, Variant};
 use crate::engine::step::{
     Comparison, ContractCheck, KernelTiming, OutputStats, PathRecord, SlotWeights, Stage, Stats,
     StepRecord, TelemetrySample, TokenDetail,
@@ -85,7 +85,8 @@ pub fn record(
     let mut records = Vec::new();
     let mut details_paths: Vec<Vec<SlotWeights>> = Vec::new();
     let detail_tokens: Vec<usize> = (0..4.min(tokens)).map(|i| i * tokens / 4).collect();
-    for (pi, spec) in paths.iter().enumerate() {
+    // Paths past C have no id; the fixtures run two or three.
+    for (pi, (spec, id)) in paths.iter().zip(PathId::ALL).enumerate() {
         let c = spec.contract(rsf, s > 0);
         let routed_k = spec.routed_per_token(k, s);
         let mut load = vec![0u32; e + s];
@@ -156,7 +157,7 @@ pub fn record(
             problems.push(format!("routed sum {eff_routed:.3}, expected {rsf:.3}"));
         }
         records.push(PathRecord {
-            name: super::views::style::path_name(pi).into(),
+            name: id,
             spec: *spec,
             load,
             routed_weight_sum: Stats {
