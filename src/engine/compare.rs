@@ -145,35 +145,22 @@ fn check_contract(routed: &[(f64, f64)], shared: &[(f64, f64)], has_shared: bool
     };
     let (routed_max_dev, shared_max_dev) = (dev(routed), dev(shared));
     let got_shared = Stats::of(shared.iter().map(|p| p.0));
-    let want_shared = Stats::of(shared.iter().map(|p| p.1));
     let got_routed = Stats::of(routed.iter().map(|p| p.0));
-    let want_routed = Stats::of(routed.iter().map(|p| p.1));
-    let mut problems = Vec::new();
-    if has_shared && shared_max_dev > CONTRACT_TOLERANCE {
-        problems.push(format!(
-            "shared weight {:.3}, expected {:.3}",
-            got_shared.mean, want_shared.mean
-        ));
-    }
-    if routed_max_dev > CONTRACT_TOLERANCE {
-        problems.push(format!(
-            "routed sum {:.3}, expected {:.3}",
-            got_routed.mean, want_routed.mean
-        ));
-    }
-    let ok = problems.is_empty();
-    ContractCheck {
-        ok,
-        expected_routed_sum: want_routed,
-        expected_shared: has_shared.then_some(want_shared),
+    let mut check = ContractCheck {
+        ok: false,
+        expected_routed_sum: Stats::of(routed.iter().map(|p| p.1)),
+        expected_shared: has_shared.then(|| Stats::of(shared.iter().map(|p| p.1))),
         routed_max_dev,
         shared_max_dev,
-        message: if ok {
-            "contract holds".to_string()
-        } else {
-            problems.join("; ")
-        },
-    }
+        violations: Vec::new(),
+    };
+    check.violations = check.violations_of(
+        &got_routed,
+        has_shared.then_some(&got_shared),
+        CONTRACT_TOLERANCE,
+    );
+    check.ok = check.violations.is_empty();
+    check
 }
 
 /// Builds the StepRecord of one step (wall and clock times are filled in by the engine).

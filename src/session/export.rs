@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 pub const JSON_EXPORT_FORMAT: &str = "moescope-export";
 /// `format` field of the EPLB export.
 pub const EPLB_EXPORT_FORMAT: &str = "moescope-eplb";
-/// Version of the JSON and EPLB export documents.
-pub const EXPORT_VERSION: u32 = 1;
+/// Version of the JSON export document: 2 since its steps carry typed contract violations
+/// (session format 2).
+pub const JSON_EXPORT_VERSION: u32 = 2;
+/// Version of the EPLB export document.
+pub const EPLB_EXPORT_VERSION: u32 = 1;
 
 /// Writes `steps` of the session described by `header` to `out` in `format`.
 pub fn write(
@@ -54,8 +57,10 @@ fn json_document(
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
     buf.extend_from_slice(
-        format!("{{\"format\":\"{JSON_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\"header\":")
-            .as_bytes(),
+        format!(
+            "{{\"format\":\"{JSON_EXPORT_FORMAT}\",\"version\":{JSON_EXPORT_VERSION},\"header\":"
+        )
+        .as_bytes(),
     );
     to_json(&mut buf, header)?;
     buf.extend_from_slice(b",\"steps\":[");
@@ -350,7 +355,7 @@ fn chrome_step(
             "total_us": p.total_us,
             "clean_us": p.clean_us,
             "contract_ok": p.contract.ok,
-            "contract": p.contract.message,
+            "contract": super::words::verdict(&p.contract),
         });
         let name = format!("path {} step {}", p.name, r.step);
         ev.slice(&name, "path", tid, start, path_dur, path_args)?;
@@ -448,7 +453,7 @@ fn eplb_matrix(
     });
     buf.extend_from_slice(
         format!(
-            "{{\"format\":\"{EPLB_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\
+            "{{\"format\":\"{EPLB_EXPORT_FORMAT}\",\"version\":{EPLB_EXPORT_VERSION},\
              \"num_logical_experts\":{experts},\"source\":"
         )
         .as_bytes(),

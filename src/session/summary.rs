@@ -4,7 +4,7 @@
 use super::SessionHeader;
 use crate::engine::paths::PathId;
 use crate::engine::stats::{gb_per_s, imbalance, Dist, DistBuilder};
-use crate::engine::step::{PathRecord, Stage, StepRecord};
+use crate::engine::step::{ContractViolation, PathRecord, Stage, StepRecord};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -17,6 +17,8 @@ const HOTTEST: usize = 5;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Violation {
     pub step: u64,
+    pub violations: Vec<ContractViolation>,
+    /// The violations in words (`session::words`).
     pub message: String,
     /// Larger of the routed and shared deviations.
     pub deviation: f64,
@@ -508,7 +510,8 @@ impl PathBuilder {
             cs.violated_steps += 1;
             let v = Violation {
                 step,
-                message: c.message.clone(),
+                violations: c.violations.clone(),
+                message: super::words::verdict(c),
                 deviation: c.routed_max_dev.max(c.shared_max_dev),
             };
             if cs.first_violation.is_none() {

@@ -149,43 +149,37 @@ pub fn record(
         });
         let routed_dev = (eff_routed - rsf).abs();
         let shared_dev = if s > 0 { (eff_shared - 1.0).abs() } else { 0.0 };
-        let mut problems = Vec::new();
-        if shared_dev > 1e-3 {
-            problems.push(format!("shared weight {eff_shared:.3}, expected 1.000"));
-        }
-        if routed_dev > 1e-3 {
-            problems.push(format!("routed sum {eff_routed:.3}, expected {rsf:.3}"));
-        }
+        let routed_weight_sum = Stats {
+            mean: eff_routed,
+            min: eff_routed - 1e-7,
+            max: eff_routed + 1e-7,
+        };
+        let mut contract = ContractCheck {
+            ok: false,
+            expected_routed_sum: Stats {
+                mean: rsf,
+                min: rsf,
+                max: rsf,
+            },
+            expected_shared: (s > 0).then_some(Stats {
+                mean: 1.0,
+                min: 1.0,
+                max: 1.0,
+            }),
+            routed_max_dev: routed_dev,
+            shared_max_dev: shared_dev,
+            violations: Vec::new(),
+        };
+        contract.violations =
+            contract.violations_of(&routed_weight_sum, shared_weight.as_ref(), 1e-3);
+        contract.ok = contract.violations.is_empty();
         records.push(PathRecord {
             name: id,
             spec: *spec,
             load,
-            routed_weight_sum: Stats {
-                mean: eff_routed,
-                min: eff_routed - 1e-7,
-                max: eff_routed + 1e-7,
-            },
+            routed_weight_sum,
             shared_weight,
-            contract: ContractCheck {
-                ok: problems.is_empty(),
-                expected_routed_sum: Stats {
-                    mean: rsf,
-                    min: rsf,
-                    max: rsf,
-                },
-                expected_shared: (s > 0).then_some(Stats {
-                    mean: 1.0,
-                    min: 1.0,
-                    max: 1.0,
-                }),
-                routed_max_dev: routed_dev,
-                shared_max_dev: shared_dev,
-                message: if problems.is_empty() {
-                    "ok".into()
-                } else {
-                    problems.join("; ")
-                },
-            },
+            contract,
             output: OutputStats {
                 rms: 0.8 * eff_routed / rsf + 0.2 * eff_shared,
                 max_abs: 4.0 * eff_routed / rsf + eff_shared,

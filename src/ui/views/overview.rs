@@ -200,7 +200,10 @@ pub fn verdict(c: &crate::engine::step::ContractCheck) -> Span<'static> {
     if c.ok {
         Span::styled("✓ contract ok", Style::new().fg(OK))
     } else {
-        Span::styled(format!("✗ {}", c.message), Style::new().fg(BAD).bold())
+        Span::styled(
+            format!("✗ {}", crate::session::words::verdict(c)),
+            Style::new().fg(BAD).bold(),
+        )
     }
 }
 
