@@ -10,6 +10,7 @@ pub mod inputs;
 pub mod paths;
 pub mod routing;
 pub mod spec;
+pub mod stats;
 pub mod step;
 pub mod telemetry;
 pub mod weights;

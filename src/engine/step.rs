@@ -1,5 +1,5 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
-//! session writer stores and the exporters read (design §2), so it is plain serde data.
+//! session writer stores and the exporters read, so it is plain serde data.
 
 use super::finite::FiniteCheck;
 use super::paths::PathSpec;
