@@ -185,9 +185,23 @@ pub fn assemble(
     out: &BackendStep,
     backend_kind: BackendKind,
 ) -> Result<StepRecord> {
+    assemble_given(cfg, backend, input, paths, out, backend_kind, None)
+}
+
+/// The same for a step whose routing was given (a trace; `Backend::step_routed`): the reference
+/// applies that routing instead of routing the logits, which the backend did not compute.
+pub fn assemble_given(
+    cfg: &MoeConfig,
+    backend: &dyn Backend,
+    input: &StepInput,
+    paths: &[PathSpec],
+    out: &BackendStep,
+    backend_kind: BackendKind,
+    given: Option<&Routing>,
+) -> Result<StepRecord> {
     let (t_count, e, h) = (input.tokens, cfg.n_routed_experts, cfg.hidden_size);
     ensure!(
-        out.router_logits.len() == t_count * e,
+        given.is_some() || out.router_logits.len() == t_count * e,
         "backend returned {} router logits, expected {}",
         out.router_logits.len(),
         t_count * e
@@ -202,12 +216,15 @@ pub fn assemble(
     let rsf = cfg.routed_scaling_factor;
     let weights = backend.weights();
     let bias = weights.router_bias()?;
-    let reference: Routing = routing::route(
-        cfg,
-        &out.router_logits,
-        bias.as_deref(),
-        cfg.num_experts_per_tok,
-    );
+    let reference: Routing = match given {
+        Some(r) => r.clone(),
+        None => routing::route(
+            cfg,
+            &out.router_logits,
+            bias.as_deref(),
+            cfg.num_experts_per_tok,
+        ),
+    };
     let gate_of = |t: usize| out.shared_gate.get(t).copied().unwrap_or(1.0) as f64;
     let mut seen = FiniteCounts::default();
     seen.count(FiniteStage::Input, &out.sample_hidden);
@@ -353,12 +370,20 @@ pub fn assemble(
             .iter()
             .map(|&v| v as f64)
             .collect();
-        let route = routing::route_token(
-            cfg,
-            &out.router_logits[t * e..(t + 1) * e],
-            bias.as_deref(),
-            cfg.num_experts_per_tok,
-        );
+        let route = match given {
+            Some(r) => TokenRoute {
+                ids: r.ids[t * r.k..(t + 1) * r.k].to_vec(),
+                probs: r.probs[t * r.k..(t + 1) * r.k].to_vec(),
+                group_scores: Vec::new(),
+                kept_groups: Vec::new(),
+            },
+            None => routing::route_token(
+                cfg,
+                &out.router_logits[t * e..(t + 1) * e],
+                bias.as_deref(),
+                cfg.num_experts_per_tok,
+            ),
+        };
         let g = shared_gate_f64(shared_gate_w.as_deref(), &x);
         ref_rows.extend(reference_output(cfg, &route, &x, g, &mut slot)?);
         let mut reference_slots = SlotWeights {
@@ -420,6 +445,7 @@ pub fn assemble(
         comparison,
         token_details: details,
         telemetry: None,
+        ep: None,
     })
 }
 

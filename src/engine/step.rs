@@ -28,6 +28,9 @@ pub struct StepRecord {
     pub token_details: Vec<TokenDetail>,
     /// Latest NVML sample, when telemetry runs.
     pub telemetry: Option<TelemetrySample>,
+    /// Expert-parallel placements of this step's routing (`--ep`); absent in older sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ep: Option<super::ep::EpRecord>,
 }
 
 /// One path of one step.
