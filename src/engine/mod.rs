@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu;
 pub mod cuda;
 pub mod inputs;
+pub mod kernel_check;
 pub mod paths;
 pub mod routing;
 pub mod spec;

@@ -694,7 +694,7 @@ mod tests {
     #[test]
     fn the_args_struct_has_the_c_layout() {
         assert_eq!(std::mem::size_of::<RouterArgs>(), 104);
-        assert_eq!(std::mem::offset_of!(RouterArgs, tokens), 56);
+        assert_eq!(std::mem::offset_of!(RouterArgs, tokens), 48);
         assert_eq!(std::mem::offset_of!(RouterArgs, routed_scaling_factor), 96);
         assert_eq!(std::mem::size_of::<RouterInfo>(), 16);
     }
