@@ -3,6 +3,7 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
+use super::finite::{FiniteCounts, FiniteStage};
 use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
@@ -14,8 +15,7 @@ use anyhow::{ensure, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Relative tolerance of the contract verdict: weights are f32, the bugs are off by far more.
-pub const CONTRACT_TOLERANCE: f64 = 1e-3;
+pub use super::step::CONTRACT_TOLERANCE;
 
 /// Multiply-adds of the f64 reference the engine spends per step at most.
 const REFERENCE_BUDGET_MACS: usize = 200_000_000;
@@ -196,6 +196,10 @@ pub fn assemble(
         cfg.num_experts_per_tok,
     );
     let gate_of = |t: usize| out.shared_gate.get(t).copied().unwrap_or(1.0) as f64;
+    let mut seen = FiniteCounts::default();
+    seen.count(FiniteStage::Input, &out.sample_hidden);
+    seen.count(FiniteStage::Weights, bias.as_deref().unwrap_or(&[]));
+    seen.count(FiniteStage::Router, &out.router_logits);
 
     // Per path: load, effective weights, contract.
     let mut records = Vec::with_capacity(paths.len());
@@ -236,6 +240,12 @@ pub fn assemble(
             .enumerate()
             .flat_map(|(t, x)| x.shared.iter().map(move |&w| (w, gate_of(t))))
             .collect();
+        let mut path_seen = seen;
+        path_seen.count(FiniteStage::Router, &run.slot_weights);
+        path_seen.add(FiniteStage::Combine, run.output.nonfinite);
+        let finite = out.finite.merged(&run.finite).at_least(&path_seen).check();
+        let mut contract = check_contract(&routed_pairs, &shared_pairs, has_shared);
+        contract.judge_finite(&finite);
         records.push(PathRecord {
             name: PathId::nth(i).with_context(|| {
                 format!(
@@ -248,11 +258,12 @@ pub fn assemble(
             load,
             routed_weight_sum: Stats::of(routed_pairs.iter().map(|p| p.0)),
             shared_weight: has_shared.then(|| Stats::of(shared_pairs.iter().map(|p| p.0))),
-            contract: check_contract(&routed_pairs, &shared_pairs, has_shared),
+            contract,
             output: run.output,
             total_us: run.timings.iter().map(|k| k.us).sum(),
             timings: run.timings.clone(),
             clean_us: run.clean_us,
+            finite: Some(finite),
         });
         effectives.push(eff);
     }

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod finite;
 pub mod inputs;
 pub mod paths;
 pub mod routing;
@@ -58,6 +59,8 @@ pub struct PathRun {
     pub timings: Vec<KernelTiming>,
     /// Uninstrumented path time, where the backend measures it.
     pub clean_us: Option<f64>,
+    /// Non-finite values counted in this path's own stages (router, experts, combine).
+    pub finite: finite::FiniteCounts,
 }
 
 /// What a backend returns for one step.
@@ -71,6 +74,8 @@ pub struct BackendStep {
     pub shared_gate: Vec<f32>,
     /// One per requested path, in order.
     pub paths: Vec<PathRun>,
+    /// Non-finite values counted in the stages all paths share (input, weights).
+    pub finite: finite::FiniteCounts,
 }
 
 /// The kind of backend; serialised as `cpu` / `cuda` in StepRecords and session headers.

@@ -1,4 +1,4 @@
-//! A path is `router × shared × contract` (design §3). This module says, for every path and
+//! A path is `router × shared × contract`. This module says, for every path and
 //! known-bug variant, which weight each slot carries and what scales the output — the scaling
 //! contract — so every backend applies exactly the same arithmetic and the engine can report the
 //! *effective* weight on every routed expert and shared slot.

@@ -1,6 +1,7 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
-//! session writer stores and the exporters read (design §2), so it is plain serde data.
+//! session writer stores and the exporters read, so it is plain serde data.
 
+use super::finite::{FiniteCheck, FiniteStage, Verdict};
 use super::paths::{PathId, PathSpec};
 use super::BackendKind;
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,10 @@ pub struct PathRecord {
     pub total_us: f64,
     /// Time of the path without per-kernel instrumentation (one event pair), where measured.
     pub clean_us: Option<f64>,
+    /// Non-finite values this path saw, per stage; None in sessions recorded before they were
+    /// counted. Any count makes the step invalid (see `finite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finite: Option<FiniteCheck>,
 }
 
 /// Mean, minimum and maximum over tokens.
@@ -85,6 +90,9 @@ impl Stats {
         }
     }
 }
+
+/// Relative tolerance of the contract verdict: weights are f32, the bugs are off by far more.
+pub const CONTRACT_TOLERANCE: f64 = 1e-3;
 
 /// Whether the path's effective weights equal the reference contract.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,6 +135,8 @@ pub enum ContractViolation {
         #[serde(deserialize_with = "nan_as_null::f64")]
         expected: f64,
     },
+    /// Non-finite values went through the path: the step cannot be judged (see `finite`).
+    NonFinite { first: FiniteStage, count: u64 },
 }
 
 impl ContractCheck {
@@ -156,6 +166,19 @@ impl ContractCheck {
             });
         }
         out
+    }
+
+    /// Makes the verdict of a step with non-finite values say so: a NaN deviation compares as
+    /// no deviation, so without this a layer full of NaN would read "contract holds". The
+    /// violation goes first: it is why the other figures cannot be trusted.
+    pub fn judge_finite(&mut self, check: &FiniteCheck) {
+        if let Verdict::Invalid { first, count } = check.verdict() {
+            self.ok = false;
+            self.violations
+                .retain(|v| !matches!(v, ContractViolation::NonFinite { .. }));
+            self.violations
+                .insert(0, ContractViolation::NonFinite { first, count });
+        }
     }
 }
 
@@ -358,8 +381,7 @@ pub struct TelemetrySample {
 /// and no `violations`: the violations are derived from the path's own numbers, exactly as
 /// the engine then worded them.
 mod legacy {
-    use super::PathRecord;
-    use crate::engine::compare::CONTRACT_TOLERANCE;
+    use super::{PathRecord, CONTRACT_TOLERANCE};
     use serde::de::Error;
     use serde::{Deserialize, Deserializer};
 
@@ -377,6 +399,9 @@ mod legacy {
                         p.shared_weight.as_ref(),
                         CONTRACT_TOLERANCE,
                     );
+                    if let Some(f) = &p.finite {
+                        p.contract.judge_finite(f);
+                    }
                 }
                 Ok(p)
             })

@@ -12,6 +12,9 @@ pub fn violation(v: &ContractViolation) -> String {
         ContractViolation::RoutedSum { got, expected } => {
             format!("routed sum {got:.3}, expected {expected:.3}")
         }
+        ContractViolation::NonFinite { first, count } => {
+            format!("invalid: {count} non-finite values, first in {first}")
+        }
     }
 }
 
