@@ -3,9 +3,10 @@
 mod session_util;
 
 use moescope::engine::paths::Variant;
+use moescope::engine::stats::imbalance;
 use moescope::engine::step::StepRecord;
 use moescope::session::export::{self, CSV_HEADER};
-use moescope::session::summary::{imbalance, Summary};
+use moescope::session::summary::Summary;
 use moescope::session::{ExportFormat, SessionHeader, SessionReader, SessionWriter};
 use serde_json::Value;
 use session_util::{record, validate_chrome_trace};

@@ -10,7 +10,8 @@ use crate::engine::cuda::gpu::{cuda_err, ptr, Arg, Gpu, Grid, Timer};
 use crate::engine::cuda::kernels::FillArgs;
 use crate::engine::cuda::layer::CudaBackend;
 use crate::engine::cuda::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
-use crate::engine::paths::PathSpec;
+use crate::engine::paths::{PathId, PathSpec};
+use crate::engine::stats::gb_per_s;
 use crate::engine::step::Stage;
 use crate::engine::{Backend, BackendChoice, StepInput};
 use anyhow::{anyhow, Context, Result};
@@ -108,7 +109,7 @@ fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
             ],
         )
     })?;
-    Ok(2.0 * n as f64 / us / 1e3)
+    gb_per_s(2 * n as u64, us).ok_or_else(|| anyhow!("the copy kernel took no measurable time"))
 }
 
 /// Fused vs unfused router over token counts.
@@ -220,8 +221,8 @@ fn bench_routers(
                 "events, rotated inputs",
             )
         };
-        let bytes = (logits_bytes + t * spt * 8) as f64;
-        let gbs = bytes / f_us / 1e3;
+        let bytes = (logits_bytes + t * spt * 8) as u64;
+        let gbs = gb_per_s(bytes, f_us).unwrap_or(f64::NAN);
         println!(
             "{t:>7}  {f_us:>12.2}  {v4_us:>12.2}  {u_us:>12.2}  {:>7.1}x  {gbs:>10.0}  {:>8.0}%  {x_us:>14.2}  {method}",
             u_us / f_us,
@@ -299,7 +300,7 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
         };
         backend.step(&input, &paths)?; // warm-up: workspace, first launches
         let out = backend.step(&input, &paths)?;
-        for (name, run) in ["A", "B"].iter().zip(&out.paths) {
+        for (name, run) in PathId::ALL.iter().zip(&out.paths) {
             let instr: f64 = run.timings.iter().map(|k| k.us).sum();
             let clean = run.clean_us.unwrap_or(f64::NAN);
             let find = |st: Stage| run.timings.iter().find(|k| k.stage == st);
@@ -307,9 +308,10 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
             let us = up.map(|k| k.us).unwrap_or(0.0) + down.map(|k| k.us).unwrap_or(0.0);
             let bytes =
                 up.and_then(|k| k.bytes).unwrap_or(0) + down.and_then(|k| k.bytes).unwrap_or(0);
-            let gbs = bytes as f64 / us / 1e3;
+            let gbs = gb_per_s(bytes, us).unwrap_or(f64::NAN);
             println!(
-                "{t:>6}  {name:>4}  {clean:>11.1}  {instr:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {gbs:>7.0}  {:>9.0}%",
+                "{t:>6}  {:>4}  {clean:>11.1}  {instr:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {gbs:>7.0}  {:>9.0}%",
+                name.name(),
                 instr / clean,
                 up.map(|k| k.us).unwrap_or(0.0),
                 down.map(|k| k.us).unwrap_or(0.0),

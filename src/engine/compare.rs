@@ -3,6 +3,7 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
+use super::finite::{self, FiniteCounts, FiniteStage};
 use super::paths::PathSpec;
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
@@ -226,6 +227,10 @@ pub fn assemble_given(
         ),
     };
     let gate_of = |t: usize| out.shared_gate.get(t).copied().unwrap_or(1.0) as f64;
+    let mut seen = FiniteCounts::default();
+    seen.count(FiniteStage::Input, &out.sample_hidden);
+    seen.count(FiniteStage::Weights, bias.as_deref().unwrap_or(&[]));
+    seen.count(FiniteStage::Router, &out.router_logits);
 
     // Per path: load, effective weights, contract.
     let mut records = Vec::with_capacity(paths.len());
@@ -266,17 +271,24 @@ pub fn assemble_given(
             .enumerate()
             .flat_map(|(t, x)| x.shared.iter().map(move |&w| (w, gate_of(t))))
             .collect();
+        let mut path_seen = seen;
+        path_seen.count(FiniteStage::Router, &run.slot_weights);
+        path_seen.add(FiniteStage::Combine, run.output.nonfinite);
+        let finite = out.finite.merged(&run.finite).at_least(&path_seen).check();
+        let mut contract = check_contract(&routed_pairs, &shared_pairs, has_shared);
+        finite::judge(&mut contract, &finite);
         records.push(PathRecord {
             name: ((b'A' + i as u8) as char).to_string(),
             spec: *spec,
             load,
             routed_weight_sum: Stats::of(routed_pairs.iter().map(|p| p.0)),
             shared_weight: has_shared.then(|| Stats::of(shared_pairs.iter().map(|p| p.0))),
-            contract: check_contract(&routed_pairs, &shared_pairs, has_shared),
+            contract,
             output: run.output,
             total_us: run.timings.iter().map(|k| k.us).sum(),
             timings: run.timings.clone(),
             clean_us: run.clean_us,
+            finite: Some(finite),
         });
         effectives.push(eff);
     }

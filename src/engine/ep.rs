@@ -338,12 +338,7 @@ impl EpTracker {
     }
 
     /// One step's routed `ids` [T × k]; `gemm` times a rank's share of the grouped GEMM.
-    pub fn step(
-        &mut self,
-        ids: &[u32],
-        k: usize,
-        gemm: &mut RankGemm<'_>,
-    ) -> Result<EpRecord> {
+    pub fn step(&mut self, ids: &[u32], k: usize, gemm: &mut RankGemm<'_>) -> Result<EpRecord> {
         let mut load = vec![0u64; self.experts];
         ids.iter().for_each(|&e| {
             if let Some(c) = load.get_mut(e as usize) {

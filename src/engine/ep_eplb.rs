@@ -67,8 +67,11 @@ pub fn place(
             "EPLB needs the same number of slots on every rank: E + R = {e} + {redundant} = {slots} does not divide by {ranks} ranks; choose --redundant so that it does"
         );
     }
-    let hierarchical =
-        nodes > 1 && groups > 0 && e.is_multiple_of(groups) && groups.is_multiple_of(nodes) && ranks.is_multiple_of(nodes);
+    let hierarchical = nodes > 1
+        && groups > 0
+        && e.is_multiple_of(groups)
+        && groups.is_multiple_of(nodes)
+        && ranks.is_multiple_of(nodes);
     let (nodes, groups) = if hierarchical {
         (nodes, groups)
     } else {

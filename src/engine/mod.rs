@@ -7,10 +7,12 @@ pub mod cpu;
 pub mod cuda;
 pub mod ep;
 mod ep_eplb;
+pub mod finite;
 pub mod inputs;
 pub mod paths;
 pub mod routing;
 pub mod spec;
+pub mod stats;
 pub mod step;
 pub mod telemetry;
 pub mod trace;
@@ -60,6 +62,8 @@ pub struct PathRun {
     pub timings: Vec<KernelTiming>,
     /// Uninstrumented path time, where the backend measures it.
     pub clean_us: Option<f64>,
+    /// Non-finite values counted in this path's own stages (router, experts, combine).
+    pub finite: finite::FiniteCounts,
 }
 
 /// What a backend returns for one step.
@@ -73,6 +77,8 @@ pub struct BackendStep {
     pub shared_gate: Vec<f32>,
     /// One per requested path, in order.
     pub paths: Vec<PathRun>,
+    /// Non-finite values counted in the stages all paths share (input, weights).
+    pub finite: finite::FiniteCounts,
 }
 
 /// The kind of backend; serialised as `cpu` / `cuda` in StepRecords and session headers.

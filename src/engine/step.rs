@@ -1,6 +1,7 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
-//! session writer stores and the exporters read (design §2), so it is plain serde data.
+//! session writer stores and the exporters read, so it is plain serde data.
 
+use super::finite::FiniteCheck;
 use super::paths::PathSpec;
 use super::BackendKind;
 use serde::{Deserialize, Serialize};
@@ -54,6 +55,10 @@ pub struct PathRecord {
     pub total_us: f64,
     /// Time of the path without per-kernel instrumentation (one event pair), where measured.
     pub clean_us: Option<f64>,
+    /// Non-finite values this path saw, per stage; None in sessions recorded before they were
+    /// counted. Any count makes the step invalid (see `finite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finite: Option<FiniteCheck>,
 }
 
 /// Mean, minimum and maximum over tokens.

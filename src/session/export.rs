@@ -4,6 +4,7 @@
 
 use super::summary::SummaryBuilder;
 use super::{ExportFormat, SessionHeader};
+use crate::engine::stats::{gb_per_s, imbalance};
 use crate::engine::step::{StepRecord, TelemetrySample};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -341,7 +342,7 @@ fn chrome_step(
         wall,
         step_args,
     )?;
-    let (mut imbalance, mut routed_sum, mut shared) = (Map::new(), Map::new(), Map::new());
+    let (mut imbalances, mut routed_sum, mut shared) = (Map::new(), Map::new(), Map::new());
     for (i, p) in r.paths.iter().enumerate() {
         let tid = i as u32 + 1;
         let kernel_sum: i64 = p.timings.iter().map(|t| to_ns(t.us)).sum();
@@ -362,8 +363,8 @@ fn chrome_step(
             let mut a = json!({ "step": r.step, "tokens": r.tokens });
             if let Some(bytes) = t.bytes {
                 a["bytes"] = json!(bytes);
-                if t.us > 0.0 {
-                    a["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
+                if let Some(bw) = gb_per_s(bytes, t.us) {
+                    a["gb_per_s"] = json!(bw);
                 }
             }
             ev.slice(t.stage.name(), "kernel", tid, ts, dur, a)?;
@@ -379,7 +380,7 @@ fn chrome_step(
         let name = format!("load {}", p.name);
         ev.counter(&name, "load", PID_LAYER, start, Value::Object(load))?;
         let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
-        imbalance.insert(p.name.clone(), json!(super::summary::imbalance(&routed)));
+        imbalances.insert(p.name.clone(), json!(imbalance(&routed)));
         if let Some(v) = finite(p.routed_weight_sum.mean) {
             routed_sum.insert(p.name.clone(), v);
         }
@@ -388,7 +389,7 @@ fn chrome_step(
         }
     }
     for (name, series) in [
-        ("load imbalance (max/mean)", imbalance),
+        ("load imbalance (max/mean)", imbalances),
         ("routed weight sum (mean)", routed_sum),
         ("shared weight (mean)", shared),
     ] {
@@ -500,10 +501,10 @@ fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Wri
         for p in &r.paths {
             for (i, t) in p.timings.iter().enumerate() {
                 let bytes = t.bytes.map_or(String::new(), |b| b.to_string());
-                let bw = match t.bytes {
-                    Some(b) if t.us > 0.0 => format!("{}", b as f64 / (t.us * 1e3)),
-                    _ => String::new(),
-                };
+                let bw = t
+                    .bytes
+                    .and_then(|b| gb_per_s(b, t.us))
+                    .map_or(String::new(), |g| g.to_string());
                 let _ = writeln!(
                     s,
                     "{},{},{},{},{},{i},{},{bytes},{bw}",

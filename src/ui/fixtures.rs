@@ -193,6 +193,7 @@ pub fn record(
             timings,
             total_us,
             clean_us: Some((total_us * 0.97 * 10.0).round() / 10.0),
+            finite: None,
         });
     }
     let token_details = detail_tokens

@@ -7,6 +7,7 @@ mod cost;
 use super::compare::output_stats;
 use super::config::MoeConfig;
 use super::ep::{GemmSource, GemmTime};
+use super::finite::{count_nonfinite, FiniteCounts, FiniteStage};
 use super::paths::{Contract, PathSpec, RouterImpl, SharedMode};
 use super::routing::{self, top_k};
 use super::step::{KernelTiming, Stage};
@@ -34,6 +35,8 @@ pub struct CpuBackend {
     shared_gate: Option<Vec<f32>>,
     /// Measured at the first EP step.
     cost: Option<cost::ExpertCost>,
+    /// Non-finite values in the weights, counted once when they were loaded.
+    weights_nonfinite: u64,
 }
 
 impl CpuBackend {
@@ -48,11 +51,27 @@ impl CpuBackend {
             .map(|j| source.shared_slot(j).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let shared_dense = concat_mlps(&shared_slots);
+        let (gate, bias) = (source.router_gate()?, source.router_bias()?);
+        let (offset, shared_gate) = (source.logit_offset()?, source.shared_gate()?);
+        let mlps = experts.iter().chain(&shared_slots);
+        let weights_nonfinite = [&gate, &offset]
+            .into_iter()
+            .chain(bias.as_ref())
+            .chain(shared_gate.as_ref())
+            .map(|v| count_nonfinite(v))
+            .chain(mlps.map(|m| {
+                [&m.gate, &m.up, &m.down]
+                    .map(|v| count_nonfinite(v))
+                    .iter()
+                    .sum()
+            }))
+            .sum();
         Ok(CpuBackend {
-            gate: source.router_gate()?,
-            bias: source.router_bias()?,
-            offset: source.logit_offset()?,
-            shared_gate: source.shared_gate()?,
+            gate,
+            bias,
+            offset,
+            shared_gate,
+            weights_nonfinite,
             cost: None,
             experts,
             shared_slots,
@@ -103,19 +122,24 @@ impl CpuBackend {
             ensure!(cfg.shared_fusable(), "the shared experts of {} cannot be fused as slots: shared intermediate {} is not {} × the routed experts' {}", cfg.name, cfg.shared_intermediate_size, cfg.n_shared_experts, cfg.moe_intermediate_size);
         }
         let mut timings = Vec::new();
+        let mut finite = FiniteCounts::default();
         let (slots, logits) = match given {
             Some(batch) => (given_slots(cfg, batch, &contract, s, gates), Vec::new()),
             None => {
                 let start = Instant::now();
                 let logits = self.gate_gemm(x, t);
                 timed(&mut timings, Stage::GateGemm, start);
+                finite.count(FiniteStage::Router, &logits);
                 let k = spec.routed_per_token(cfg.num_experts_per_tok, cfg.n_shared_experts);
                 let slots =
                     self.route_slots(spec, &contract, &logits, t, k, s, gates, &mut timings);
                 (slots, logits)
             }
         };
-        let run = self.experts_and_combine(spec, &contract, x, t, gates, samples, slots, timings);
+        finite.count(FiniteStage::Router, &slots.weights);
+        let run = self.experts_and_combine(
+            spec, &contract, x, t, gates, samples, slots, timings, finite,
+        );
         Ok((run, logits))
     }
 
@@ -193,6 +217,7 @@ impl CpuBackend {
         samples: &[usize],
         slots_in: Slots,
         mut timings: Vec<KernelTiming>,
+        mut finite: FiniteCounts,
     ) -> PathRun {
         let cfg = &self.cfg;
         let h = cfg.hidden_size;
@@ -244,6 +269,7 @@ impl CpuBackend {
             mlp_rows(self.slot_mlp(slot), &rows, out);
         });
         timed(&mut timings, Stage::ExpertMlp, start);
+        finite.count(FiniteStage::Experts, &expert_out);
 
         // Combine back to tokens, with the output scale.
         let start = Instant::now();
@@ -275,6 +301,7 @@ impl CpuBackend {
                     .for_each(|(tok, out)| {
                         mlp_rows(mlp, &[&x[tok * h..(tok + 1) * h]], out);
                     });
+                finite.count(FiniteStage::Experts, &shared_out);
                 y.par_chunks_mut(h)
                     .zip(shared_out.par_chunks(h))
                     .enumerate()
@@ -290,14 +317,17 @@ impl CpuBackend {
             .iter()
             .flat_map(|&tok| y[tok * h..(tok + 1) * h].iter().copied())
             .collect();
+        let output = output_stats(&y);
+        finite.add(FiniteStage::Combine, output.nonfinite);
         PathRun {
+            finite,
             slots_per_token: per_token,
             slot_ids,
             slot_weights,
             out_scale: contract.out_scale,
             separate_shared_weight: separate,
             sample_outputs,
-            output: output_stats(&y),
+            output,
             timings,
             clean_us: None,
         }
@@ -595,6 +625,9 @@ impl CpuBackend {
                 None => vec![1.0; t],
             }
         };
+        let mut finite = FiniteCounts::default();
+        finite.count(FiniteStage::Input, &x);
+        finite.add(FiniteStage::Weights, self.weights_nonfinite);
         let ones = vec![1.0f32; t];
         let gate_view: &[f32] = if gates.is_empty() { &ones } else { &gates };
         let mut runs = Vec::with_capacity(paths.len());
@@ -617,6 +650,7 @@ impl CpuBackend {
             sample_hidden,
             shared_gate: gates,
             paths: runs,
+            finite,
         })
     }
 }

@@ -1173,6 +1173,7 @@ impl Backend for CudaBackend {
                 output,
                 timings,
                 clean_us: Some(clean_ms as f64 * 1e3),
+                finite: Default::default(),
             });
         }
         let ws = self.ws.as_ref().context("workspace missing")?;
@@ -1186,6 +1187,7 @@ impl Backend for CudaBackend {
             sample_hidden,
             shared_gate: gates,
             paths: runs,
+            finite: Default::default(),
         })
     }
 }

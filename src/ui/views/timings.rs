@@ -2,6 +2,7 @@
 //! and achieved bandwidth; the paths side by side with the speedup; a timeline of the last step.
 
 use super::style::{block, fmt_us, path_color, path_name, BAD, DIM, OK};
+use crate::engine::stats::{gb_per_s, Dist};
 use crate::engine::step::Stage;
 use crate::ui::app::{App, TIMING_WINDOW};
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -20,15 +21,6 @@ pub struct KernelStats {
     /// Of the path's mean instrumented time.
     pub share: f64,
     pub gb_s: Option<f64>,
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn window(app: &App) -> impl Iterator<Item = &crate::engine::step::StepRecord> {
@@ -87,16 +79,15 @@ pub fn kernel_stats(app: &App, i: usize) -> Vec<KernelStats> {
         .into_iter()
         .zip(times)
         .zip(bytes)
-        .map(|((name, mut t), b)| {
-            t.sort_by(f64::total_cmp);
-            let mean = t.iter().sum::<f64>() / t.len().max(1) as f64;
+        .map(|((name, t), b)| {
+            let d = Dist::of(t);
             KernelStats {
                 stage: name,
-                mean,
-                p50: percentile(&t, 0.5),
-                p99: percentile(&t, 0.99),
-                share: if total > 0.0 { mean / total } else { 0.0 },
-                gb_s: b.filter(|_| mean > 0.0).map(|b| b as f64 / mean / 1e3),
+                mean: d.mean,
+                p50: d.p50,
+                p99: d.p99,
+                share: if total > 0.0 { d.mean / total } else { 0.0 },
+                gb_s: b.and_then(|b| gb_per_s(b, d.mean)),
             }
         })
         .collect()
@@ -280,18 +271,4 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
         inner,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[7.0], 0.99), 7.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
-    }
 }
