@@ -3,15 +3,16 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
-use super::finite::{self, FiniteCounts, FiniteStage};
-use super::paths::PathSpec;
+use super::finite::{FiniteCheck, FiniteCounts, FiniteStage, Verdict};
+use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
-    Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
+    Comparison, ContractCheck, ContractViolation, OutputStats, PathRecord, SlotWeights, Stats,
+    StepRecord, TokenDetail,
 };
 use super::weights::ExpertWeights;
 use super::{Backend, BackendKind, BackendStep, PathRun, StepInput};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -146,34 +147,32 @@ fn check_contract(routed: &[(f64, f64)], shared: &[(f64, f64)], has_shared: bool
     };
     let (routed_max_dev, shared_max_dev) = (dev(routed), dev(shared));
     let got_shared = Stats::of(shared.iter().map(|p| p.0));
-    let want_shared = Stats::of(shared.iter().map(|p| p.1));
     let got_routed = Stats::of(routed.iter().map(|p| p.0));
-    let want_routed = Stats::of(routed.iter().map(|p| p.1));
-    let mut problems = Vec::new();
-    if has_shared && shared_max_dev > CONTRACT_TOLERANCE {
-        problems.push(format!(
-            "shared weight {:.3}, expected {:.3}",
-            got_shared.mean, want_shared.mean
-        ));
-    }
-    if routed_max_dev > CONTRACT_TOLERANCE {
-        problems.push(format!(
-            "routed sum {:.3}, expected {:.3}",
-            got_routed.mean, want_routed.mean
-        ));
-    }
-    let ok = problems.is_empty();
-    ContractCheck {
-        ok,
-        expected_routed_sum: want_routed,
-        expected_shared: has_shared.then_some(want_shared),
+    let mut check = ContractCheck {
+        ok: false,
+        expected_routed_sum: Stats::of(routed.iter().map(|p| p.1)),
+        expected_shared: has_shared.then(|| Stats::of(shared.iter().map(|p| p.1))),
         routed_max_dev,
         shared_max_dev,
-        message: if ok {
-            "contract holds".to_string()
-        } else {
-            problems.join("; ")
-        },
+        violations: Vec::new(),
+    };
+    check.violations = check.violations_of(
+        &got_routed,
+        has_shared.then_some(&got_shared),
+        CONTRACT_TOLERANCE,
+    );
+    check.ok = check.violations.is_empty();
+    check
+}
+
+/// Makes the contract verdict of an invalid step say so: a NaN deviation compares as no
+/// deviation, so without this a layer full of NaN would read "contract holds".
+fn judge_finite(contract: &mut ContractCheck, check: &FiniteCheck) {
+    if let Verdict::Invalid { first, count } = check.verdict() {
+        contract.ok = false;
+        contract
+            .violations
+            .push(ContractViolation::NonFinite { first, count });
     }
 }
 
@@ -276,9 +275,15 @@ pub fn assemble_given(
         path_seen.add(FiniteStage::Combine, run.output.nonfinite);
         let finite = out.finite.merged(&run.finite).at_least(&path_seen).check();
         let mut contract = check_contract(&routed_pairs, &shared_pairs, has_shared);
-        finite::judge(&mut contract, &finite);
+        judge_finite(&mut contract, &finite);
         records.push(PathRecord {
-            name: ((b'A' + i as u8) as char).to_string(),
+            name: PathId::nth(i).with_context(|| {
+                format!(
+                    "{} paths given; a run compares at most {}",
+                    paths.len(),
+                    PathId::ALL.len()
+                )
+            })?,
             spec: *spec,
             load,
             routed_weight_sum: Stats::of(routed_pairs.iter().map(|p| p.0)),
