@@ -353,7 +353,7 @@ fn a_run_through_a_trace_routes_exactly_its_tokens() {
             .for_each(|&e| want[e as usize] += 1);
         for p in &rec.paths {
             assert_eq!(&p.load[..256], &want[..], "path {}", p.name);
-            assert!(p.contract.ok, "{}", p.contract.message);
+            assert!(p.contract.ok, "{:?}", p.contract.violations);
         }
         // The reference applies the trace's routing too.
         assert_eq!(rec.comparison.routing_agreement_ref, vec![1.0, 1.0]);
