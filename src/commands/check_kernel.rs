@@ -8,9 +8,9 @@
 //! `--strict`). A fault inside the kernel ends this process with a message naming it; nothing
 //! else shares its CUDA context.
 
-use super::check::CheckArgs;
 use crate::engine::config::{MoeConfig, PRESET_NAMES};
 use crate::engine::cuda::gpu::Gpu;
+use crate::engine::cuda::kernels::DevPtr;
 use crate::engine::cuda::router::{self, RouterIo, RouterShape};
 use crate::engine::cuda::user_kernel::{
     self, append_shared, Conventions, DeviceInputs, KernelFile, LogitsDtype, UserKernel,
@@ -26,6 +26,18 @@ use std::path::{Path, PathBuf};
 /// Token counts of the timing, and calls per timed batch.
 const TIMING_TOKENS: &[usize] = &[1, 512, 8192, 40000];
 const TIMED_CALLS: usize = 50;
+
+/// What `check --kernel` was asked (built by `check` from its flags).
+pub struct KernelCheck {
+    pub kernel: PathBuf,
+    /// The layer of `--preset`/`--config` (ignored with `all`).
+    pub layer: LayerSpec,
+    pub all: bool,
+    pub golden: PathBuf,
+    pub json: Option<PathBuf>,
+    pub force: bool,
+    pub strict: bool,
+}
 
 /// One config's results.
 #[derive(Serialize)]
@@ -54,16 +66,16 @@ struct Report {
 }
 
 /// The configs `check --kernel` runs: one, or every preset and a 512-expert DeepSeek-V3 shape.
-fn configs(args: &CheckArgs) -> Result<Vec<MoeConfig>> {
+fn configs(args: &KernelCheck) -> Result<Vec<MoeConfig>> {
     if !args.all {
-        return Ok(vec![args.layer.spec().base_config()?]);
+        return Ok(vec![args.layer.base_config()?]);
     }
     let mut v = PRESET_NAMES
         .iter()
         .map(|p| {
             LayerSpec {
                 source: LayerSource::Preset(p.to_string()),
-                ..args.layer.spec()
+                ..args.layer.clone()
             }
             .base_config()
         })
@@ -78,8 +90,8 @@ fn configs(args: &CheckArgs) -> Result<Vec<MoeConfig>> {
     Ok(v)
 }
 
-pub fn run(args: &CheckArgs, kernel: &Path) -> Result<()> {
-    let file = KernelFile::new(kernel)?;
+pub fn run(args: &KernelCheck) -> Result<()> {
+    let file = KernelFile::new(&args.kernel)?;
     let configs = configs(args)?;
     // A .cu compiles and a .so's entry points are checked before any GPU is needed, so those
     // errors show on any machine.
@@ -135,7 +147,7 @@ fn check_config(
     gpu: &Gpu,
     file: &KernelFile,
     cfg: &MoeConfig,
-    args: &CheckArgs,
+    args: &KernelCheck,
     rng: &mut impl Rng,
 ) -> Result<(ConfigReport, Conventions)> {
     let f32_kernel = UserKernel::open(gpu, file.clone(), cfg, LogitsDtype::F32)?;
@@ -405,10 +417,10 @@ fn time_kernel(
     let shape = RouterShape::new(cfg, kk, s, 1.0, 1.0 / cfg.routed_scaling_factor).ok();
     let bias: Vec<f32> = (0..e).map(|_| rng.random_range(-0.05f32..0.05)).collect();
     let d_bias = gpu.upload(&bias, "timing bias")?;
-    let bias_addr = if cfg.has_bias {
-        gpu.ptr(&d_bias).addr()
+    let bias_ptr = if cfg.has_bias {
+        gpu.ptr(&d_bias)
     } else {
-        0
+        DevPtr::NULL
     };
     let mut out = Vec::new();
     println!("  time per call (device, {TIMED_CALLS} calls, rotated inputs):");
@@ -419,12 +431,12 @@ fn time_kernel(
             let host: Vec<f32> = (0..t * e).map(|_| rng.random_range(-4.0f32..4.0)).collect();
             logits.push(gpu.upload(&host, "timing logits")?);
         }
-        let ids = gpu.alloc::<i32>(t * (kk + s), "timing ids")?;
+        let ids = gpu.alloc::<u32>(t * (kk + s), "timing ids")?;
         let weights = gpu.alloc::<f32>(t * (kk + s), "timing weights")?;
-        let addr = |i: usize| gpu.ptr(&logits[i % sets]).addr();
+        let logits_ptr = |i: usize| gpu.ptr(&logits[i % sets]);
         let args = |i: usize| user_kernel::RouterArgs {
-            logits: addr(i),
-            bias: bias_addr,
+            logits: logits_ptr(i).addr(),
+            bias: bias_ptr.addr(),
             ids: gpu.ptr(&ids).addr(),
             weights: gpu.ptr(&weights).addr(),
             ..user_kernel::args_for(cfg, t, LogitsDtype::F32)
@@ -434,13 +446,13 @@ fn time_kernel(
         let fused_us = match &shape {
             Some(sh) => {
                 let io = |i: usize| RouterIo {
-                    logits: addr(i),
+                    logits: logits_ptr(i).cast(),
                     logits_bf16: false,
-                    bias: bias_addr,
-                    gate: 0,
-                    ids: gpu.ptr(&ids).addr(),
-                    weights: gpu.ptr(&weights).addr(),
-                    probs: 0,
+                    bias: bias_ptr,
+                    gate: DevPtr::NULL,
+                    ids: gpu.ptr(&ids),
+                    weights: gpu.ptr(&weights),
+                    probs: DevPtr::NULL,
                 };
                 Some(timed(gpu, |i| router::fused(gpu, sh, &io(i), t))?)
             }
