@@ -107,6 +107,7 @@ pub enum Module {
     RouterFused,
     RouterUnfused,
     Moe,
+    Reference,
 }
 
 impl Module {
@@ -115,6 +116,7 @@ impl Module {
         Module::RouterFused,
         Module::RouterUnfused,
         Module::Moe,
+        Module::Reference,
     ];
 
     /// The file name without `.cu`.
@@ -124,6 +126,7 @@ impl Module {
             Module::RouterFused => "router_fused",
             Module::RouterUnfused => "router_unfused",
             Module::Moe => "moe",
+            Module::Reference => "reference",
         }
     }
 
@@ -133,6 +136,7 @@ impl Module {
             Module::RouterFused => include_str!("../../../kernels/router_fused.cu"),
             Module::RouterUnfused => include_str!("../../../kernels/router_unfused.cu"),
             Module::Moe => include_str!("../../../kernels/moe.cu"),
+            Module::Reference => include_str!("../../../kernels/reference.cu"),
         }
     }
 
@@ -228,6 +232,72 @@ kernels! {
     Init::init_hidden_bf16(InitHiddenArgs { out: DevPtr<u16>, n: u64, seed: u64, tensor: u64 });
     /// f32 → bf16, round to nearest even (captured hidden states).
     Init::f32_to_bf16_kernel(ToBf16Args { input: DevPtr<f32>, out: DevPtr<u16>, n: u64 });
+
+    // The device reference and the comparisons (kernels/reference.cu, cuda/reference.rs).
+    /// Reference routing of every token, with margins (one warp per token).
+    Reference::ref_route(RefRouteArgs {
+        logits: DevPtr<f32>, bias: DevPtr<f32>, sel: DevPtr<f32>, gscore: DevPtr<f32>,
+        kept: DevPtr<u32>, ids: DevPtr<u32>, probs: DevPtr<f64>, margin_e: DevPtr<f64>,
+        margin_g: DevPtr<f64>, tokens: u64, e: i32, n_group: i32, topk_group: i32, k: i32,
+        softmax: i32, top2: i32, norm: i32,
+    });
+    /// The shared gate in f64 for the compared tokens.
+    Reference::ref_gate(RefGateArgs {
+        x: DevPtr<u16>, gate_w: DevPtr<f32>, tok: DevPtr<u32>, out: DevPtr<f64>, n: u64, h: i32,
+    });
+    /// Rows per slot of the reference's grouped MLP.
+    Reference::ref_count(RefCountArgs {
+        ids: DevPtr<u32>, tok: DevPtr<u32>, counts: DevPtr<i32>, n: u64, kps: i32, k: i32,
+        e: i32, slots: i32,
+    });
+    /// Slot offsets, tile offsets and cursors (one thread).
+    Reference::ref_scan(RefScanArgs {
+        counts: DevPtr<i32>, offsets: DevPtr<i32>, tiles: DevPtr<i32>, cursor: DevPtr<i32>,
+        slots: i32, bm: i32,
+    });
+    /// Each reference row's position in slot order, and back.
+    Reference::ref_fill(RefFillArgs {
+        ids: DevPtr<u32>, tok: DevPtr<u32>, cursor: DevPtr<i32>, row_of: DevPtr<i32>,
+        pos_of: DevPtr<i32>, n: u64, kps: i32, k: i32, e: i32, slots: i32,
+    });
+    /// Grouped GEMM in f64 over bf16 weights.
+    Reference::ref_gemm(RefGemmArgs {
+        x: DevPtr<u16>, act: DevPtr<f64>, tok: DevPtr<u32>, row_of: DevPtr<i32>,
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, b_routed: DevPtr<u16>, b_shared: DevPtr<u16>,
+        out: DevPtr<f64>, lda: u64, ldo: u64, mode: i32, kps: i32, slots: i32, e: i32,
+        n_routed: i32, n_shared: i32, k_routed: i32, k_shared: i32,
+    });
+    /// silu(gate) · up in f64.
+    Reference::ref_silu(RefSiluArgs {
+        h1: DevPtr<f64>, act: DevPtr<f64>, offsets: DevPtr<i32>, ld: u64, slots: i32, e: i32,
+        inter_routed: i32, inter_shared: i32,
+    });
+    /// The reference output rows of the compared tokens.
+    Reference::ref_combine(RefCombineArgs {
+        o: DevPtr<f64>, pos_of: DevPtr<i32>, probs: DevPtr<f64>, tok: DevPtr<u32>,
+        gate: DevPtr<f64>, y: DevPtr<f64>, rsf: f64, n: u64, h: u64, kps: i32, k: i32,
+    });
+    /// Per-token routing comparison of a path against the reference.
+    Reference::ref_compare_routes(RefCompareArgs {
+        p_ids: DevPtr<u32>, p_w: DevPtr<f32>, sep: DevPtr<f32>, gate: DevPtr<f32>,
+        r_ids: DevPtr<u32>, r_probs: DevPtr<f64>, sel: DevPtr<f32>, gscore: DevPtr<f32>,
+        kept: DevPtr<u32>, load: DevPtr<u32>, cols: DevPtr<f64>, classes: DevPtr<u8>,
+        out_scale: f64, rsf: f64, tokens: u64, spt: i32, k: i32, e: i32, s: i32, n_group: i32,
+        topk_group: i32, near_ulps: i32,
+    });
+    /// A path's output rows of the compared tokens, kept for the path-against-path errors.
+    Reference::ref_copy_rows(RefCopyRowsArgs {
+        y: DevPtr<f32>, tok: DevPtr<u32>, out: DevPtr<f32>, n: u64, h: u64,
+    });
+    /// Per-token output errors of a path (against the reference or another path).
+    Reference::ref_compare_rows(RefRowsArgs {
+        y: DevPtr<f32>, tok: DevPtr<u32>, ref64: DevPtr<f64>, ref32: DevPtr<f32>,
+        cols: DevPtr<f64>, n: u64, h: i32, mode: i32,
+    });
+    /// Column summaries: sum, min, max, p50, p99, NaN count, worst entries.
+    Reference::ref_summarize(RefSummaryArgs {
+        cols: DevPtr<f64>, out: DevPtr<f64>, stride: u64, n: u64,
+    });
 }
 
 #[cfg(test)]
