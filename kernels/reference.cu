@@ -10,10 +10,10 @@
 #define REF_MAX_E 512
 #define REF_MAX_K 32
 #define REF_ROUTE_WARPS 2
-// Doubles per column summary (numerics::SUMMARY_LEN): sum, min, max, p50, p99, nan count, then
-// REF_WORST indices and REF_WORST values.
+// Doubles per column summary (cuda::reference::SUMMARY_LEN): sum, min, max, p50, p99, NaN count,
+// zero count, then REF_WORST indices and REF_WORST values.
 #define REF_WORST 8
-#define REF_SUMMARY_LEN 22
+#define REF_SUMMARY_LEN 23
 
 #define REF_INF __longlong_as_double(0x7ff0000000000000ll)
 #define REF_NAN __longlong_as_double(0x7ff8000000000000ll)
@@ -440,6 +440,13 @@ extern "C" __global__ void ref_compare_routes(const RefCompareArgs a) {
     if (a.classes) a.classes[t] = (unsigned char)cls;
 }
 
+// Copies n 32-bit words (a path's slot ids and weights, kept for the drill-down).
+extern "C" __global__ void ref_copy_u32(const RefCopyArgs a) {
+    for (u64 q = (u64)blockIdx.x * blockDim.x + threadIdx.x; q < a.n;
+         q += (u64)gridDim.x * blockDim.x)
+        a.dst[q] = a.src[q];
+}
+
 // Copies the compared tokens' output rows of a path (f32), to compare a later path with it.
 extern "C" __global__ void ref_copy_rows(const RefCopyRowsArgs a) {
     const u64 total = a.n * a.h;
@@ -522,11 +529,11 @@ __device__ double ref_select(const double* x, u64 n, u64 rank, u32* hist, u64* s
     return ref_unkey(prefix);
 }
 
-// One block per column: sum (fixed order), min, max, p50, p99, NaN count, and the REF_WORST
+// One block per column: sum (fixed order), min, max, p50, p99, NaN and zero counts, and the REF_WORST
 // largest entries (NaN first, ties to the lower index) with their indices.
 extern "C" __global__ void __launch_bounds__(256) ref_summarize(const RefSummaryArgs a) {
     __shared__ double s_sum[256], s_min[256], s_max[256];
-    __shared__ u64 s_nan[256], s_key[256], s_idx[256];
+    __shared__ u64 s_nan[256], s_zero[256], s_key[256], s_idx[256];
     __shared__ u32 hist[256];
     __shared__ u64 prefix;
     __shared__ u64 worst[REF_WORST];
@@ -535,10 +542,11 @@ extern "C" __global__ void __launch_bounds__(256) ref_summarize(const RefSummary
     const u64 n = a.n;
     const int tid = threadIdx.x;
     double sum = 0.0, mn = REF_INF, mx = -REF_INF;
-    u64 nan = 0;
+    u64 nan = 0, zeros = 0;
     for (u64 i = tid; i < n; i += 256) {
         double v = x[i];
         sum += v;
+        zeros += v == 0.0;
         if (v != v) {
             nan++;
         } else {
@@ -550,6 +558,7 @@ extern "C" __global__ void __launch_bounds__(256) ref_summarize(const RefSummary
     s_min[tid] = mn;
     s_max[tid] = mx;
     s_nan[tid] = nan;
+    s_zero[tid] = zeros;
     __syncthreads();
     for (int off = 128; off > 0; off >>= 1) {
         if (tid < off) {
@@ -557,6 +566,7 @@ extern "C" __global__ void __launch_bounds__(256) ref_summarize(const RefSummary
             s_min[tid] = fmin(s_min[tid], s_min[tid + off]);
             s_max[tid] = fmax(s_max[tid], s_max[tid + off]);
             s_nan[tid] += s_nan[tid + off];
+            s_zero[tid] += s_zero[tid + off];
         }
         __syncthreads();
     }
@@ -565,12 +575,13 @@ extern "C" __global__ void __launch_bounds__(256) ref_summarize(const RefSummary
         out[1] = n ? s_min[0] : 0.0;
         out[2] = n ? (s_nan[0] ? REF_NAN : s_max[0]) : 0.0;
         out[5] = (double)s_nan[0];
+        out[6] = (double)s_zero[0];
     }
     __syncthreads();
     if (n == 0) {
         if (tid == 0) {
             out[3] = out[4] = 0.0;
-            for (int q = 0; q < REF_WORST; q++) out[6 + q] = -1.0, out[6 + REF_WORST + q] = 0.0;
+            for (int q = 0; q < REF_WORST; q++) out[7 + q] = -1.0, out[7 + REF_WORST + q] = 0.0;
         }
         return;
     }
@@ -610,8 +621,8 @@ extern "C" __global__ void __launch_bounds__(256) ref_summarize(const RefSummary
         if (tid == 0) {
             worst[q] = s_idx[0];
             bool none = s_idx[0] == ~0ull;
-            out[6 + q] = none ? -1.0 : (double)s_idx[0];
-            out[6 + REF_WORST + q] = none ? 0.0 : ref_unkey(s_key[0]);
+            out[7 + q] = none ? -1.0 : (double)s_idx[0];
+            out[7 + REF_WORST + q] = none ? 0.0 : ref_unkey(s_key[0]);
         }
         __syncthreads();
     }

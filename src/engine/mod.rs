@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu;
 pub mod cuda;
 pub mod inputs;
+pub mod numerics;
 pub mod paths;
 pub mod routing;
 pub mod spec;
@@ -70,6 +71,9 @@ pub struct BackendStep {
     pub shared_gate: Vec<f32>,
     /// One per requested path, in order.
     pub paths: Vec<PathRun>,
+    /// The step's numerics where the backend computed them itself (the CUDA backend's device
+    /// reference); None: `compare` computes them on the host from the fields above.
+    pub numerics: Option<numerics::StepNumerics>,
 }
 
 /// The kind of backend; serialised as `cpu` / `cuda` in StepRecords and session headers.

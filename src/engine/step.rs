@@ -1,6 +1,7 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
 //! session writer stores and the exporters read (design §2), so it is plain serde data.
 
+use super::numerics::{MarginSummary, RouteClass, TieCounts, TokenErrors, TokenMargins};
 use super::paths::PathSpec;
 use super::BackendKind;
 use serde::{Deserialize, Serialize};
@@ -248,12 +249,32 @@ pub struct Comparison {
     /// Per path: relative L2 error against the f64 reference layer on the sampled tokens.
     #[serde(deserialize_with = "nan_as_null::vec_f64")]
     pub output_rel_l2_ref: Vec<f64>,
-    /// How many tokens the output comparisons cover.
+    /// How many tokens were compared against the f64 reference this step (= `tokens` when
+    /// every token is; scripts read it).
     pub sampled_tokens: usize,
+    // Fields below were added with the all-token device reference; older sessions lack them.
+    /// Per path: disagreements with the reference router by class (exact tie, near tie, real).
+    #[serde(default)]
+    pub ties_ref: Vec<TieCounts>,
+    /// Per path: per-token output errors against the f64 reference (p50/p99/max, worst tokens).
+    #[serde(default)]
+    pub token_errors_ref: Vec<TokenErrors>,
+    /// Per-token output errors of B against A.
+    #[serde(default)]
+    pub token_errors_ab: Option<TokenErrors>,
+    /// Reference margins over the step's tokens.
+    #[serde(default)]
+    pub margins: Option<MarginSummary>,
+    /// A few tokens where some path's routed set differs from the reference's, ascending.
+    #[serde(default)]
+    pub disagreeing_tokens: Vec<usize>,
+    /// Device time of the reference and the comparisons, µs, where measured.
+    #[serde(default)]
+    pub reference_us: Option<f64>,
 }
 
 /// One token's routing under the reference and each path (the numerics drill-down).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenDetail {
     pub token: usize,
     /// Group scores as the reference router computed them.
@@ -264,6 +285,12 @@ pub struct TokenDetail {
     pub reference: SlotWeights,
     /// Per path, the slots and effective weights it applied.
     pub paths: Vec<SlotWeights>,
+    /// The reference's margins for this token (absent in older sessions).
+    #[serde(default)]
+    pub margins: Option<TokenMargins>,
+    /// Per path, how its routed set compares with the reference's (absent in older sessions).
+    #[serde(default)]
+    pub classes: Vec<RouteClass>,
 }
 
 /// Slots (expert ids; shared slots are E..E+S-1) and the effective weight on each.
@@ -301,7 +328,7 @@ pub struct TelemetrySample {
 /// serde_json writes a non-finite float as `null` and refuses `null` for a float when reading.
 /// These read `null` back as NaN, so a step with NaN numerics — what a broken kernel produces,
 /// and what moescope exists to show — survives a session round trip (±inf comes back as NaN).
-mod nan_as_null {
+pub(crate) mod nan_as_null {
     use serde::{Deserialize, Deserializer};
 
     pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

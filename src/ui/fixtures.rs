@@ -224,6 +224,7 @@ pub fn record(
                 kept_groups: order,
                 reference,
                 paths: details_paths.iter().map(|p| p[d].clone()).collect(),
+                ..TokenDetail::default()
             }
         })
         .collect();
@@ -251,6 +252,7 @@ pub fn record(
                 2.1e-3 * (1.0 + unit(step, 9, 9)),
             ],
             sampled_tokens: detail_tokens.len(),
+            ..Comparison::default()
         },
         paths: records,
         token_details,

@@ -486,6 +486,7 @@ impl Backend for CpuBackend {
             sample_hidden,
             shared_gate: gates,
             paths: runs,
+            numerics: None,
         })
     }
 }

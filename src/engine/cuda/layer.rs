@@ -1186,6 +1186,7 @@ impl Backend for CudaBackend {
             sample_hidden,
             shared_gate: gates,
             paths: runs,
+            numerics: None,
         })
     }
 }
