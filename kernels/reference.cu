@@ -440,6 +440,28 @@ extern "C" __global__ void ref_compare_routes(const RefCompareArgs a) {
     if (a.classes) a.classes[t] = (unsigned char)cls;
 }
 
+// Per token: whether two paths routed to the same set of experts (ids < e; duplicates collapse).
+extern "C" __global__ void ref_compare_sets(const RefSetsArgs a) {
+    const u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= a.tokens) return;
+    const u32* x = a.a_ids + t * a.a_spt;
+    const u32* y = a.b_ids + t * a.b_spt;
+    bool same = true;
+    for (int i = 0; i < a.a_spt; i++) {
+        if (x[i] >= (u32)a.e) continue;
+        bool in = false;
+        for (int j = 0; j < a.b_spt; j++) in |= y[j] == x[i];
+        same &= in;
+    }
+    for (int j = 0; j < a.b_spt; j++) {
+        if (y[j] >= (u32)a.e) continue;
+        bool in = false;
+        for (int i = 0; i < a.a_spt; i++) in |= x[i] == y[j];
+        same &= in;
+    }
+    a.out[t] = same ? 1.0 : 0.0;
+}
+
 // Copies n 32-bit words (a path's slot ids and weights, kept for the drill-down).
 extern "C" __global__ void ref_copy_u32(const RefCopyArgs a) {
     for (u64 q = (u64)blockIdx.x * blockDim.x + threadIdx.x; q < a.n;
@@ -573,7 +595,7 @@ extern "C" __global__ void __launch_bounds__(256) ref_summarize(const RefSummary
     if (tid == 0) {
         out[0] = s_sum[0];
         out[1] = n ? s_min[0] : 0.0;
-        out[2] = n ? (s_nan[0] ? REF_NAN : s_max[0]) : 0.0;
+        out[2] = n ? s_max[0] : 0.0;  // NaN ignored, as Stats::of; the count says if any
         out[5] = (double)s_nan[0];
         out[6] = (double)s_zero[0];
     }

@@ -285,6 +285,11 @@ kernels! {
         out_scale: f64, rsf: f64, tokens: u64, spt: i32, k: i32, e: i32, s: i32, n_group: i32,
         topk_group: i32, near_ulps: i32,
     });
+    /// Per token: whether two paths' routed sets are equal.
+    Reference::ref_compare_sets(RefSetsArgs {
+        a_ids: DevPtr<u32>, b_ids: DevPtr<u32>, out: DevPtr<f64>, tokens: u64, a_spt: i32,
+        b_spt: i32, e: i32,
+    });
     /// Copies 32-bit words (a path's slot ids and weights, for the drill-down).
     Reference::ref_copy_u32(RefCopyArgs { src: DevPtr<u32>, dst: DevPtr<u32>, n: u64 });
     /// A path's output rows of the compared tokens, kept for the path-against-path errors.

@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod layer;
 pub mod loader;
+pub mod reference;
 pub mod router;
 
 use super::weights::WeightSource;
