@@ -209,9 +209,15 @@ impl DeviceReference {
         self.t == t && self.paths == paths && self.spt_max >= spt_max
     }
 
-    /// How many tokens are compared against the f64 reference.
-    pub fn compared(&self) -> usize {
-        self.n
+    /// The tokens compared against the f64 reference this step, ascending.
+    pub fn tokens(&self) -> &[usize] {
+        &self.tokens
+    }
+
+    /// The f64 reference output rows of the compared tokens [n × H] (tests and checks; not per
+    /// step).
+    pub fn reference_rows(&self, gpu: &Gpu) -> Result<Vec<f64>> {
+        gpu.download(&self.y, self.n * self.cfg.hidden_size, "reference output")
     }
 
     /// Routes every token and computes the f64 layer output of the compared tokens. `x`: [T × H]
