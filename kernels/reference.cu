@@ -210,9 +210,10 @@ extern "C" __global__ void ref_fill(const RefFillArgs a) {
 
 // Grouped GEMM in f64: out[p, n] = Σ_k A[p, k] · B_slot[n, k] for the positions p of each slot.
 // A is the bf16 hidden state of the row's token (mode 0) or an f64 row by position (mode 1).
-// Tiles of REF_BM positions × REF_BN columns, REF_BK deep; each thread 4 rows × 4 columns, and a
-// warp whose rows are all past the slot's end skips the arithmetic (small slots are the rule at
-// small T). Each k is accumulated in order with FMA: deterministic.
+// Tiles of REF_BM positions × REF_BN columns, REF_BK deep; each thread 4 rows × 4 columns (32
+// apart: conflict-free shared loads, coalesced stores), and a warp whose rows are all past the
+// slot's end skips the arithmetic (small slots are the rule at small T). Each k is accumulated in
+// order with FMA: deterministic.
 #define REF_BM 32
 #define REF_BN 128
 #define REF_BK 16
@@ -281,7 +282,7 @@ extern "C" __global__ void __launch_bounds__(256) ref_gemm(const RefGemmArgs a) 
 #pragma unroll
                 for (int i = 0; i < 4; i++) av[i] = As[kk][ty * 4 + i];
 #pragma unroll
-                for (int j = 0; j < 4; j++) bv[j] = Bs[kk][tx * 4 + j];
+                for (int j = 0; j < 4; j++) bv[j] = Bs[kk][tx + 32 * j];
 #pragma unroll
                 for (int i = 0; i < 4; i++)
 #pragma unroll
@@ -297,7 +298,7 @@ extern "C" __global__ void __launch_bounds__(256) ref_gemm(const RefGemmArgs a) 
         if (m >= rows) continue;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            int n = n0 + tx * 4 + j;
+            int n = n0 + tx + 32 * j;
             if (n < N) a.out[(u64)(row0 + m) * a.ldo + n] = acc[i][j];
         }
     }

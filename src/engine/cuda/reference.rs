@@ -161,8 +161,8 @@ impl DeviceReference {
         let g = cfg.n_group.max(1);
         let slots = cfg.total_slots();
         let rows = n * kps;
-        let n_route = paths * route_cols(cfg) * t + t;
-        let n_summary = n_route + 2 + (paths + 1) * ROW_COLS;
+        let route_elems = (paths * route_cols(cfg) + 1) * t;
+        let n_summary = paths * route_cols(cfg) + 1 + 2 + (paths + 1) * ROW_COLS;
         let tokens: Vec<usize> = (0..n).map(|i| i * t / n).collect();
         let tok: Vec<u32> = tokens.iter().map(|&x| x as u32).collect();
         Ok(DeviceReference {
@@ -190,7 +190,7 @@ impl DeviceReference {
             act: gpu.alloc(rows * inter, "reference activations (f64)")?,
             o: gpu.alloc(rows * h, "reference expert outputs (f64)")?,
             y: gpu.alloc(n * h, "reference output (f64)")?,
-            route_cols: gpu.alloc(n_route, "routing comparisons")?,
+            route_cols: gpu.alloc(route_elems, "routing comparisons")?,
             row_cols: gpu.alloc((paths + 1) * ROW_COLS * n, "output comparisons")?,
             classes: gpu.alloc(paths * t, "routing classes")?,
             load: gpu.alloc(paths * slots, "slot loads")?,
