@@ -271,8 +271,8 @@ fn every_bug_variant_is_flagged_with_all_token_numerics() {
             for (a, b) in rec.paths.iter().zip(&host.paths) {
                 assert_eq!(
                     a.contract.ok, b.contract.ok,
-                    "{preset} {variant}: {} vs {}",
-                    a.contract.message, b.contract.message
+                    "{preset} {variant}: {:?} vs {:?}",
+                    a.contract.violations, b.contract.violations
                 );
             }
             assert_eq!(flagged(&rec), flagged(&host), "{preset} {variant}");

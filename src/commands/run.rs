@@ -28,8 +28,9 @@ pub enum RsfArg {
 pub struct RunArgs {
     #[command(flatten)]
     pub layer: LayerArgs,
-    /// Tokens per step.
-    #[arg(long, short = 't', default_value_t = 64)]
+    /// Tokens per step (a captured batch from --hidden-states sets its own).
+    #[arg(long, short = 't', default_value_t = 64, allow_negative_numbers = true,
+          value_parser = super::positive_count, conflicts_with = "hidden_states")]
     pub tokens: usize,
     /// Scaling variant of path B (the fused path): correct, shared-inv-rsf, rsf-twice,
     /// hardcoded-2.5, shared-dropped.
@@ -60,7 +61,8 @@ pub struct RunArgs {
     #[arg(short = 'o', long = "output", requires = "export")]
     pub output: Option<PathBuf>,
     /// NVML telemetry sampling rate, Hz (0 = off).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, allow_negative_numbers = true,
+          value_parser = super::finite_non_negative::<f64>)]
     pub telemetry_hz: f64,
 }
 

@@ -3,23 +3,24 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
+use super::finite::{FiniteCheck, FiniteCounts, FiniteStage, Verdict};
 use super::numerics::{
     detail_tokens, MarginSummary, PathNumerics, RefToken, RouteClass, StepNumerics, TieCounts,
     TokenDist, TokenErrors, TokenMargins, WORST_TOKENS,
 };
-use super::paths::PathSpec;
+use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
-    Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
+    Comparison, ContractCheck, ContractViolation, OutputStats, PathRecord, SlotWeights, Stats,
+    StepRecord, TokenDetail,
 };
 use super::weights::ExpertWeights;
 use super::{Backend, BackendKind, BackendStep, PathRun, StepInput};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Relative tolerance of the contract verdict: weights are f32, the bugs are off by far more.
-pub const CONTRACT_TOLERANCE: f64 = 1e-3;
+pub use super::paths::CONTRACT_TOLERANCE;
 
 /// Multiply-adds of the f64 reference the engine spends per step at most.
 const REFERENCE_BUDGET_MACS: usize = 200_000_000;
@@ -204,33 +205,28 @@ fn token_errors(rows: &[f64], want: &[f64], h: usize, tokens: &[usize]) -> Token
 
 /// The contract verdict from a path's aggregates.
 fn check_contract(p: &PathNumerics, has_shared: bool) -> ContractCheck {
-    let mut problems = Vec::new();
-    if let (true, Some(got), Some(want)) = (has_shared, p.shared, p.shared_expected) {
-        if p.shared_max_dev > CONTRACT_TOLERANCE {
-            problems.push(format!(
-                "shared weight {:.3}, expected {:.3}",
-                got.mean, want.mean
-            ));
-        }
-    }
-    if p.routed_max_dev > CONTRACT_TOLERANCE {
-        problems.push(format!(
-            "routed sum {:.3}, expected {:.3}",
-            p.routed_sum.mean, p.routed_sum_expected.mean
-        ));
-    }
-    let ok = problems.is_empty();
-    ContractCheck {
-        ok,
+    let mut check = ContractCheck {
+        ok: false,
         expected_routed_sum: p.routed_sum_expected,
         expected_shared: if has_shared { p.shared_expected } else { None },
         routed_max_dev: p.routed_max_dev,
         shared_max_dev: p.shared_max_dev,
-        message: if ok {
-            "contract holds".to_string()
-        } else {
-            problems.join("; ")
-        },
+        violations: Vec::new(),
+    };
+    let shared = if has_shared { p.shared } else { None };
+    check.violations = check.violations_of(&p.routed_sum, shared.as_ref(), CONTRACT_TOLERANCE);
+    check.ok = check.violations.is_empty();
+    check
+}
+
+/// Makes the contract verdict of an invalid step say so: a NaN deviation compares as no
+/// deviation, so without this a layer full of NaN would read "contract holds".
+fn judge_finite(contract: &mut ContractCheck, check: &FiniteCheck) {
+    if let Verdict::Invalid { first, count } = check.verdict() {
+        contract.ok = false;
+        contract
+            .violations
+            .push(ContractViolation::NonFinite { first, count });
     }
 }
 
@@ -278,7 +274,11 @@ fn path_numerics(
         .flat_map(|(t, x)| x.shared.iter().map(move |&w| (w, gate_of(t))))
         .collect();
     let has_shared = cfg.n_shared_experts > 0;
+    let mut finite_seen = FiniteCounts::default();
+    finite_seen.count(FiniteStage::Router, &run.slot_weights);
+    finite_seen.add(FiniteStage::Combine, run.output.nonfinite);
     PathNumerics {
+        finite_seen,
         load,
         routed_sum: Stats::of(routed.iter().map(|p| p.0)),
         routed_sum_expected: Stats::of(routed.iter().map(|p| p.1)),
@@ -352,6 +352,10 @@ pub fn host_numerics(
             .collect(),
     };
     let gate_of = |t: usize| out.shared_gate.get(t).copied().unwrap_or(1.0) as f64;
+    let mut seen = FiniteCounts::default();
+    seen.count(FiniteStage::Input, &out.sample_hidden);
+    seen.count(FiniteStage::Weights, bias.as_deref().unwrap_or(&[]));
+    seen.count(FiniteStage::Router, &out.router_logits);
     let effectives: Vec<Vec<Effective>> = out
         .paths
         .iter()
@@ -361,7 +365,11 @@ pub fn host_numerics(
         .paths
         .iter()
         .zip(&effectives)
-        .map(|(run, eff)| path_numerics(cfg, run, eff, &reference, &gate_of))
+        .map(|(run, eff)| {
+            let mut p = path_numerics(cfg, run, eff, &reference, &gate_of);
+            p.finite_seen = p.finite_seen.merged(&seen);
+            p
+        })
         .collect();
 
     // Margins and classes for every token.
@@ -573,24 +581,40 @@ pub fn assemble(
         paths.len()
     );
     let has_shared = cfg.n_shared_experts > 0;
-    let records = paths
+    let mut records = Vec::with_capacity(paths.len());
+    for (i, ((spec, run), num)) in paths
         .iter()
         .zip(&out.paths)
         .zip(&numerics.paths)
         .enumerate()
-        .map(|(i, ((spec, run), num))| PathRecord {
-            name: ((b'A' + i as u8) as char).to_string(),
+    {
+        let finite = out
+            .finite
+            .merged(&run.finite)
+            .at_least(&num.finite_seen)
+            .check();
+        let mut contract = check_contract(num, has_shared);
+        judge_finite(&mut contract, &finite);
+        records.push(PathRecord {
+            name: PathId::nth(i).with_context(|| {
+                format!(
+                    "{} paths given; a run compares at most {}",
+                    paths.len(),
+                    PathId::ALL.len()
+                )
+            })?,
             spec: *spec,
             load: num.load.clone(),
             routed_weight_sum: num.routed_sum,
             shared_weight: if has_shared { num.shared } else { None },
-            contract: check_contract(num, has_shared),
+            contract,
             output: run.output,
             total_us: run.timings.iter().map(|k| k.us).sum(),
             timings: run.timings.clone(),
             clean_us: run.clean_us,
-        })
-        .collect();
+            finite: Some(finite),
+        });
+    }
     Ok(StepRecord {
         step: input.step,
         tokens: input.tokens,

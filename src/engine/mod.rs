@@ -5,11 +5,13 @@ pub mod compare;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod finite;
 pub mod inputs;
 pub mod numerics;
 pub mod paths;
 pub mod routing;
 pub mod spec;
+pub mod stats;
 pub mod step;
 pub mod telemetry;
 pub mod weights;
@@ -58,6 +60,8 @@ pub struct PathRun {
     pub timings: Vec<KernelTiming>,
     /// Uninstrumented path time, where the backend measures it.
     pub clean_us: Option<f64>,
+    /// Non-finite values counted in this path's own stages (router, experts, combine).
+    pub finite: finite::FiniteCounts,
 }
 
 /// What a backend returns for one step.
@@ -74,6 +78,8 @@ pub struct BackendStep {
     /// The step's numerics where the backend computed them itself (the CUDA backend's device
     /// reference); None: `compare` computes them on the host from the fields above.
     pub numerics: Option<numerics::StepNumerics>,
+    /// Non-finite values counted in the stages all paths share (input, weights).
+    pub finite: finite::FiniteCounts,
 }
 
 /// The kind of backend; serialised as `cpu` / `cuda` in StepRecords and session headers.

@@ -4,8 +4,9 @@
 //! follow live here: the quantile ranks, the worst-token order, the tie classes and margins.
 
 use super::config::MoeConfig;
-use super::step::{nan_as_null, Comparison, Stats, TokenDetail};
-use serde::{Deserialize, Serialize};
+use super::finite::FiniteCounts;
+use super::step::{Comparison, Stats, TokenDetail};
+pub use super::step::{MarginSummary, RouteClass, TieCounts, TokenDist, TokenErrors, TokenMargins};
 
 /// Tokens listed as the worst of a per-token quantity.
 pub const WORST_TOKENS: usize = 8;
@@ -13,20 +14,6 @@ pub const WORST_TOKENS: usize = 8;
 /// A disagreement within this many ulps (of the f32 selection value at the boundary) is a near
 /// tie: rounding, not a different rule or a bug.
 pub const NEAR_TIE_ULPS: u32 = 4;
-
-/// How a path's routed set for one token compares with the reference's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RouteClass {
-    Agree,
-    /// The swapped experts (or groups) have exactly the selection value at the boundary: a
-    /// tie-rule difference.
-    ExactTie,
-    /// Within `NEAR_TIE_ULPS` of the boundary: a rounding difference.
-    NearTie,
-    /// Further away, or a different number of experts: a bug.
-    Real,
-}
 
 impl RouteClass {
     /// The device's encoding (kernels/reference.cu `ref_compare_routes`).
@@ -40,14 +27,6 @@ impl RouteClass {
     }
 }
 
-/// Disagreements with the reference by class, over the step's tokens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TieCounts {
-    pub exact: usize,
-    pub near: usize,
-    pub real: usize,
-}
-
 impl TieCounts {
     pub fn add(&mut self, c: RouteClass) {
         match c {
@@ -57,20 +36,6 @@ impl TieCounts {
             RouteClass::Real => self.real += 1,
         }
     }
-}
-
-/// p50 / p99 / max of a per-token quantity over the compared tokens, and the worst tokens
-/// (largest first; NaN counts as the largest).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TokenDist {
-    #[serde(deserialize_with = "nan_as_null::f64")]
-    pub p50: f64,
-    #[serde(deserialize_with = "nan_as_null::f64")]
-    pub p99: f64,
-    #[serde(deserialize_with = "nan_as_null::f64")]
-    pub max: f64,
-    /// Token indices in the batch, worst first.
-    pub worst: Vec<usize>,
 }
 
 /// The rank (ascending, 0-based) of quantile `q` among `n` values: the lower nearest rank. The
@@ -126,23 +91,6 @@ impl TokenDist {
     }
 }
 
-/// Per-token output errors of a path, against the reference or against another path.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TokenErrors {
-    /// Relative L2 of the token's output row.
-    pub rel_l2: TokenDist,
-    /// Largest absolute difference in the token's output row.
-    pub max_abs: TokenDist,
-}
-
-/// One token's margins under the reference: the gap between the last chosen and the best
-/// unchosen selection value. None where nothing is left unchosen (every group kept; ungrouped).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct TokenMargins {
-    pub expert: Option<f64>,
-    pub group: Option<f64>,
-}
-
 impl TokenMargins {
     /// From the device's encoding: +inf where there is no boundary.
     pub fn from_raw(expert: f64, group: f64) -> TokenMargins {
@@ -152,19 +100,6 @@ impl TokenMargins {
             group: some(group),
         }
     }
-}
-
-/// The margins over the step's tokens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MarginSummary {
-    /// Smallest and median expert-level margin (None where no token has a boundary).
-    pub expert_min: Option<f64>,
-    pub expert_p50: Option<f64>,
-    /// Tokens whose expert boundary is an exact tie (margin 0).
-    pub expert_ties: usize,
-    pub group_min: Option<f64>,
-    pub group_p50: Option<f64>,
-    pub group_ties: usize,
 }
 
 impl MarginSummary {
@@ -290,6 +225,9 @@ impl RefToken<'_> {
 /// Load, effective weights and contract aggregates of one path.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PathNumerics {
+    /// Non-finite values the numerics saw in this path's data (the backend's own counts are
+    /// merged in when the record is assembled).
+    pub finite_seen: FiniteCounts,
     /// Tokens per slot (E routed, then S shared; a separate shared MLP counts every token).
     pub load: Vec<u32>,
     /// Effective routed-weight sum per token, and what the reference expects.

@@ -4,6 +4,7 @@
 
 use super::compare::output_stats;
 use super::config::MoeConfig;
+use super::finite::{count_nonfinite, FiniteCounts, FiniteStage};
 use super::paths::{PathSpec, RouterImpl, SharedMode};
 use super::routing::{self, top_k};
 use super::step::{KernelTiming, Stage};
@@ -28,6 +29,8 @@ pub struct CpuBackend {
     /// The shared experts as one dense MLP (the separate path).
     shared_dense: Option<ExpertWeights>,
     shared_gate: Option<Vec<f32>>,
+    /// Non-finite values in the weights, counted once when they were loaded.
+    weights_nonfinite: u64,
 }
 
 impl CpuBackend {
@@ -42,11 +45,27 @@ impl CpuBackend {
             .map(|j| source.shared_slot(j).map(Arc::new))
             .collect::<Result<Vec<_>>>()?;
         let shared_dense = concat_mlps(&shared_slots);
+        let (gate, bias) = (source.router_gate()?, source.router_bias()?);
+        let (offset, shared_gate) = (source.logit_offset()?, source.shared_gate()?);
+        let mlps = experts.iter().chain(&shared_slots);
+        let weights_nonfinite = [&gate, &offset]
+            .into_iter()
+            .chain(bias.as_ref())
+            .chain(shared_gate.as_ref())
+            .map(|v| count_nonfinite(v))
+            .chain(mlps.map(|m| {
+                [&m.gate, &m.up, &m.down]
+                    .map(|v| count_nonfinite(v))
+                    .iter()
+                    .sum()
+            }))
+            .sum();
         Ok(CpuBackend {
-            gate: source.router_gate()?,
-            bias: source.router_bias()?,
-            offset: source.logit_offset()?,
-            shared_gate: source.shared_gate()?,
+            gate,
+            bias,
+            offset,
+            shared_gate,
+            weights_nonfinite,
             experts,
             shared_slots,
             shared_dense,
@@ -97,10 +116,12 @@ impl CpuBackend {
             ensure!(cfg.shared_fusable(), "the shared experts of {} cannot be fused as slots: shared intermediate {} is not {} × the routed experts' {}", cfg.name, cfg.shared_intermediate_size, cfg.n_shared_experts, cfg.moe_intermediate_size);
         }
         let mut timings = Vec::new();
+        let mut finite = FiniteCounts::default();
 
         let start = Instant::now();
         let logits = self.gate_gemm(x, t);
         timed(&mut timings, Stage::GateGemm, start);
+        finite.count(FiniteStage::Router, &logits);
 
         // Routing into slots: routed ids and weights, then shared slots.
         let per_token = k + s;
@@ -151,6 +172,8 @@ impl CpuBackend {
             }
         }
 
+        finite.count(FiniteStage::Router, &slot_weights);
+
         // Alignment: tokens grouped by slot.
         let start = Instant::now();
         let slots = cfg.total_slots();
@@ -194,6 +217,7 @@ impl CpuBackend {
             mlp_rows(self.slot_mlp(slot), &rows, out);
         });
         timed(&mut timings, Stage::ExpertMlp, start);
+        finite.count(FiniteStage::Experts, &expert_out);
 
         // Combine back to tokens, with the output scale.
         let start = Instant::now();
@@ -225,6 +249,7 @@ impl CpuBackend {
                     .for_each(|(tok, out)| {
                         mlp_rows(mlp, &[&x[tok * h..(tok + 1) * h]], out);
                     });
+                finite.count(FiniteStage::Experts, &shared_out);
                 y.par_chunks_mut(h)
                     .zip(shared_out.par_chunks(h))
                     .enumerate()
@@ -240,14 +265,17 @@ impl CpuBackend {
             .iter()
             .flat_map(|&tok| y[tok * h..(tok + 1) * h].iter().copied())
             .collect();
+        let output = output_stats(&y);
+        finite.add(FiniteStage::Combine, output.nonfinite);
         let run = PathRun {
+            finite,
             slots_per_token: per_token,
             slot_ids,
             slot_weights,
             out_scale: contract.out_scale,
             separate_shared_weight: separate,
             sample_outputs,
-            output: output_stats(&y),
+            output,
             timings,
             clean_us: None,
         };
@@ -465,6 +493,9 @@ impl Backend for CpuBackend {
                 None => vec![1.0; t],
             }
         };
+        let mut finite = FiniteCounts::default();
+        finite.count(FiniteStage::Input, &x);
+        finite.add(FiniteStage::Weights, self.weights_nonfinite);
         let ones = vec![1.0f32; t];
         let gate_view: &[f32] = if gates.is_empty() { &ones } else { &gates };
         let mut runs = Vec::with_capacity(paths.len());
@@ -486,6 +517,7 @@ impl Backend for CpuBackend {
             sample_hidden,
             shared_gate: gates,
             paths: runs,
+            finite,
             numerics: None,
         })
     }

@@ -12,11 +12,11 @@
 //! evenly spread sample of as many tokens as fit, moving with the step (`sampled_tokens` says
 //! how many).
 
-use super::gpu::{Gpu, Grid};
+use super::gpu::Gpu;
 use super::kernels::{
     DevPtr, RefCombineArgs, RefCompareArgs, RefCopyArgs, RefCopyRowsArgs, RefCountArgs,
     RefFillArgs, RefGateArgs, RefGemmArgs, RefRouteArgs, RefRowsArgs, RefScanArgs, RefSetsArgs,
-    RefSiluArgs, RefSummaryArgs,
+    RefSiluArgs, RefSummaryArgs, REF_GEMM_BM,
 };
 use super::layer::DeviceLayer;
 use crate::engine::compare::DETAIL_TOKENS;
@@ -30,9 +30,6 @@ use cudarc::driver::{CudaEvent, CudaSlice};
 pub const SUMMARY_LEN: usize = 7 + 2 * WORST_TOKENS;
 /// Device memory the f64 reference may take per step.
 pub const MEMORY_BUDGET: usize = 8 << 30;
-/// Rows per tile of `ref_gemm` (REF_BM) and columns (REF_BN).
-const GEMM_BM: usize = 32;
-const GEMM_BN: usize = 128;
 
 /// Per-path route columns (`ref_compare_routes`), then one per shared slot.
 #[derive(Clone, Copy)]
@@ -252,29 +249,25 @@ impl DeviceReference {
 
     fn route(&self, gpu: &Gpu, layer: &DeviceLayer, logits: DevPtr<f32>) -> Result<()> {
         let cfg = &self.cfg;
-        let warps = 2; // REF_ROUTE_WARPS
-        gpu.launch(
-            Grid::x(self.t.div_ceil(warps) as u32, 32 * warps as u32),
-            RefRouteArgs {
-                logits,
-                bias: DevPtr::of_opt(&gpu.stream, layer.bias.as_ref()),
-                sel: gpu.ptr(&self.sel),
-                gscore: gpu.ptr(&self.gscore),
-                kept: gpu.ptr(&self.kept),
-                ids: gpu.ptr(&self.ids),
-                probs: gpu.ptr(&self.probs),
-                margin_e: gpu.ptr(&self.margins),
-                margin_g: gpu.ptr(&self.margins).at(self.t),
-                tokens: self.t as u64,
-                e: cfg.n_routed_experts as i32,
-                n_group: cfg.n_group as i32,
-                topk_group: cfg.topk_group as i32,
-                k: cfg.num_experts_per_tok as i32,
-                softmax: (cfg.scoring_func == ScoringFunc::Softmax) as i32,
-                top2: cfg.has_bias as i32,
-                norm: cfg.norm_topk_prob as i32,
-            },
-        )
+        gpu.launch(RefRouteArgs {
+            logits,
+            bias: DevPtr::of_opt(&gpu.stream, layer.bias.as_ref()),
+            sel: gpu.ptr(&self.sel),
+            gscore: gpu.ptr(&self.gscore),
+            kept: gpu.ptr(&self.kept),
+            ids: gpu.ptr(&self.ids),
+            probs: gpu.ptr(&self.probs),
+            margin_e: gpu.ptr(&self.margins),
+            margin_g: gpu.ptr(&self.margins).at(self.t),
+            tokens: self.t as u64,
+            e: cfg.n_routed_experts as i32,
+            n_group: cfg.n_group as i32,
+            topk_group: cfg.topk_group as i32,
+            k: cfg.num_experts_per_tok as i32,
+            softmax: (cfg.scoring_func == ScoringFunc::Softmax) as i32,
+            top2: cfg.has_bias as i32,
+            norm: cfg.norm_topk_prob as i32,
+        })
     }
 
     /// The grouped f64 MLP of the compared tokens and their weighted sum.
@@ -292,17 +285,14 @@ impl DeviceReference {
         let rows = n * kps;
         let tok = gpu.ptr(&self.tok);
         if s > 0 {
-            gpu.launch(
-                Grid::x((n * 32).div_ceil(256) as u32, 256),
-                RefGateArgs {
-                    x,
-                    gate_w: DevPtr::of_opt(&gpu.stream, layer.shared_gate_w.as_ref()),
-                    tok,
-                    out: gpu.ptr(&self.gate),
-                    n: n as u64,
-                    h: h as i32,
-                },
-            )?;
+            gpu.launch(RefGateArgs {
+                x,
+                gate_w: DevPtr::of_opt(&gpu.stream, layer.shared_gate_w.as_ref()),
+                tok,
+                out: gpu.ptr(&self.gate),
+                n: n as u64,
+                h: h as i32,
+            })?;
         }
         gpu.fill(gpu.ptr(&self.counts), slots, 0)?;
         let rows_args = (
@@ -313,46 +303,37 @@ impl DeviceReference {
             k as i32,
             e as i32,
         );
-        gpu.launch(
-            gpu.stride(rows, 256),
-            RefCountArgs {
-                ids: rows_args.0,
-                tok,
-                counts: gpu.ptr(&self.counts),
-                n: rows_args.2,
-                kps: rows_args.3,
-                k: rows_args.4,
-                e: rows_args.5,
-                slots: slots as i32,
-            },
-        )?;
-        gpu.launch(
-            Grid::x(1, 32),
-            RefScanArgs {
-                counts: gpu.ptr(&self.counts),
-                offsets: gpu.ptr(&self.offsets),
-                tiles: gpu.ptr(&self.tiles),
-                cursor: gpu.ptr(&self.cursor),
-                slots: slots as i32,
-                bm: GEMM_BM as i32,
-            },
-        )?;
-        gpu.launch(
-            gpu.stride(rows, 256),
-            RefFillArgs {
-                ids: rows_args.0,
-                tok,
-                cursor: gpu.ptr(&self.cursor),
-                row_of: gpu.ptr(&self.row_of),
-                pos_of: gpu.ptr(&self.pos_of),
-                n: rows_args.2,
-                kps: rows_args.3,
-                k: rows_args.4,
-                e: rows_args.5,
-                slots: slots as i32,
-            },
-        )?;
-        let max_tiles = (rows.div_ceil(GEMM_BM) + slots) as u32;
+        gpu.launch(RefCountArgs {
+            ids: rows_args.0,
+            tok,
+            counts: gpu.ptr(&self.counts),
+            n: rows_args.2,
+            kps: rows_args.3,
+            k: rows_args.4,
+            e: rows_args.5,
+            slots: slots as i32,
+        })?;
+        gpu.launch(RefScanArgs {
+            counts: gpu.ptr(&self.counts),
+            offsets: gpu.ptr(&self.offsets),
+            tiles: gpu.ptr(&self.tiles),
+            cursor: gpu.ptr(&self.cursor),
+            slots: slots as i32,
+            bm: REF_GEMM_BM as i32,
+        })?;
+        gpu.launch(RefFillArgs {
+            ids: rows_args.0,
+            tok,
+            cursor: gpu.ptr(&self.cursor),
+            row_of: gpu.ptr(&self.row_of),
+            pos_of: gpu.ptr(&self.pos_of),
+            n: rows_args.2,
+            kps: rows_args.3,
+            k: rows_args.4,
+            e: rows_args.5,
+            slots: slots as i32,
+        })?;
+        let max_tiles = (rows.div_ceil(REF_GEMM_BM) + slots) as u32;
         let shared13 = layer.sw13.as_ref().unwrap_or(&layer.w13);
         let shared2 = layer.sw2.as_ref().unwrap_or(&layer.w2);
         let gemm = |mode: i32, b: (DevPtr<u16>, DevPtr<u16>), out: DevPtr<f64>, nk: [usize; 4]| {
@@ -361,68 +342,61 @@ impl DeviceReference {
             } else {
                 (inter, h)
             };
-            gpu.launch(
-                Grid::xy(max_tiles, nk[0].max(nk[1]).div_ceil(GEMM_BN) as u32, 256),
-                RefGemmArgs {
-                    x,
-                    act: gpu.ptr(&self.act),
-                    tok,
-                    row_of: gpu.ptr(&self.row_of),
-                    offsets: gpu.ptr(&self.offsets),
-                    tiles: gpu.ptr(&self.tiles),
-                    b_routed: b.0,
-                    b_shared: b.1,
-                    out,
-                    lda: lda as u64,
-                    ldo: ldo as u64,
-                    mode,
-                    kps: kps as i32,
-                    slots: slots as i32,
-                    e: e as i32,
-                    n_routed: nk[0] as i32,
-                    n_shared: nk[1] as i32,
-                    k_routed: nk[2] as i32,
-                    k_shared: nk[3] as i32,
-                },
-            )
+            gpu.launch(RefGemmArgs {
+                x,
+                act: gpu.ptr(&self.act),
+                tok,
+                row_of: gpu.ptr(&self.row_of),
+                offsets: gpu.ptr(&self.offsets),
+                tiles: gpu.ptr(&self.tiles),
+                b_routed: b.0,
+                b_shared: b.1,
+                out,
+                lda: lda as u64,
+                ldo: ldo as u64,
+                mode,
+                kps: kps as i32,
+                slots: slots as i32,
+                e: e as i32,
+                n_routed: nk[0] as i32,
+                n_shared: nk[1] as i32,
+                k_routed: nk[2] as i32,
+                k_shared: nk[3] as i32,
+                max_tiles: max_tiles as i32,
+            })
         };
         let b13 = (gpu.ptr(&layer.w13), gpu.ptr(shared13));
         gemm(0, b13, gpu.ptr(&self.h1), [2 * i_r, 2 * i_s, h, h])?;
-        gpu.launch(
-            gpu.stride(rows * inter, 256),
-            RefSiluArgs {
-                h1: gpu.ptr(&self.h1),
-                act: gpu.ptr(&self.act),
-                offsets: gpu.ptr(&self.offsets),
-                ld: inter as u64,
-                slots: slots as i32,
-                e: e as i32,
-                inter_routed: i_r as i32,
-                inter_shared: i_s as i32,
-            },
-        )?;
+        gpu.launch(RefSiluArgs {
+            h1: gpu.ptr(&self.h1),
+            act: gpu.ptr(&self.act),
+            offsets: gpu.ptr(&self.offsets),
+            ld: inter as u64,
+            rows: rows as u64,
+            slots: slots as i32,
+            e: e as i32,
+            inter_routed: i_r as i32,
+            inter_shared: i_s as i32,
+        })?;
         let b2 = (gpu.ptr(&layer.w2), gpu.ptr(shared2));
         gemm(1, b2, gpu.ptr(&self.o), [h, h, i_r, i_s])?;
-        gpu.launch(
-            gpu.stride(n * h, 256),
-            RefCombineArgs {
-                o: gpu.ptr(&self.o),
-                pos_of: gpu.ptr(&self.pos_of),
-                probs: gpu.ptr(&self.probs),
-                tok,
-                gate: if s > 0 {
-                    gpu.ptr(&self.gate)
-                } else {
-                    DevPtr::NULL
-                },
-                y: gpu.ptr(&self.y),
-                rsf: cfg.routed_scaling_factor,
-                n: n as u64,
-                h: h as u64,
-                kps: kps as i32,
-                k: k as i32,
+        gpu.launch(RefCombineArgs {
+            o: gpu.ptr(&self.o),
+            pos_of: gpu.ptr(&self.pos_of),
+            probs: gpu.ptr(&self.probs),
+            tok,
+            gate: if s > 0 {
+                gpu.ptr(&self.gate)
+            } else {
+                DevPtr::NULL
             },
-        )
+            y: gpu.ptr(&self.y),
+            rsf: cfg.routed_scaling_factor,
+            n: n as u64,
+            h: h as u64,
+            kps: kps as i32,
+            k: k as i32,
+        })
     }
 
     fn ids_ptr(&self, gpu: &Gpu) -> DevPtr<u32> {
@@ -445,14 +419,11 @@ impl DeviceReference {
         let kept_ids = gpu.ptr(&self.kept_ids).at(idx * t * self.spt_max);
         let kept_w = gpu.ptr(&self.kept_w).at(idx * t * self.spt_max);
         let copy = |src: DevPtr<u32>, dst: DevPtr<u32>, len: usize| {
-            gpu.launch(
-                gpu.stride(len, 256),
-                RefCopyArgs {
-                    src,
-                    dst,
-                    n: len as u64,
-                },
-            )
+            gpu.launch(RefCopyArgs {
+                src,
+                dst,
+                n: len as u64,
+            })
         };
         copy(p.ids, kept_ids, t * p.spt)?;
         copy(p.weights.cast(), kept_w.cast(), t * p.spt)?;
@@ -463,75 +434,63 @@ impl DeviceReference {
             gpu.fill(gpu.ptr(&self.load), self.paths * cfg.total_slots(), 0)?;
         }
         let nrc = route_cols(cfg);
-        gpu.launch(
-            Grid::x(t.div_ceil(128) as u32, 128),
-            RefCompareArgs {
-                p_ids: p.ids,
-                p_w: p.weights,
-                sep: p.sep,
-                gate: p.gate,
-                r_ids: gpu.ptr(&self.ids),
-                r_probs: gpu.ptr(&self.probs),
-                sel: gpu.ptr(&self.sel),
-                gscore: gpu.ptr(&self.gscore),
-                kept: gpu.ptr(&self.kept),
-                load: gpu.ptr(&self.load).at(idx * cfg.total_slots()),
-                cols: gpu.ptr(&self.route_cols).at(idx * nrc * t),
-                classes: gpu.ptr(&self.classes).at(idx * t),
-                out_scale: p.out_scale,
-                rsf: cfg.routed_scaling_factor,
-                tokens: t as u64,
-                spt: p.spt as i32,
-                k: cfg.num_experts_per_tok as i32,
-                e: cfg.n_routed_experts as i32,
-                s: cfg.n_shared_experts as i32,
-                n_group: cfg.n_group as i32,
-                topk_group: cfg.topk_group as i32,
-                near_ulps: NEAR_TIE_ULPS as i32,
-            },
-        )?;
+        gpu.launch(RefCompareArgs {
+            p_ids: p.ids,
+            p_w: p.weights,
+            sep: p.sep,
+            gate: p.gate,
+            r_ids: gpu.ptr(&self.ids),
+            r_probs: gpu.ptr(&self.probs),
+            sel: gpu.ptr(&self.sel),
+            gscore: gpu.ptr(&self.gscore),
+            kept: gpu.ptr(&self.kept),
+            load: gpu.ptr(&self.load).at(idx * cfg.total_slots()),
+            cols: gpu.ptr(&self.route_cols).at(idx * nrc * t),
+            classes: gpu.ptr(&self.classes).at(idx * t),
+            out_scale: p.out_scale,
+            rsf: cfg.routed_scaling_factor,
+            tokens: t as u64,
+            spt: p.spt as i32,
+            k: cfg.num_experts_per_tok as i32,
+            e: cfg.n_routed_experts as i32,
+            s: cfg.n_shared_experts as i32,
+            n_group: cfg.n_group as i32,
+            topk_group: cfg.topk_group as i32,
+            near_ulps: NEAR_TIE_ULPS as i32,
+        })?;
         let rows = |y: DevPtr<f32>, mode: i32, cols: usize| {
-            gpu.launch(
-                Grid::x((n * 32).div_ceil(256) as u32, 256),
-                RefRowsArgs {
-                    y,
-                    tok: gpu.ptr(&self.tok),
-                    ref64: gpu.ptr(&self.y),
-                    ref32: gpu.ptr(&self.y_a),
-                    cols: gpu.ptr(&self.row_cols).at(cols * ROW_COLS * n),
-                    n: n as u64,
-                    h: h as i32,
-                    mode,
-                },
-            )
+            gpu.launch(RefRowsArgs {
+                y,
+                tok: gpu.ptr(&self.tok),
+                ref64: gpu.ptr(&self.y),
+                ref32: gpu.ptr(&self.y_a),
+                cols: gpu.ptr(&self.row_cols).at(cols * ROW_COLS * n),
+                n: n as u64,
+                h: h as i32,
+                mode,
+            })
         };
         rows(p.y, 0, idx)?;
         if idx == 0 {
-            gpu.launch(
-                gpu.stride(n * h, 256),
-                RefCopyRowsArgs {
-                    y: p.y,
-                    tok: gpu.ptr(&self.tok),
-                    out: gpu.ptr(&self.y_a),
-                    n: n as u64,
-                    h: h as u64,
-                },
-            )?;
+            gpu.launch(RefCopyRowsArgs {
+                y: p.y,
+                tok: gpu.ptr(&self.tok),
+                out: gpu.ptr(&self.y_a),
+                n: n as u64,
+                h: h as u64,
+            })?;
         } else if idx == 1 {
             rows(p.y, 1, self.paths)?;
             let a = self.runs[0].context("path A was not compared before path B")?;
-            gpu.launch(
-                Grid::x(t.div_ceil(128) as u32, 128),
-                RefSetsArgs {
-                    a_ids: gpu.ptr(&self.kept_ids),
-                    b_ids: kept_ids,
-                    out: gpu.ptr(&self.route_cols).at(self.paths * nrc * t),
-                    tokens: t as u64,
-                    a_spt: a.spt as i32,
-                    b_spt: p.spt as i32,
-                    e: cfg.n_routed_experts as i32,
-                },
-            )?;
+            gpu.launch(RefSetsArgs {
+                a_ids: gpu.ptr(&self.kept_ids),
+                b_ids: kept_ids,
+                out: gpu.ptr(&self.route_cols).at(self.paths * nrc * t),
+                tokens: t as u64,
+                a_spt: a.spt as i32,
+                b_spt: p.spt as i32,
+                e: cfg.n_routed_experts as i32,
+            })?;
         }
         self.runs[idx] = Some(p);
         let end = gpu.event()?;
@@ -552,15 +511,13 @@ impl DeviceReference {
         let start = gpu.event()?;
         let n_route = self.paths * route_cols(&self.cfg) + 1;
         let summarize = |cols: DevPtr<f64>, count: usize, stride: usize, len: usize, at: usize| {
-            gpu.launch(
-                Grid::x(count as u32, 256),
-                RefSummaryArgs {
-                    cols,
-                    out: gpu.ptr(&self.summary).at(at * SUMMARY_LEN),
-                    stride: stride as u64,
-                    n: len as u64,
-                },
-            )
+            gpu.launch(RefSummaryArgs {
+                cols,
+                out: gpu.ptr(&self.summary).at(at * SUMMARY_LEN),
+                stride: stride as u64,
+                n: len as u64,
+                columns: count as u64,
+            })
         };
         summarize(gpu.ptr(&self.route_cols), n_route, t, t, 0)?;
         summarize(gpu.ptr(&self.margins), 2, t, t, n_route)?;

@@ -5,6 +5,7 @@
 use super::{DeviceReference, RouteCol, RowCol, ROW_COLS, SUMMARY_LEN};
 use crate::engine::compare::{effective_slots, reference_slots};
 use crate::engine::cuda::gpu::Gpu;
+use crate::engine::finite::{FiniteCounts, FiniteStage};
 use crate::engine::numerics::{
     MarginSummary, PathNumerics, RouteClass, StepNumerics, TieCounts, TokenDist, TokenErrors,
     TokenMargins, WORST_TOKENS,
@@ -176,7 +177,12 @@ impl DeviceReference {
                         .fold(f64::NEG_INFINITY, f64::max),
                 }
             });
+            // Tokens whose routed weights were not finite (the device counts no more of them).
+            let mut finite_seen = FiniteCounts::default();
+            let bad_weights = s.route(p, RouteCol::RoutedSum).nans() as u64;
+            finite_seen.add(FiniteStage::Router, bad_weights);
             paths.push(PathNumerics {
+                finite_seen,
                 load: l,
                 routed_sum: s.route(p, RouteCol::RoutedSum).stats(t),
                 routed_sum_expected: s.route(p, RouteCol::RoutedWant).stats(t),
