@@ -120,6 +120,11 @@ pub trait Backend: Send {
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep>;
     /// The weights, for the f64 reference on sampled tokens.
     fn weights(&self) -> &dyn WeightSource;
+    /// Whether the backend compares every token against the f64 reference itself (returning
+    /// `BackendStep::numerics`): the engine then asks it for no sampled rows.
+    fn compares_on_device(&self) -> bool {
+        false
+    }
     /// Slot `slot`'s MLP (routed < E, then shared slots) for the f64 reference. Backends that
     /// already hold the weights on the host override this to skip regenerating or re-reading.
     fn reference_slot(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
@@ -269,7 +274,11 @@ impl Engine {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let cfg = self.config().clone();
-        let sample_tokens = compare::sample_tokens(&cfg, self.tokens, self.next_step);
+        let sample_tokens = if self.backend.compares_on_device() {
+            Vec::new()
+        } else {
+            compare::sample_tokens(&cfg, self.tokens, self.next_step)
+        };
         let input = StepInput {
             step: self.next_step,
             tokens: self.tokens,

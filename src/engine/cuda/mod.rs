@@ -36,7 +36,9 @@ pub fn probe() -> Result<(), String> {
 /// Opens the CUDA backend on these weights.
 pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
     let gpu = Arc::new(gpu::Gpu::open()?);
-    Ok(Box::new(layer::CudaBackend::new(gpu, weights)?))
+    let mut backend = layer::CudaBackend::new(gpu, weights)?;
+    backend.device_numerics = true;
+    Ok(Box::new(backend))
 }
 
 /// Routes on the GPU with the fused router. `required`: fail where no GPU is present (for
