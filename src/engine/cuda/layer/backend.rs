@@ -185,7 +185,7 @@ impl CudaBackend {
             sample_outputs: out.sample_outputs,
             output: out.output,
             timings,
-            clean_us: if input.step % CLEAN_EVERY == 0 {
+            clean_us: if input.step.is_multiple_of(CLEAN_EVERY) {
                 Some(self.clean_us(plan, t)?)
             } else {
                 None
