@@ -10,6 +10,7 @@ mod ep_eplb;
 pub mod finite;
 pub mod inputs;
 pub mod kernel_check;
+pub mod numerics;
 pub mod paths;
 pub mod routing;
 pub mod spec;
@@ -78,6 +79,9 @@ pub struct BackendStep {
     pub shared_gate: Vec<f32>,
     /// One per requested path, in order.
     pub paths: Vec<PathRun>,
+    /// The step's numerics where the backend computed them itself (the CUDA backend's device
+    /// reference); None: `compare` computes them on the host from the fields above.
+    pub numerics: Option<numerics::StepNumerics>,
     /// Non-finite values counted in the stages all paths share (input, weights).
     pub finite: finite::FiniteCounts,
 }
@@ -140,6 +144,11 @@ pub trait Backend: Send {
     }
     /// The weights, for the f64 reference on sampled tokens.
     fn weights(&self) -> &dyn WeightSource;
+    /// Whether the backend compares every token against the f64 reference itself (returning
+    /// `BackendStep::numerics`): the engine then asks it for no sampled rows.
+    fn compares_on_device(&self) -> bool {
+        false
+    }
     /// Slot `slot`'s MLP (routed < E, then shared slots) for the f64 reference. Backends that
     /// already hold the weights on the host override this to skip regenerating or re-reading.
     fn reference_slot(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
@@ -326,7 +335,11 @@ impl Engine {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let cfg = self.config().clone();
-        let sample_tokens = compare::sample_tokens(&cfg, self.tokens, self.next_step);
+        let sample_tokens = if self.backend.compares_on_device() {
+            Vec::new()
+        } else {
+            compare::sample_tokens(&cfg, self.tokens, self.next_step)
+        };
         let input = StepInput {
             step: self.next_step,
             tokens: self.tokens,

@@ -220,6 +220,7 @@ pub fn record(
                 kept_groups: order,
                 reference,
                 paths: details_paths.iter().map(|p| p[d].clone()).collect(),
+                ..TokenDetail::default()
             }
         })
         .collect();
@@ -247,6 +248,7 @@ pub fn record(
                 2.1e-3 * (1.0 + unit(step, 9, 9)),
             ],
             sampled_tokens: detail_tokens.len(),
+            ..Comparison::default()
         },
         paths: records,
         token_details,

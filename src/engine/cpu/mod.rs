@@ -651,6 +651,7 @@ impl CpuBackend {
             shared_gate: gates,
             paths: runs,
             finite,
+            numerics: None,
         })
     }
 }

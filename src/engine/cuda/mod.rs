@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod layer;
 pub mod loader;
+pub mod reference;
 pub mod router;
 pub mod user_kernel;
 
@@ -36,7 +37,9 @@ pub fn probe() -> Result<(), String> {
 /// Opens the CUDA backend on these weights.
 pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
     let gpu = Arc::new(gpu::Gpu::open()?);
-    Ok(Box::new(layer::CudaBackend::new(gpu, weights)?))
+    let mut backend = layer::CudaBackend::new(gpu, weights)?;
+    backend.device_numerics = true;
+    Ok(Box::new(backend))
 }
 
 /// Routes on the GPU with the fused router. `required`: fail where no GPU is present (for

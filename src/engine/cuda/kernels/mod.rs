@@ -176,6 +176,7 @@ pub enum Module {
     RouterFused,
     RouterUnfused,
     Moe,
+    Reference,
 }
 
 impl Module {
@@ -184,6 +185,7 @@ impl Module {
         Module::RouterFused,
         Module::RouterUnfused,
         Module::Moe,
+        Module::Reference,
     ];
 
     /// The file name without `.cu`.
@@ -193,6 +195,7 @@ impl Module {
             Module::RouterFused => "router_fused",
             Module::RouterUnfused => "router_unfused",
             Module::Moe => "moe",
+            Module::Reference => "reference",
         }
     }
 
@@ -202,6 +205,7 @@ impl Module {
             Module::RouterFused => include_str!("../../../../kernels/router_fused.cu"),
             Module::RouterUnfused => include_str!("../../../../kernels/router_unfused.cu"),
             Module::Moe => include_str!("../../../../kernels/moe.cu"),
+            Module::Reference => include_str!("../../../../kernels/reference.cu"),
         }
     }
 
