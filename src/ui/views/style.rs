@@ -30,8 +30,12 @@ pub fn path_ids(n: usize) -> impl Iterator<Item = PathId> {
     PathId::ALL.into_iter().take(n)
 }
 
-/// Steps per second over the recent history, from the steps' recorded times.
+/// Steps per second over the recent history, from the steps' recorded times; None while
+/// paused or while the first step at a new size runs (the last rate is not what runs now).
 pub fn step_rate(app: &App) -> Option<f64> {
+    if app.paused || app.busy_resizing() {
+        return None;
+    }
     let n = app.history.len().min(20);
     if n < 2 {
         return None;
