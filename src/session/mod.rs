@@ -7,6 +7,7 @@
 //! headless run exports live with the same code that exports a recorded file.
 
 pub mod export;
+pub mod output;
 pub mod reader;
 pub mod summary;
 pub mod words;
