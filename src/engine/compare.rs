@@ -3,7 +3,7 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
-use super::finite::{self, FiniteCounts, FiniteStage};
+use super::finite::{FiniteCounts, FiniteStage};
 use super::paths::PathSpec;
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
@@ -259,7 +259,10 @@ pub fn assemble(
         path_seen.add(FiniteStage::Combine, run.output.nonfinite);
         let finite = out.finite.merged(&run.finite).at_least(&path_seen).check();
         let mut contract = check_contract(&routed_pairs, &shared_pairs, has_shared);
-        finite::judge(&mut contract, &finite);
+        if let Some(message) = finite.verdict().contract_message() {
+            contract.ok = false;
+            contract.message = message;
+        }
         records.push(PathRecord {
             name: ((b'A' + i as u8) as char).to_string(),
             spec: *spec,

@@ -3,7 +3,6 @@
 //! per step and any non-finite value makes the step's verdict `invalid`, naming the first stage
 //! (in pipeline order) where one appeared and how many there were in all.
 
-use super::step::ContractCheck;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -147,14 +146,16 @@ impl Verdict {
     pub fn is_valid(self) -> bool {
         matches!(self, Verdict::Valid)
     }
-}
 
-/// Makes the contract verdict of an invalid step say so: a NaN deviation compares as no
-/// deviation, so without this a layer full of NaN would read "contract holds".
-pub fn judge(contract: &mut ContractCheck, check: &FiniteCheck) {
-    if let Verdict::Invalid { first, count } = check.verdict() {
-        contract.ok = false;
-        contract.message = format!("invalid: {count} non-finite values, first in {first}");
+    /// What the contract verdict of an invalid step reads instead of its own: a NaN deviation
+    /// compares as no deviation, so without it a layer full of NaN would read "contract holds".
+    pub fn contract_message(self) -> Option<String> {
+        match self {
+            Verdict::Valid => None,
+            Verdict::Invalid { first, count } => Some(format!(
+                "invalid: {count} non-finite values, first in {first}"
+            )),
+        }
     }
 }
 
