@@ -7,7 +7,7 @@ mod checkpoint_support;
 use checkpoint_support::*;
 use moescope::engine::config::MoeConfig;
 use moescope::engine::finite::{FiniteStage, Verdict};
-use moescope::engine::step::StepRecord;
+use moescope::engine::step::{ContractViolation, StepRecord};
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use std::process::Command;
@@ -49,11 +49,18 @@ fn assert_invalid(record: &StepRecord, first: FiniteStage) {
             }
             Verdict::Valid => panic!("path {} called valid", p.name),
         }
-        assert!(!p.contract.ok, "path {}: {}", p.name, p.contract.message);
         assert!(
-            p.contract.message.starts_with("invalid"),
-            "{}",
-            p.contract.message
+            !p.contract.ok,
+            "path {}: {:?}",
+            p.name, p.contract.violations
+        );
+        assert!(
+            matches!(
+                p.contract.violations.last(),
+                Some(ContractViolation::NonFinite { first: f, .. }) if *f == first
+            ),
+            "{:?}",
+            p.contract.violations
         );
     }
 }
@@ -63,7 +70,7 @@ fn a_finite_layer_is_valid() {
     let r = step(layer(), &hidden(8));
     for p in &r.paths {
         assert_eq!(p.finite.as_ref().unwrap().verdict(), Verdict::Valid);
-        assert!(p.contract.ok, "{}", p.contract.message);
+        assert!(p.contract.ok, "{:?}", p.contract.violations);
     }
 }
 

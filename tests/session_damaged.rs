@@ -226,11 +226,13 @@ fn an_empty_line_is_skipped() {
 fn an_unknown_version_or_format_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut l = lines().clone();
-    l[0] = l[0].replacen("\"version\":1", "\"version\":2", 1);
-    let path = write(dir.path(), "v2.jsonl", &joined(&l));
+    l[0] = l[0].replacen("\"version\":2", "\"version\":99", 1);
+    let path = write(dir.path(), "v99.jsonl", &joined(&l));
     let err = open_err(&path);
     assert!(
-        err.contains("line 1") && err.contains("version 2") && err.contains("reads version 1"),
+        err.contains("line 1")
+            && err.contains("version 99")
+            && err.contains("reads versions 1 to 2"),
         "{err}"
     );
 

@@ -146,17 +146,6 @@ impl Verdict {
     pub fn is_valid(self) -> bool {
         matches!(self, Verdict::Valid)
     }
-
-    /// What the contract verdict of an invalid step reads instead of its own: a NaN deviation
-    /// compares as no deviation, so without it a layer full of NaN would read "contract holds".
-    pub fn contract_message(self) -> Option<String> {
-        match self {
-            Verdict::Valid => None,
-            Verdict::Invalid { first, count } => Some(format!(
-                "invalid: {count} non-finite values, first in {first}"
-            )),
-        }
-    }
 }
 
 /// NaN or infinite elements of `values` (in parallel on large buffers).

@@ -132,7 +132,8 @@ impl PathId {
 
 impl fmt::Display for PathId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        // `pad`, so `{:>10}` aligns a path name like any string.
+        f.pad(self.name())
     }
 }
 

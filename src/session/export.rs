@@ -4,6 +4,7 @@
 
 use super::summary::SummaryBuilder;
 use super::{ExportFormat, SessionHeader};
+use crate::engine::paths::PathId;
 use crate::engine::stats::{gb_per_s, imbalance};
 use crate::engine::step::{StepRecord, TelemetrySample};
 use anyhow::{bail, Context, Result};
@@ -17,8 +18,11 @@ use std::path::{Path, PathBuf};
 pub const JSON_EXPORT_FORMAT: &str = "moescope-export";
 /// `format` field of the EPLB export.
 pub const EPLB_EXPORT_FORMAT: &str = "moescope-eplb";
-/// Version of the JSON and EPLB export documents.
-pub const EXPORT_VERSION: u32 = 1;
+/// Version of the JSON export document: 2 since its steps carry typed contract violations
+/// (session format 2).
+pub const JSON_EXPORT_VERSION: u32 = 2;
+/// Version of the EPLB export document.
+pub const EPLB_EXPORT_VERSION: u32 = 1;
 
 /// Writes `steps` of the session described by `header` to `out` in `format`.
 pub fn write(
@@ -53,8 +57,10 @@ fn json_document(
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
     buf.extend_from_slice(
-        format!("{{\"format\":\"{JSON_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\"header\":")
-            .as_bytes(),
+        format!(
+            "{{\"format\":\"{JSON_EXPORT_FORMAT}\",\"version\":{JSON_EXPORT_VERSION},\"header\":"
+        )
+        .as_bytes(),
     );
     to_json(&mut buf, header)?;
     buf.extend_from_slice(b",\"steps\":[");
@@ -124,10 +130,6 @@ fn args(value: Value) -> Value {
 /// Counter values must be numbers: NaN (written as null) would break the counter track.
 fn finite(v: f64) -> Option<Value> {
     v.is_finite().then(|| json!(v))
-}
-
-fn path_name(i: usize) -> &'static str {
-    ["A", "B", "C", "D"].get(i).copied().unwrap_or("?")
 }
 
 /// Trace events, comma-separated into a buffer that goes out once per step.
@@ -222,8 +224,8 @@ fn chrome_trace(
     let paths: Vec<String> = header
         .paths
         .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}: {}", path_name(i), p.label()))
+        .zip(PathId::ALL)
+        .map(|(p, id)| format!("{id}: {}", p.label()))
         .collect();
     let other = json!({
         "moescope_format": header.format,
@@ -353,7 +355,7 @@ fn chrome_step(
             "total_us": p.total_us,
             "clean_us": p.clean_us,
             "contract_ok": p.contract.ok,
-            "contract": p.contract.message,
+            "contract": super::words::verdict(&p.contract),
         });
         let name = format!("path {} step {}", p.name, r.step);
         ev.slice(&name, "path", tid, start, path_dur, path_args)?;
@@ -380,12 +382,12 @@ fn chrome_step(
         let name = format!("load {}", p.name);
         ev.counter(&name, "load", PID_LAYER, start, Value::Object(load))?;
         let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
-        imbalances.insert(p.name.clone(), json!(imbalance(&routed)));
+        imbalances.insert(p.name.to_string(), json!(imbalance(&routed)));
         if let Some(v) = finite(p.routed_weight_sum.mean) {
-            routed_sum.insert(p.name.clone(), v);
+            routed_sum.insert(p.name.to_string(), v);
         }
         if let Some(v) = p.shared_weight.and_then(|s| finite(s.mean)) {
-            shared.insert(p.name.clone(), v);
+            shared.insert(p.name.to_string(), v);
         }
     }
     for (name, series) in [
@@ -443,7 +445,7 @@ fn eplb_matrix(
     let mut buf = Vec::with_capacity(16 * 1024);
     let head = json!({
         "layer": header.config.name,
-        "path": "A",
+        "path": PathId::A,
         "path_label": header.paths.first().map(|p| p.label()),
         "rows": "steps",
         "device": header.device,
@@ -451,7 +453,7 @@ fn eplb_matrix(
     });
     buf.extend_from_slice(
         format!(
-            "{{\"format\":\"{EPLB_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\
+            "{{\"format\":\"{EPLB_EXPORT_FORMAT}\",\"version\":{EPLB_EXPORT_VERSION},\
              \"num_logical_experts\":{experts},\"source\":"
         )
         .as_bytes(),
@@ -511,7 +513,7 @@ fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Wri
                     r.step,
                     r.t_ms,
                     r.tokens,
-                    csv_field(&p.name),
+                    csv_field(p.name.name()),
                     csv_field(t.stage.name()),
                     t.us
                 );

@@ -6,7 +6,7 @@
 //! [`Damage`]); steps out of order are flagged, a repeated step number is kept once. Only a file
 //! with no valid step left (or a broken header) is refused.
 
-use super::{SessionHeader, SESSION_FORMAT, SESSION_VERSION};
+use super::{SessionHeader, SESSION_FORMAT, SESSION_VERSION, SESSION_VERSION_MIN};
 use crate::engine::step::StepRecord;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
@@ -571,16 +571,16 @@ fn read_header(file: &File) -> Result<(SessionHeader, u64)> {
         }
     }
     match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(SESSION_VERSION) => {}
+        Some(v) if (u64::from(SESSION_VERSION_MIN)..=u64::from(SESSION_VERSION)).contains(&v) => {}
         Some(v) => bail!(
-            "line 1: session format version {v} is not supported; moescope {} reads version \
-             {SESSION_VERSION}",
+            "line 1: session format version {v} is not supported; moescope {} reads versions \
+             {SESSION_VERSION_MIN} to {SESSION_VERSION}",
             env!("CARGO_PKG_VERSION")
         ),
         None => bail!("line 1 has no integer field `version`"),
     }
-    let header: SessionHeader = serde_json::from_value(value)
-        .with_context(|| format!("line 1 is not a version {SESSION_VERSION} session header"))?;
+    let header: SessionHeader =
+        serde_json::from_value(value).context("line 1 is not a moescope session header")?;
     Ok((header, line.len() as u64))
 }
 

@@ -2,8 +2,9 @@
 //! statistics of `engine::stats` (percentiles exact).
 
 use super::SessionHeader;
+use crate::engine::paths::PathId;
 use crate::engine::stats::{gb_per_s, imbalance, Dist, DistBuilder};
-use crate::engine::step::{PathRecord, Stage, StepRecord};
+use crate::engine::step::{ContractViolation, PathRecord, Stage, StepRecord};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -16,6 +17,8 @@ const HOTTEST: usize = 5;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Violation {
     pub step: u64,
+    pub violations: Vec<ContractViolation>,
+    /// The violations in words (`session::words`).
     pub message: String,
     /// Larger of the routed and shared deviations.
     pub deviation: f64,
@@ -41,7 +44,7 @@ pub struct KernelSummary {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PathSummary {
-    pub name: String,
+    pub name: PathId,
     pub label: String,
     /// Labels of the path as the steps ran it, in order of first appearance, where they differ
     /// from `label` (the TUI can switch path B's variant mid-session).
@@ -300,9 +303,8 @@ struct KernelBuilder {
     gb_per_s: DistBuilder,
 }
 
-#[derive(Default)]
 struct PathBuilder {
-    name: String,
+    name: PathId,
     label: String,
     other_labels: Vec<String>,
     kernels: Vec<KernelBuilder>,
@@ -357,12 +359,8 @@ impl SummaryBuilder {
             paths: header
                 .paths
                 .iter()
-                .zip(["A", "B"].iter().chain(std::iter::repeat(&"?")))
-                .map(|(spec, name)| PathBuilder {
-                    name: name.to_string(),
-                    label: spec.label(),
-                    ..PathBuilder::default()
-                })
+                .zip(PathId::ALL)
+                .map(|(spec, name)| PathBuilder::new(name, spec.label()))
                 .collect(),
             agreement_ab: DistBuilder::default(),
             rel_l2_ab: DistBuilder::default(),
@@ -381,16 +379,17 @@ impl SummaryBuilder {
         self.agreement_ab.add(r.comparison.routing_agreement_ab);
         self.rel_l2_ab.add(r.comparison.output_rel_l2_ab);
         for (i, p) in r.paths.iter().enumerate() {
-            if self.paths.len() <= i {
-                self.paths.push(PathBuilder {
-                    label: p.spec.label(),
-                    ..PathBuilder::default()
-                });
-            }
-            let routed = self.routed_experts;
-            let pb = &mut self.paths[i];
-            pb.name.clone_from(&p.name);
-            pb.add(p, r.step, routed);
+            // A path the header did not name (a damaged or hand-made session) gets its own.
+            let pb = match self.paths.iter().position(|b| b.name == p.name) {
+                Some(j) => &mut self.paths[j],
+                None => {
+                    self.paths.push(PathBuilder::new(p.name, p.spec.label()));
+                    self.paths.sort_by_key(|b| b.name);
+                    let j = self.paths.iter().position(|b| b.name == p.name);
+                    &mut self.paths[j.unwrap_or(0)]
+                }
+            };
+            pb.add(p, r.step, self.routed_experts);
             if let Some(&v) = r.comparison.routing_agreement_ref.get(i) {
                 pb.agreement_ref.add(v);
             }
@@ -446,6 +445,23 @@ impl SummaryBuilder {
 }
 
 impl PathBuilder {
+    fn new(name: PathId, label: String) -> PathBuilder {
+        PathBuilder {
+            name,
+            label,
+            other_labels: Vec::new(),
+            kernels: Vec::new(),
+            total_us: DistBuilder::default(),
+            clean_us: DistBuilder::default(),
+            imbalance: DistBuilder::default(),
+            load_total: Vec::new(),
+            contract: ContractSummary::default(),
+            agreement_ref: DistBuilder::default(),
+            rel_l2_ref: DistBuilder::default(),
+            nonfinite: 0,
+        }
+    }
+
     fn add(&mut self, p: &PathRecord, step: u64, routed_experts: usize) {
         let label = p.spec.label();
         if label != self.label && !self.other_labels.contains(&label) {
@@ -494,7 +510,8 @@ impl PathBuilder {
             cs.violated_steps += 1;
             let v = Violation {
                 step,
-                message: c.message.clone(),
+                violations: c.violations.clone(),
+                message: super::words::verdict(c),
                 deviation: c.routed_max_dev.max(c.shared_max_dev),
             };
             if cs.first_violation.is_none() {

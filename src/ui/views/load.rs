@@ -1,7 +1,7 @@
 //! View 2, expert load: every slot of the current step and cumulatively, laid out by group,
 //! with the shared slots marked and the imbalance figures.
 
-use super::style::{block, path_color, path_name, DIM};
+use super::style::{block, path_color, DIM};
 use crate::engine::stats::load_balance;
 use crate::ui::app::App;
 use ratatui::buffer::Buffer;
@@ -173,19 +173,19 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     };
     let e = m.config.n_routed_experts;
     let n_group = m.config.n_group;
-    let pi = app.load_path.min(r.paths.len().saturating_sub(1));
+    let pi = app.shown_load_path();
     let Some(path) = r.paths.get(pi) else { return };
     let step_load: Vec<u64> = path.load.iter().map(|&l| l as u64).collect();
     let cum = app.cumulative.get(pi).cloned().unwrap_or_default();
 
     let mut sel = vec![Span::styled(" path ", Style::new().fg(DIM))];
-    for i in 0..r.paths.len() {
+    for (i, p) in r.paths.iter().enumerate() {
         let style = if i == pi {
-            Style::new().fg(Color::Black).bg(path_color(i)).bold()
+            Style::new().fg(Color::Black).bg(path_color(p.name)).bold()
         } else {
-            Style::new().fg(path_color(i))
+            Style::new().fg(path_color(p.name))
         };
-        sel.push(Span::styled(format!(" {} ", path_name(i)), style));
+        sel.push(Span::styled(format!(" {} ", p.name), style));
         sel.push(Span::raw(" "));
     }
     sel.push(Span::styled(
