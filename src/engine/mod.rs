@@ -10,6 +10,7 @@ mod ep_eplb;
 pub mod finite;
 pub mod inputs;
 pub mod kernel_check;
+pub mod memory;
 pub mod numerics;
 pub mod paths;
 pub mod routing;
@@ -228,6 +229,8 @@ pub struct Engine {
     seed: u64,
     hidden: Option<Arc<Vec<f32>>>,
     next_step: u64,
+    /// Most tokens per step that fit this machine's memory (`memory::max_tokens`).
+    max_tokens: usize,
     started: Instant,
     /// Where the weights and inputs come from, for session headers.
     description: String,
@@ -260,6 +263,7 @@ impl Engine {
             seed,
             hidden,
             next_step: 0,
+            max_tokens: usize::MAX,
             started: Instant::now(),
             description,
             trace: None,
@@ -302,6 +306,17 @@ impl Engine {
         self
     }
 
+    /// Sets the most tokens per step this machine's memory allows (see `memory`).
+    pub fn with_max_tokens(mut self, max_tokens: usize) -> Engine {
+        self.max_tokens = max_tokens.max(1);
+        self
+    }
+
+    /// The most tokens per step that fit (usize::MAX where no limit is known).
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
     pub fn config(&self) -> &MoeConfig {
         self.backend.weights().config()
     }
@@ -318,10 +333,11 @@ impl Engine {
     pub fn tokens(&self) -> usize {
         self.tokens
     }
-    /// Tokens per step; ignored (stays the captured batch's size) when running captured inputs.
+    /// Tokens per step, at most `max_tokens`; ignored (stays the captured batch's size) when
+    /// running captured inputs.
     pub fn set_tokens(&mut self, tokens: usize) {
         if self.hidden.is_none() && self.trace.is_none() {
-            self.tokens = tokens.max(1);
+            self.tokens = tokens.clamp(1, self.max_tokens);
         }
     }
     /// The variant of path B (the fused path), where known bugs are shown.

@@ -495,8 +495,8 @@ pub const CSV_HEADER: &str = "step,t_ms,tokens,path,kernel,index,us,bytes,gb_per
 fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Write) -> Result<()> {
     use std::fmt::Write as _;
     let mut s = String::with_capacity(4096);
-    s.push_str(CSV_HEADER);
-    s.push('\n');
+    // The header on its own: a session without steps still exports a CSV with its columns.
+    put(out, format!("{CSV_HEADER}\n").as_bytes())?;
     for step in steps {
         let r = step?;
         for p in &r.paths {

@@ -333,14 +333,22 @@ impl App {
             }
             Action::MoreTokens | Action::FewerTokens if !live => self.live_only("tokens per step"),
             Action::MoreTokens | Action::FewerTokens => {
+                // The engine's memory limit, where it is lower than the UI's own.
+                let fits = self.meta.as_ref().and_then(|m| m.max_tokens);
+                let max = fits.unwrap_or(MAX_TOKENS).min(MAX_TOKENS);
                 let t = if action == Action::MoreTokens {
-                    (self.tokens * 2).min(MAX_TOKENS)
+                    (self.tokens * 2).min(max)
                 } else {
                     self.tokens / 2
                 }
                 .max(1);
                 self.tokens = t;
-                self.status = Some(format!("tokens per step → {t}"));
+                self.status = Some(match fits {
+                    Some(m) if t == m && action == Action::MoreTokens => {
+                        format!("tokens per step → {t}: the most that fit in memory")
+                    }
+                    _ => format!("tokens per step → {t}"),
+                });
                 out.push(Command::SetTokens(t));
             }
             Action::VariantMenu if !live => self.live_only("variants"),

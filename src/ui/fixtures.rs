@@ -296,6 +296,7 @@ pub fn app(preset: &str, variant: Variant, steps: u64, telemetry: bool, mode: Mo
         paths: paths.clone(),
         tokens,
         weights: "synthetic, seed 7".into(),
+        max_tokens: None,
     })));
     app.on_event(SourceEvent::Telemetry(
         (!telemetry).then(|| "NVML not found (libnvidia-ml.so.1)".to_string()),

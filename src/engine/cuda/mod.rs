@@ -34,6 +34,17 @@ pub fn probe() -> Result<(), String> {
     Ok(())
 }
 
+/// Total memory of CUDA device 0 (for `memory::limits`); None where it cannot be read.
+pub fn device_memory() -> Option<u64> {
+    let total = std::panic::catch_unwind(|| {
+        cudarc::driver::result::init().ok()?;
+        let dev = cudarc::driver::result::device::get(0).ok()?;
+        // SAFETY: `dev` was returned by `device::get`.
+        unsafe { cudarc::driver::result::device::total_mem(dev) }.ok()
+    });
+    total.ok().flatten().map(|b| b as u64)
+}
+
 /// Opens the CUDA backend on these weights.
 pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
     let gpu = Arc::new(gpu::Gpu::open()?);
