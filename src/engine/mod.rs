@@ -9,6 +9,7 @@ pub mod ep;
 mod ep_eplb;
 pub mod finite;
 pub mod inputs;
+pub mod kernel_check;
 pub mod paths;
 pub mod routing;
 pub mod spec;

@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod layer;
 pub mod loader;
 pub mod router;
+pub mod user_kernel;
 
 use super::weights::WeightSource;
 use super::Backend;
