@@ -35,6 +35,8 @@ pub fn write(
         ExportFormat::Chrome => chrome_trace(header, steps, out),
         ExportFormat::Eplb => eplb_matrix(header, steps, out),
         ExportFormat::Csv => kernel_csv(steps, out),
+        ExportFormat::EpLoad => super::export_ep::load_csv(steps, out),
+        ExportFormat::EpPlacement => super::export_ep::placement_json(header, steps, out),
     }
 }
 
