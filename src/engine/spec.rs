@@ -143,6 +143,9 @@ impl LayerSpec {
     }
 }
 
+/// A backend, the notices to show, and path C's spec where the run has a user kernel.
+type OpenedBackend = (Box<dyn Backend>, Vec<String>, Option<PathSpec>);
+
 /// A run of a layer: what `Engine::new` needs, before any backend is opened.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSpec {
@@ -155,6 +158,8 @@ pub struct RunSpec {
     pub hidden_states: Option<PathBuf>,
     /// Routing traces and expert parallelism (all off by default).
     pub trace: TraceSpec,
+    /// A user's router kernel (.cu or .so), run as path C (CUDA only).
+    pub kernel: Option<PathBuf>,
 }
 
 /// A routing trace to step through, expert-parallel placements to evaluate, and whether to keep
@@ -171,12 +176,31 @@ pub struct TraceSpec {
 }
 
 impl RunSpec {
+    /// The backend, with path C's kernel where the run has one (its PathSpec from what the
+    /// kernel declares).
+    fn open_backend(&self) -> Result<OpenedBackend> {
+        let Some(path) = &self.kernel else {
+            let (backend, notices) = self.layer.open()?;
+            return Ok((backend, notices, None));
+        };
+        let file = crate::engine::cuda::user_kernel::KernelFile::new(path)?;
+        if resolve_backend(self.layer.backend).0 != BackendChoice::Cuda {
+            bail!(
+                "--kernel {}: a user router kernel runs on the CUDA backend only (no CUDA device here, or --backend cpu)",
+                file.name()
+            );
+        }
+        let (weights, notices) = self.layer.weights(false)?;
+        let (backend, conv) = crate::engine::cuda::open_with_kernel(weights, file)?;
+        Ok((backend, notices, Some(PathSpec::user(conv.rsf_in_router))))
+    }
+
     /// Builds the engine. Returns it with notices to show the user.
     pub fn build_engine(&self) -> Result<(Engine, Vec<String>)> {
         if self.tokens == 0 {
             bail!("--tokens must be at least 1");
         }
-        let (backend, notices) = self.layer.open()?;
+        let (backend, notices, user_path) = self.open_backend()?;
         let hidden = match &self.hidden_states {
             Some(path) => {
                 let h = backend.weights().config().hidden_size;
@@ -208,14 +232,10 @@ impl RunSpec {
             }
             None => None,
         };
-        let mut engine = Engine::new(
-            backend,
-            self.paths.clone(),
-            self.tokens,
-            self.layer.seed,
-            hidden,
-        )
-        .described_as(description);
+        let mut paths = self.paths.clone();
+        paths.extend(user_path);
+        let mut engine = Engine::new(backend, paths, self.tokens, self.layer.seed, hidden)
+            .described_as(description);
         if let Some(trace) = routing {
             engine = engine.with_routing(trace);
         }

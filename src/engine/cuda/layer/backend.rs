@@ -9,6 +9,7 @@ use super::readback::{self, PathOutputs};
 use super::stages::{PathLaunch, Plan};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
+use crate::engine::cuda::user_kernel::{Conventions, KernelFile, LogitsDtype, UserKernel};
 use crate::engine::paths::PathSpec;
 use crate::engine::weights::synthetic::tensor_id;
 use crate::engine::weights::WeightSource;
@@ -25,6 +26,10 @@ pub struct CudaBackend {
     ws: Option<Workspace>,
     /// Fill outputs with NaN / invalid ids before each path (`check`), so unwritten ones show.
     pub poison: bool,
+    /// Path C's router kernel, where the run has one.
+    user: Option<UserKernel>,
+    /// This step's shared gates on the host (path C appends shared slots with them).
+    step_gates: Vec<f32>,
 }
 
 impl CudaBackend {
@@ -41,6 +46,8 @@ impl CudaBackend {
             cfg,
             layer,
             ws: None,
+            user: None,
+            step_gates: Vec::new(),
             poison: false,
         })
     }
@@ -119,6 +126,15 @@ impl CudaBackend {
         gpu.download(&b.gates, t, "shared gates")
     }
 
+    /// Adds path C's kernel (compiled or loaded for this device and layer); returns what it
+    /// declares, for its PathSpec.
+    pub fn with_user_kernel(mut self, file: KernelFile) -> Result<(CudaBackend, Conventions)> {
+        let k = UserKernel::open(&self.gpu, file, &self.cfg, LogitsDtype::F32)?;
+        let conv = k.conventions;
+        self.user = Some(k);
+        Ok((self, conv))
+    }
+
     /// Launches one path's kernels for `t` tokens.
     fn launch_path(&self, plan: &Plan, t: usize, timer: &mut Timer) -> Result<()> {
         PathLaunch {
@@ -128,6 +144,8 @@ impl CudaBackend {
             ws: self.ws()?,
             plan,
             t,
+            user: self.user.as_ref(),
+            gates: &self.step_gates,
         }
         .run(timer)
     }
@@ -228,6 +246,7 @@ impl Backend for CudaBackend {
         let k = plans.iter().map(|p| p.shape.k).max().unwrap_or(1);
         self.ensure_workspace(t, spt, k)?;
         let gates = self.prepare_inputs(input)?;
+        self.step_gates = gates.clone();
         let gpu = self.gpu.clone();
 
         let mut runs = Vec::with_capacity(plans.len());
