@@ -7,6 +7,9 @@
 //! context is trusted after an error. `check --kernel` is its own process; in a live run the
 //! failed step yields an error and no StepRecord, so a recorded session keeps every finished
 //! step and nothing of the faulted one.
+//!
+//! Longer than most files: the ABI mirror, NVRTC with headers, the `.so` entry points and the
+//! guarded run are one contract with include/moescope_router.h and change together.
 
 use super::gpu::{cuda_err, Gpu};
 use crate::engine::config::{MoeConfig, ScoringFunc};
