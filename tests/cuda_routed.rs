@@ -31,6 +31,7 @@ fn spec(hidden: usize, intermediate: usize, ep: Option<EpSpec>) -> RunSpec {
             ep,
             ..TraceSpec::default()
         },
+        kernel: None,
     }
 }
 

@@ -31,6 +31,7 @@ fn run(ep: Option<EpSpec>) -> (SessionHeader, Vec<StepRecord>) {
             ep,
             ..TraceSpec::default()
         },
+        kernel: None,
     };
     let (mut engine, _) = spec.build_engine().unwrap();
     let header = SessionHeader::new(&engine);

@@ -342,7 +342,9 @@ impl Engine {
     }
     /// The variant of path B (the fused path), where known bugs are shown.
     pub fn set_variant(&mut self, variant: Variant) {
-        if let Some(b) = self.paths.last_mut() {
+        // Path B is the second path (a user kernel, path C, may follow it).
+        let b = self.paths.len().min(2).saturating_sub(1);
+        if let Some(b) = self.paths.get_mut(b) {
             b.variant = variant;
         }
     }

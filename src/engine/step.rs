@@ -205,6 +205,8 @@ pub enum Stage {
     GateGemm,
     /// The fused router, shared-slot append included.
     RouterFused,
+    /// A user's router kernel (path C).
+    RouterUser,
     // The unfused router, one stage per step of the PyTorch sequence.
     RouterScores,
     RouterAddBias,
@@ -235,6 +237,7 @@ impl Stage {
     pub const ALL: &'static [Stage] = &[
         Stage::GateGemm,
         Stage::RouterFused,
+        Stage::RouterUser,
         Stage::RouterScores,
         Stage::RouterAddBias,
         Stage::RouterGroupScores,
@@ -258,6 +261,7 @@ impl Stage {
         match self {
             Stage::GateGemm => "gate_gemm",
             Stage::RouterFused => "router_fused",
+            Stage::RouterUser => "router_user",
             Stage::RouterScores => "router_scores",
             Stage::RouterAddBias => "router_add_bias",
             Stage::RouterGroupScores => "router_group_scores",
@@ -282,6 +286,7 @@ impl Stage {
         matches!(
             self,
             Stage::RouterFused
+                | Stage::RouterUser
                 | Stage::RouterScores
                 | Stage::RouterAddBias
                 | Stage::RouterGroupScores

@@ -124,7 +124,7 @@ pub fn record(
         let jitter = |j: u64| 1.0 + 0.1 * (unit(step, pi as u64, 100 + j) - 0.5);
         let kernels = match spec.router {
             RouterImpl::Unfused => UNFUSED_KERNELS,
-            RouterImpl::Fused => FUSED_KERNELS,
+            RouterImpl::Fused | RouterImpl::User => FUSED_KERNELS,
         };
         let timings: Vec<KernelTiming> = kernels
             .iter()

@@ -163,7 +163,8 @@ impl CpuBackend {
         let mut slot_weights = vec![0.0f32; t * per_token];
         let bias = self.bias.as_deref();
         match spec.router {
-            RouterImpl::Fused => {
+            // A user kernel never reaches the CPU backend (`step` refuses it).
+            RouterImpl::Fused | RouterImpl::User => {
                 let start = Instant::now();
                 slot_ids
                     .par_chunks_mut(per_token)
@@ -537,6 +538,10 @@ impl Backend for CpuBackend {
     }
 
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
+        anyhow::ensure!(
+            paths.iter().all(|p| p.router != RouterImpl::User),
+            "a user router kernel (path C) runs on the CUDA backend only"
+        );
         self.step_with(input, paths, None)
     }
 

@@ -53,6 +53,16 @@ pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
     Ok(Box::new(backend))
 }
 
+/// Opens the CUDA backend with a user's router kernel for path C; returns its conventions.
+pub fn open_with_kernel(
+    weights: Box<dyn WeightSource>,
+    file: user_kernel::KernelFile,
+) -> Result<(Box<dyn Backend>, user_kernel::Conventions)> {
+    let gpu = Arc::new(gpu::Gpu::open()?);
+    let (backend, conv) = layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file)?;
+    Ok((Box::new(backend), conv))
+}
+
 /// Routes on the GPU with the fused router. `required`: fail where no GPU is present (for
 /// `--backend cuda`) instead of returning None (for `auto`, which then routes on the CPU).
 pub fn route_on_gpu(

@@ -12,6 +12,7 @@ use super::readback::{self, PathOutputs};
 use super::stages::{PathLaunch, Plan};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
+use crate::engine::cuda::user_kernel::{Conventions, KernelFile, LogitsDtype, UserKernel};
 use crate::engine::ep::{GemmSource, GemmTime};
 use crate::engine::finite::{FiniteCounts, FiniteStage};
 use crate::engine::paths::{PathSpec, RouterImpl};
@@ -37,6 +38,10 @@ pub struct CudaBackend {
     /// the host compares a sample from the downloaded logits and rows (compare::host_numerics).
     pub device_numerics: bool,
     reference: Option<DeviceReference>,
+    /// Path C's router kernel, where the run has one.
+    user: Option<UserKernel>,
+    /// This step's shared gates on the host (path C appends shared slots with them).
+    step_gates: Vec<f32>,
 }
 
 /// The clean (uninstrumented) timing of each path runs on every CLEAN_EVERY-th step only, so a
@@ -58,6 +63,8 @@ impl CudaBackend {
             layer,
             ws: None,
             ep_ws: None,
+            user: None,
+            step_gates: Vec::new(),
             poison: false,
             device_numerics: false,
             reference: None,
@@ -138,6 +145,15 @@ impl CudaBackend {
         gpu.download(&b.gates, t, "shared gates")
     }
 
+    /// Adds path C's kernel (compiled or loaded for this device and layer); returns what it
+    /// declares, for its PathSpec.
+    pub fn with_user_kernel(mut self, file: KernelFile) -> Result<(CudaBackend, Conventions)> {
+        let k = UserKernel::open(&self.gpu, file, &self.cfg, LogitsDtype::F32)?;
+        let conv = k.conventions;
+        self.user = Some(k);
+        Ok((self, conv))
+    }
+
     /// Launches one path's kernels for `t` tokens.
     fn launch_path(&self, plan: &Plan, t: usize, routed: bool, timer: &mut Timer) -> Result<()> {
         PathLaunch {
@@ -148,6 +164,8 @@ impl CudaBackend {
             plan,
             t,
             routed,
+            user: self.user.as_ref(),
+            gates: &self.step_gates,
         }
         .run(timer)
     }
@@ -404,6 +422,7 @@ impl CudaBackend {
         let rows = 1 + plans.len();
         self.ensure_workspace(t, spt, k)?.finite.reset(&gpu, rows)?;
         let gates = self.prepare_inputs(input)?;
+        self.step_gates = gates.clone();
         self.count_inputs(t)?;
 
         let mut runs = Vec::with_capacity(plans.len());
@@ -518,6 +537,8 @@ impl CudaBackend {
             plan: &plan,
             t: a,
             routed: true,
+            user: None,
+            gates: &[],
         };
         let mut times = Vec::with_capacity(RANK_GEMM_RUNS);
         for _ in 0..RANK_GEMM_RUNS {
