@@ -107,6 +107,7 @@ pub enum Module {
     RouterFused,
     RouterUnfused,
     Moe,
+    Fp8,
 }
 
 impl Module {
@@ -115,6 +116,7 @@ impl Module {
         Module::RouterFused,
         Module::RouterUnfused,
         Module::Moe,
+        Module::Fp8,
     ];
 
     /// The file name without `.cu`.
@@ -124,6 +126,7 @@ impl Module {
             Module::RouterFused => "router_fused",
             Module::RouterUnfused => "router_unfused",
             Module::Moe => "moe",
+            Module::Fp8 => "fp8",
         }
     }
 
@@ -133,6 +136,7 @@ impl Module {
             Module::RouterFused => include_str!("../../../kernels/router_fused.cu"),
             Module::RouterUnfused => include_str!("../../../kernels/router_unfused.cu"),
             Module::Moe => include_str!("../../../kernels/moe.cu"),
+            Module::Fp8 => include_str!("../../../kernels/fp8.cu"),
         }
     }
 
@@ -228,6 +232,32 @@ kernels! {
     Init::init_hidden_bf16(InitHiddenArgs { out: DevPtr<u16>, n: u64, seed: u64, tensor: u64 });
     /// f32 → bf16, round to nearest even (captured hidden states).
     Init::f32_to_bf16_kernel(ToBf16Args { input: DevPtr<f32>, out: DevPtr<u16>, n: u64 });
+    /// bf16 [rows × cols] → e4m3 and f32 scales per row and group of 128 (weights::fp8).
+    Fp8::fp8_quant_rows(Fp8QuantArgs {
+        input: DevPtr<u16>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, cols: u64,
+    });
+    /// SiLU·mul of the up projection's f32 [rows × 2I], rounded to bf16, quantized as above.
+    Fp8::fp8_silu_mul_quant(Fp8SiluArgs {
+        h: DevPtr<f32>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, inter: u64,
+    });
+    /// Tile offsets [groups + 1] for `bm`-row tiles from row offsets [groups + 1].
+    Fp8::fp8_tile_scan(Fp8TilesArgs {
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, bm: i32,
+    });
+    /// FP8 grouped GEMM with 16-row tiles (small batches).
+    Fp8::grouped_gemm_fp8_m16(Fp8GemmM16Args {
+        a: DevPtr<u8>, a_scales: DevPtr<f32>, a_mode: i32, a_map: DevPtr<i32>, a_div: i32,
+        b0: DevPtr<u8>, b1: DevPtr<u8>, bs0: DevPtr<f32>, bs1: DevPtr<f32>, n_first: i32,
+        b_stride: i64, bs_stride: i64, c: DevPtr<f32>, offsets: DevPtr<i32>, tiles: DevPtr<i32>,
+        groups: i32, n: i32, k: i32, k_splits: i32, c_split: i64,
+    });
+    /// FP8 grouped GEMM with 64-row tiles.
+    Fp8::grouped_gemm_fp8_m64(Fp8GemmM64Args {
+        a: DevPtr<u8>, a_scales: DevPtr<f32>, a_mode: i32, a_map: DevPtr<i32>, a_div: i32,
+        b0: DevPtr<u8>, b1: DevPtr<u8>, bs0: DevPtr<f32>, bs1: DevPtr<f32>, n_first: i32,
+        b_stride: i64, bs_stride: i64, c: DevPtr<f32>, offsets: DevPtr<i32>, tiles: DevPtr<i32>,
+        groups: i32, n: i32, k: i32, k_splits: i32, c_split: i64,
+    });
 }
 
 #[cfg(test)]

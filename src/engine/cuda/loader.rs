@@ -17,7 +17,7 @@ const COMMON: &str = include_str!("../../../kernels/common.cu");
 /// with `Gpu::launch_raw`.
 pub fn legacy_functions(module: Module) -> &'static [&'static str] {
     match module {
-        Module::Init => &[],
+        Module::Init | Module::Fp8 => &[],
         Module::RouterFused => &[
             "router_fused_e256",
             "router_fused_e512",
