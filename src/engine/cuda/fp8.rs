@@ -1,0 +1,399 @@
+//! FP8 experts on the device: block-scaled e4m3 weight stacks, and the launches of
+//! kernels/fp8.cu (activation quantization, tile scan, the FP8 grouped GEMM and its K splits).
+//!
+//! A GEMM needs an [`Fp8Ready`], which raising the kernels' shared-memory limit returns: the
+//! type keeps a launch from running before the limit is set.
+
+use super::gpu::{Arg, Gpu, Grid};
+use super::kernels::{
+    DevPtr, Fp8GemmM16Args, Fp8GemmM64Args, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs,
+};
+use crate::engine::weights::fp8::{BlockScaled, Fp8Mlp, BLOCK};
+use anyhow::{ensure, Result};
+use cudarc::driver::CudaSlice;
+
+/// Pipeline stages of the GEMM (F8_STAGES) and the padded row of a shared tile (F8_LD).
+const STAGES: usize = 4;
+const LD: usize = BLOCK + 16;
+
+/// The tile height of an FP8 GEMM launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 16 rows: decode and small batches, where most rows of a 64-row tile would be empty.
+    M16,
+    M64,
+}
+
+impl Tile {
+    pub fn rows(self) -> usize {
+        match self {
+            Tile::M16 => 16,
+            Tile::M64 => 64,
+        }
+    }
+
+    /// The tile for `rows` rows over `groups` groups: 16 rows while groups average fewer
+    /// than 32 rows (the rows of a 64-row tile would mostly be zero fill).
+    pub fn for_rows(rows: usize, groups: usize) -> Tile {
+        if rows < 32 * groups.max(1) {
+            Tile::M16
+        } else {
+            Tile::M64
+        }
+    }
+
+    /// Dynamic shared memory of one block: STAGES × (A tile, B tile, A scales, B scale).
+    pub fn shared_bytes(self) -> u32 {
+        let bm = self.rows();
+        (STAGES * (bm * LD + BLOCK * LD + 4 * bm + 16)) as u32
+    }
+}
+
+/// Proof that the FP8 kernels may take their shared memory on this device.
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8Ready(());
+
+/// Raises the GEMM kernels' dynamic shared-memory limit (once per device).
+pub fn prepare(gpu: &Gpu) -> Result<Fp8Ready> {
+    gpu.allow_shared::<Fp8GemmM16Args>(Tile::M16.shared_bytes())?;
+    gpu.allow_shared::<Fp8GemmM64Args>(Tile::M64.shared_bytes())?;
+    Ok(Fp8Ready(()))
+}
+
+/// Equal-shape block-scaled matrices on the device, one after the other: bytes
+/// [count × rows × cols], scales [count × rows/128 × cols/128].
+pub struct DeviceStack {
+    pub data: CudaSlice<u8>,
+    pub scales: CudaSlice<f32>,
+    pub count: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl DeviceStack {
+    /// Uploads `mats` (each [rows × cols] with rows and cols multiples of 128).
+    pub fn upload(gpu: &Gpu, mats: &[&BlockScaled], what: &str) -> Result<DeviceStack> {
+        let first = mats
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{what}: no matrices"))?;
+        let (rows, cols) = (first.rows, first.cols);
+        ensure!(
+            rows.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK),
+            "{what}: FP8 weights of shape [{rows}, {cols}]; the FP8 GEMM needs both dimensions multiples of {BLOCK}"
+        );
+        let mut data = Vec::with_capacity(mats.len() * rows * cols);
+        let mut scales = Vec::with_capacity(mats.len() * (rows / BLOCK) * (cols / BLOCK));
+        for m in mats {
+            ensure!(
+                (m.rows, m.cols) == (rows, cols),
+                "{what}: matrices of shapes [{rows}, {cols}] and [{}, {}]",
+                m.rows,
+                m.cols
+            );
+            data.extend_from_slice(&m.data);
+            scales.extend_from_slice(&m.scale_inv);
+        }
+        Ok(DeviceStack {
+            data: gpu.upload(&data, what)?,
+            scales: gpu.upload(&scales, what)?,
+            count: mats.len(),
+            rows,
+            cols,
+        })
+    }
+
+    /// Bytes per matrix (e4m3 codes and scales): what one group of a GEMM streams.
+    pub fn bytes_per_matrix(&self) -> usize {
+        self.rows * self.cols + 4 * (self.rows / BLOCK) * (self.cols / BLOCK)
+    }
+}
+
+/// The FP8 weights of a set of MLP slots: gate and up stacked per slot as [2I × H] (gate rows
+/// first, as the bf16 `w13`), down [H × I].
+pub struct Fp8Slots {
+    pub w13: DeviceStack,
+    pub w2: DeviceStack,
+}
+
+impl Fp8Slots {
+    pub fn upload(gpu: &Gpu, mlps: &[Fp8Mlp], what: &str) -> Result<Fp8Slots> {
+        let w13: Vec<BlockScaled> = mlps
+            .iter()
+            .map(|m| BlockScaled {
+                rows: m.gate.rows + m.up.rows,
+                cols: m.gate.cols,
+                data: [m.gate.data.as_slice(), &m.up.data].concat(),
+                scale_inv: [m.gate.scale_inv.as_slice(), &m.up.scale_inv].concat(),
+            })
+            .collect();
+        let refs: Vec<&BlockScaled> = w13.iter().collect();
+        let downs: Vec<&BlockScaled> = mlps.iter().map(|m| &m.down).collect();
+        Ok(Fp8Slots {
+            w13: DeviceStack::upload(gpu, &refs, &format!("{what} gate/up"))?,
+            w2: DeviceStack::upload(gpu, &downs, &format!("{what} down"))?,
+        })
+    }
+}
+
+/// Quantizes bf16 `input` [rows × cols] per row and group of 128 into `out` and `scales`.
+pub fn quant_rows(
+    gpu: &Gpu,
+    input: DevPtr<u16>,
+    rows: usize,
+    cols: usize,
+    out: DevPtr<u8>,
+    scales: DevPtr<f32>,
+) -> Result<()> {
+    ensure!(
+        cols.is_multiple_of(BLOCK),
+        "FP8 activation quantization of {cols} columns; expected a multiple of {BLOCK}"
+    );
+    let warps = rows * cols / BLOCK;
+    gpu.launch(
+        Grid::x(warps.div_ceil(8) as u32, 256),
+        Fp8QuantArgs {
+            input,
+            out,
+            scales,
+            rows: rows as u64,
+            cols: cols as u64,
+        },
+    )
+}
+
+/// SiLU·mul of `h` f32 [rows × 2·inter], rounded to bf16 and quantized per row and group of 128.
+pub fn silu_mul_quant(
+    gpu: &Gpu,
+    h: DevPtr<f32>,
+    rows: usize,
+    inter: usize,
+    out: DevPtr<u8>,
+    scales: DevPtr<f32>,
+) -> Result<()> {
+    ensure!(
+        inter.is_multiple_of(BLOCK),
+        "FP8 SiLU·mul over an intermediate size of {inter}; expected a multiple of {BLOCK}"
+    );
+    let warps = rows * inter / BLOCK;
+    gpu.launch(
+        Grid::x(warps.div_ceil(8) as u32, 256),
+        Fp8SiluArgs {
+            h,
+            out,
+            scales,
+            rows: rows as u64,
+            inter: inter as u64,
+        },
+    )
+}
+
+/// `tiles` [groups + 1] of `tile`-row tiles from row `offsets` [groups + 1], on the device.
+pub fn tile_scan(
+    gpu: &Gpu,
+    offsets: DevPtr<i32>,
+    groups: usize,
+    tile: Tile,
+    tiles: DevPtr<i32>,
+) -> Result<()> {
+    ensure!(
+        (1..=1024).contains(&groups),
+        "FP8 GEMM over {groups} groups; supported: 1 to 1024"
+    );
+    gpu.launch(
+        Grid::x(1, 1024),
+        Fp8TilesArgs {
+            offsets,
+            tiles,
+            groups: groups as i32,
+            bm: tile.rows() as i32,
+        },
+    )
+}
+
+/// K splits of a GEMM with `tiles` M tiles, N columns and K depth: where the output has fewer
+/// blocks than four waves of two blocks per SM, enough splits to get there, each split at
+/// least 4 K blocks deep (the pipeline) and all of equal depth.
+pub fn k_splits(sms: u32, tiles: usize, n: usize, k: usize) -> usize {
+    let blocks = tiles * n.div_ceil(BLOCK);
+    let want = (8 * sms as usize).div_ceil(blocks.max(1));
+    let kb = k / BLOCK;
+    (1..=want.min(kb / 4).max(1))
+        .rev()
+        .find(|d| kb.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
+/// One FP8 grouped-GEMM launch (kernels/fp8.cu `fp8_gemm`; the fields are its arguments).
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8Gemm {
+    pub a: DevPtr<u8>,
+    pub a_scales: DevPtr<f32>,
+    /// 0: row; 1: a_map[row] / a_div; 2: row − offsets[g].
+    pub a_mode: i32,
+    pub a_map: DevPtr<i32>,
+    pub a_div: i32,
+    pub b0: DevPtr<u8>,
+    pub b1: DevPtr<u8>,
+    pub bs0: DevPtr<f32>,
+    pub bs1: DevPtr<f32>,
+    pub n_first: i32,
+    /// Elements between consecutive groups' weights and scales.
+    pub b_stride: i64,
+    pub bs_stride: i64,
+    pub c: DevPtr<f32>,
+    pub offsets: DevPtr<i32>,
+    /// Tile offsets for `tile` (from `tile_scan`).
+    pub tiles: DevPtr<i32>,
+    pub groups: usize,
+    pub n: usize,
+    pub k: usize,
+    /// An upper bound of the rows of all groups together.
+    pub rows: usize,
+    pub tile: Tile,
+    /// K splits (partials at c + z · c_split, summed by `splitk_reduce`) or 1.
+    pub k_splits: usize,
+    pub c_split: usize,
+}
+
+impl Fp8Gemm {
+    /// The weights of groups `0..` from one stack (b0 = b1).
+    pub fn weights(mut self, gpu: &Gpu, w: &DeviceStack) -> Fp8Gemm {
+        self.b0 = gpu.ptr(&w.data);
+        self.b1 = self.b0;
+        self.bs0 = gpu.ptr(&w.scales);
+        self.bs1 = self.bs0;
+        self.n_first = w.count as i32;
+        self.b_stride = (w.rows * w.cols) as i64;
+        self.bs_stride = ((w.rows / BLOCK) * (w.cols / BLOCK)) as i64;
+        self
+    }
+}
+
+/// Launches one FP8 grouped GEMM.
+pub fn gemm(gpu: &Gpu, _ready: &Fp8Ready, g: &Fp8Gemm) -> Result<()> {
+    ensure!(
+        g.n.is_multiple_of(BLOCK) && g.k.is_multiple_of(BLOCK),
+        "FP8 GEMM of N {} and K {}; both must be multiples of {BLOCK}",
+        g.n,
+        g.k
+    );
+    ensure!(
+        g.k_splits >= 1 && (g.k / BLOCK).is_multiple_of(g.k_splits),
+        "FP8 GEMM: {} K splits do not divide {} K blocks",
+        g.k_splits,
+        g.k / BLOCK
+    );
+    let max_tiles = g.rows.div_ceil(g.tile.rows()) + g.groups;
+    let grid = Grid::xyz(
+        max_tiles as u32,
+        (g.n / BLOCK) as u32,
+        g.k_splits as u32,
+        256,
+    )
+    .with_shared(g.tile.shared_bytes());
+    macro_rules! args {
+        ($t:ident) => {
+            $t {
+                a: g.a,
+                a_scales: g.a_scales,
+                a_mode: g.a_mode,
+                a_map: g.a_map,
+                a_div: g.a_div,
+                b0: g.b0,
+                b1: g.b1,
+                bs0: g.bs0,
+                bs1: g.bs1,
+                n_first: g.n_first,
+                b_stride: g.b_stride,
+                bs_stride: g.bs_stride,
+                c: g.c,
+                offsets: g.offsets,
+                tiles: g.tiles,
+                groups: g.groups as i32,
+                n: g.n as i32,
+                k: g.k as i32,
+                k_splits: g.k_splits as i32,
+                c_split: g.c_split as i64,
+            }
+        };
+    }
+    match g.tile {
+        Tile::M16 => gpu.launch(grid, args!(Fp8GemmM16Args)),
+        Tile::M64 => gpu.launch(grid, args!(Fp8GemmM64Args)),
+    }
+}
+
+/// Sums `splits` partial [rows × n] products at `parts` into `out` in split order
+/// (kernels/moe.cu `splitk_reduce`; deterministic).
+pub fn splitk_reduce(
+    gpu: &Gpu,
+    parts: DevPtr<f32>,
+    splits: usize,
+    rows: usize,
+    n: usize,
+    out: DevPtr<f32>,
+) -> Result<()> {
+    gpu.launch_raw(
+        "splitk_reduce",
+        gpu.stride_grid(rows * n, 256),
+        256,
+        0,
+        &[
+            Arg::Ptr(parts.addr()),
+            Arg::I32(splits as i32),
+            Arg::U64((rows * n) as u64),
+            Arg::I32(n as i32),
+            Arg::Ptr(0),
+            Arg::Ptr(out.addr()),
+        ],
+    )
+}
+
+/// `gemm` with `splits` K splits into `parts` (at least splits × rows × n floats), reduced
+/// into `g.c`; or straight into `g.c` when `splits` is 1.
+pub fn gemm_split(
+    gpu: &Gpu,
+    ready: &Fp8Ready,
+    g: &Fp8Gemm,
+    splits: usize,
+    parts: DevPtr<f32>,
+) -> Result<()> {
+    if splits <= 1 {
+        return gemm(gpu, ready, &Fp8Gemm { k_splits: 1, ..*g });
+    }
+    let split = Fp8Gemm {
+        c: parts,
+        k_splits: splits,
+        c_split: g.rows * g.n,
+        ..*g
+    };
+    gemm(gpu, ready, &split)?;
+    splitk_reduce(gpu, parts, splits, g.rows, g.n, g.c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_blocks_fit_an_sm_with_either_tile() {
+        // 227 KB of shared memory per SM, 1 KB reserved per block.
+        for t in [Tile::M16, Tile::M64] {
+            assert!(2 * (t.shared_bytes() + 1024) <= 227 * 1024, "{t:?}");
+            assert!(t.shared_bytes().is_multiple_of(16));
+        }
+        assert_eq!(Tile::for_rows(8, 8), Tile::M16);
+        assert_eq!(Tile::for_rows(4096, 9), Tile::M64);
+    }
+
+    #[test]
+    fn k_splits_fill_the_device_at_small_batches_only() {
+        // T = 1, DeepSeek-V3 up projection: 9 groups × 32 column blocks, 56 K blocks.
+        let s = k_splits(132, 9, 4096, 7168);
+        assert!(s > 1 && 56 % s == 0 && 56 / s >= 4, "{s}");
+        // Many tiles: no split.
+        assert_eq!(k_splits(132, 600, 4096, 7168), 1);
+        // Too shallow to split.
+        assert_eq!(k_splits(132, 1, 128, 256), 1);
+    }
+}
