@@ -10,8 +10,8 @@
 use anyhow::Result;
 use moescope::engine::cuda;
 use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Fp8Ready, Tile};
-use moescope::engine::cuda::gpu::{cuda_err, Arg, Gpu};
-use moescope::engine::cuda::kernels::{DevPtr, InitUniformArgs};
+use moescope::engine::cuda::gpu::{cuda_err, Gpu};
+use moescope::engine::cuda::kernels::{CopyArgs, DevPtr, GemmRows, InitUniformArgs};
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -80,14 +80,12 @@ fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
     let n = 1usize << 30;
     let src = gpu.alloc::<u8>(n, "copy source")?;
     let dst = gpu.alloc::<u8>(n, "copy destination")?;
-    let args = [
-        Arg::Ptr(gpu.ptr(&src).addr()),
-        Arg::Ptr(gpu.ptr(&dst).addr()),
-        Arg::U64((n / 16) as u64),
-    ];
-    let us = time_us(gpu, || {
-        gpu.launch_raw("copy_u4", (gpu.sms * 8, 1), 512, 0, &args)
-    })?;
+    let args = CopyArgs {
+        src: gpu.ptr(&src).cast(),
+        dst: gpu.ptr(&dst).cast(),
+        n: (n / 16) as u64,
+    };
+    let us = time_us(gpu, || gpu.launch(args))?;
     Ok(2.0 * n as f64 / us / 1e3)
 }
 
@@ -95,16 +93,13 @@ fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
 /// non-zero data, not meaningful values.
 fn random_bytes(gpu: &Gpu, n: usize, tensor: u64) -> Result<cudarc::driver::CudaSlice<u8>> {
     let buf = gpu.alloc::<u8>(n.next_multiple_of(2), "random bytes")?;
-    gpu.launch(
-        gpu.stride(n / 2, 256),
-        InitUniformArgs {
-            out: gpu.ptr(&buf).cast::<u16>(),
-            n: (n / 2) as u64,
-            seed: 7,
-            tensor,
-            amp: 1.0,
-        },
-    )?;
+    gpu.launch(InitUniformArgs {
+        out: gpu.ptr(&buf).cast::<u16>(),
+        n: (n / 2) as u64,
+        seed: 7,
+        tensor,
+        amp: 1.0,
+    })?;
     Ok(buf)
 }
 
@@ -130,7 +125,7 @@ fn blank(gpu: &Gpu, w: &DeviceStack) -> Fp8Gemm {
     Fp8Gemm {
         a: DevPtr::NULL,
         a_scales: DevPtr::NULL,
-        a_mode: 0,
+        a_mode: GemmRows::Direct,
         a_map: DevPtr::NULL,
         a_div: 1,
         b0: DevPtr::NULL,
@@ -246,14 +241,14 @@ fn bench_tokens(
     let up = Fp8Gemm {
         a: gpu.ptr(&x),
         a_scales: gpu.ptr(&sx),
-        a_mode: 1,
+        a_mode: GemmRows::Mapped,
         c: gpu.ptr(&h1),
         ..common(w13)
     };
     let down = Fp8Gemm {
         a: gpu.ptr(&act),
         a_scales: gpu.ptr(&sact),
-        a_mode: 0,
+        a_mode: GemmRows::Direct,
         c: gpu.ptr(&eo),
         ..common(w2)
     };

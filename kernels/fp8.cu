@@ -115,7 +115,8 @@ __device__ __forceinline__ void f8_commit() { asm volatile("cp.async.commit_grou
 template <int N>
 __device__ __forceinline__ void f8_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// Dynamic shared memory of one instantiation: F8_STAGES x (A tile, B tile, A scales, B scale).
+// Dynamic shared memory of one instantiation: F8_STAGES x (A tile, B tile, A scales, B scale)
+// (registry.rs fp8_shared_bytes).
 template <int BM>
 struct F8Stage {
     unsigned char a[BM][F8_LD];
@@ -133,6 +134,7 @@ __device__ __forceinline__ void fp8_gemm(const Args& p) {
     extern __shared__ __align__(128) unsigned char f8_smem[];
     F8Stage<BM>* st = (F8Stage<BM>*)f8_smem;
 
+    if (p.bm != BM) __trap(); // the launch's geometry was computed for another tile height
     const int tile = blockIdx.x;
     if (tile >= p.tiles[p.groups]) return;
     int lo = 0, hi = p.groups - 1;
@@ -278,11 +280,11 @@ __device__ __forceinline__ void fp8_gemm(const Args& p) {
 }
 
 // 16-row tiles: decode and small batches (each warp 16 x 16 of the 16 x 128 tile).
-extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m16(const Fp8GemmM16Args a) {
+extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m16(const Fp8GemmArgs a) {
     fp8_gemm<1, 1, 2>(a);
 }
 
 // 64-row tiles: larger batches (warps 2 x 4, each 32 x 32).
-extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m64(const Fp8GemmM64Args a) {
+extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m64(const Fp8GemmArgs a) {
     fp8_gemm<2, 2, 4>(a);
 }

@@ -1,6 +1,7 @@
 // The expert side of the layer: alignment (tokens grouped by slot, on device), the grouped bf16
 // GEMM on tensor cores reading per-group offsets from device memory, SiLU*mul, combine, the
-// shared gate and output statistics.
+// shared gate and output statistics. Argument structs and launch geometry:
+// src/engine/cuda/kernels/registry.rs.
 
 #define GM_BM 64
 #define GM_BN 128
@@ -9,14 +10,20 @@
 
 // --- moe_align: counts (memset to zero first), then offsets, then the permutation -----------------
 
-extern "C" __global__ void align_count(const u32* ids, u64 n, int* counts) {
+extern "C" __global__ void align_count(const AlignCountArgs a) {
+    const u32* ids = a.ids;
+    const u64 n = a.n;
+    int* counts = a.counts;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) atomicAdd(&counts[ids[i]], 1);
 }
 
 // One block of 1024 threads: offsets [slots + 1], GEMM tile offsets [slots + 1], fill cursors
 // [slots], by an exclusive scan over the counts (slots <= 1024).
-extern "C" __global__ void align_scan(const int* counts, int slots, int bm, int* offsets, int* tiles, int* cursor) {
+extern "C" __global__ void align_scan(const AlignScanArgs a) {
+    const int* counts = a.counts;
+    const int slots = a.slots, bm = a.bm;
+    int *offsets = a.offsets, *tiles = a.tiles, *cursor = a.cursor;
     __shared__ int s_rows[1024];
     __shared__ int s_tiles[1024];
     const int i = threadIdx.x;
@@ -46,7 +53,10 @@ extern "C" __global__ void align_scan(const int* counts, int slots, int bm, int*
 }
 
 // order[permuted row] = assignment index (token * spt + slot); position is the inverse.
-extern "C" __global__ void align_fill(const u32* ids, u64 n, int* cursor, int* order, int* position) {
+extern "C" __global__ void align_fill(const AlignFillArgs a) {
+    const u32* ids = a.ids;
+    const u64 n = a.n;
+    int *cursor = a.cursor, *order = a.order, *position = a.position;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     int p = atomicAdd(&cursor[ids[i]], 1);
@@ -85,10 +95,15 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 extern "C" __global__ void __launch_bounds__(256, 2)
-grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, const bf16_t* B0,
-                  const bf16_t* B1, int n_first, i64 b_stride, float* C, const float* col_bias,
-                  const int* offsets, const int* tiles, int groups, int N, int K, int k_splits,
-                  i64 c_split) {
+grouped_gemm_bf16(const GemmArgs a) {
+    const bf16_t *A = a.a, *B0 = a.b0, *B1 = a.b1;
+    const int a_mode = a.a_mode, a_div = a.a_div, n_first = a.n_first;
+    const int* a_map = a.a_map;
+    const i64 b_stride = a.b_stride, c_split = a.c_split;
+    float* C = a.c;
+    const float* col_bias = a.col_bias;
+    const int *offsets = a.offsets, *tiles = a.tiles;
+    const int groups = a.groups, N = a.n, K = a.k, k_splits = a.k_splits;
     __shared__ __align__(16) bf16_t As[GM_STAGES][GM_BM][GM_LD];
     __shared__ __align__(16) bf16_t Bs[GM_STAGES][GM_BN][GM_LD];
     const int tile = blockIdx.x;
@@ -209,7 +224,11 @@ grouped_gemm_bf16(const bf16_t* A, int a_mode, const int* a_map, int a_div, cons
 }
 
 // Sums the K-split partials in split order (deterministic) and adds the column bias.
-extern "C" __global__ void splitk_reduce(const float* part, int splits, u64 n, int N, const float* bias, float* out) {
+extern "C" __global__ void splitk_reduce(const SplitkReduceArgs a) {
+    const float *part = a.part, *bias = a.bias;
+    const int splits = a.splits, N = a.cols;
+    const u64 n = a.n;
+    float* out = a.out;
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         float v = 0.f;
@@ -221,7 +240,11 @@ extern "C" __global__ void splitk_reduce(const float* part, int splits, u64 n, i
 
 // --- SiLU * mul: act[r, j] = bf16(silu(h[r, j]) * h[r, I + j]), as cpu::mlp_rows rounds it ------
 
-extern "C" __global__ void silu_mul(const float* h, bf16_t* act, u64 rows, int inter) {
+extern "C" __global__ void silu_mul(const SiluMulArgs a) {
+    const float* h = a.h;
+    bf16_t* act = a.act;
+    const u64 rows = a.rows;
+    const int inter = a.inter;
     u64 n = rows * inter;
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
@@ -235,16 +258,19 @@ extern "C" __global__ void silu_mul(const float* h, bf16_t* act, u64 rows, int i
 
 // --- combine: y[t] = out_scale * sum_s w[t, s] * eo[position[t, s]] + sep[t] * sum_j so[j * T + t] ----
 // Grid (tokens, ceil(H / 256)), one thread per output element. so / sep nullable.
-extern "C" __global__ void combine(const float* eo, const int* position, const float* w, int spt,
-                                   float out_scale, const float* so, const float* sep, int S, int T,
-                                   int H, float* y) {
+extern "C" __global__ void combine(const CombineArgs a) {
+    const float *eo = a.eo, *w = a.w, *so = a.so, *sep = a.sep;
+    const int* position = a.position;
+    const int spt = a.spt, S = a.s, T = a.t, H = a.h;
+    const float out_scale = a.out_scale;
+    float* y = a.y;
     const int t = blockIdx.x;
     const int h = blockIdx.y * blockDim.x + threadIdx.x;
     if (h >= H) return;
     float acc = 0.f;
     for (int s = 0; s < spt; s++) {
-        u64 a = (u64)t * spt + s;
-        acc += w[a] * eo[(u64)position[a] * H + h];
+        u64 asg = (u64)t * spt + s;
+        acc += w[asg] * eo[(u64)position[asg] * H + h];
     }
     acc *= out_scale;
     if (so != 0) {
@@ -256,7 +282,11 @@ extern "C" __global__ void combine(const float* eo, const int* position, const f
 }
 
 // --- Qwen3-Next shared gate: g[t] = sigmoid(x[t] . wg), one warp per token ------------------------
-extern "C" __global__ void shared_gate(const bf16_t* x, const float* wg, float* g, int T, int H) {
+extern "C" __global__ void shared_gate(const SharedGateArgs a) {
+    const bf16_t* x = a.x;
+    const float* wg = a.wg;
+    float* g = a.g;
+    const int T = a.t, H = a.h;
     int t = (int)(((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     if (t >= T) return;
@@ -267,7 +297,12 @@ extern "C" __global__ void shared_gate(const bf16_t* x, const float* wg, float* 
 }
 
 // --- output statistics: per block sum of squares (double), max |y|, non-finite count ---------------
-extern "C" __global__ void output_stats(const float* y, u64 n, double* sumsq, float* maxabs, u64* nonfinite) {
+extern "C" __global__ void output_stats(const OutputStatsArgs a) {
+    const float* y = a.y;
+    const u64 n = a.n;
+    double* sumsq = a.sumsq;
+    float* maxabs = a.maxabs;
+    u64* nonfinite = a.nonfinite;
     __shared__ double s_sq[256];
     __shared__ float s_max[256];
     __shared__ u64 s_bad[256];
@@ -304,7 +339,10 @@ extern "C" __global__ void output_stats(const float* y, u64 n, double* sumsq, fl
 }
 
 // --- bandwidth probe: a plain device copy, for bench's copy-bandwidth ceiling ---------------------
-extern "C" __global__ void copy_u4(const uint4* src, uint4* dst, u64 n) {
+extern "C" __global__ void copy_u4(const CopyArgs a) {
+    const uint4* src = a.src;
+    uint4* dst = a.dst;
+    const u64 n = a.n;
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) dst[i] = src[i];
 }

@@ -1,10 +1,12 @@
 // The fused router: scores, bias, group scores, group top-k, expert top-k, weights and the shared
 // slots in ONE kernel, one warp per token. Selection mirrors routing::route_token exactly: values
 // are compared through order-preserving u32 keys (NaN lowest), ties to the lower index.
-// Two kernels (router.rs picks): v5 `router_lanes_*` (below; sigmoid, E = 256 or 384) and v4
-// `router_fused_e*` for every other shape, where lane l holds experts l, l+32, ... and the
-// warp-wide best is found with redux.sync (max key, then min index among the lanes holding it).
-// Limits (checked on the host): E <= 512, k + S <= 32.
+// Two kernel families (router.rs picks): the lane-contiguous `router_lanes_*` (below; sigmoid,
+// E = 256 or 384, n_group a power of two, aligned loads) where they apply, and the general
+// `router_fused_e*` for every shape, where lane l holds experts l, l+32, ... and the warp-wide best
+// is found with redux.sync (max key, then min index among the lanes holding it).
+// Limits (checked on the host): E <= 512, k + S <= 32. Argument struct and launch geometry:
+// RouterFusedArgs in src/engine/cuda/kernels/registry.rs.
 
 #define RF_MAX_E 512
 #define RF_WARPS 4
@@ -54,11 +56,16 @@ __device__ __forceinline__ void load_f32x4(const float* src, float* dst) {
 }
 
 template <int RF_PER_LANE>
-__device__ __forceinline__ void router_fused_body(
-             const void* logits, int logits_bf16, const float* bias, int group_top2, int T, int E,
-             int n_group, int topk_group, int k, int k_eff, int softmax, int norm,
-             double routed_scale, int S, double shared_w, const float* gate, u32* ids,
-             float* weights, double* probs_out, int spt) {
+__device__ __forceinline__ void router_fused_body(const RouterFusedArgs& a) {
+    const void* logits = a.logits;
+    const bool logits_bf16 = a.logits_bf16, group_top2 = a.group_top2, softmax = a.softmax, norm = a.norm;
+    const float *bias = a.bias, *gate = a.gate;
+    const int T = a.t, E = a.e, n_group = a.n_group, topk_group = a.topk_group, k = a.k;
+    const int k_eff = a.k_eff, S = a.s, spt = a.spt;
+    const double routed_scale = a.routed_scale, shared_w = a.shared_w;
+    u32* ids = a.ids;
+    float* weights = a.weights;
+    double* probs_out = a.probs;
     __shared__ float s_sel[RF_WARPS][RF_MAX_E];
     __shared__ float s_gs[RF_WARPS][RF_MAX_E];
     __shared__ unsigned char s_kept[RF_WARPS][RF_MAX_E];
@@ -214,23 +221,16 @@ __device__ __forceinline__ void router_fused_body(
     }
 }
 
-#define RF_ARGS                                                                                     \
-    const void *logits, int logits_bf16, const float *bias, int group_top2, int T, int E,         \
-        int n_group, int topk_group, int k, int k_eff, int softmax, int norm, double routed_scale, \
-        int S, double shared_w, const float *gate, u32 *ids, float *weights, double *probs_out,   \
-        int spt
-#define RF_PASS                                                                                    \
-    logits, logits_bf16, bias, group_top2, T, E, n_group, topk_group, k, k_eff, softmax, norm,    \
-        routed_scale, S, shared_w, gate, ids, weights, probs_out, spt
-
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e256(RF_ARGS) {
-    router_fused_body<8>(RF_PASS);
+// The general kernel: every shape the host accepts (softmax or sigmoid, any E <= 512, any group
+// count); RF_PER_LANE experts per lane, 8 for E <= 256 (half the registers), else 16.
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e256(const RouterFusedArgs a) {
+    router_fused_body<8>(a);
 }
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e512(RF_ARGS) {
-    router_fused_body<16>(RF_PASS);
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_fused_e512(const RouterFusedArgs a) {
+    router_fused_body<16>(a);
 }
 
-// v5, the lane-contiguous router for sigmoid scoring with E = 32 * PER (PER = 8 or 12) and n_group
+// The lane-contiguous router for sigmoid scoring with E = 32 * PER (PER = 8 or 12) and n_group
 // a power of two (DeepSeek-V3 and Kimi-K2 shapes): lane l holds experts PER*l .. PER*l+PER-1, loaded
 // with 16-byte (f32) or 8-byte (bf16) loads, so a group is L = 32 / n_group adjacent lanes and a
 // lower lane always holds lower expert indices. Group top-2 is lane-local, then log2(L) shuffle
@@ -259,13 +259,17 @@ __device__ __forceinline__ void rf_head(const u32 (&key)[PER], u32& hk, int& hj)
     hj = j2[0];
 }
 
-// FAST_SCORE (bench only, NOT exact): f32 expf sigmoid, to measure what the double one costs.
-template <int PER, bool FAST_SCORE, bool SORT>
-__device__ __forceinline__ void router_lanes_body(
-             const void* logits, int logits_bf16, const float* bias, int group_top2, int T, int E,
-             int n_group, int topk_group, int k, int k_eff, int softmax, int norm,
-             double routed_scale, int S, double shared_w, const float* gate, u32* ids,
-             float* weights, double* probs_out, int spt) {
+template <int PER, bool SORT>
+__device__ __forceinline__ void router_lanes_body(const RouterFusedArgs& a) {
+    const void* logits = a.logits;
+    const bool logits_bf16 = a.logits_bf16, group_top2 = a.group_top2, softmax = a.softmax, norm = a.norm;
+    const float *bias = a.bias, *gate = a.gate;
+    const int T = a.t, E = a.e, n_group = a.n_group, topk_group = a.topk_group, k = a.k;
+    const int k_eff = a.k_eff, S = a.s, spt = a.spt;
+    const double routed_scale = a.routed_scale, shared_w = a.shared_w;
+    u32* ids = a.ids;
+    float* weights = a.weights;
+    double* probs_out = a.probs;
     __shared__ float s_score[RF_WARPS][32 * PER];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int L = 32 / n_group;  // lanes per group
@@ -292,7 +296,7 @@ __device__ __forceinline__ void router_lanes_body(
         u32 key[PER];
 #pragma unroll
         for (int j = 0; j < PER; j++) {
-            float sc = FAST_SCORE ? __fdiv_rn(1.0f, 1.0f + expf(-x[j])) : sigmoid_score(x[j]);
+            float sc = sigmoid_score(x[j]);
             s_score[warp][j * 32 + lane] = sc;  // [position][lane]: no bank conflicts
             key[j] = sort_key(bias != 0 ? sc + b[j] : sc);
         }
@@ -390,12 +394,9 @@ __device__ __forceinline__ void router_lanes_body(
 }
 
 // Sorting pays for 8 keys a lane; for 12 the sort costs more than the rescans it saves (run 11).
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8(RF_ARGS) {
-    router_lanes_body<8, false, true>(RF_PASS);
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8(const RouterFusedArgs a) {
+    router_lanes_body<8, true>(a);
 }
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12(RF_ARGS) {
-    router_lanes_body<12, false, false>(RF_PASS);
-}
-extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8_inexact(RF_ARGS) {
-    router_lanes_body<8, true, true>(RF_PASS);
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12(const RouterFusedArgs a) {
+    router_lanes_body<12, false>(a);
 }

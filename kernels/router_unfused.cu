@@ -1,12 +1,16 @@
 // The unfused router: one kernel per step of the PyTorch sequence, as cpu::unfused_router runs
 // them (scores, add bias, group scores, group top-k, mask, expert top-k, gather, renormalize,
 // scale). Each writes its intermediate to device memory, as the op-by-op router does.
+// Argument structs and launch geometry: src/engine/cuda/kernels/registry.rs.
 
 #define RU_PER_LANE 16
 
 // Sigmoid: one thread per element. Softmax: one warp per token (launch T warps).
-extern "C" __global__ void router_scores(const void* logits, int logits_bf16, float* scores, int T,
-                                         int E, int softmax) {
+extern "C" __global__ void router_scores(const RouterScoresArgs a) {
+    const void* logits = a.logits;
+    const bool logits_bf16 = a.logits_bf16, softmax = a.softmax;
+    float* scores = a.scores;
+    const int T = a.t, E = a.e;
     if (!softmax) {
         u64 n = (u64)T * E;
         u64 stride = (u64)gridDim.x * blockDim.x;
@@ -39,7 +43,10 @@ extern "C" __global__ void router_scores(const void* logits, int logits_bf16, fl
 }
 
 // sel = scores + bias (a copy where the model has no bias).
-extern "C" __global__ void router_add_bias(const float* scores, const float* bias, float* sel, int T, int E) {
+extern "C" __global__ void router_add_bias(const RouterAddBiasArgs a) {
+    const float *scores = a.scores, *bias = a.bias;
+    float* sel = a.sel;
+    const int T = a.t, E = a.e;
     u64 n = (u64)T * E;
     u64 stride = (u64)gridDim.x * blockDim.x;
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
@@ -47,16 +54,22 @@ extern "C" __global__ void router_add_bias(const float* scores, const float* bia
 }
 
 // One thread per (token, group): top-2 sum with a bias, max without.
-extern "C" __global__ void router_group_scores(const float* sel, float* gs, int T, int E, int G, int top2) {
+extern "C" __global__ void router_group_scores(const RouterGroupScoresArgs a) {
+    const float* sel = a.sel;
+    float* gs = a.gs;
+    const int T = a.t, E = a.e, G = a.g;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)T * G) return;
     int per = E / G;
     u64 t = i / G, g = i % G;
-    gs[i] = group_score(sel + t * E + g * per, per, top2);
+    gs[i] = group_score(sel + t * E + g * per, per, a.top2);
 }
 
 // One thread per token: the best topk_group groups, as flags [T x G].
-extern "C" __global__ void router_group_topk(const float* gs, unsigned char* kept, int T, int G, int topk_group) {
+extern "C" __global__ void router_group_topk(const RouterGroupTopkArgs a) {
+    const float* gs = a.gs;
+    unsigned char* kept = a.kept;
+    const int T = a.t, G = a.g, topk_group = a.topk_group;
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= T) return;
     const float* row = gs + (u64)t * G;
@@ -75,7 +88,11 @@ extern "C" __global__ void router_group_topk(const float* gs, unsigned char* kep
 }
 
 // masked = sel where the expert's group is kept, else -inf.
-extern "C" __global__ void router_mask(const float* sel, const unsigned char* kept, float* masked, int T, int E, int G) {
+extern "C" __global__ void router_mask(const RouterMaskArgs a) {
+    const float* sel = a.sel;
+    const unsigned char* kept = a.kept;
+    float* masked = a.masked;
+    const int T = a.t, E = a.e, G = a.g;
     u64 n = (u64)T * E;
     int per = E / G;
     u64 stride = (u64)gridDim.x * blockDim.x;
@@ -87,7 +104,10 @@ extern "C" __global__ void router_mask(const float* sel, const unsigned char* ke
 }
 
 // One warp per token: top-k of masked over all E experts, best first, into ids [T x spt].
-extern "C" __global__ void router_expert_topk(const float* masked, u32* ids, int T, int E, int k, int spt) {
+extern "C" __global__ void router_expert_topk(const RouterExpertTopkArgs a) {
+    const float* masked = a.masked;
+    u32* ids = a.ids;
+    const int T = a.t, E = a.e, k = a.k, spt = a.spt;
     int t = (int)(((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     int lane = threadIdx.x & 31;
     if (t >= T) return;
@@ -116,7 +136,11 @@ extern "C" __global__ void router_expert_topk(const float* masked, u32* ids, int
 }
 
 // One thread per (token, slot < k): the chosen experts' unbiased scores, in double.
-extern "C" __global__ void router_gather(const float* scores, const u32* ids, double* w, int T, int E, int k, int spt) {
+extern "C" __global__ void router_gather(const RouterGatherArgs a) {
+    const float* scores = a.scores;
+    const u32* ids = a.ids;
+    double* w = a.w;
+    const int T = a.t, E = a.e, k = a.k, spt = a.spt;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)T * k) return;
     u64 t = i / k, s = i % k;
@@ -124,7 +148,10 @@ extern "C" __global__ void router_gather(const float* scores, const u32* ids, do
 }
 
 // One thread per token: renormalize to sum 1 (sum in selection order, double).
-extern "C" __global__ void router_renormalize(double* w, int T, int k, int norm) {
+extern "C" __global__ void router_renormalize(const RouterRenormalizeArgs a) {
+    double* w = a.w;
+    const int T = a.t, k = a.k;
+    const bool norm = a.norm;
     int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= T || !norm) return;
     double* row = w + (u64)t * k;
@@ -136,8 +163,13 @@ extern "C" __global__ void router_renormalize(double* w, int T, int k, int norm)
 
 // One thread per (token, slot): routed slots get (float)(w * routed_scale); the S shared slots
 // after them get id E + j and the contract's shared weight times the gate.
-extern "C" __global__ void router_scale(const double* w, int T, int E, int k, double routed_scale, int S,
-                                        double shared_w, const float* gate, u32* ids, float* weights, int spt) {
+extern "C" __global__ void router_scale(const RouterScaleArgs a) {
+    const double* w = a.w;
+    const int T = a.t, E = a.e, k = a.k, S = a.s, spt = a.spt;
+    const double routed_scale = a.routed_scale, shared_w = a.shared_w;
+    const float* gate = a.gate;
+    u32* ids = a.ids;
+    float* weights = a.weights;
     u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (u64)T * spt) return;
     u64 t = i / spt;

@@ -78,7 +78,7 @@ fn headless_run_with_a_bug_variant_reports_it() {
     ]);
     let rec: moescope::engine::step::StepRecord = serde_json::from_str(&text).unwrap();
     assert_eq!(
-        rec.paths[1].contract.message,
+        moescope::session::words::verdict(&rec.paths[1].contract),
         "shared weight 0.354, expected 1.000"
     );
 }

@@ -5,7 +5,7 @@
 use moescope::engine::cuda;
 use moescope::engine::cuda::fp8::{self as dfp8, Fp8Gemm, Tile};
 use moescope::engine::cuda::gpu::Gpu;
-use moescope::engine::cuda::kernels::DevPtr;
+use moescope::engine::cuda::kernels::{DevPtr, GemmRows};
 use moescope::engine::weights::fp8::{gemm_reference, BlockScaled, TokenGroups};
 use moescope::engine::weights::round_bf16;
 use rand::rngs::StdRng;
@@ -169,7 +169,7 @@ fn grouped_gemm_matches_the_dequantized_reference() {
             let g = Fp8Gemm {
                 a: gpu.ptr(&d_a),
                 a_scales: gpu.ptr(&d_sa),
-                a_mode: 1,
+                a_mode: GemmRows::Mapped,
                 a_map: gpu.ptr(&d_order),
                 a_div: spt as i32,
                 c: gpu.ptr(&d_c),
@@ -239,7 +239,7 @@ fn blank() -> Fp8Gemm {
     Fp8Gemm {
         a: DevPtr::NULL,
         a_scales: DevPtr::NULL,
-        a_mode: 0,
+        a_mode: GemmRows::Direct,
         a_map: DevPtr::NULL,
         a_div: 1,
         b0: DevPtr::NULL,

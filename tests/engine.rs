@@ -7,6 +7,7 @@ use moescope::engine::config::MoeConfig;
 use moescope::engine::cpu::CpuBackend;
 use moescope::engine::paths::{PathSpec, Variant, VARIANTS};
 use moescope::engine::routing;
+use moescope::engine::step::ContractViolation;
 use moescope::engine::weights::synthetic::{hidden_row, SyntheticWeights};
 use moescope::engine::weights::{ExpertWeights, WeightSource};
 use moescope::engine::{Backend, Engine, StepInput};
@@ -158,8 +159,8 @@ fn default_paths_honour_the_contract_and_match_the_reference() {
         for p in &rec.paths {
             assert!(
                 p.contract.ok,
-                "{preset} path {}: {}",
-                p.name, p.contract.message
+                "{preset} path {}: {:?}",
+                p.name, p.contract.violations
             );
         }
         assert_eq!(rec.comparison.routing_agreement_ab, 1.0, "{preset}");
@@ -215,9 +216,12 @@ fn every_bug_variant_is_reported_violated() {
                 }
                 Variant::RsfTwice => {
                     assert!(
-                        b.contract.message.contains("routed sum"),
-                        "{}",
-                        b.contract.message
+                        b.contract
+                            .violations
+                            .iter()
+                            .any(|v| matches!(v, ContractViolation::RoutedSum { .. })),
+                        "{:?}",
+                        b.contract.violations
                     );
                 }
                 Variant::Correct => unreachable!(),
@@ -232,17 +236,25 @@ fn hardcoded_2_5_is_right_only_where_rsf_is_2_5() {
     let rec = engine.step().unwrap();
     assert!(
         rec.paths[1].contract.ok,
-        "{}",
-        rec.paths[1].contract.message
+        "{:?}",
+        rec.paths[1].contract.violations
     );
 }
 
 #[test]
-fn contract_message_names_the_deviation() {
+fn contract_violation_carries_the_deviation() {
     let mut engine = engine_with(small("deepseek-v3"), Variant::SharedInvRsf);
     let rec = engine.step().unwrap();
+    let c = &rec.paths[1].contract;
+    let [ContractViolation::SharedWeight { got, expected }] = c.violations[..] else {
+        panic!("{:?}", c.violations);
+    };
+    assert!(
+        (got - 0.4).abs() < 1e-6 && expected == 1.0,
+        "{got} {expected}"
+    );
     assert_eq!(
-        rec.paths[1].contract.message,
+        moescope::session::words::verdict(c),
         "shared weight 0.400, expected 1.000"
     );
 }

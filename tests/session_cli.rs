@@ -185,16 +185,21 @@ fn a_failed_export_leaves_no_file() {
     let d = dir.path();
     let o = run(&["--steps", "3", "--record", "s.jsonl"], d);
     assert!(o.status.success(), "{}", stderr(&o));
-    // Corrupt step 2 (line 4) so the export fails halfway through.
+    // Every step line unreadable (found only when parsed): the export is refused at the end.
     let text = std::fs::read_to_string(d.join("s.jsonl")).unwrap();
     let mut lines: Vec<&str> = text.lines().collect();
-    lines[3] = r#"{"step":"two"}"#;
+    for l in &mut lines[1..] {
+        *l = r#"{"step":"two"}"#;
+    }
     std::fs::write(d.join("bad.jsonl"), lines.join("\n") + "\n").unwrap();
     for format in ["json", "chrome", "eplb", "csv"] {
         let o = moescope(&["export", "bad.jsonl", "--format", format, "-o", "out"], d);
         assert!(!o.status.success(), "{format}");
         let err = stderr(&o);
-        assert!(err.contains("line 4") && !err.contains("panicked"), "{err}");
+        assert!(
+            err.contains("no valid step") && err.contains("line 4") && !err.contains("panicked"),
+            "{err}"
+        );
     }
     let o = moescope(&["replay", "bad.jsonl", "--summary"], d);
     assert!(!o.status.success());

@@ -1,5 +1,6 @@
-//! Damaged session files: a truncated last line is skipped with a warning; anything else wrong
-//! is an error naming the line and the problem; nothing panics.
+//! Damaged session files keep every valid step: a truncated last line is skipped with a warning,
+//! a bad line anywhere is skipped and named, out-of-order and repeated steps are flagged; only a
+//! broken header or a file with no valid step left is refused; nothing panics.
 
 mod session_util;
 
@@ -77,29 +78,64 @@ fn a_complete_last_line_without_newline_is_kept() {
     assert_eq!(reader.read(3).unwrap().step, 3);
 }
 
+/// Opens `path`, reads every step and returns (steps kept, the final report).
+fn kept(path: &Path) -> (Vec<u64>, Vec<String>) {
+    let (mut reader, _) = SessionReader::open(path).unwrap();
+    let steps = reader.steps().map(|r| r.unwrap().step).collect::<Vec<_>>();
+    (steps, reader.report())
+}
+
+fn mentions(report: &[String], needle: &str) -> bool {
+    report.iter().any(|w| w.contains(needle))
+}
+
 #[test]
-fn a_corrupt_line_in_the_middle_is_an_error_naming_it() {
+fn a_corrupt_middle_line_is_skipped_and_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut l = lines().clone();
-    // Cut in the middle but still on its own line: not the last line, so not an interrupted
-    // recording.
+    // Cut in the middle but still on its own line (a truncated line followed by a newline).
     l[2] = l[2][..l[2].len() / 2].to_string();
     let path = write(dir.path(), "cut.jsonl", &joined(&l));
-    let err = open_err(&path);
+    let (steps, report) = kept(&path);
+    assert_eq!(steps, [0, 2, 3]);
+    assert!(mentions(&report, "line 3 skipped"), "{report:?}");
     assert!(
-        err.contains("line 3") && err.contains("not a step record"),
-        "{err}"
+        mentions(&report, "kept 3 valid steps, skipped 1"),
+        "{report:?}"
     );
 
     let mut l = lines().clone();
     l[3] = "garbage".to_string();
     let path = write(dir.path(), "garbage.jsonl", &joined(&l));
-    let err = open_err(&path);
-    assert!(err.contains("line 4"), "{err}");
+    let (steps, report) = kept(&path);
+    assert_eq!(steps, [0, 1, 3]);
+    assert!(mentions(&report, "line 4 skipped"), "{report:?}");
 }
 
 #[test]
-fn a_line_of_the_wrong_shape_is_an_error_when_read() {
+fn appended_garbage_and_a_truncated_last_line_with_newline_lose_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = joined(lines());
+    text.push_str("\u{0}\u{7f}binary junk\n{\"half\":\n\n");
+    let path = write(dir.path(), "junk.jsonl", &text);
+    let (steps, report) = kept(&path);
+    assert_eq!(steps, [0, 1, 2, 3]);
+    for line in ["line 6", "line 7", "line 8"] {
+        assert!(mentions(&report, line), "{line}: {report:?}");
+    }
+
+    let l = lines();
+    let mut text = joined(&l[..4]);
+    text.push_str(&l[4][..l[4].len() - 10]);
+    text.push('\n');
+    let path = write(dir.path(), "cut-last.jsonl", &text);
+    let (steps, report) = kept(&path);
+    assert_eq!(steps, [0, 1, 2]);
+    assert!(mentions(&report, "line 5 skipped"), "{report:?}");
+}
+
+#[test]
+fn a_line_of_the_wrong_shape_is_skipped_when_read() {
     let dir = tempfile::tempdir().unwrap();
     let mut l = lines().clone();
     // One JSON object, but not a step record: found when the step is read.
@@ -112,50 +148,91 @@ fn a_line_of_the_wrong_shape_is_an_error_when_read() {
         err.contains("line 4") && err.contains("not a valid step record"),
         "{err}"
     );
-    // The summary and every export stop on it with the same message.
+    // The summary and every export keep the other steps.
     let header = reader.header().clone();
-    let err = format!(
-        "{:#}",
-        Summary::of_steps(&header, reader.steps()).unwrap_err()
-    );
-    assert!(err.contains("line 4"), "{err}");
+    let s = Summary::of_steps(&header, reader.steps()).unwrap();
+    assert_eq!(s.steps, 3);
+    assert!(mentions(&reader.report(), "line 4 skipped"));
     for format in [
         ExportFormat::Json,
         ExportFormat::Chrome,
         ExportFormat::Eplb,
         ExportFormat::Csv,
     ] {
-        let err = export::write(format, &header, reader.steps(), &mut Vec::new()).unwrap_err();
-        assert!(format!("{err:#}").contains("line 4"), "{format:?}: {err:#}");
+        let (mut reader, _) = SessionReader::open(&path).unwrap();
+        let mut out = Vec::new();
+        export::write(format, &header, reader.steps(), &mut out).unwrap();
+        assert!(!out.is_empty(), "{format:?}");
+        assert_eq!(reader.kept(), 3, "{format:?}");
     }
 
-    // The first step is checked at open, so a session of another schema fails at once.
+    // A first step of another schema is found at open: skipped, the rest kept.
     let mut l = lines().clone();
     l[1] = r#"{"step":0}"#.to_string();
     let path = write(dir.path(), "first.jsonl", &joined(&l));
-    let err = open_err(&path);
-    assert!(err.contains("line 2"), "{err}");
+    let (reader, warnings) = SessionReader::open(&path).unwrap();
+    assert_eq!(reader.len(), 3);
+    assert!(mentions(&warnings, "line 2 skipped"), "{warnings:?}");
 }
 
 #[test]
-fn an_empty_line_is_an_error() {
+fn a_file_with_no_valid_step_left_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}\ngarbage\n{{\"step\":0}}\n", lines()[0]);
+    let path = write(dir.path(), "none.jsonl", &text);
+    let err = open_err(&path);
+    assert!(
+        err.contains("no valid step left") && err.contains("line 2") && err.contains("line 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn reordered_and_repeated_steps_are_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = lines();
+    let mut text = format!("{}\n", l[0]);
+    for i in [0, 1, 3, 2, 3] {
+        text.push_str(&format!("{}\n", l[i + 1]));
+    }
+    let path = write(dir.path(), "order.jsonl", &text);
+    let (steps, report) = kept(&path);
+    assert_eq!(steps, [0, 1, 3, 2]);
+    assert!(
+        mentions(&report, "1 repeated step(s) skipped"),
+        "{report:?}"
+    );
+    assert!(
+        mentions(&report, "out of order") && mentions(&report, "lines 5"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn an_empty_line_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let mut l = lines().clone();
     l.insert(2, String::new());
     let path = write(dir.path(), "s.jsonl", &joined(&l));
-    let err = open_err(&path);
-    assert!(err.contains("line 3 is empty"), "{err}");
+    let (steps, report) = kept(&path);
+    assert_eq!(steps, [0, 1, 2, 3]);
+    assert!(
+        mentions(&report, "line 3 skipped: the line is empty"),
+        "{report:?}"
+    );
 }
 
 #[test]
 fn an_unknown_version_or_format_is_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut l = lines().clone();
-    l[0] = l[0].replacen("\"version\":1", "\"version\":2", 1);
-    let path = write(dir.path(), "v2.jsonl", &joined(&l));
+    l[0] = l[0].replacen("\"version\":2", "\"version\":99", 1);
+    let path = write(dir.path(), "v99.jsonl", &joined(&l));
     let err = open_err(&path);
     assert!(
-        err.contains("line 1") && err.contains("version 2") && err.contains("reads version 1"),
+        err.contains("line 1")
+            && err.contains("version 99")
+            && err.contains("reads versions 1 to 2"),
         "{err}"
     );
 
@@ -282,4 +359,84 @@ mod properties {
             let _ = open_and_read(dir.path(), &bytes);
         }
     }
+}
+
+fn moescope(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_moescope"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn repair_writes_the_valid_steps_and_export_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = lines().clone();
+    l[2] = l[2][..l[2].len() / 3].to_string();
+    l.push("garbage".into());
+    let damaged = write(dir.path(), "damaged.jsonl", &joined(&l));
+    let fixed = dir.path().join("fixed.jsonl");
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let out = moescope(&[
+        os("replay"),
+        os("--repair"),
+        damaged.as_os_str(),
+        os("-o"),
+        fixed.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("line 3 skipped") && err.contains("line 6 skipped"),
+        "{err}"
+    );
+    assert!(err.contains("wrote 3 valid steps"), "{err}");
+    let (steps, report) = kept(&fixed);
+    assert_eq!(steps, [0, 2, 3]);
+    assert!(report.is_empty(), "{report:?}");
+
+    // Export of the damaged file: every valid step, the damage on stderr, exit 0.
+    let csv = dir.path().join("out.csv");
+    let out = moescope(&[
+        os("export"),
+        damaged.as_os_str(),
+        os("--format"),
+        os("csv"),
+        os("-o"),
+        csv.as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("kept 3 valid steps"), "{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let steps: std::collections::BTreeSet<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|r| r.split(',').next())
+        .collect();
+    assert_eq!(steps.into_iter().collect::<Vec<_>>(), ["0", "2", "3"]);
+
+    // Nothing valid: refused, and no output file left.
+    let none = write(
+        dir.path(),
+        "none.jsonl",
+        &format!("{}\ngarbage\n", lines()[0]),
+    );
+    let gone = dir.path().join("gone.csv");
+    let out = moescope(&[
+        os("export"),
+        none.as_os_str(),
+        os("--format"),
+        os("csv"),
+        os("-o"),
+        gone.as_os_str(),
+    ]);
+    assert!(!out.status.success());
+    assert!(!gone.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -3,9 +3,10 @@
 mod session_util;
 
 use moescope::engine::paths::Variant;
+use moescope::engine::stats::imbalance;
 use moescope::engine::step::StepRecord;
 use moescope::session::export::{self, CSV_HEADER};
-use moescope::session::summary::{imbalance, Summary};
+use moescope::session::summary::Summary;
 use moescope::session::{ExportFormat, SessionHeader, SessionReader, SessionWriter};
 use serde_json::Value;
 use session_util::{record, validate_chrome_trace};
@@ -148,7 +149,12 @@ fn summary_names_a_violated_contract() {
     assert_eq!(b.violated_steps, 3);
     let first = b.first_violation.as_ref().unwrap();
     assert_eq!(first.step, 0);
-    assert_eq!(first.message, records[0].paths[1].contract.message);
+    assert_eq!(first.violations, records[0].paths[1].contract.violations);
+    assert!(
+        first.message.starts_with("routed sum "),
+        "{}",
+        first.message
+    );
     let text = s.render("s.jsonl");
     assert!(text.contains("VIOLATED on 3 of 3 steps"), "{text}");
     assert!(text.contains(&first.message), "{text}");
@@ -209,7 +215,7 @@ fn csv_export_has_one_row_per_step_path_and_kernel() {
     for r in &records {
         for p in &r.paths {
             for (i, t) in p.timings.iter().enumerate() {
-                expected.push((r.step, p.name.clone(), t.stage.name(), i, t.us));
+                expected.push((r.step, p.name.name(), t.stage.name(), i, t.us));
             }
         }
     }

@@ -228,6 +228,7 @@ fn tiny_cpu_plan() -> LivePlan {
             tokens: 4,
             paths: PathSpec::default_pair(),
             hidden_states: None,
+            trace: Default::default(),
         },
         telemetry_hz: 0.0,
         record: None,

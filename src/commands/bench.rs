@@ -6,11 +6,12 @@
 //! times per token count, and the expert GEMMs against the floor of streaming the active weights.
 
 use super::LayerArgs;
-use crate::engine::cuda::gpu::{cuda_err, ptr, Arg, Gpu, Grid, Timer};
-use crate::engine::cuda::kernels::FillArgs;
+use crate::engine::cuda::gpu::{cuda_err, Gpu, Timer};
+use crate::engine::cuda::kernels::{CopyArgs, DevPtr, FillArgs};
 use crate::engine::cuda::layer::CudaBackend;
 use crate::engine::cuda::router::{self, FusedKernel, RouterIo, RouterShape, UnfusedBufs};
-use crate::engine::paths::PathSpec;
+use crate::engine::paths::{PathId, PathSpec};
+use crate::engine::stats::gb_per_s;
 use crate::engine::step::Stage;
 use crate::engine::{Backend, BackendChoice, StepInput};
 use anyhow::{anyhow, Context, Result};
@@ -94,21 +95,13 @@ fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
     let n = 1usize << 30;
     let src = gpu.alloc::<u8>(n, "copy source")?;
     let dst = gpu.alloc::<u8>(n, "copy destination")?;
-    let words = (n / 16) as u64;
-    let us = time_us(gpu, |_| {
-        gpu.launch_raw(
-            "copy_u4",
-            (gpu.sms * 8, 1),
-            512,
-            0,
-            &[
-                Arg::Ptr(ptr(gpu, &src)),
-                Arg::Ptr(ptr(gpu, &dst)),
-                Arg::U64(words),
-            ],
-        )
-    })?;
-    Ok(2.0 * n as f64 / us / 1e3)
+    let copy = CopyArgs {
+        src: gpu.ptr(&src).cast(),
+        dst: gpu.ptr(&dst).cast(),
+        n: (n / 16) as u64,
+    };
+    let us = time_us(gpu, |_| gpu.launch(copy))?;
+    gb_per_s(2 * n as u64, us).ok_or_else(|| anyhow!("the copy kernel took no measurable time"))
 }
 
 /// Fused vs unfused router over token counts.
@@ -125,41 +118,28 @@ fn bench_routers(
     // Path B's router: fused shared slots, rsf on the output.
     let sh = RouterShape::new(cfg, k, s, 1.0, 1.0 / rsf)?;
     let spt = sh.spt();
-    // The inexact-score kernel (a measurement of what exact scores cost) exists for E = 256 only.
-    let covered = router::inexact_covered(&sh);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let bias: Vec<f32> = (0..e).map(|_| rng.random_range(-0.05f32..0.05)).collect();
     let d_bias = gpu.upload(&bias, "bias")?;
     // The floor of a graph-replayed launch: a one-thread kernel that writes one word.
     let word = gpu.alloc::<u32>(1, "word")?;
     let floor = graph_us(gpu, &|_| {
-        gpu.launch(
-            Grid::x(1, 32),
-            FillArgs {
-                out: gpu.ptr(&word),
-                n: 1,
-                value: 0,
-            },
-        )
+        gpu.launch(FillArgs {
+            out: gpu.ptr(&word),
+            n: 1,
+            value: 0,
+        })
     })?;
     println!();
     println!("graph-replay floor per launch (one-word kernel): {floor:.2} µs");
     println!(
-        "router, {} shape, f32 logits, top-{k} + {s} shared slots; fused = v5 where it covers the \
-         shape, v4 = the previous kernel; * = v5 with f32 sigmoid scores, NOT exact (measures the \
-         cost of the double-precision scores)",
+        "router, {} shape, f32 logits, top-{k} + {s} shared slots; fused = the kernel callers get \
+         (lane-contiguous where it covers the shape), general = the kernel for every shape",
         cfg.name
     );
     println!(
-        "{:>7}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}  {:>9}  {:>14}  method",
-        "tokens",
-        "fused µs",
-        "fused v4 µs",
-        "unfused µs",
-        "speedup",
-        "fused GB/s",
-        "of copy",
-        "f32-score µs*"
+        "{:>7}  {:>12}  {:>12}  {:>12}  {:>8}  {:>10}  {:>9}  method",
+        "tokens", "fused µs", "general µs", "unfused µs", "speedup", "fused GB/s", "of copy",
     );
     for &t in tokens {
         if t == 0 {
@@ -180,50 +160,42 @@ fn bench_routers(
         let weights = gpu.alloc::<f32>(t * spt, "weights")?;
         let bufs = UnfusedBufs::new(gpu, t, e, cfg.n_group, k)?;
         let io = |set: usize| RouterIo {
-            logits: ptr(gpu, &logits[set % sets]),
+            logits: gpu.ptr(&logits[set % sets]).cast(),
             logits_bf16: false,
-            bias: if cfg.has_bias { ptr(gpu, &d_bias) } else { 0 },
-            gate: 0,
-            ids: ptr(gpu, &ids),
-            weights: ptr(gpu, &weights),
-            probs: 0,
+            bias: if cfg.has_bias {
+                gpu.ptr(&d_bias)
+            } else {
+                DevPtr::NULL
+            },
+            gate: DevPtr::NULL,
+            ids: gpu.ptr(&ids),
+            weights: gpu.ptr(&weights),
+            probs: DevPtr::NULL,
         };
         let fused = |set: usize| router::fused(gpu, &sh, &io(set), t);
-        // The previous fused kernel, timed in the same run for the version history.
-        let fused_v4 = |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::V4);
-        let inexact =
-            |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::InexactScores);
+        // The general kernel (the only one for other shapes), timed on this shape too.
+        let general = |set: usize| router::fused_with(gpu, &sh, &io(set), t, FusedKernel::General);
         let unfused =
             |set: usize| router::unfused(gpu, &sh, &io(set), t, &bufs, &mut Timer::new(false));
-        let (f_us, v4_us, u_us, x_us, method) = if t < GRAPH_MAX_TOKENS {
+        let (f_us, g_us, u_us, method) = if t < GRAPH_MAX_TOKENS {
             (
                 graph_us(gpu, &fused)?,
-                graph_us(gpu, &fused_v4)?,
+                graph_us(gpu, &general)?,
                 graph_us(gpu, &unfused)?,
-                if covered {
-                    graph_us(gpu, &inexact)?
-                } else {
-                    f64::NAN
-                },
                 "graph replay",
             )
         } else {
             (
                 time_us(gpu, fused)?,
-                time_us(gpu, fused_v4)?,
+                time_us(gpu, general)?,
                 time_us(gpu, unfused)?,
-                if covered {
-                    time_us(gpu, inexact)?
-                } else {
-                    f64::NAN
-                },
                 "events, rotated inputs",
             )
         };
-        let bytes = (logits_bytes + t * spt * 8) as f64;
-        let gbs = bytes / f_us / 1e3;
+        let bytes = (logits_bytes + t * spt * 8) as u64;
+        let gbs = gb_per_s(bytes, f_us).unwrap_or(f64::NAN);
         println!(
-            "{t:>7}  {f_us:>12.2}  {v4_us:>12.2}  {u_us:>12.2}  {:>7.1}x  {gbs:>10.0}  {:>8.0}%  {x_us:>14.2}  {method}",
+            "{t:>7}  {f_us:>12.2}  {g_us:>12.2}  {u_us:>12.2}  {:>7.1}x  {gbs:>10.0}  {:>8.0}%  {method}",
             u_us / f_us,
             100.0 * gbs / copy_gbs
         );
@@ -299,7 +271,7 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
         };
         backend.step(&input, &paths)?; // warm-up: workspace, first launches
         let out = backend.step(&input, &paths)?;
-        for (name, run) in ["A", "B"].iter().zip(&out.paths) {
+        for (name, run) in PathId::ALL.iter().zip(&out.paths) {
             let instr: f64 = run.timings.iter().map(|k| k.us).sum();
             let clean = run.clean_us.unwrap_or(f64::NAN);
             let find = |st: Stage| run.timings.iter().find(|k| k.stage == st);
@@ -307,9 +279,10 @@ fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<()> {
             let us = up.map(|k| k.us).unwrap_or(0.0) + down.map(|k| k.us).unwrap_or(0.0);
             let bytes =
                 up.and_then(|k| k.bytes).unwrap_or(0) + down.and_then(|k| k.bytes).unwrap_or(0);
-            let gbs = bytes as f64 / us / 1e3;
+            let gbs = gb_per_s(bytes, us).unwrap_or(f64::NAN);
             println!(
-                "{t:>6}  {name:>4}  {clean:>11.1}  {instr:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {gbs:>7.0}  {:>9.0}%",
+                "{t:>6}  {:>4}  {clean:>11.1}  {instr:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {gbs:>7.0}  {:>9.0}%",
+                name.name(),
                 instr / clean,
                 up.map(|k| k.us).unwrap_or(0.0),
                 down.map(|k| k.us).unwrap_or(0.0),

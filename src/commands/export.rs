@@ -28,9 +28,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     // Refuse an existing output before reading anything.
     let mut output = Output::create(args.output.as_deref(), args.force)?;
-    let (mut reader, warnings) = SessionReader::open(&args.file)?;
-    print_warnings(&warnings);
+    // Damage is reported once, after every line has been read (some shows only when parsed).
+    let (mut reader, _) = SessionReader::open(&args.file)?;
     let header = reader.header().clone();
     export::write(args.format, &header, reader.steps(), output.writer())?;
+    print_warnings(&reader.report());
+    reader.ensure_some_valid()?;
     output.commit()
 }

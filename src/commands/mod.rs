@@ -106,7 +106,8 @@ pub struct LayerArgs {
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
     /// Routing skew toward hot experts (0 = none; 1 = strong Zipf-like skew).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true,
+          value_parser = finite_non_negative::<f32>)]
     pub skew: f32,
     /// Backend: auto (CUDA if present, else CPU), cuda or cpu.
     #[arg(long, default_value = "auto", value_parser = named::<BackendChoice>(BackendChoice::NAMES))]
@@ -135,6 +136,33 @@ impl LayerArgs {
             skew: self.skew,
             backend: self.backend,
         }
+    }
+}
+
+/// A float flag that must be a finite number ≥ 0: NaN or infinity would run, and every number it
+/// touched would then be non-finite, so it is refused before anything starts.
+pub fn finite_non_negative<T>(s: &str) -> Result<T, String>
+where
+    T: FromStr + Into<f64> + Copy,
+{
+    let v: T = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    let x: f64 = v.into();
+    if !x.is_finite() || x < 0.0 {
+        return Err(format!("`{s}` must be a finite number ≥ 0"));
+    }
+    Ok(v)
+}
+
+/// A count flag that must be a whole number ≥ 1 (`--tokens -5` reaches this parser and is told
+/// so, instead of being taken for an unknown flag).
+pub fn positive_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if n >= 1 => usize::try_from(n).map_err(|_| format!("`{s}` is too large")),
+        Ok(_) => Err(format!("`{s}` must be a whole number ≥ 1")),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
     }
 }
 

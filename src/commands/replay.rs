@@ -2,6 +2,7 @@
 //! or `--summary`: kernel-time percentiles, imbalance and verdicts over the whole file.
 
 use crate::engine::step::StepRecord;
+use crate::session::export::{self, Output};
 use crate::session::{print_warnings, summary, SessionReader};
 use crate::ui::source::{self, Command, Meta, Outbox, ReplayPos, SourceEvent, SourceHandle};
 use crate::ui::{self, Mode};
@@ -24,25 +25,69 @@ pub struct ReplayArgs {
     /// Session file (JSONL) to open.
     pub file: PathBuf,
     /// Print aggregate statistics instead of opening the TUI.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "repair")]
     pub summary: bool,
+    /// Write the valid steps of a damaged session to -o (the header, then every step that
+    /// parses, repeated steps once), and report what was skipped.
+    #[arg(long, requires = "output")]
+    pub repair: bool,
+    /// Output file of --repair.
+    #[arg(short = 'o', long = "output", requires = "repair")]
+    pub output: Option<PathBuf>,
+    /// Overwrite an existing -o file.
+    #[arg(long, requires = "repair")]
+    pub force: bool,
 }
 
 pub fn run(args: ReplayArgs) -> Result<()> {
+    if let (true, Some(out)) = (args.repair, &args.output) {
+        return repair(&args.file, out, args.force);
+    }
     if !args.summary {
         ui::require_terminal()?;
         return ui::run(Mode::Replay, spawn_replay(args.file)?);
     }
-    let (mut reader, warnings) = SessionReader::open(&args.file)?;
-    print_warnings(&warnings);
+    let (mut reader, _) = SessionReader::open(&args.file)?;
     let header = reader.header().clone();
     let summary = summary::Summary::of_steps(&header, reader.steps())?;
+    print_warnings(&reader.report());
+    reader.ensure_some_valid()?;
     let text = summary.render(&args.file.display().to_string());
     use std::io::Write;
     std::io::stdout()
         .lock()
         .write_all(text.as_bytes())
         .context("writing the summary to stdout")?;
+    Ok(())
+}
+
+/// `--repair`: the header and every valid step of `file`, written to `out` through a temporary
+/// file (nothing half-written), with the damage report on stderr.
+fn repair(file: &Path, out: &Path, force: bool) -> Result<()> {
+    export::refuse_same_file(file, out)?;
+    let mut output = Output::create(Some(out), force)?;
+    let (mut reader, _) = SessionReader::open(file)?;
+    let valid = reader.valid_steps()?;
+    print_warnings(&reader.report());
+    reader.ensure_some_valid()?;
+    let mut header = serde_json::to_vec(reader.header()).context("encoding the header")?;
+    header.push(b'\n');
+    let w = output.writer();
+    w.write_all(&header)
+        .with_context(|| format!("writing {}", out.display()))?;
+    for &i in &valid {
+        let line = reader.raw(i)?;
+        w.write_all(line)
+            .and_then(|()| w.write_all(b"\n"))
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    output.commit()?;
+    eprintln!(
+        "moescope: wrote {} valid steps of {} to {}",
+        valid.len(),
+        file.display(),
+        out.display()
+    );
     Ok(())
 }
 

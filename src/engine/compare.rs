@@ -3,14 +3,16 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
-use super::paths::PathSpec;
+use super::finite::{FiniteCheck, FiniteCounts, FiniteStage, Verdict};
+use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
-    Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
+    Comparison, ContractCheck, ContractViolation, OutputStats, PathRecord, SlotWeights, Stats,
+    StepRecord, TokenDetail,
 };
 use super::weights::ExpertWeights;
 use super::{Backend, BackendKind, BackendStep, PathRun, StepInput};
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -145,34 +147,32 @@ fn check_contract(routed: &[(f64, f64)], shared: &[(f64, f64)], has_shared: bool
     };
     let (routed_max_dev, shared_max_dev) = (dev(routed), dev(shared));
     let got_shared = Stats::of(shared.iter().map(|p| p.0));
-    let want_shared = Stats::of(shared.iter().map(|p| p.1));
     let got_routed = Stats::of(routed.iter().map(|p| p.0));
-    let want_routed = Stats::of(routed.iter().map(|p| p.1));
-    let mut problems = Vec::new();
-    if has_shared && shared_max_dev > CONTRACT_TOLERANCE {
-        problems.push(format!(
-            "shared weight {:.3}, expected {:.3}",
-            got_shared.mean, want_shared.mean
-        ));
-    }
-    if routed_max_dev > CONTRACT_TOLERANCE {
-        problems.push(format!(
-            "routed sum {:.3}, expected {:.3}",
-            got_routed.mean, want_routed.mean
-        ));
-    }
-    let ok = problems.is_empty();
-    ContractCheck {
-        ok,
-        expected_routed_sum: want_routed,
-        expected_shared: has_shared.then_some(want_shared),
+    let mut check = ContractCheck {
+        ok: false,
+        expected_routed_sum: Stats::of(routed.iter().map(|p| p.1)),
+        expected_shared: has_shared.then(|| Stats::of(shared.iter().map(|p| p.1))),
         routed_max_dev,
         shared_max_dev,
-        message: if ok {
-            "contract holds".to_string()
-        } else {
-            problems.join("; ")
-        },
+        violations: Vec::new(),
+    };
+    check.violations = check.violations_of(
+        &got_routed,
+        has_shared.then_some(&got_shared),
+        CONTRACT_TOLERANCE,
+    );
+    check.ok = check.violations.is_empty();
+    check
+}
+
+/// Makes the contract verdict of an invalid step say so: a NaN deviation compares as no
+/// deviation, so without this a layer full of NaN would read "contract holds".
+fn judge_finite(contract: &mut ContractCheck, check: &FiniteCheck) {
+    if let Verdict::Invalid { first, count } = check.verdict() {
+        contract.ok = false;
+        contract
+            .violations
+            .push(ContractViolation::NonFinite { first, count });
     }
 }
 
@@ -185,9 +185,23 @@ pub fn assemble(
     out: &BackendStep,
     backend_kind: BackendKind,
 ) -> Result<StepRecord> {
+    assemble_given(cfg, backend, input, paths, out, backend_kind, None)
+}
+
+/// The same for a step whose routing was given (a trace; `Backend::step_routed`): the reference
+/// applies that routing instead of routing the logits, which the backend did not compute.
+pub fn assemble_given(
+    cfg: &MoeConfig,
+    backend: &dyn Backend,
+    input: &StepInput,
+    paths: &[PathSpec],
+    out: &BackendStep,
+    backend_kind: BackendKind,
+    given: Option<&Routing>,
+) -> Result<StepRecord> {
     let (t_count, e, h) = (input.tokens, cfg.n_routed_experts, cfg.hidden_size);
     ensure!(
-        out.router_logits.len() == t_count * e,
+        given.is_some() || out.router_logits.len() == t_count * e,
         "backend returned {} router logits, expected {}",
         out.router_logits.len(),
         t_count * e
@@ -202,13 +216,20 @@ pub fn assemble(
     let rsf = cfg.routed_scaling_factor;
     let weights = backend.weights();
     let bias = weights.router_bias()?;
-    let reference: Routing = routing::route(
-        cfg,
-        &out.router_logits,
-        bias.as_deref(),
-        cfg.num_experts_per_tok,
-    );
+    let reference: Routing = match given {
+        Some(r) => r.clone(),
+        None => routing::route(
+            cfg,
+            &out.router_logits,
+            bias.as_deref(),
+            cfg.num_experts_per_tok,
+        ),
+    };
     let gate_of = |t: usize| out.shared_gate.get(t).copied().unwrap_or(1.0) as f64;
+    let mut seen = FiniteCounts::default();
+    seen.count(FiniteStage::Input, &out.sample_hidden);
+    seen.count(FiniteStage::Weights, bias.as_deref().unwrap_or(&[]));
+    seen.count(FiniteStage::Router, &out.router_logits);
 
     // Per path: load, effective weights, contract.
     let mut records = Vec::with_capacity(paths.len());
@@ -249,17 +270,30 @@ pub fn assemble(
             .enumerate()
             .flat_map(|(t, x)| x.shared.iter().map(move |&w| (w, gate_of(t))))
             .collect();
+        let mut path_seen = seen;
+        path_seen.count(FiniteStage::Router, &run.slot_weights);
+        path_seen.add(FiniteStage::Combine, run.output.nonfinite);
+        let finite = out.finite.merged(&run.finite).at_least(&path_seen).check();
+        let mut contract = check_contract(&routed_pairs, &shared_pairs, has_shared);
+        judge_finite(&mut contract, &finite);
         records.push(PathRecord {
-            name: ((b'A' + i as u8) as char).to_string(),
+            name: PathId::nth(i).with_context(|| {
+                format!(
+                    "{} paths given; a run compares at most {}",
+                    paths.len(),
+                    PathId::ALL.len()
+                )
+            })?,
             spec: *spec,
             load,
             routed_weight_sum: Stats::of(routed_pairs.iter().map(|p| p.0)),
             shared_weight: has_shared.then(|| Stats::of(shared_pairs.iter().map(|p| p.0))),
-            contract: check_contract(&routed_pairs, &shared_pairs, has_shared),
+            contract,
             output: run.output,
             total_us: run.timings.iter().map(|k| k.us).sum(),
             timings: run.timings.clone(),
             clean_us: run.clean_us,
+            finite: Some(finite),
         });
         effectives.push(eff);
     }
@@ -336,12 +370,20 @@ pub fn assemble(
             .iter()
             .map(|&v| v as f64)
             .collect();
-        let route = routing::route_token(
-            cfg,
-            &out.router_logits[t * e..(t + 1) * e],
-            bias.as_deref(),
-            cfg.num_experts_per_tok,
-        );
+        let route = match given {
+            Some(r) => TokenRoute {
+                ids: r.ids[t * r.k..(t + 1) * r.k].to_vec(),
+                probs: r.probs[t * r.k..(t + 1) * r.k].to_vec(),
+                group_scores: Vec::new(),
+                kept_groups: Vec::new(),
+            },
+            None => routing::route_token(
+                cfg,
+                &out.router_logits[t * e..(t + 1) * e],
+                bias.as_deref(),
+                cfg.num_experts_per_tok,
+            ),
+        };
         let g = shared_gate_f64(shared_gate_w.as_deref(), &x);
         ref_rows.extend(reference_output(cfg, &route, &x, g, &mut slot)?);
         let mut reference_slots = SlotWeights {
@@ -403,6 +445,7 @@ pub fn assemble(
         comparison,
         token_details: details,
         telemetry: None,
+        ep: None,
     })
 }
 

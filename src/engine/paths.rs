@@ -1,4 +1,4 @@
-//! A path is `router × shared × contract` (design §3). This module says, for every path and
+//! A path is `router × shared × contract`. This module says, for every path and
 //! known-bug variant, which weight each slot carries and what scales the output — the scaling
 //! contract — so every backend applies exactly the same arithmetic and the engine can report the
 //! *effective* weight on every routed expert and shared slot.
@@ -99,7 +99,45 @@ impl fmt::Display for Variant {
     }
 }
 
-/// One of the two paths run side by side.
+/// Which path a record belongs to: A and B as `run` compares them by default, C a kernel the
+/// user brings. Serialised as "A", "B", "C", as sessions have always named them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PathId {
+    A,
+    B,
+    C,
+}
+
+impl PathId {
+    pub const ALL: [PathId; 3] = [PathId::A, PathId::B, PathId::C];
+
+    /// The path at position `i` of a run (A first); None past the last one there can be.
+    pub fn nth(i: usize) -> Option<PathId> {
+        PathId::ALL.get(i).copied()
+    }
+
+    /// Position of the path in a run.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathId::A => "A",
+            PathId::B => "B",
+            PathId::C => "C",
+        }
+    }
+}
+
+impl fmt::Display for PathId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so `{:>10}` aligns a path name like any string.
+        f.pad(self.name())
+    }
+}
+
+/// One of the paths run side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathSpec {
     pub router: RouterImpl,
@@ -272,6 +310,18 @@ mod tests {
         // The hard-coded 2.5 is right only for a model whose rsf is 2.5.
         let c = PathSpec::fused(Variant::Hardcoded2_5).contract(2.5, true);
         assert!((c.effective_shared() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn path_ids_serialize_as_the_names_sessions_use() {
+        for (i, id) in PathId::ALL.into_iter().enumerate() {
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(json, format!("\"{}\"", id.name()));
+            assert_eq!(serde_json::from_str::<PathId>(&json).unwrap(), id);
+            assert_eq!((PathId::nth(i), id.index()), (Some(id), i));
+        }
+        assert_eq!(PathId::nth(3), None);
+        assert!(serde_json::from_str::<PathId>("\"D\"").is_err());
     }
 
     #[test]

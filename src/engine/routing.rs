@@ -1,4 +1,4 @@
-//! The reference router (design §1) and its building blocks.
+//! The reference router: the routing formula that every backend and kernel must reproduce.
 //!
 //! Selection values are f32, computed as `round_f32(f64 formula)`: the CUDA kernels compute the
 //! same values the same way, so ids agree exactly with them and with PyTorch's f32 router, ties

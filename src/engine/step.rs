@@ -1,7 +1,8 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
-//! session writer stores and the exporters read (design §2), so it is plain serde data.
+//! session writer stores and the exporters read, so it is plain serde data.
 
-use super::paths::PathSpec;
+use super::finite::{FiniteCheck, FiniteStage};
+use super::paths::{PathId, PathSpec};
 use super::BackendKind;
 use serde::{Deserialize, Serialize};
 
@@ -19,20 +20,24 @@ pub struct StepRecord {
     /// Milliseconds since the run started, when the step finished.
     #[serde(deserialize_with = "nan_as_null::f64")]
     pub t_ms: f64,
-    /// Path A then path B.
+    /// The paths in order: A, B, then C where the user brings a kernel.
+    #[serde(deserialize_with = "legacy::paths")]
     pub paths: Vec<PathRecord>,
     pub comparison: Comparison,
     /// Drill-down of a few sampled tokens (the ones compared against the f64 reference).
     pub token_details: Vec<TokenDetail>,
     /// Latest NVML sample, when telemetry runs.
     pub telemetry: Option<TelemetrySample>,
+    /// Expert-parallel placements of this step's routing (`--ep`); absent in older sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ep: Option<super::ep::EpRecord>,
 }
 
 /// One path of one step.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PathRecord {
-    /// "A" or "B".
-    pub name: String,
+    /// Which path: serialised "A", "B" or "C".
+    pub name: PathId,
     pub spec: PathSpec,
     /// Tokens assigned to each slot: E routed experts, then S shared slots. A separate shared
     /// expert counts every token.
@@ -51,6 +56,10 @@ pub struct PathRecord {
     pub total_us: f64,
     /// Time of the path without per-kernel instrumentation (one event pair), where measured.
     pub clean_us: Option<f64>,
+    /// Non-finite values this path saw, per stage; None in sessions recorded before they were
+    /// counted. Any count makes the step invalid (see `finite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finite: Option<FiniteCheck>,
 }
 
 /// Mean, minimum and maximum over tokens.
@@ -99,8 +108,66 @@ pub struct ContractCheck {
     /// Largest |effective − expected| over tokens and shared experts.
     #[serde(deserialize_with = "nan_as_null::f64")]
     pub shared_max_dev: f64,
-    /// One line for humans, e.g. "shared weight 0.400, expected 1.000".
-    pub message: String,
+    /// What broke, with the numbers; empty when the contract holds. (Sessions of format
+    /// version 1 carried an English `message` instead; reading one derives these from the
+    /// path's weights.)
+    #[serde(default)]
+    pub violations: Vec<ContractViolation>,
+}
+
+/// One way a path's effective weights break the scaling contract: the mean over tokens of what
+/// the path applied and what the reference says. The UI and the session layer word it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ContractViolation {
+    /// The effective weight on the shared experts' output is not the expected one (the
+    /// shared gate; 1 for DeepSeek, Kimi and GLM).
+    SharedWeight {
+        #[serde(deserialize_with = "nan_as_null::f64")]
+        got: f64,
+        #[serde(deserialize_with = "nan_as_null::f64")]
+        expected: f64,
+    },
+    /// The effective routed weights do not sum to the reference router's (rsf included).
+    RoutedSum {
+        #[serde(deserialize_with = "nan_as_null::f64")]
+        got: f64,
+        #[serde(deserialize_with = "nan_as_null::f64")]
+        expected: f64,
+    },
+    /// Non-finite values in the step: nothing about the contract can be judged. `first` is the
+    /// earliest stage that held one, `count` the total.
+    NonFinite { first: FiniteStage, count: u64 },
+}
+
+impl ContractCheck {
+    /// The violations a check with these deviations reports for a path whose effective means
+    /// are `routed` and `shared` (the engine's rule, also used to read version 1 sessions).
+    pub fn violations_of(
+        &self,
+        routed: &Stats,
+        shared: Option<&Stats>,
+        tolerance: f64,
+    ) -> Vec<ContractViolation> {
+        let mut out = Vec::new();
+        // (A NaN deviation compares false here, as it always has; non-finite values get
+        // their own verdict.)
+        if let (Some(got), Some(want)) = (shared, &self.expected_shared) {
+            if self.shared_max_dev > tolerance {
+                out.push(ContractViolation::SharedWeight {
+                    got: got.mean,
+                    expected: want.mean,
+                });
+            }
+        }
+        if self.routed_max_dev > tolerance {
+            out.push(ContractViolation::RoutedSum {
+                got: routed.mean,
+                expected: self.expected_routed_sum.mean,
+            });
+        }
+        out
+    }
 }
 
 /// Statistics of the layer output over all tokens.
@@ -296,6 +363,36 @@ pub struct TelemetrySample {
     pub gpm_sm_occupancy_pct: Option<f64>,
     pub gpm_tensor_active_pct: Option<f64>,
     pub gpm_dram_bw_util_pct: Option<f64>,
+}
+
+/// Reading records of session format version 1, whose contract carried an English `message`
+/// and no `violations`: the violations are derived from the path's own numbers, exactly as
+/// the engine then worded them.
+mod legacy {
+    use super::PathRecord;
+    use crate::engine::compare::CONTRACT_TOLERANCE;
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    pub fn paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathRecord>, D::Error> {
+        let raw = Vec::<serde_json::Value>::deserialize(d)?;
+        raw.into_iter()
+            .map(|v| {
+                let old = v
+                    .get("contract")
+                    .is_some_and(|c| c.get("violations").is_none() && c.get("message").is_some());
+                let mut p: PathRecord = serde_json::from_value(v).map_err(D::Error::custom)?;
+                if old && !p.contract.ok {
+                    p.contract.violations = p.contract.violations_of(
+                        &p.routed_weight_sum,
+                        p.shared_weight.as_ref(),
+                        CONTRACT_TOLERANCE,
+                    );
+                }
+                Ok(p)
+            })
+            .collect()
+    }
 }
 
 /// serde_json writes a non-finite float as `null` and refuses `null` for a float when reading.

@@ -4,6 +4,8 @@
 
 use super::summary::SummaryBuilder;
 use super::{ExportFormat, SessionHeader};
+use crate::engine::paths::PathId;
+use crate::engine::stats::{gb_per_s, imbalance};
 use crate::engine::step::{StepRecord, TelemetrySample};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -16,8 +18,11 @@ use std::path::{Path, PathBuf};
 pub const JSON_EXPORT_FORMAT: &str = "moescope-export";
 /// `format` field of the EPLB export.
 pub const EPLB_EXPORT_FORMAT: &str = "moescope-eplb";
-/// Version of the JSON and EPLB export documents.
-pub const EXPORT_VERSION: u32 = 1;
+/// Version of the JSON export document: 2 since its steps carry typed contract violations
+/// (session format 2).
+pub const JSON_EXPORT_VERSION: u32 = 2;
+/// Version of the EPLB export document.
+pub const EPLB_EXPORT_VERSION: u32 = 1;
 
 /// Writes `steps` of the session described by `header` to `out` in `format`.
 pub fn write(
@@ -52,8 +57,10 @@ fn json_document(
 ) -> Result<()> {
     let mut buf = Vec::with_capacity(64 * 1024);
     buf.extend_from_slice(
-        format!("{{\"format\":\"{JSON_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\"header\":")
-            .as_bytes(),
+        format!(
+            "{{\"format\":\"{JSON_EXPORT_FORMAT}\",\"version\":{JSON_EXPORT_VERSION},\"header\":"
+        )
+        .as_bytes(),
     );
     to_json(&mut buf, header)?;
     buf.extend_from_slice(b",\"steps\":[");
@@ -123,10 +130,6 @@ fn args(value: Value) -> Value {
 /// Counter values must be numbers: NaN (written as null) would break the counter track.
 fn finite(v: f64) -> Option<Value> {
     v.is_finite().then(|| json!(v))
-}
-
-fn path_name(i: usize) -> &'static str {
-    ["A", "B", "C", "D"].get(i).copied().unwrap_or("?")
 }
 
 /// Trace events, comma-separated into a buffer that goes out once per step.
@@ -221,8 +224,8 @@ fn chrome_trace(
     let paths: Vec<String> = header
         .paths
         .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}: {}", path_name(i), p.label()))
+        .zip(PathId::ALL)
+        .map(|(p, id)| format!("{id}: {}", p.label()))
         .collect();
     let other = json!({
         "moescope_format": header.format,
@@ -341,7 +344,7 @@ fn chrome_step(
         wall,
         step_args,
     )?;
-    let (mut imbalance, mut routed_sum, mut shared) = (Map::new(), Map::new(), Map::new());
+    let (mut imbalances, mut routed_sum, mut shared) = (Map::new(), Map::new(), Map::new());
     for (i, p) in r.paths.iter().enumerate() {
         let tid = i as u32 + 1;
         let kernel_sum: i64 = p.timings.iter().map(|t| to_ns(t.us)).sum();
@@ -352,7 +355,7 @@ fn chrome_step(
             "total_us": p.total_us,
             "clean_us": p.clean_us,
             "contract_ok": p.contract.ok,
-            "contract": p.contract.message,
+            "contract": super::words::verdict(&p.contract),
         });
         let name = format!("path {} step {}", p.name, r.step);
         ev.slice(&name, "path", tid, start, path_dur, path_args)?;
@@ -362,8 +365,8 @@ fn chrome_step(
             let mut a = json!({ "step": r.step, "tokens": r.tokens });
             if let Some(bytes) = t.bytes {
                 a["bytes"] = json!(bytes);
-                if t.us > 0.0 {
-                    a["gb_per_s"] = json!(bytes as f64 / (t.us * 1e3));
+                if let Some(bw) = gb_per_s(bytes, t.us) {
+                    a["gb_per_s"] = json!(bw);
                 }
             }
             ev.slice(t.stage.name(), "kernel", tid, ts, dur, a)?;
@@ -379,16 +382,16 @@ fn chrome_step(
         let name = format!("load {}", p.name);
         ev.counter(&name, "load", PID_LAYER, start, Value::Object(load))?;
         let routed: Vec<u64> = p.load.iter().take(experts).map(|&n| n.into()).collect();
-        imbalance.insert(p.name.clone(), json!(super::summary::imbalance(&routed)));
+        imbalances.insert(p.name.to_string(), json!(imbalance(&routed)));
         if let Some(v) = finite(p.routed_weight_sum.mean) {
-            routed_sum.insert(p.name.clone(), v);
+            routed_sum.insert(p.name.to_string(), v);
         }
         if let Some(v) = p.shared_weight.and_then(|s| finite(s.mean)) {
-            shared.insert(p.name.clone(), v);
+            shared.insert(p.name.to_string(), v);
         }
     }
     for (name, series) in [
-        ("load imbalance (max/mean)", imbalance),
+        ("load imbalance (max/mean)", imbalances),
         ("routed weight sum (mean)", routed_sum),
         ("shared weight (mean)", shared),
     ] {
@@ -442,7 +445,7 @@ fn eplb_matrix(
     let mut buf = Vec::with_capacity(16 * 1024);
     let head = json!({
         "layer": header.config.name,
-        "path": "A",
+        "path": PathId::A,
         "path_label": header.paths.first().map(|p| p.label()),
         "rows": "steps",
         "device": header.device,
@@ -450,7 +453,7 @@ fn eplb_matrix(
     });
     buf.extend_from_slice(
         format!(
-            "{{\"format\":\"{EPLB_EXPORT_FORMAT}\",\"version\":{EXPORT_VERSION},\
+            "{{\"format\":\"{EPLB_EXPORT_FORMAT}\",\"version\":{EPLB_EXPORT_VERSION},\
              \"num_logical_experts\":{experts},\"source\":"
         )
         .as_bytes(),
@@ -500,17 +503,17 @@ fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Wri
         for p in &r.paths {
             for (i, t) in p.timings.iter().enumerate() {
                 let bytes = t.bytes.map_or(String::new(), |b| b.to_string());
-                let bw = match t.bytes {
-                    Some(b) if t.us > 0.0 => format!("{}", b as f64 / (t.us * 1e3)),
-                    _ => String::new(),
-                };
+                let bw = t
+                    .bytes
+                    .and_then(|b| gb_per_s(b, t.us))
+                    .map_or(String::new(), |g| g.to_string());
                 let _ = writeln!(
                     s,
                     "{},{},{},{},{},{i},{},{bytes},{bw}",
                     r.step,
                     r.t_ms,
                     r.tokens,
-                    csv_field(&p.name),
+                    csv_field(p.name.name()),
                     csv_field(t.stage.name()),
                     t.us
                 );

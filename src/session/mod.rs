@@ -9,6 +9,7 @@
 pub mod export;
 pub mod reader;
 pub mod summary;
+pub mod words;
 pub mod writer;
 
 pub use reader::SessionReader;
@@ -21,8 +22,11 @@ use serde::{Deserialize, Serialize};
 
 /// The `format` field of every session header.
 pub const SESSION_FORMAT: &str = "moescope-session";
-/// The session format version this build writes and reads.
-pub const SESSION_VERSION: u32 = 1;
+/// The session format version this build writes. Version 2 records contract violations as
+/// typed values (`violations`) where version 1 wrote an English `message`.
+pub const SESSION_VERSION: u32 = 2;
+/// The oldest version this build still reads.
+pub const SESSION_VERSION_MIN: u32 = 1;
 
 /// The formats `export` writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,112 +1,24 @@
-//! `replay --summary`: aggregate statistics of a session, built one step at a time in memory
-//! that does not grow with the number of steps (percentiles come from log-spaced histograms).
+//! `replay --summary`: aggregate statistics of a session, built one step at a time with the
+//! statistics of `engine::stats` (percentiles exact).
 
 use super::SessionHeader;
-use crate::engine::step::{PathRecord, Stage, StepRecord};
+use crate::engine::paths::PathId;
+use crate::engine::stats::{gb_per_s, imbalance, Dist, DistBuilder};
+use crate::engine::step::{ContractViolation, PathRecord, Stage, StepRecord};
 use anyhow::Result;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-/// Width of a histogram bucket as a ratio: percentiles are within ±0.5% of the exact value.
-const BUCKET_RATIO: f64 = 1.01;
 /// Hottest experts listed per path.
 const HOTTEST: usize = 5;
-
-/// Distribution of one quantity over steps.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct Dist {
-    pub n: u64,
-    pub mean: f64,
-    pub min: f64,
-    pub max: f64,
-    pub p50: f64,
-    pub p90: f64,
-    pub p99: f64,
-    /// NaN or infinite values seen (not in the other fields).
-    pub nonfinite: u64,
-}
-
-/// Accumulates a [`Dist`] in bounded memory: exact count, mean, min and max; percentiles from
-/// buckets `[r^k, r^(k+1))` with r = [`BUCKET_RATIO`], reported at the bucket's geometric centre.
-#[derive(Clone, Debug, Default)]
-pub struct DistBuilder {
-    n: u64,
-    nonfinite: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    /// Values ≤ 0 (times and ratios are never negative; zero is common).
-    non_positive: u64,
-    buckets: BTreeMap<i32, u64>,
-}
-
-impl DistBuilder {
-    /// Adds a value; NaN and infinities are only counted (they have no percentile).
-    pub fn add(&mut self, v: f64) {
-        if !v.is_finite() {
-            self.nonfinite += 1;
-            return;
-        }
-        if self.n == 0 {
-            (self.min, self.max) = (v, v);
-        }
-        self.n += 1;
-        self.sum += v;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
-        if v <= 0.0 {
-            self.non_positive += 1;
-        } else {
-            let k = (v.ln() / BUCKET_RATIO.ln()).floor() as i32;
-            *self.buckets.entry(k).or_insert(0) += 1;
-        }
-    }
-
-    /// Nearest-rank percentile, `q` in [0, 1].
-    pub fn quantile(&self, q: f64) -> f64 {
-        if self.n == 0 {
-            return 0.0;
-        }
-        let rank = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
-        if rank <= self.non_positive {
-            return self.min.min(0.0);
-        }
-        let mut seen = self.non_positive;
-        for (&k, &count) in &self.buckets {
-            seen += count;
-            if seen >= rank {
-                let centre = BUCKET_RATIO.powf(f64::from(k) + 0.5);
-                return centre.clamp(self.min, self.max);
-            }
-        }
-        self.max
-    }
-
-    pub fn finish(&self) -> Dist {
-        if self.n == 0 {
-            return Dist {
-                nonfinite: self.nonfinite,
-                ..Dist::default()
-            };
-        }
-        Dist {
-            n: self.n,
-            mean: self.sum / self.n as f64,
-            min: self.min,
-            max: self.max,
-            p50: self.quantile(0.5),
-            p90: self.quantile(0.9),
-            p99: self.quantile(0.99),
-            nonfinite: self.nonfinite,
-        }
-    }
-}
 
 /// One contract verdict worth naming.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Violation {
     pub step: u64,
+    pub violations: Vec<ContractViolation>,
+    /// The violations in words (`session::words`).
     pub message: String,
     /// Larger of the routed and shared deviations.
     pub deviation: f64,
@@ -132,7 +44,7 @@ pub struct KernelSummary {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PathSummary {
-    pub name: String,
+    pub name: PathId,
     pub label: String,
     /// Labels of the path as the steps ran it, in order of first appearance, where they differ
     /// from `label` (the TUI can switch path B's variant mid-session).
@@ -240,7 +152,7 @@ impl Summary {
             }
         }
 
-        writeln!(s, "\nkernel times (µs, percentiles within ±0.5%)")?;
+        writeln!(s, "\nkernel times (µs)")?;
         writeln!(
             s,
             "  {:<28} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -391,9 +303,8 @@ struct KernelBuilder {
     gb_per_s: DistBuilder,
 }
 
-#[derive(Default)]
 struct PathBuilder {
-    name: String,
+    name: PathId,
     label: String,
     other_labels: Vec<String>,
     kernels: Vec<KernelBuilder>,
@@ -448,12 +359,8 @@ impl SummaryBuilder {
             paths: header
                 .paths
                 .iter()
-                .zip(["A", "B"].iter().chain(std::iter::repeat(&"?")))
-                .map(|(spec, name)| PathBuilder {
-                    name: name.to_string(),
-                    label: spec.label(),
-                    ..PathBuilder::default()
-                })
+                .zip(PathId::ALL)
+                .map(|(spec, name)| PathBuilder::new(name, spec.label()))
                 .collect(),
             agreement_ab: DistBuilder::default(),
             rel_l2_ab: DistBuilder::default(),
@@ -472,16 +379,17 @@ impl SummaryBuilder {
         self.agreement_ab.add(r.comparison.routing_agreement_ab);
         self.rel_l2_ab.add(r.comparison.output_rel_l2_ab);
         for (i, p) in r.paths.iter().enumerate() {
-            if self.paths.len() <= i {
-                self.paths.push(PathBuilder {
-                    label: p.spec.label(),
-                    ..PathBuilder::default()
-                });
-            }
-            let routed = self.routed_experts;
-            let pb = &mut self.paths[i];
-            pb.name.clone_from(&p.name);
-            pb.add(p, r.step, routed);
+            // A path the header did not name (a damaged or hand-made session) gets its own.
+            let pb = match self.paths.iter().position(|b| b.name == p.name) {
+                Some(j) => &mut self.paths[j],
+                None => {
+                    self.paths.push(PathBuilder::new(p.name, p.spec.label()));
+                    self.paths.sort_by_key(|b| b.name);
+                    let j = self.paths.iter().position(|b| b.name == p.name);
+                    &mut self.paths[j.unwrap_or(0)]
+                }
+            };
+            pb.add(p, r.step, self.routed_experts);
             if let Some(&v) = r.comparison.routing_agreement_ref.get(i) {
                 pb.agreement_ref.add(v);
             }
@@ -536,17 +444,24 @@ impl SummaryBuilder {
     }
 }
 
-/// Busiest routed expert's load over the mean routed expert's; 0 when nothing was routed.
-pub fn imbalance(routed_load: &[u64]) -> f64 {
-    let total: u64 = routed_load.iter().sum();
-    let max = routed_load.iter().copied().max().unwrap_or(0);
-    if total == 0 {
-        return 0.0;
-    }
-    max as f64 * routed_load.len() as f64 / total as f64
-}
-
 impl PathBuilder {
+    fn new(name: PathId, label: String) -> PathBuilder {
+        PathBuilder {
+            name,
+            label,
+            other_labels: Vec::new(),
+            kernels: Vec::new(),
+            total_us: DistBuilder::default(),
+            clean_us: DistBuilder::default(),
+            imbalance: DistBuilder::default(),
+            load_total: Vec::new(),
+            contract: ContractSummary::default(),
+            agreement_ref: DistBuilder::default(),
+            rel_l2_ref: DistBuilder::default(),
+            nonfinite: 0,
+        }
+    }
+
     fn add(&mut self, p: &PathRecord, step: u64, routed_experts: usize) {
         let label = p.spec.label();
         if label != self.label && !self.other_labels.contains(&label) {
@@ -565,8 +480,8 @@ impl PathBuilder {
             };
             let kb = &mut self.kernels[k];
             kb.us.add(t.us);
-            if let Some(bytes) = t.bytes.filter(|_| t.us > 0.0) {
-                kb.gb_per_s.add(bytes as f64 / (t.us * 1e3));
+            if let Some(bw) = t.bytes.and_then(|b| gb_per_s(b, t.us)) {
+                kb.gb_per_s.add(bw);
             }
         }
         self.total_us.add(p.total_us);
@@ -595,7 +510,8 @@ impl PathBuilder {
             cs.violated_steps += 1;
             let v = Violation {
                 step,
-                message: c.message.clone(),
+                violations: c.violations.clone(),
+                message: super::words::verdict(c),
                 deviation: c.routed_max_dev.max(c.shared_max_dev),
             };
             if cs.first_violation.is_none() {
@@ -632,12 +548,12 @@ impl PathBuilder {
                     Some(KernelSummary {
                         stage: k.stage?,
                         us: k.us.finish(),
-                        gb_per_s: (k.gb_per_s.n > 0).then(|| k.gb_per_s.finish()),
+                        gb_per_s: (!k.gb_per_s.is_empty()).then(|| k.gb_per_s.finish()),
                     })
                 })
                 .collect(),
             total_us: self.total_us.finish(),
-            clean_us: (self.clean_us.n > 0).then(|| self.clean_us.finish()),
+            clean_us: (!self.clean_us.is_empty()).then(|| self.clean_us.finish()),
             load_imbalance: self.imbalance.finish(),
             session_imbalance: imbalance(&self.load_total),
             hottest_experts: hottest,
@@ -647,49 +563,5 @@ impl PathBuilder {
             output_rel_l2_ref: self.rel_l2_ref.finish(),
             nonfinite_outputs: self.nonfinite,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_percentiles_are_within_half_a_percent() {
-        let mut d = DistBuilder::default();
-        // 1..=1000 shuffled by a stride coprime with 1000.
-        for i in 0..1000u64 {
-            d.add(((i * 617) % 1000 + 1) as f64);
-        }
-        let s = d.finish();
-        assert_eq!((s.n, s.min, s.max), (1000, 1.0, 1000.0));
-        assert!((s.mean - 500.5).abs() < 1e-9);
-        for (got, exact) in [(s.p50, 500.0), (s.p90, 900.0), (s.p99, 990.0)] {
-            assert!(
-                (got - exact).abs() / exact <= 0.005,
-                "percentile {got}, exact {exact}"
-            );
-        }
-    }
-
-    #[test]
-    fn zeros_and_nonfinite_values() {
-        let mut d = DistBuilder::default();
-        for v in [0.0, 0.0, 0.0, 4.0, f64::NAN, f64::INFINITY] {
-            d.add(v);
-        }
-        let s = d.finish();
-        assert_eq!((s.n, s.nonfinite), (4, 2));
-        assert_eq!(s.p50, 0.0);
-        assert!((s.p99 - 4.0).abs() / 4.0 <= 0.005);
-        assert_eq!(DistBuilder::default().finish(), Dist::default());
-    }
-
-    #[test]
-    fn imbalance_of_loads() {
-        assert_eq!(imbalance(&[2, 2, 2, 2]), 1.0);
-        assert_eq!(imbalance(&[8, 0, 0, 0]), 4.0);
-        assert_eq!(imbalance(&[0, 0]), 0.0);
-        assert_eq!(imbalance(&[]), 0.0);
     }
 }

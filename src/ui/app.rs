@@ -56,7 +56,7 @@ pub struct App {
     /// Steps summed in `cumulative`, and the first of them.
     pub cumulative_steps: u64,
     pub cumulative_from: u64,
-    /// Path shown in the load view (0 = A, 1 = B).
+    /// Position of the path shown in the load view (0 = A, 1 = B, 2 = C).
     pub load_path: usize,
     /// Index into the latest record's token_details for the drill-down.
     pub token_sel: usize,
@@ -345,8 +345,13 @@ impl App {
             },
             Action::Up => self.token_sel = self.token_sel.saturating_sub(1),
             Action::Down => self.move_token(1),
-            Action::Left if self.view == View::Load => self.load_path = 0,
-            Action::Right if self.view == View::Load => self.load_path = 1,
+            Action::Left if self.view == View::Load => {
+                self.load_path = self.shown_load_path().saturating_sub(1)
+            }
+            Action::Right if self.view == View::Load => {
+                let last = self.latest().map_or(0, |r| r.paths.len().saturating_sub(1));
+                self.load_path = (self.shown_load_path() + 1).min(last)
+            }
             Action::Left => self.token_sel = self.token_sel.saturating_sub(1),
             Action::Right => self.move_token(1),
             Action::GotoStep | Action::First | Action::Last | Action::Faster | Action::Slower
@@ -377,6 +382,12 @@ impl App {
             Action::Confirm | Action::Close => {}
         }
         out
+    }
+
+    /// The load view's path as drawn: `load_path`, or the last path where there are fewer.
+    pub fn shown_load_path(&self) -> usize {
+        let n = self.latest().map_or(0, |r| r.paths.len());
+        self.load_path.min(n.saturating_sub(1))
     }
 
     fn move_token(&mut self, by: usize) {

@@ -4,17 +4,14 @@
 //! A GEMM needs an [`Fp8Ready`], which raising the kernels' shared-memory limit returns: the
 //! type keeps a launch from running before the limit is set.
 
-use super::gpu::{Arg, Gpu, Grid};
+use super::gpu::Gpu;
 use super::kernels::{
-    DevPtr, Fp8GemmM16Args, Fp8GemmM64Args, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs,
+    fp8_shared_bytes, DevPtr, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs, GemmRows,
+    KernelId, SplitkReduceArgs,
 };
 use crate::engine::weights::fp8::{BlockScaled, Fp8Mlp, BLOCK};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
-
-/// Pipeline stages of the GEMM (F8_STAGES) and the padded row of a shared tile (F8_LD).
-const STAGES: usize = 4;
-const LD: usize = BLOCK + 16;
 
 /// The tile height of an FP8 GEMM launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,10 +39,17 @@ impl Tile {
         }
     }
 
-    /// Dynamic shared memory of one block: STAGES × (A tile, B tile, A scales, B scale).
+    /// Dynamic shared memory of one block: the pipeline's stages of A tile, B tile, A scales
+    /// and B scale.
     pub fn shared_bytes(self) -> u32 {
-        let bm = self.rows();
-        (STAGES * (bm * LD + BLOCK * LD + 4 * bm + 16)) as u32
+        fp8_shared_bytes(self.rows())
+    }
+
+    fn function(self) -> KernelId {
+        match self {
+            Tile::M16 => KernelId::GroupedGemmFp8M16,
+            Tile::M64 => KernelId::GroupedGemmFp8M64,
+        }
     }
 }
 
@@ -55,8 +59,9 @@ pub struct Fp8Ready(());
 
 /// Raises the GEMM kernels' dynamic shared-memory limit (once per device).
 pub fn prepare(gpu: &Gpu) -> Result<Fp8Ready> {
-    gpu.allow_shared::<Fp8GemmM16Args>(Tile::M16.shared_bytes())?;
-    gpu.allow_shared::<Fp8GemmM64Args>(Tile::M64.shared_bytes())?;
+    for t in [Tile::M16, Tile::M64] {
+        gpu.allow_shared(t.function(), t.shared_bytes())?;
+    }
     Ok(Fp8Ready(()))
 }
 
@@ -148,17 +153,13 @@ pub fn quant_rows(
         cols.is_multiple_of(BLOCK),
         "FP8 activation quantization of {cols} columns; expected a multiple of {BLOCK}"
     );
-    let warps = rows * cols / BLOCK;
-    gpu.launch(
-        Grid::x(warps.div_ceil(8) as u32, 256),
-        Fp8QuantArgs {
-            input,
-            out,
-            scales,
-            rows: rows as u64,
-            cols: cols as u64,
-        },
-    )
+    gpu.launch(Fp8QuantArgs {
+        input,
+        out,
+        scales,
+        rows: rows as u64,
+        cols: cols as u64,
+    })
 }
 
 /// SiLU·mul of `h` f32 [rows × 2·inter], rounded to bf16 and quantized per row and group of 128.
@@ -174,17 +175,13 @@ pub fn silu_mul_quant(
         inter.is_multiple_of(BLOCK),
         "FP8 SiLU·mul over an intermediate size of {inter}; expected a multiple of {BLOCK}"
     );
-    let warps = rows * inter / BLOCK;
-    gpu.launch(
-        Grid::x(warps.div_ceil(8) as u32, 256),
-        Fp8SiluArgs {
-            h,
-            out,
-            scales,
-            rows: rows as u64,
-            inter: inter as u64,
-        },
-    )
+    gpu.launch(Fp8SiluArgs {
+        h,
+        out,
+        scales,
+        rows: rows as u64,
+        inter: inter as u64,
+    })
 }
 
 /// `tiles` [groups + 1] of `tile`-row tiles from row `offsets` [groups + 1], on the device.
@@ -199,15 +196,12 @@ pub fn tile_scan(
         (1..=1024).contains(&groups),
         "FP8 GEMM over {groups} groups; supported: 1 to 1024"
     );
-    gpu.launch(
-        Grid::x(1, 1024),
-        Fp8TilesArgs {
-            offsets,
-            tiles,
-            groups: groups as i32,
-            bm: tile.rows() as i32,
-        },
-    )
+    gpu.launch(Fp8TilesArgs {
+        offsets,
+        tiles,
+        groups: groups as i32,
+        bm: tile.rows() as i32,
+    })
 }
 
 /// K splits of a GEMM with `tiles` M tiles, N columns and K depth: where the output has fewer
@@ -228,8 +222,7 @@ pub fn k_splits(sms: u32, tiles: usize, n: usize, k: usize) -> usize {
 pub struct Fp8Gemm {
     pub a: DevPtr<u8>,
     pub a_scales: DevPtr<f32>,
-    /// 0: row; 1: a_map[row] / a_div; 2: row − offsets[g].
-    pub a_mode: i32,
+    pub a_mode: GemmRows,
     pub a_map: DevPtr<i32>,
     pub a_div: i32,
     pub b0: DevPtr<u8>,
@@ -284,43 +277,31 @@ pub fn gemm(gpu: &Gpu, _ready: &Fp8Ready, g: &Fp8Gemm) -> Result<()> {
         g.k / BLOCK
     );
     let max_tiles = g.rows.div_ceil(g.tile.rows()) + g.groups;
-    let grid = Grid::xyz(
-        max_tiles as u32,
-        (g.n / BLOCK) as u32,
-        g.k_splits as u32,
-        256,
-    )
-    .with_shared(g.tile.shared_bytes());
-    macro_rules! args {
-        ($t:ident) => {
-            $t {
-                a: g.a,
-                a_scales: g.a_scales,
-                a_mode: g.a_mode,
-                a_map: g.a_map,
-                a_div: g.a_div,
-                b0: g.b0,
-                b1: g.b1,
-                bs0: g.bs0,
-                bs1: g.bs1,
-                n_first: g.n_first,
-                b_stride: g.b_stride,
-                bs_stride: g.bs_stride,
-                c: g.c,
-                offsets: g.offsets,
-                tiles: g.tiles,
-                groups: g.groups as i32,
-                n: g.n as i32,
-                k: g.k as i32,
-                k_splits: g.k_splits as i32,
-                c_split: g.c_split as i64,
-            }
-        };
-    }
-    match g.tile {
-        Tile::M16 => gpu.launch(grid, args!(Fp8GemmM16Args)),
-        Tile::M64 => gpu.launch(grid, args!(Fp8GemmM64Args)),
-    }
+    let args = Fp8GemmArgs {
+        a: g.a,
+        a_scales: g.a_scales,
+        a_mode: g.a_mode,
+        a_map: g.a_map,
+        a_div: g.a_div,
+        b0: g.b0,
+        b1: g.b1,
+        bs0: g.bs0,
+        bs1: g.bs1,
+        n_first: g.n_first,
+        b_stride: g.b_stride,
+        bs_stride: g.bs_stride,
+        c: g.c,
+        offsets: g.offsets,
+        tiles: g.tiles,
+        groups: g.groups as i32,
+        n: g.n as i32,
+        k: g.k as i32,
+        k_splits: g.k_splits as i32,
+        c_split: g.c_split as i64,
+        bm: g.tile.rows() as i32,
+        max_tiles: max_tiles as i32,
+    };
+    gpu.launch_fn(g.tile.function(), args)
 }
 
 /// Sums `splits` partial [rows × n] products at `parts` into `out` in split order
@@ -333,20 +314,14 @@ pub fn splitk_reduce(
     n: usize,
     out: DevPtr<f32>,
 ) -> Result<()> {
-    gpu.launch_raw(
-        "splitk_reduce",
-        gpu.stride_grid(rows * n, 256),
-        256,
-        0,
-        &[
-            Arg::Ptr(parts.addr()),
-            Arg::I32(splits as i32),
-            Arg::U64((rows * n) as u64),
-            Arg::I32(n as i32),
-            Arg::Ptr(0),
-            Arg::Ptr(out.addr()),
-        ],
-    )
+    gpu.launch(SplitkReduceArgs {
+        part: parts,
+        splits: splits as i32,
+        n: (rows * n) as u64,
+        cols: n as i32,
+        bias: DevPtr::NULL,
+        out,
+    })
 }
 
 /// `gemm` with `splits` K splits into `parts` (at least splits × rows × n floats), reduced

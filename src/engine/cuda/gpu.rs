@@ -4,28 +4,17 @@
 //! add event records between launches and into the timings) and kernels take device addresses
 //! (`kernels::DevPtr`) inside their argument structs.
 
-use super::kernels::{DevPtr, FillArgs, Kernel, Module, KERNELS};
+pub use super::kernels::Grid;
+use super::kernels::{DevPtr, FillArgs, Kernel, KernelId, Module, KERNELS};
 use super::loader;
 use crate::engine::step::{KernelTiming, Stage};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr,
     LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
-use std::collections::HashMap;
 use std::sync::Arc;
-
-/// One kernel argument, by the C type the kernel declares.
-#[derive(Clone, Copy, Debug)]
-pub enum Arg {
-    /// A device pointer (0 for a null pointer).
-    Ptr(u64),
-    U64(u64),
-    I32(i32),
-    F32(f32),
-    F64(f64),
-}
 
 /// The opened device with every kernel loaded.
 pub struct Gpu {
@@ -38,50 +27,7 @@ pub struct Gpu {
     pub sms: u32,
     /// The registry's kernels, indexed by `KernelId`.
     kernels: Vec<CudaFunction>,
-    /// Kernels not yet in the registry, by name.
-    funcs: HashMap<&'static str, CudaFunction>,
     _modules: Vec<Arc<CudaModule>>,
-}
-
-/// Launch geometry: blocks, threads per block, dynamic shared memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Grid {
-    pub blocks: (u32, u32, u32),
-    pub threads: u32,
-    pub shared_bytes: u32,
-}
-
-impl Grid {
-    pub fn x(blocks: u32, threads: u32) -> Grid {
-        Grid {
-            blocks: (blocks, 1, 1),
-            threads,
-            shared_bytes: 0,
-        }
-    }
-    pub fn xy(x: u32, y: u32, threads: u32) -> Grid {
-        Grid {
-            blocks: (x, y, 1),
-            threads,
-            shared_bytes: 0,
-        }
-    }
-    pub fn xyz(x: u32, y: u32, z: u32, threads: u32) -> Grid {
-        Grid {
-            blocks: (x, y, z),
-            threads,
-            shared_bytes: 0,
-        }
-    }
-    pub fn with_shared(self, bytes: u32) -> Grid {
-        Grid {
-            shared_bytes: bytes,
-            ..self
-        }
-    }
-    fn is_empty(&self) -> bool {
-        self.blocks.0 == 0 || self.blocks.1 == 0 || self.blocks.2 == 0
-    }
 }
 
 /// Turns a cudarc driver error into one naming what was being done.
@@ -108,7 +54,6 @@ impl Gpu {
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
             )
             .map_err(cuda_err("reading the multiprocessor count"))? as u32;
-        let mut funcs = HashMap::new();
         let mut typed: Vec<Option<CudaFunction>> = vec![None; KERNELS.len()];
         let mut modules = Vec::new();
         for &m in Module::ALL {
@@ -119,17 +64,11 @@ impl Gpu {
                     "loading kernels/{}.cu for {arch}",
                     m.name()
                 )))?;
-            for k in KERNELS.iter().filter(|k| k.module == m) {
+            for k in m.kernels() {
                 let func = module
                     .load_function(k.function)
                     .map_err(cuda_err(&format!("loading kernel {}", k.function)))?;
                 typed[k.id as usize] = Some(func);
-            }
-            for &f in loader::legacy_functions(m) {
-                let func = module
-                    .load_function(f)
-                    .map_err(cuda_err(&format!("loading kernel {f}")))?;
-                funcs.insert(f, func);
             }
             modules.push(module);
         }
@@ -145,7 +84,6 @@ impl Gpu {
             arch,
             sms,
             kernels,
-            funcs,
             _modules: modules,
         })
     }
@@ -155,38 +93,53 @@ impl Gpu {
         format!("{} ({})", self.name, self.arch)
     }
 
-    /// Launches a registered kernel with its argument struct.
-    pub fn launch<K: Kernel>(&self, grid: Grid, args: K) -> Result<()> {
+    /// Launches a registered kernel with its argument struct, on the geometry the registry gives
+    /// it (the first function of a struct several take: see `launch_fn`).
+    pub fn launch<K: Kernel>(&self, args: K) -> Result<()> {
+        self.launch_fn(K::FUNCTIONS[0], args)
+    }
+
+    /// Launches kernel `id`, which must take `K`.
+    pub fn launch_fn<K: Kernel>(&self, id: KernelId, args: K) -> Result<()> {
+        let info = &KERNELS[id as usize];
+        if !K::FUNCTIONS.contains(&id) {
+            bail!(
+                "kernel {} takes {}, not {}",
+                info.function,
+                info.args.name,
+                K::ARGS.name
+            );
+        }
+        let grid = args.grid(self.sms);
         if grid.is_empty() {
             return Ok(());
         }
-        let f = &self.kernels[K::INFO.id as usize];
-        let mut b = self.stream.launch_builder(f);
+        let mut b = self.stream.launch_builder(&self.kernels[id as usize]);
         b.arg(&args);
         let cfg = LaunchConfig {
             grid_dim: grid.blocks,
             block_dim: (grid.threads, 1, 1),
             shared_mem_bytes: grid.shared_bytes,
         };
-        // SAFETY: the kernel takes exactly one `K` (the C struct is generated from it, and
-        // kernels.rs's test checks the signature); every address in it refers to a live
-        // allocation of the size the kernel indexes.
-        unsafe { b.launch(cfg) }.map_err(cuda_err(&format!("launching {}", K::INFO.function)))?;
+        // SAFETY: the kernel takes exactly one `K` (the C struct is generated from it with its
+        // layout asserted, and kernels' tests check the signature); every address in it refers
+        // to a live allocation of the size the kernel indexes.
+        unsafe { b.launch(cfg) }.map_err(cuda_err(&format!("launching {}", info.function)))?;
         Ok(())
     }
 
     /// Lets a registered kernel take `bytes` of dynamic shared memory (above 48 KB a kernel
     /// must be allowed explicitly).
-    pub fn allow_shared<K: Kernel>(&self, bytes: u32) -> Result<()> {
+    pub fn allow_shared(&self, id: KernelId, bytes: u32) -> Result<()> {
         use cudarc::driver::sys::CUfunction_attribute_enum as A;
-        self.kernels[K::INFO.id as usize]
+        self.kernels[id as usize]
             .set_attribute(
                 A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 bytes as i32,
             )
             .map_err(cuda_err(&format!(
                 "allowing {} {bytes} bytes of shared memory",
-                K::INFO.function
+                KERNELS[id as usize].function
             )))
     }
 
@@ -195,64 +148,9 @@ impl Gpu {
         DevPtr::of(&self.stream, buf)
     }
 
-    /// Grid of a grid-stride kernel over `n` items: enough blocks to fill the device.
-    pub fn stride(&self, n: usize, threads: u32) -> Grid {
-        let (x, _) = self.stride_grid(n, threads);
-        Grid::x(x, threads)
-    }
-
-    /// Launches kernel `name` (not yet in the registry) on the stream.
-    pub fn launch_raw(
-        &self,
-        name: &str,
-        grid: (u32, u32),
-        block: u32,
-        shared: u32,
-        args: &[Arg],
-    ) -> Result<()> {
-        self.launch_raw3(name, (grid.0, grid.1, 1), block, shared, args)
-    }
-
-    /// Launches kernel `name` (not yet in the registry) on a 3-D grid.
-    pub fn launch_raw3(
-        &self,
-        name: &str,
-        grid: (u32, u32, u32),
-        block: u32,
-        shared: u32,
-        args: &[Arg],
-    ) -> Result<()> {
-        let f = self
-            .funcs
-            .get(name)
-            .ok_or_else(|| anyhow!("kernel {name} is not loaded"))?;
-        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
-            return Ok(());
-        }
-        let mut b = self.stream.launch_builder(f);
-        for a in args {
-            match a {
-                Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
-                Arg::I32(v) => b.arg(v),
-                Arg::F32(v) => b.arg(v),
-                Arg::F64(v) => b.arg(v),
-            };
-        }
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (block, 1, 1),
-            shared_mem_bytes: shared,
-        };
-        // SAFETY: every kernel's argument list is built to match its C signature at the call
-        // site, and every pointer refers to a live allocation of the size the kernel indexes.
-        unsafe { b.launch(cfg) }.map_err(cuda_err(&format!("launching {name}")))?;
-        Ok(())
-    }
-
-    /// Grid of a grid-stride kernel over `n` items: enough blocks to fill the device.
-    pub fn stride_grid(&self, n: usize, block: u32) -> (u32, u32) {
-        let want = n.div_ceil(block as usize).max(1);
-        (want.min(self.sms as usize * 16) as u32, 1)
+    /// `ptr`, or NULL for `None`.
+    pub fn ptr_opt<T>(&self, buf: Option<&CudaSlice<T>>) -> DevPtr<T> {
+        DevPtr::of_opt(&self.stream, buf)
     }
 
     /// Allocates `n` elements (at least one), zeroed.
@@ -331,15 +229,11 @@ impl Gpu {
                 std::mem::size_of::<T>()
             );
         }
-        let out = p.cast::<u32>();
-        self.launch(
-            self.stride(n, 256),
-            FillArgs {
-                out,
-                n: n as u64,
-                value,
-            },
-        )
+        self.launch(FillArgs {
+            out: p.cast::<u32>(),
+            n: n as u64,
+            value,
+        })
     }
 
     /// A timing event recorded now on the stream.
@@ -348,12 +242,6 @@ impl Gpu {
             .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(cuda_err("recording an event"))
     }
-}
-
-/// The raw device address of a buffer (one stream, no tracking: nothing to synchronize).
-pub fn ptr<T>(gpu: &Gpu, s: &CudaSlice<T>) -> u64 {
-    let (p, _sync) = s.device_ptr(&gpu.stream);
-    p
 }
 
 /// Per-kernel event timings; `on == false` records nothing (the clean run).
@@ -386,18 +274,16 @@ impl Timer {
         }
         Ok(())
     }
-    /// Launches one kernel (256 threads a block, no dynamic shared memory) as a timed stage
-    /// of the same name.
-    pub fn launch(
+    /// Launches one kernel as a timed stage.
+    pub fn launch<K: Kernel>(
         &mut self,
         gpu: &Gpu,
         stage: Stage,
-        grid: (u32, u32),
-        args: &[Arg],
+        args: K,
         bytes: Option<u64>,
     ) -> Result<()> {
         self.start(gpu)?;
-        gpu.launch_raw(stage.name(), grid, 256, 0, args)?;
+        gpu.launch(args)?;
         self.stop(gpu, stage, bytes)
     }
     /// Synchronizes and returns the stage times.

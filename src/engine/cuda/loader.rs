@@ -11,50 +11,13 @@ use std::sync::OnceLock;
 
 use super::kernels::Module;
 
-const COMMON: &str = include_str!("../../../kernels/common.cu");
-
-/// Kernels not yet in the typed registry (`kernels.rs`), by module: loaded by name and launched
-/// with `Gpu::launch_raw`.
-pub fn legacy_functions(module: Module) -> &'static [&'static str] {
-    match module {
-        Module::Init | Module::Fp8 => &[],
-        Module::RouterFused => &[
-            "router_fused_e256",
-            "router_fused_e512",
-            "router_lanes_8",
-            "router_lanes_12",
-            "router_lanes_8_inexact",
-        ],
-        Module::RouterUnfused => &[
-            "router_scores",
-            "router_add_bias",
-            "router_group_scores",
-            "router_group_topk",
-            "router_mask",
-            "router_expert_topk",
-            "router_gather",
-            "router_renormalize",
-            "router_scale",
-        ],
-        Module::Moe => &[
-            "align_count",
-            "align_scan",
-            "align_fill",
-            "grouped_gemm_bf16",
-            "splitk_reduce",
-            "silu_mul",
-            "combine",
-            "shared_gate",
-            "output_stats",
-            "copy_u4",
-        ],
-    }
-}
+/// kernels/common.cu, prepended to every module.
+pub const COMMON: &str = include_str!("../../../kernels/common.cu");
 
 /// The text NVRTC compiles for a module: common.cu, the module's argument structs, the module.
 pub fn full_source(module: Module) -> String {
     format!(
-        "{COMMON}\n// ---- argument structs (src/engine/cuda/kernels.rs) ----\n{}\n// ---- {}.cu ----\n{}",
+        "{COMMON}\n// ---- argument structs (src/engine/cuda/kernels/registry.rs) ----\n{}\n// ---- {}.cu ----\n{}",
         module.arg_structs(),
         module.name(),
         module.source()
@@ -278,15 +241,8 @@ mod tests {
     }
 
     #[test]
-    fn every_module_names_functions_it_defines() {
+    fn every_module_is_self_contained() {
         for &m in Module::ALL {
-            for f in legacy_functions(m) {
-                assert!(
-                    m.source().contains(&format!("{f}(")),
-                    "kernels/{}.cu lacks {f}",
-                    m.name()
-                );
-            }
             // Self-contained: NVRTC from pip has no CUDA headers.
             assert!(
                 !full_source(m).contains("#include"),

@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod layer;
 pub mod loader;
 pub mod router;
+pub mod user_kernel;
 
 use super::weights::WeightSource;
 use super::Backend;
@@ -91,13 +92,13 @@ pub fn route_logits(
     let weights = gpu.alloc::<f32>(tokens * k, "routed weights")?;
     let probs = gpu.alloc::<f64>(tokens * k, "routed probabilities")?;
     let io = router::RouterIo {
-        logits: gpu::ptr(gpu, &d_logits),
+        logits: gpu.ptr(&d_logits).cast(),
         logits_bf16: false,
-        bias: d_bias.as_ref().map(|b| gpu::ptr(gpu, b)).unwrap_or(0),
-        gate: 0,
-        ids: gpu::ptr(gpu, &ids),
-        weights: gpu::ptr(gpu, &weights),
-        probs: gpu::ptr(gpu, &probs),
+        bias: gpu.ptr_opt(d_bias.as_ref()),
+        gate: kernels::DevPtr::NULL,
+        ids: gpu.ptr(&ids),
+        weights: gpu.ptr(&weights),
+        probs: gpu.ptr(&probs),
     };
     router::fused(gpu, &shape, &io, tokens)?;
     Ok(crate::engine::routing::Routing {

@@ -1,6 +1,11 @@
 //! Router launches (fused and unfused) for the backend, `route`, `check` and `bench`.
 
-use super::gpu::{ptr, Arg, Gpu, Timer};
+use super::gpu::{Gpu, Timer};
+use super::kernels::{
+    AnyPtr, DevPtr, KernelId, RouterAddBiasArgs, RouterExpertTopkArgs, RouterFusedArgs,
+    RouterGatherArgs, RouterGroupScoresArgs, RouterGroupTopkArgs, RouterMaskArgs,
+    RouterRenormalizeArgs, RouterScaleArgs, RouterScoresArgs,
+};
 use crate::engine::config::{MoeConfig, ScoringFunc};
 use crate::engine::step::Stage;
 use anyhow::{bail, Result};
@@ -12,8 +17,6 @@ pub const MAX_EXPERTS: usize = 512;
 pub const MAX_TOP_K: usize = 16;
 /// Largest number of shared slots.
 pub const MAX_SHARED: usize = 4;
-/// Tokens per block of the fused router (one warp each).
-const FUSED_WARPS: usize = 4;
 
 /// What one router launch computes.
 #[derive(Clone, Copy, Debug)]
@@ -98,63 +101,91 @@ impl RouterShape {
     }
 }
 
-/// Device pointers a router reads and writes (0 = none).
+/// Device buffers a router reads and writes (NULL = none).
 #[derive(Clone, Copy, Debug)]
 pub struct RouterIo {
-    pub logits: u64,
+    /// [T × E], f32 or bf16.
+    pub logits: AnyPtr,
     pub logits_bf16: bool,
-    pub bias: u64,
-    /// [T] shared gate, or 0 for 1.
-    pub gate: u64,
+    /// [E] correction bias.
+    pub bias: DevPtr<f32>,
+    /// [T] shared gate, or NULL for 1.
+    pub gate: DevPtr<f32>,
     /// [T × spt]
-    pub ids: u64,
-    pub weights: u64,
-    /// [T × k] double probabilities (fused only), or 0.
-    pub probs: u64,
+    pub ids: DevPtr<u32>,
+    pub weights: DevPtr<f32>,
+    /// [T × k] double probabilities (fused only), or NULL.
+    pub probs: DevPtr<f64>,
 }
 
-/// The fused router kernels: v5 (`router_lanes_*`, lane-contiguous experts, see
-/// kernels/router_fused.cu) where the shape and pointers allow it, else v4 (`router_fused_e*`).
+/// Which fused router kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusedKernel {
-    /// The best kernel for the shape (what every caller uses).
+    /// The fastest kernel that covers the shape (what every caller but `check` uses): the
+    /// lane-contiguous `router_lanes_*` where it applies, else the general kernel.
     Auto,
-    /// The warp-per-token v4 kernel, kept for shapes v5 does not cover (and as `bench`'s baseline).
-    V4,
-    /// Bench only, NOT exact: v5 for E = 256 with an f32 sigmoid, to measure what the exact
-    /// double-precision scores cost.
-    InexactScores,
+    /// The general warp-per-token kernel (`router_fused_e256/e512`): the only one for softmax
+    /// scoring, E other than 256 or 384, group counts that are not a power of two and unaligned
+    /// logits. `check` runs it on every shape, so it stays verified where Auto would not pick it.
+    General,
 }
 
-/// The v5 kernel for a shape, if it covers it: sigmoid scoring, E = 256 or 384, n_group
-/// a power of two (each group whole lanes), loads aligned for 16-byte (f32) or 8-byte (bf16).
-fn lanes_kernel(sh: &RouterShape, io: &RouterIo) -> Option<&'static str> {
-    let name = match sh.e {
-        256 => "router_lanes_8",
-        384 => "router_lanes_12",
+/// The lane-contiguous kernel for a shape, if it covers it: sigmoid scoring, E = 256 or 384,
+/// n_group a power of two (each group whole lanes), loads aligned for 16-byte (f32) or 8-byte
+/// (bf16).
+fn lanes_kernel(sh: &RouterShape, io: &RouterIo) -> Option<KernelId> {
+    let id = match sh.e {
+        256 => KernelId::RouterLanes8,
+        384 => KernelId::RouterLanes12,
         _ => return None,
     };
     let align = if io.logits_bf16 { 8 } else { 16 };
     let ok = !sh.softmax
         && sh.n_group.is_power_of_two()
         && sh.n_group <= 32
-        && io.logits.is_multiple_of(align)
-        && io.bias.is_multiple_of(16);
-    ok.then_some(name)
+        && io.logits.addr().is_multiple_of(align)
+        && io.bias.addr().is_multiple_of(16);
+    ok.then_some(id)
 }
 
-/// Whether `FusedKernel::InexactScores` has a kernel for this shape (f32 logits).
-pub fn inexact_covered(sh: &RouterShape) -> bool {
-    let io = RouterIo {
-        logits: 0,
-        logits_bf16: false,
-        bias: 0,
-        gate: 0,
-        ids: 0,
-        weights: 0,
-        probs: 0,
+/// The kernel `which` runs for this shape and these buffers.
+pub fn fused_kernel(sh: &RouterShape, io: &RouterIo, which: FusedKernel) -> KernelId {
+    let lanes = match which {
+        FusedKernel::Auto => lanes_kernel(sh, io),
+        FusedKernel::General => None,
     };
-    lanes_kernel(sh, &io) == Some("router_lanes_8")
+    // General: 8 experts per lane cover E <= 256 at half the registers and loop trips of 16.
+    lanes.unwrap_or(if sh.e <= 256 {
+        KernelId::RouterFusedE256
+    } else {
+        KernelId::RouterFusedE512
+    })
+}
+
+/// The fused router's arguments for `t` tokens.
+pub fn fused_args(sh: &RouterShape, io: &RouterIo, t: usize) -> RouterFusedArgs {
+    RouterFusedArgs {
+        logits: io.logits,
+        logits_bf16: io.logits_bf16,
+        bias: io.bias,
+        group_top2: sh.top2,
+        t: t as i32,
+        e: sh.e as i32,
+        n_group: sh.n_group as i32,
+        topk_group: sh.topk_group as i32,
+        k: sh.k as i32,
+        k_eff: sh.k_eff as i32,
+        softmax: sh.softmax,
+        norm: sh.norm,
+        routed_scale: sh.routed_scale,
+        s: sh.s as i32,
+        shared_w: sh.shared_w,
+        gate: io.gate,
+        ids: io.ids,
+        weights: io.weights,
+        probs: io.probs,
+        spt: sh.spt() as i32,
+    }
 }
 
 /// The fused router: one launch.
@@ -170,51 +201,7 @@ pub fn fused_with(
     t: usize,
     which: FusedKernel,
 ) -> Result<()> {
-    let blocks = t.div_ceil(FUSED_WARPS) as u32;
-    let lanes = match which {
-        FusedKernel::Auto => lanes_kernel(sh, io),
-        FusedKernel::V4 => None,
-        FusedKernel::InexactScores => {
-            if lanes_kernel(sh, io) != Some("router_lanes_8") {
-                bail!("the inexact-score router kernel covers only the v5 E = 256 shapes");
-            }
-            Some("router_lanes_8_inexact")
-        }
-    };
-    // v4: experts per lane 8 covers E <= 256 at half the registers and loop trips of 16.
-    let kernel = match lanes {
-        Some(name) => name,
-        None if sh.e <= 256 => "router_fused_e256",
-        None => "router_fused_e512",
-    };
-    gpu.launch_raw(
-        kernel,
-        (blocks, 1),
-        (FUSED_WARPS * 32) as u32,
-        0,
-        &[
-            Arg::Ptr(io.logits),
-            Arg::I32(io.logits_bf16 as i32),
-            Arg::Ptr(io.bias),
-            Arg::I32(sh.top2 as i32),
-            Arg::I32(t as i32),
-            Arg::I32(sh.e as i32),
-            Arg::I32(sh.n_group as i32),
-            Arg::I32(sh.topk_group as i32),
-            Arg::I32(sh.k as i32),
-            Arg::I32(sh.k_eff as i32),
-            Arg::I32(sh.softmax as i32),
-            Arg::I32(sh.norm as i32),
-            Arg::F64(sh.routed_scale),
-            Arg::I32(sh.s as i32),
-            Arg::F64(sh.shared_w),
-            Arg::Ptr(io.gate),
-            Arg::Ptr(io.ids),
-            Arg::Ptr(io.weights),
-            Arg::Ptr(io.probs),
-            Arg::I32(sh.spt() as i32),
-        ],
-    )
+    gpu.launch_fn(fused_kernel(sh, io, which), fused_args(sh, io, t))
 }
 
 /// Intermediates of the unfused router, as the op-by-op router keeps them in memory.
@@ -240,7 +227,7 @@ impl UnfusedBufs {
     }
 }
 
-/// The unfused router: one launch per step, each timed by `timer`.
+/// The unfused router: one launch per op, each a timed stage of `timer`.
 pub fn unfused(
     gpu: &Gpu,
     sh: &RouterShape,
@@ -249,164 +236,141 @@ pub fn unfused(
     b: &UnfusedBufs,
     timer: &mut Timer,
 ) -> Result<()> {
-    let (e, g, k, spt) = (sh.e, sh.n_group, sh.k, sh.spt());
-    let te = t * e;
-    let (scores, sel, masked) = (ptr(gpu, &b.scores), ptr(gpu, &b.sel), ptr(gpu, &b.masked));
-    let (gs, kept, w) = (
-        ptr(gpu, &b.group_scores),
-        ptr(gpu, &b.kept),
-        ptr(gpu, &b.weights),
-    );
-    let f32b = |n: usize| Some(4 * n as u64);
-    let per_token = |n: usize| (n.div_ceil(256) as u32, 1);
+    let (e, te) = (sh.e as i32, t * sh.e);
+    let (scores, sel) = (gpu.ptr(&b.scores), gpu.ptr(&b.sel));
     let logit_bytes = if io.logits_bf16 { 2 } else { 4 } * te as u64;
-
-    // Softmax needs a warp per token (max and sum); sigmoid is elementwise.
-    let grid = if sh.softmax {
-        ((t * 32).div_ceil(256) as u32, 1)
-    } else {
-        gpu.stride_grid(te, 256)
+    let scores_args = RouterScoresArgs {
+        logits: io.logits,
+        logits_bf16: io.logits_bf16,
+        scores,
+        t: t as i32,
+        e,
+        softmax: sh.softmax,
     };
-    timer.launch(
-        gpu,
-        Stage::RouterScores,
-        grid,
-        &[
-            Arg::Ptr(io.logits),
-            Arg::I32(io.logits_bf16 as i32),
-            Arg::Ptr(scores),
-            Arg::I32(t as i32),
-            Arg::I32(e as i32),
-            Arg::I32(sh.softmax as i32),
-        ],
-        Some(logit_bytes + 4 * te as u64),
-    )?;
-
-    timer.launch(
-        gpu,
-        Stage::RouterAddBias,
-        gpu.stride_grid(te, 256),
-        &[
-            Arg::Ptr(scores),
-            Arg::Ptr(io.bias),
-            Arg::Ptr(sel),
-            Arg::I32(t as i32),
-            Arg::I32(e as i32),
-        ],
-        f32b(2 * te),
-    )?;
-
-    let topk_input = if g > 1 {
-        timer.launch(
-            gpu,
-            Stage::RouterGroupScores,
-            per_token(t * g),
-            &[
-                Arg::Ptr(sel),
-                Arg::Ptr(gs),
-                Arg::I32(t as i32),
-                Arg::I32(e as i32),
-                Arg::I32(g as i32),
-                Arg::I32(sh.top2 as i32),
-            ],
-            f32b(te + t * g),
-        )?;
-
-        timer.launch(
-            gpu,
-            Stage::RouterGroupTopk,
-            per_token(t),
-            &[
-                Arg::Ptr(gs),
-                Arg::Ptr(kept),
-                Arg::I32(t as i32),
-                Arg::I32(g as i32),
-                Arg::I32(sh.topk_group as i32),
-            ],
-            Some((4 * t * g + t * g) as u64),
-        )?;
-
-        timer.launch(
-            gpu,
-            Stage::RouterMask,
-            gpu.stride_grid(te, 256),
-            &[
-                Arg::Ptr(sel),
-                Arg::Ptr(kept),
-                Arg::Ptr(masked),
-                Arg::I32(t as i32),
-                Arg::I32(e as i32),
-                Arg::I32(g as i32),
-            ],
-            Some((8 * te + t * g) as u64),
-        )?;
-        masked
+    let bytes = Some(logit_bytes + 4 * te as u64);
+    timer.launch(gpu, Stage::RouterScores, scores_args, bytes)?;
+    let add_bias = RouterAddBiasArgs {
+        scores,
+        bias: io.bias,
+        sel,
+        t: t as i32,
+        e,
+    };
+    timer.launch(gpu, Stage::RouterAddBias, add_bias, Some(8 * te as u64))?;
+    let topk_input = if sh.n_group > 1 {
+        unfused_groups(gpu, sh, t, b, timer)?
     } else {
         sel
     };
+    unfused_select(gpu, sh, io, t, topk_input, b, timer)
+}
 
-    timer.launch(
-        gpu,
-        Stage::RouterExpertTopk,
-        ((t * 32).div_ceil(256) as u32, 1),
-        &[
-            Arg::Ptr(topk_input),
-            Arg::Ptr(io.ids),
-            Arg::I32(t as i32),
-            Arg::I32(e as i32),
-            Arg::I32(k as i32),
-            Arg::I32(spt as i32),
-        ],
-        Some((4 * te + 4 * t * k) as u64),
-    )?;
+/// Group scores, the kept groups and the mask; returns the masked selection values.
+fn unfused_groups(
+    gpu: &Gpu,
+    sh: &RouterShape,
+    t: usize,
+    b: &UnfusedBufs,
+    timer: &mut Timer,
+) -> Result<DevPtr<f32>> {
+    let (e, g, te) = (sh.e as i32, sh.n_group as i32, t * sh.e);
+    let (sel, gs, kept, masked) = (
+        gpu.ptr(&b.sel),
+        gpu.ptr(&b.group_scores),
+        gpu.ptr(&b.kept),
+        gpu.ptr(&b.masked),
+    );
+    let tg = t * sh.n_group;
+    let group_scores = RouterGroupScoresArgs {
+        sel,
+        gs,
+        t: t as i32,
+        e,
+        g,
+        top2: sh.top2,
+    };
+    let bytes = Some(4 * (te + tg) as u64);
+    timer.launch(gpu, Stage::RouterGroupScores, group_scores, bytes)?;
+    let group_topk = RouterGroupTopkArgs {
+        gs,
+        kept,
+        t: t as i32,
+        g,
+        topk_group: sh.topk_group as i32,
+    };
+    let bytes = Some((4 * tg + tg) as u64);
+    timer.launch(gpu, Stage::RouterGroupTopk, group_topk, bytes)?;
+    let mask = RouterMaskArgs {
+        sel,
+        kept,
+        masked,
+        t: t as i32,
+        e,
+        g,
+    };
+    timer.launch(gpu, Stage::RouterMask, mask, Some((8 * te + tg) as u64))?;
+    Ok(masked)
+}
 
-    timer.launch(
-        gpu,
-        Stage::RouterGather,
-        per_token(t * k),
-        &[
-            Arg::Ptr(scores),
-            Arg::Ptr(io.ids),
-            Arg::Ptr(w),
-            Arg::I32(t as i32),
-            Arg::I32(e as i32),
-            Arg::I32(k as i32),
-            Arg::I32(spt as i32),
-        ],
-        Some((16 * t * k) as u64),
-    )?;
-
+/// Expert top-k, gather, renormalize and scale into the slots.
+fn unfused_select(
+    gpu: &Gpu,
+    sh: &RouterShape,
+    io: &RouterIo,
+    t: usize,
+    topk_input: DevPtr<f32>,
+    b: &UnfusedBufs,
+    timer: &mut Timer,
+) -> Result<()> {
+    let (e, k, spt) = (sh.e as i32, sh.k as i32, sh.spt() as i32);
+    let (tk, te, tspt) = (t * sh.k, t * sh.e, t * sh.spt());
+    let (scores, w) = (gpu.ptr(&b.scores), gpu.ptr(&b.weights));
+    let t32 = t as i32;
+    let topk = RouterExpertTopkArgs {
+        masked: topk_input,
+        ids: io.ids,
+        t: t32,
+        e,
+        k,
+        spt,
+    };
+    let bytes = Some((4 * te + 4 * tk) as u64);
+    timer.launch(gpu, Stage::RouterExpertTopk, topk, bytes)?;
+    let gather = RouterGatherArgs {
+        scores,
+        ids: io.ids,
+        w,
+        t: t32,
+        e,
+        k,
+        spt,
+    };
+    timer.launch(gpu, Stage::RouterGather, gather, Some(16 * tk as u64))?;
+    let renormalize = RouterRenormalizeArgs {
+        w,
+        t: t32,
+        k,
+        norm: sh.norm,
+    };
     timer.launch(
         gpu,
         Stage::RouterRenormalize,
-        per_token(t),
-        &[
-            Arg::Ptr(w),
-            Arg::I32(t as i32),
-            Arg::I32(k as i32),
-            Arg::I32(sh.norm as i32),
-        ],
-        Some((16 * t * k) as u64),
+        renormalize,
+        Some(16 * tk as u64),
     )?;
-
-    timer.launch(
-        gpu,
-        Stage::RouterScale,
-        per_token(t * spt),
-        &[
-            Arg::Ptr(w),
-            Arg::I32(t as i32),
-            Arg::I32(e as i32),
-            Arg::I32(k as i32),
-            Arg::F64(sh.routed_scale),
-            Arg::I32(sh.s as i32),
-            Arg::F64(sh.shared_w),
-            Arg::Ptr(io.gate),
-            Arg::Ptr(io.ids),
-            Arg::Ptr(io.weights),
-            Arg::I32(spt as i32),
-        ],
-        Some((8 * t * k + 8 * t * spt) as u64),
-    )?;
-    Ok(())
+    let scale = RouterScaleArgs {
+        w,
+        t: t32,
+        e,
+        k,
+        routed_scale: sh.routed_scale,
+        s: sh.s as i32,
+        shared_w: sh.shared_w,
+        gate: io.gate,
+        ids: io.ids,
+        weights: io.weights,
+        spt,
+    };
+    let bytes = Some((8 * tk + 8 * tspt) as u64);
+    timer.launch(gpu, Stage::RouterScale, scale, bytes)
 }

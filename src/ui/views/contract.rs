@@ -2,7 +2,7 @@
 //! routed weight sum against the reference, the verdict, and its history.
 
 use super::overview::verdict;
-use super::style::{block, fmt_small, path_color, path_name, sparkline, BAD, DIM, OK};
+use super::style::{block, fmt_small, path_color, sparkline, BAD, DIM, OK};
 use crate::engine::step::{PathRecord, Stats};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -40,13 +40,13 @@ fn row(label: &str, got: Option<&Stats>, want: Option<&Stats>, dev: f64) -> Line
     ])
 }
 
-fn path_lines(i: usize, p: &PathRecord) -> Vec<Line<'static>> {
+fn path_lines(p: &PathRecord) -> Vec<Line<'static>> {
     let c = &p.contract;
     vec![
         Line::from(vec![
             Span::styled(
-                format!("{} ", path_name(i)),
-                Style::new().fg(path_color(i)).bold(),
+                format!("{} ", p.name),
+                Style::new().fg(path_color(p.name)).bold(),
             ),
             Span::raw(p.spec.label()),
         ]),
@@ -85,11 +85,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     for (i, p) in r.paths.iter().enumerate() {
         f.render_widget(
             // No wrapping: a narrow terminal cuts lines rather than pushing rows out of the box.
-            Paragraph::new(path_lines(i, p)).block(block(format!(
-                "path {} · step {}",
-                path_name(i),
-                r.step
-            ))),
+            Paragraph::new(path_lines(p))
+                .block(block(format!("path {} · step {}", p.name, r.step))),
             rows[i],
         );
     }
@@ -98,7 +95,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let inner = outer.inner(hist);
     f.render_widget(outer, hist);
     let cols = Layout::horizontal(vec![Constraint::Ratio(1, n as u32); n]).split(inner);
-    for i in 0..n {
+    for (i, id) in r.paths.iter().map(|p| p.name).enumerate() {
         // The verdict strip first; the charts get what is left, if anything.
         let [strip, charts] =
             Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(cols[i]);
@@ -118,10 +115,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         f.render_widget(
             Paragraph::new(vec![
                 Line::from(vec![
-                    Span::styled(
-                        format!("{} ", path_name(i)),
-                        Style::new().fg(path_color(i)).bold(),
-                    ),
+                    Span::styled(format!("{id} "), Style::new().fg(path_color(id)).bold()),
                     Span::styled(
                         format!("verdict per step: {broken} of {} broken", recent.len()),
                         Style::new().fg(DIM),
@@ -147,7 +141,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 shared,
                 format!("shared weight mean (now {last:.4})"),
                 &shared_means,
-                path_color(i),
+                path_color(id),
             );
         }
         if let Some(last) = routed_means.last() {
@@ -156,7 +150,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 routed,
                 format!("routed weight sum mean (now {last:.4})"),
                 &routed_means,
-                path_color(i),
+                path_color(id),
             );
         }
     }

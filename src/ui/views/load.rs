@@ -1,7 +1,8 @@
 //! View 2, expert load: every slot of the current step and cumulatively, laid out by group,
 //! with the shared slots marked and the imbalance figures.
 
-use super::style::{block, path_color, path_name, DIM};
+use super::style::{block, path_color, DIM};
+use crate::engine::stats::load_balance;
 use crate::ui::app::App;
 use ratatui::buffer::Buffer;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -9,50 +10,6 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::Paragraph;
 use ratatui::Frame;
-
-/// Imbalance of the routed experts' load.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Imbalance {
-    pub mean: f64,
-    pub max: u64,
-    /// max / mean (1 = perfectly even).
-    pub max_over_mean: f64,
-    /// Coefficient of variation: standard deviation / mean.
-    pub cv: f64,
-    /// mean / max, as vLLM's EPLB logs it (1 = perfectly even).
-    pub balancedness: f64,
-    /// Experts that got no token.
-    pub idle: usize,
-    /// (expert, load), most loaded first.
-    pub hottest: Vec<(usize, u64)>,
-    /// (expert, load), least loaded first.
-    pub coldest: Vec<(usize, u64)>,
-}
-
-/// The figures of a load vector; `top` hottest and coldest experts, ties toward the lower id.
-pub fn imbalance(load: &[u64], top: usize) -> Imbalance {
-    let n = load.len().max(1) as f64;
-    let sum: u64 = load.iter().sum();
-    let mean = sum as f64 / n;
-    let max = load.iter().copied().max().unwrap_or(0);
-    let var = load.iter().map(|&l| (l as f64 - mean).powi(2)).sum::<f64>() / n;
-    let mut order: Vec<usize> = (0..load.len()).collect();
-    order.sort_by(|&a, &b| load[b].cmp(&load[a]).then(a.cmp(&b)));
-    let hottest = order.iter().take(top).map(|&i| (i, load[i])).collect();
-    order.sort_by(|&a, &b| load[a].cmp(&load[b]).then(a.cmp(&b)));
-    let coldest = order.iter().take(top).map(|&i| (i, load[i])).collect();
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    Imbalance {
-        mean,
-        max,
-        max_over_mean: ratio(max as f64, mean),
-        cv: ratio(var.sqrt(), mean),
-        balancedness: ratio(mean, max as f64),
-        idle: load.iter().filter(|&&l| l == 0).count(),
-        hottest,
-        coldest,
-    }
-}
 
 /// Glyph and color of a cell loaded `l` out of the panel's maximum `max`.
 fn heat(l: u64, max: u64) -> (char, Color) {
@@ -146,7 +103,7 @@ fn stat_lines(
     tokens: u64,
 ) -> Vec<Line<'static>> {
     let routed = &load[..e.min(load.len())];
-    let im = imbalance(routed, 5);
+    let im = load_balance(routed, 5);
     let dim = Style::new().fg(DIM);
     let mut out = vec![
         Line::from(Span::styled(title.to_string(), Style::new().bold())),
@@ -216,19 +173,19 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     };
     let e = m.config.n_routed_experts;
     let n_group = m.config.n_group;
-    let pi = app.load_path.min(r.paths.len().saturating_sub(1));
+    let pi = app.shown_load_path();
     let Some(path) = r.paths.get(pi) else { return };
     let step_load: Vec<u64> = path.load.iter().map(|&l| l as u64).collect();
     let cum = app.cumulative.get(pi).cloned().unwrap_or_default();
 
     let mut sel = vec![Span::styled(" path ", Style::new().fg(DIM))];
-    for i in 0..r.paths.len() {
+    for (i, p) in r.paths.iter().enumerate() {
         let style = if i == pi {
-            Style::new().fg(Color::Black).bg(path_color(i)).bold()
+            Style::new().fg(Color::Black).bg(path_color(p.name)).bold()
         } else {
-            Style::new().fg(path_color(i))
+            Style::new().fg(path_color(p.name))
         };
-        sel.push(Span::styled(format!(" {} ", path_name(i)), style));
+        sel.push(Span::styled(format!(" {} ", p.name), style));
         sel.push(Span::raw(" "));
     }
     sel.push(Span::styled(
@@ -301,27 +258,6 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn imbalance_of_an_uneven_load() {
-        let im = imbalance(&[4, 0, 2, 2], 2);
-        assert_eq!(im.mean, 2.0);
-        assert_eq!(im.max, 4);
-        assert_eq!(im.max_over_mean, 2.0);
-        assert_eq!(im.balancedness, 0.5);
-        assert!((im.cv - (2.0f64).sqrt() / 2.0).abs() < 1e-12);
-        assert_eq!(im.idle, 1);
-        assert_eq!(im.hottest, vec![(0, 4), (2, 2)]);
-        assert_eq!(im.coldest, vec![(1, 0), (2, 2)]);
-    }
-
-    #[test]
-    fn an_even_load_is_balanced_and_nothing_is_zero_division() {
-        let im = imbalance(&[3, 3, 3], 1);
-        assert_eq!((im.balancedness, im.cv, im.max_over_mean), (1.0, 0.0, 1.0));
-        let none = imbalance(&[0, 0], 1);
-        assert_eq!((none.balancedness, none.cv), (0.0, 0.0));
-    }
 
     #[test]
     fn grids_keep_groups_on_rows_and_wrap_512_experts() {

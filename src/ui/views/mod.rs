@@ -18,7 +18,7 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 use ratatui::Frame;
-use style::{path_color, path_name, step_rate, ACCENT, BAD, DIM, OK};
+use style::{path_color, path_ids, step_rate, ACCENT, BAD, DIM, OK};
 
 /// Draws the whole screen.
 pub fn draw(f: &mut Frame, app: &App) {
@@ -117,10 +117,11 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
     if shown.is_some_and(|v| v != app.variant) {
         paths.push(Span::styled(" (from the next step)", Style::new().fg(DIM)));
     }
-    for (i, spec) in app.paths().iter().enumerate() {
+    let specs = app.paths();
+    for (id, spec) in path_ids(specs.len()).zip(&specs) {
         paths.push(Span::styled(
-            format!("  {}: ", path_name(i)),
-            Style::new().fg(path_color(i)).bold(),
+            format!("  {id}: "),
+            Style::new().fg(path_color(id)).bold(),
         ));
         paths.push(Span::raw(spec.label()));
     }

@@ -1,7 +1,7 @@
 //! View 5, numerics: routing agreement, weight and output differences between the paths and
 //! against the f64 reference, their history, and a drill-down into one sampled token.
 
-use super::style::{block, fmt_small, path_color, path_name, sparkline, ACCENT, BAD, DIM, OK};
+use super::style::{block, fmt_small, path_color, sparkline, ACCENT, BAD, DIM, OK};
 use crate::engine::step::{SlotWeights, StepRecord, TokenDetail};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -38,10 +38,10 @@ fn now_lines(r: &StepRecord) -> Vec<Line<'static>> {
         ))
     };
     let mut head = vec![label("")];
-    for i in 0..r.paths.len() {
+    for p in &r.paths {
         head.push(Span::styled(
-            format!("{:>10}", path_name(i)),
-            Style::new().fg(path_color(i)).bold(),
+            format!("{:>10}", p.name),
+            Style::new().fg(path_color(p.name)).bold(),
         ));
     }
     vec![
@@ -216,10 +216,15 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         )),
         cols[0],
     );
-    for (i, s) in d.paths.iter().enumerate().take(n) {
+    for (i, (s, id)) in d
+        .paths
+        .iter()
+        .zip(r.paths.iter().map(|p| p.name))
+        .enumerate()
+    {
         let title = Span::styled(
-            format!("  path {}", path_name(i)),
-            Style::new().fg(path_color(i)).bold(),
+            format!("  path {id}"),
+            Style::new().fg(path_color(id)).bold(),
         );
         f.render_widget(
             Paragraph::new(slot_column(title, s, Some(&d.reference), e)),
@@ -256,13 +261,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         h.iter().map(|r| r.comparison.output_rel_l2_ab).collect(),
         ACCENT,
     ));
-    for i in 0..r.paths.len() {
+    for (i, id) in r.paths.iter().map(|p| p.name).enumerate() {
         series.push((
-            format!("{} output rel L2 vs ref", path_name(i)),
+            format!("{id} output rel L2 vs ref"),
             h.iter()
                 .filter_map(|r| r.comparison.output_rel_l2_ref.get(i).copied())
                 .collect(),
-            path_color(i),
+            path_color(id),
         ));
     }
     let cells = Layout::vertical(vec![

@@ -1,7 +1,7 @@
 //! View 1, overview: the layer, the run, the headline numbers and the telemetry gauges.
 
-use super::style::{block, fmt_small, fmt_us, path_color, path_name, step_rate, BAD, DIM, OK};
-use super::timings::path_means;
+use super::style::{block, fmt_small, fmt_us, path_color, path_ids, step_rate, BAD, DIM, OK};
+use super::timings::{path_means, speedup_spans};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -119,44 +119,41 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     };
     let mut lines = Vec::new();
     let means = path_means(app);
-    for (i, p) in r.paths.iter().enumerate() {
-        let (total, clean) = means.get(i).copied().unwrap_or((p.total_us, p.clean_us));
-        let clean = clean
+    for p in &r.paths {
+        let m = means.iter().find(|m| m.id == p.name);
+        let total = m.map_or(p.total_us, |m| m.total);
+        let clean = m
+            .map_or(p.clean_us, |m| m.clean)
             .map(|c| format!(", clean {}", fmt_us(c)))
             .unwrap_or_default();
         lines.push(Line::from(vec![
             Span::styled(
-                format!("{} ", path_name(i)),
-                Style::new().fg(path_color(i)).bold(),
+                format!("{} ", p.name),
+                Style::new().fg(path_color(p.name)).bold(),
             ),
             Span::raw(format!("{:>10}{clean}  ", fmt_us(total))),
             verdict(&p.contract),
         ]));
     }
-    if let (Some(a), Some(b)) = (means.first(), means.get(1)) {
-        if b.0 > 0.0 {
-            let s = a.0 / b.0;
-            let color = if s >= 1.0 { OK } else { BAD };
-            lines.push(Line::from(vec![
-                Span::styled("speedup B/A     ", Style::new().fg(DIM)),
-                Span::styled(format!("{s:.2}×"), Style::new().fg(color).bold()),
-                Span::styled(
-                    format!(
-                        "  (mean of the last {} steps)",
-                        app.history.len().min(crate::ui::app::TIMING_WINDOW)
-                    ),
-                    Style::new().fg(DIM),
-                ),
-            ]));
-        }
+    let speedups = speedup_spans(&means);
+    if !speedups.is_empty() {
+        let mut l = speedups;
+        l.push(Span::styled(
+            format!(
+                "  (last {} steps)",
+                app.history.len().min(crate::ui::app::TIMING_WINDOW)
+            ),
+            Style::new().fg(DIM),
+        ));
+        lines.push(Line::from(l));
     }
     lines.push(Line::raw(""));
-    for (i, p) in r.paths.iter().enumerate() {
+    for p in &r.paths {
         let c = &p.contract;
         let mut l = vec![
             Span::styled(
-                format!("{} ", path_name(i)),
-                Style::new().fg(path_color(i)).bold(),
+                format!("{} ", p.name),
+                Style::new().fg(path_color(p.name)).bold(),
             ),
             Span::styled("routed sum ", Style::new().fg(DIM)),
             Span::raw(format!("{:.3}", p.routed_weight_sum.mean)),
@@ -178,11 +175,9 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     let cmp = &r.comparison;
     lines.push(Line::raw(""));
     lines.push(agreement_line("routing A = B", cmp.routing_agreement_ab));
-    for (i, a) in cmp.routing_agreement_ref.iter().enumerate() {
-        lines.push(agreement_line(
-            &format!("routing {} = ref", path_name(i)),
-            *a,
-        ));
+    let per_path = path_ids(cmp.routing_agreement_ref.len());
+    for (id, a) in per_path.zip(&cmp.routing_agreement_ref) {
+        lines.push(agreement_line(&format!("routing {id} = ref"), *a));
     }
     lines.push(Line::from(vec![
         Span::styled(format!("{:<16}", "output A vs B"), Style::new().fg(DIM)),
@@ -205,7 +200,10 @@ pub fn verdict(c: &crate::engine::step::ContractCheck) -> Span<'static> {
     if c.ok {
         Span::styled("✓ contract ok", Style::new().fg(OK))
     } else {
-        Span::styled(format!("✗ {}", c.message), Style::new().fg(BAD).bold())
+        Span::styled(
+            format!("✗ {}", crate::session::words::verdict(c)),
+            Style::new().fg(BAD).bold(),
+        )
     }
 }
 

@@ -1,5 +1,6 @@
 //! What every view draws with: colours, titled blocks, number formats, the history chart.
 
+use crate::engine::paths::PathId;
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
@@ -14,15 +15,19 @@ pub const OK: Color = Color::Green;
 pub const BAD: Color = Color::Red;
 pub const DIM: Color = Color::DarkGray;
 pub const ACCENT: Color = Color::Cyan;
-/// Path A and path B.
-pub const PATH_COLORS: [Color; 2] = [Color::Yellow, Color::Magenta];
-
-pub fn path_name(i: usize) -> &'static str {
-    ["A", "B"].get(i).copied().unwrap_or("?")
+pub fn path_color(id: PathId) -> Color {
+    match id {
+        PathId::A => Color::Yellow,
+        PathId::B => Color::Magenta,
+        PathId::C => Color::LightBlue,
+    }
 }
 
-pub fn path_color(i: usize) -> Color {
-    PATH_COLORS[i.min(1)]
+/// The paths of a run by position (the header's specs and the per-path vectors of a
+/// comparison are in path order); a session with more than the paths there are shows the
+/// ones there are.
+pub fn path_ids(n: usize) -> impl Iterator<Item = PathId> {
+    PathId::ALL.into_iter().take(n)
 }
 
 /// Steps per second over the recent history, from the steps' recorded times.

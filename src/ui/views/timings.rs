@@ -1,7 +1,9 @@
 //! View 4, kernel timings: per kernel mean/p50/p99 over the recent window, share of the path
 //! and achieved bandwidth; the paths side by side with the speedup; a timeline of the last step.
 
-use super::style::{block, fmt_us, path_color, path_name, BAD, DIM, OK};
+use super::style::{block, fmt_us, path_color, BAD, DIM, OK};
+use crate::engine::paths::PathId;
+use crate::engine::stats::{gb_per_s, Dist, Speedup};
 use crate::engine::step::Stage;
 use crate::ui::app::{App, TIMING_WINDOW};
 use ratatui::layout::{Alignment, Constraint, Layout, Rect};
@@ -22,39 +24,71 @@ pub struct KernelStats {
     pub gb_s: Option<f64>,
 }
 
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn window(app: &App) -> impl Iterator<Item = &crate::engine::step::StepRecord> {
     let skip = app.history.len().saturating_sub(TIMING_WINDOW);
     app.history.iter().skip(skip)
 }
 
-/// Per path, the mean instrumented and (where measured) clean time over the window.
-pub fn path_means(app: &App) -> Vec<(f64, Option<f64>)> {
-    let n = app.latest().map(|r| r.paths.len()).unwrap_or(0);
-    (0..n)
-        .map(|i| {
-            let (mut t, mut c, mut k, mut kc) = (0.0, 0.0, 0usize, 0usize);
-            for r in window(app) {
-                if let Some(p) = r.paths.get(i) {
-                    t += p.total_us;
-                    k += 1;
-                    if let Some(x) = p.clean_us {
-                        c += x;
-                        kc += 1;
-                    }
-                }
-            }
-            (t / k.max(1) as f64, (kc > 0).then(|| c / kc as f64))
-        })
-        .collect()
+/// A path's mean times over the window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PathMean {
+    pub id: PathId,
+    /// Instrumented (sum of the kernel times), µs.
+    pub total: f64,
+    /// One event pair, where measured, µs.
+    pub clean: Option<f64>,
+}
+
+/// Per path of the latest step, the mean instrumented and clean times over the window.
+pub fn path_means(app: &App) -> Vec<PathMean> {
+    let Some(latest) = app.latest() else {
+        return Vec::new();
+    };
+    let ids = latest.paths.iter().map(|p| p.name);
+    ids.map(|id| {
+        let mine = || window(app).flat_map(|r| r.paths.iter().filter(move |p| p.name == id));
+        PathMean {
+            id,
+            total: Dist::of(mine().map(|p| p.total_us)).mean,
+            clean: Some(Dist::of(mine().filter_map(|p| p.clean_us)))
+                .filter(|d| d.n > 0)
+                .map(|d| d.mean),
+        }
+    })
+    .collect()
+}
+
+/// Every other path against path A (the baseline), instrumented and clean: "B 1.10× faster
+/// than A", green where the other path is the faster one.
+pub fn speedup_spans(means: &[PathMean]) -> Vec<Span<'static>> {
+    let Some(base) = means.iter().find(|m| m.id == PathId::A) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for m in means.iter().filter(|m| m.id != PathId::A) {
+        let Some(s) = Speedup::of((base.id, base.total), (m.id, m.total)) else {
+            continue;
+        };
+        if !out.is_empty() {
+            out.push(Span::raw("   "));
+        }
+        let good = s.faster == m.id || s.ratio < 1.005;
+        out.push(Span::styled(
+            s.to_string(),
+            Style::new().fg(if good { OK } else { BAD }).bold(),
+        ));
+        let clean = base.clean.zip(m.clean);
+        if let Some(c) = clean.and_then(|(a, b)| Speedup::of((base.id, a), (m.id, b))) {
+            // The same way round needs only its ratio; the other way round, the whole phrase.
+            let text = if c.faster == s.faster {
+                format!(" · clean {:.2}×", c.ratio)
+            } else {
+                format!(" · clean: {c}")
+            };
+            out.push(Span::styled(text, Style::new().fg(DIM)));
+        }
+    }
+    out
 }
 
 /// Kernel statistics of path `i` over the window, in the latest step's launch order.
@@ -82,21 +116,20 @@ pub fn kernel_stats(app: &App, i: usize) -> Vec<KernelStats> {
             }
         }
     }
-    let total = path_means(app).get(i).map(|m| m.0).unwrap_or(0.0);
+    let total = path_means(app).get(i).map(|m| m.total).unwrap_or(0.0);
     names
         .into_iter()
         .zip(times)
         .zip(bytes)
-        .map(|((name, mut t), b)| {
-            t.sort_by(f64::total_cmp);
-            let mean = t.iter().sum::<f64>() / t.len().max(1) as f64;
+        .map(|((name, t), b)| {
+            let d = Dist::of(t);
             KernelStats {
                 stage: name,
-                mean,
-                p50: percentile(&t, 0.5),
-                p99: percentile(&t, 0.99),
-                share: if total > 0.0 { mean / total } else { 0.0 },
-                gb_s: b.filter(|_| mean > 0.0).map(|b| b as f64 / mean / 1e3),
+                mean: d.mean,
+                p50: d.p50,
+                p99: d.p99,
+                share: if total > 0.0 { d.mean / total } else { 0.0 },
+                gb_s: b.and_then(|b| gb_per_s(b, d.mean)),
             }
         })
         .collect()
@@ -133,38 +166,22 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let win = app.history.len().min(TIMING_WINDOW);
     // Line 1: the speedup (what users look for first); line 2: each path's time.
     let mut speed = vec![Span::raw(" ")];
-    if let (Some(a), Some(b)) = (means.first(), means.get(1)) {
-        if b.0 > 0.0 {
-            let s = a.0 / b.0;
-            speed.push(Span::styled("speedup B/A ", Style::new().fg(DIM)));
-            speed.push(Span::styled(
-                format!("{s:.2}×"),
-                Style::new().fg(if s >= 1.0 { OK } else { BAD }).bold(),
-            ));
-            if let (Some(ca), Some(cb)) = (a.1, b.1) {
-                if cb > 0.0 {
-                    speed.push(Span::styled(
-                        format!("  clean {:.2}×", ca / cb),
-                        Style::new().fg(DIM),
-                    ));
-                }
-            }
-        }
-    }
+    speed.extend(speedup_spans(&means));
     speed.push(Span::styled(
         format!("   window: last {win} steps"),
         Style::new().fg(DIM),
     ));
     let mut times = vec![Span::raw(" ")];
-    for (i, (t, c)) in means.iter().enumerate() {
+    for m in &means {
         times.push(Span::styled(
-            format!("{} ", path_name(i)),
-            Style::new().fg(path_color(i)).bold(),
+            format!("{} ", m.id),
+            Style::new().fg(path_color(m.id)).bold(),
         ));
-        let clean = c
+        let clean = m
+            .clean
             .map(|c| format!(" (clean {})", fmt_us(c)))
             .unwrap_or_default();
-        times.push(Span::raw(format!("{}{clean}   ", fmt_us(*t))));
+        times.push(Span::raw(format!("{}{clean}   ", fmt_us(m.total))));
     }
     f.render_widget(
         Paragraph::new(vec![Line::from(speed), Line::from(times)]),
@@ -211,16 +228,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         let header = Row::new(head).style(Style::new().fg(DIM));
         let mut widths = vec![Constraint::Min(12)];
         widths.extend(shown.iter().map(|c| Constraint::Length(c.1)));
-        let title = format!(
-            "path {} · {}",
-            path_name(i),
-            r.paths.get(i).map(|p| p.spec.label()).unwrap_or_default()
-        );
+        let Some(p) = r.paths.get(i) else { continue };
+        let title = format!("path {} · {}", p.name, p.spec.label());
         f.render_widget(
             Table::new(rows, widths)
                 .header(header)
                 .column_spacing(1)
-                .block(block(title).border_style(Style::new().fg(path_color(i)))),
+                .block(block(title).border_style(Style::new().fg(path_color(p.name)))),
             cols[i],
         );
     }
@@ -233,10 +247,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     // Room for the path label before the bar and the total after it.
     let width = inner.width.saturating_sub(3 + 12) as f64;
     let mut lines = Vec::new();
-    for (i, p) in r.paths.iter().enumerate() {
+    for p in &r.paths {
         let mut spans = vec![Span::styled(
-            format!("{}  ", path_name(i)),
-            Style::new().fg(path_color(i)).bold(),
+            format!("{}  ", p.name),
+            Style::new().fg(path_color(p.name)).bold(),
         )];
         let mut used = 0usize;
         let mut acc = 0.0;
@@ -280,18 +294,4 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         Paragraph::new(lines).wrap(ratatui::widgets::Wrap { trim: false }),
         inner,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&v, 0.5), 50.0);
-        assert_eq!(percentile(&v, 0.99), 99.0);
-        assert_eq!(percentile(&[7.0], 0.99), 7.0);
-        assert_eq!(percentile(&[], 0.5), 0.0);
-    }
 }

@@ -1,0 +1,296 @@
+//! Every kernel's argument struct, its launch geometry and the functions that take it, by module
+//! (kernels/NAME.cu). The field comments give the shapes; the kernels' own comments say what they
+//! compute.
+
+use super::{AnyPtr, ArgsInfo, CType, DevPtr, Field, Grid, Kernel, KernelInfo, Module};
+
+/// Blocks of the output-statistics reduction (one partial each, summed on the host).
+pub const STATS_BLOCKS: usize = 512;
+/// Rows per grouped-GEMM tile (kernels/moe.cu GM_BM) and columns (GM_BN).
+pub const GEMM_BM: usize = 64;
+pub const GEMM_BN: usize = 128;
+/// FP8 GEMM (kernels/fp8.cu): pipeline stages (F8_STAGES), the padded shared row of a 128-deep
+/// K block (F8_LD), and the dynamic shared memory of one block of `bm`-row tiles.
+pub const FP8_STAGES: usize = 4;
+pub const FP8_LD: usize = 128 + 16;
+pub const fn fp8_shared_bytes(bm: usize) -> u32 {
+    (FP8_STAGES * (bm * FP8_LD + 128 * FP8_LD + 4 * bm + 16)) as u32
+}
+/// Tokens per block of the fused router (one warp each; kernels/router_fused.cu RF_WARPS).
+pub const FUSED_WARPS: usize = 4;
+
+/// How the grouped GEMM finds the A row of an output row (kernels/moe.cu `a_mode`).
+#[repr(i32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmRows {
+    /// The output row itself.
+    Direct = 0,
+    /// `a_map[row] / a_div`: the token of a permuted assignment.
+    Mapped = 1,
+    /// `row - offsets[group]`: every group reads the same rows (the separate shared MLP).
+    PerGroup = 2,
+}
+impl CType for GemmRows {
+    const C: &'static str = "int";
+}
+
+kernels! {
+    // ---- kernels/init.cu ----
+
+    /// Fills `n` 32-bit words with `value` (zeroing, ones, NaN poison before a check).
+    Init::FillArgs { out: DevPtr<u32>, n: u64, value: u32 }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn FillU32 = fill_u32;
+
+    /// A tensor of `n` bf16 values, uniform in ±amp (synthetic::tensor).
+    Init::InitUniformArgs { out: DevPtr<u16>, n: u64, seed: u64, tensor: u64, amp: f32 }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn InitUniformBf16 = init_uniform_bf16;
+
+    /// SwiGLU weights of `n_slots` experts from tensor slot `slot0` (synthetic::mlp).
+    Init::InitMlpArgs {
+        w13: DevPtr<u16>, w2: DevPtr<u16>, slot0: u64, n_slots: u64, inter: u64, hidden: u64,
+        seed: u64, amp_in: f32, amp_down: f32,
+    }
+    grid(a, sms) { Grid::stride((a.n_slots * 3 * a.inter * a.hidden) as usize, 256, sms) }
+    fn InitMlpBf16 = init_mlp_bf16;
+
+    /// Hidden states [tokens × hidden] of one step (synthetic::hidden_row).
+    Init::InitHiddenArgs { out: DevPtr<u16>, n: u64, seed: u64, tensor: u64 }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn InitHiddenBf16 = init_hidden_bf16;
+
+    /// f32 → bf16, round to nearest even (captured hidden states).
+    Init::ToBf16Args { input: DevPtr<f32>, out: DevPtr<u16>, n: u64 }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn F32ToBf16 = f32_to_bf16_kernel;
+
+    // ---- kernels/router_fused.cu ----
+
+    /// The fused router, one warp per token: ids/weights [T × spt] (k routed slots, then S
+    /// shared), probs (nullable) [T × k] the renormalized probabilities in double without rsf.
+    RouterFused::RouterFusedArgs {
+        /// [T × E], f32 or bf16 (`logits_bf16`).
+        logits: AnyPtr, logits_bf16: bool,
+        /// [E] correction bias, or NULL.
+        bias: DevPtr<f32>,
+        /// Group score = top-2 sum (models with a bias), else the max.
+        group_top2: bool,
+        t: i32, e: i32, n_group: i32, topk_group: i32, k: i32,
+        /// Experts the router can pick (k, or fewer when the kept groups hold fewer).
+        k_eff: i32,
+        softmax: bool, norm: bool, routed_scale: f64,
+        /// Shared slots appended per token, and their weight (times `gate`).
+        s: i32, shared_w: f64,
+        /// [T] shared gate, or NULL for 1.
+        gate: DevPtr<f32>,
+        ids: DevPtr<u32>, weights: DevPtr<f32>, probs: DevPtr<f64>,
+        /// Slots per token, k + s.
+        spt: i32,
+    }
+    grid(a, sms) { Grid::x((a.t as usize).div_ceil(FUSED_WARPS) as u32, (FUSED_WARPS * 32) as u32) }
+    fn RouterFusedE256 = router_fused_e256, RouterFusedE512 = router_fused_e512,
+       RouterLanes8 = router_lanes_8, RouterLanes12 = router_lanes_12;
+
+    // ---- kernels/router_unfused.cu (one kernel per op of the PyTorch sequence) ----
+
+    /// Scores: sigmoid per element, or softmax per token (one warp each).
+    RouterUnfused::RouterScoresArgs {
+        logits: AnyPtr, logits_bf16: bool, scores: DevPtr<f32>, t: i32, e: i32, softmax: bool,
+    }
+    grid(a, sms) {
+        if a.softmax {
+            Grid::per_warp(a.t as usize)
+        } else {
+            Grid::stride(a.t as usize * a.e as usize, 256, sms)
+        }
+    }
+    fn RouterScores = router_scores;
+
+    /// sel = scores + bias (a copy where `bias` is NULL).
+    RouterUnfused::RouterAddBiasArgs {
+        scores: DevPtr<f32>, bias: DevPtr<f32>, sel: DevPtr<f32>, t: i32, e: i32,
+    }
+    grid(a, sms) { Grid::stride(a.t as usize * a.e as usize, 256, sms) }
+    fn RouterAddBias = router_add_bias;
+
+    /// Group scores [T × G], one thread per (token, group).
+    RouterUnfused::RouterGroupScoresArgs {
+        sel: DevPtr<f32>, gs: DevPtr<f32>, t: i32, e: i32, g: i32, top2: bool,
+    }
+    grid(a, sms) { Grid::per_item(a.t as usize * a.g as usize, 256) }
+    fn RouterGroupScores = router_group_scores;
+
+    /// The kept groups as flags [T × G], one thread per token.
+    RouterUnfused::RouterGroupTopkArgs {
+        gs: DevPtr<f32>, kept: DevPtr<u8>, t: i32, g: i32, topk_group: i32,
+    }
+    grid(a, sms) { Grid::per_item(a.t as usize, 256) }
+    fn RouterGroupTopk = router_group_topk;
+
+    /// masked = sel in kept groups, else -inf.
+    RouterUnfused::RouterMaskArgs {
+        sel: DevPtr<f32>, kept: DevPtr<u8>, masked: DevPtr<f32>, t: i32, e: i32, g: i32,
+    }
+    grid(a, sms) { Grid::stride(a.t as usize * a.e as usize, 256, sms) }
+    fn RouterMask = router_mask;
+
+    /// Top-k expert ids into ids [T × spt], one warp per token.
+    RouterUnfused::RouterExpertTopkArgs {
+        masked: DevPtr<f32>, ids: DevPtr<u32>, t: i32, e: i32, k: i32, spt: i32,
+    }
+    grid(a, sms) { Grid::per_warp(a.t as usize) }
+    fn RouterExpertTopk = router_expert_topk;
+
+    /// The chosen experts' unbiased scores w [T × k] in double.
+    RouterUnfused::RouterGatherArgs {
+        scores: DevPtr<f32>, ids: DevPtr<u32>, w: DevPtr<f64>, t: i32, e: i32, k: i32, spt: i32,
+    }
+    grid(a, sms) { Grid::per_item(a.t as usize * a.k as usize, 256) }
+    fn RouterGather = router_gather;
+
+    /// Renormalizes w per token where `norm`.
+    RouterUnfused::RouterRenormalizeArgs { w: DevPtr<f64>, t: i32, k: i32, norm: bool }
+    grid(a, sms) { Grid::per_item(a.t as usize, 256) }
+    fn RouterRenormalize = router_renormalize;
+
+    /// Slot weights [T × spt]: routed × routed_scale, shared slots E + j × shared_w × gate.
+    RouterUnfused::RouterScaleArgs {
+        w: DevPtr<f64>, t: i32, e: i32, k: i32, routed_scale: f64, s: i32, shared_w: f64,
+        gate: DevPtr<f32>, ids: DevPtr<u32>, weights: DevPtr<f32>, spt: i32,
+    }
+    grid(a, sms) { Grid::per_item(a.t as usize * a.spt as usize, 256) }
+    fn RouterScale = router_scale;
+
+    // ---- kernels/moe.cu ----
+
+    /// Assignments per slot (`counts` zeroed first).
+    Moe::AlignCountArgs { ids: DevPtr<u32>, n: u64, counts: DevPtr<i32> }
+    grid(a, sms) { Grid::per_item(a.n as usize, 256) }
+    fn AlignCount = align_count;
+
+    /// Row offsets, tile offsets [slots + 1] and fill cursors [slots]: one block (slots <= 1024).
+    Moe::AlignScanArgs {
+        counts: DevPtr<i32>, slots: i32, bm: i32, offsets: DevPtr<i32>, tiles: DevPtr<i32>,
+        cursor: DevPtr<i32>,
+    }
+    grid(a, sms) { Grid::x(1, 1024) }
+    fn AlignScan = align_scan;
+
+    /// order[permuted row] = assignment, position its inverse.
+    Moe::AlignFillArgs {
+        ids: DevPtr<u32>, n: u64, cursor: DevPtr<i32>, order: DevPtr<i32>, position: DevPtr<i32>,
+    }
+    grid(a, sms) { Grid::per_item(a.n as usize, 256) }
+    fn AlignFill = align_fill;
+
+    /// The grouped bf16 GEMM: per group g, rows offsets[g]..offsets[g+1] of C [rows × n] f32 =
+    /// A rows (by `a_mode`) · B_g^T, B_g = g < n_first ? b0 + g·b_stride : b1 + (g−n_first)·b_stride.
+    Moe::GemmArgs {
+        a: DevPtr<u16>, a_mode: GemmRows, a_map: DevPtr<i32>, a_div: i32,
+        b0: DevPtr<u16>, b1: DevPtr<u16>, n_first: i32, b_stride: i64,
+        /// Output, or with `k_splits` > 1 the partials at c + z · c_split.
+        c: DevPtr<f32>,
+        /// [n] added per column (NULL: none; only without K splits).
+        col_bias: DevPtr<f32>,
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, n: i32, k: i32,
+        k_splits: i32, c_split: i64,
+        /// Grid x: an upper bound of the M tiles (rows / 64 + groups); blocks past
+        /// tiles[groups] exit.
+        max_tiles: i32,
+    }
+    grid(a, sms) {
+        Grid::xyz(
+            a.max_tiles as u32,
+            (a.n as usize).div_ceil(GEMM_BN) as u32,
+            a.k_splits as u32,
+            256,
+        )
+    }
+    fn GroupedGemmBf16 = grouped_gemm_bf16;
+
+    /// out [n] = the sum of `splits` partials (in order) + bias per column of `cols`.
+    Moe::SplitkReduceArgs {
+        part: DevPtr<f32>, splits: i32, n: u64, cols: i32, bias: DevPtr<f32>, out: DevPtr<f32>,
+    }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn SplitkReduce = splitk_reduce;
+
+    /// act [rows × inter] = bf16(silu(gate) · up) of h [rows × 2·inter].
+    Moe::SiluMulArgs { h: DevPtr<f32>, act: DevPtr<u16>, rows: u64, inter: i32 }
+    grid(a, sms) { Grid::stride(a.rows as usize * a.inter as usize, 256, sms) }
+    fn SiluMul = silu_mul;
+
+    /// y [T × H] = out_scale · Σ w·eo[position] + sep · Σ so (so, sep nullable).
+    Moe::CombineArgs {
+        eo: DevPtr<f32>, position: DevPtr<i32>, w: DevPtr<f32>, spt: i32, out_scale: f32,
+        so: DevPtr<f32>, sep: DevPtr<f32>, s: i32, t: i32, h: i32, y: DevPtr<f32>,
+    }
+    grid(a, sms) { Grid::xy(a.t as u32, (a.h as usize).div_ceil(256) as u32, 256) }
+    fn Combine = combine;
+
+    /// Qwen3-Next shared gate g [T] = sigmoid(x · wg), one warp per token.
+    Moe::SharedGateArgs { x: DevPtr<u16>, wg: DevPtr<f32>, g: DevPtr<f32>, t: i32, h: i32 }
+    grid(a, sms) { Grid::per_warp(a.t as usize) }
+    fn SharedGate = shared_gate;
+
+    /// Per block: Σ y² (double), max |y|, non-finite count, over y [n].
+    Moe::OutputStatsArgs {
+        y: DevPtr<f32>, n: u64, sumsq: DevPtr<f64>, maxabs: DevPtr<f32>, nonfinite: DevPtr<u64>,
+    }
+    grid(a, sms) { Grid::x(STATS_BLOCKS as u32, 256) }
+    fn OutputStats = output_stats;
+
+    /// A plain device copy of `n` 16-byte words (bench's bandwidth ceiling).
+    Moe::CopyArgs { src: DevPtr<[u32; 4]>, dst: DevPtr<[u32; 4]>, n: u64 }
+    grid(a, sms) { Grid::x(sms * 8, 512) }
+    fn CopyU4 = copy_u4;
+
+    // ---- kernels/fp8.cu ----
+
+    /// bf16 [rows × cols] → e4m3 [rows × cols] and f32 scales [rows × cols/128], per row and
+    /// group of 128 (weights::fp8), one warp per group.
+    Fp8::Fp8QuantArgs {
+        input: DevPtr<u16>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, cols: u64,
+    }
+    grid(a, sms) { Grid::per_warp((a.rows * a.cols / 128) as usize) }
+    fn Fp8QuantRows = fp8_quant_rows;
+
+    /// SiLU·mul of h f32 [rows × 2·inter], rounded to bf16, quantized as `Fp8QuantArgs`.
+    Fp8::Fp8SiluArgs {
+        h: DevPtr<f32>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, inter: u64,
+    }
+    grid(a, sms) { Grid::per_warp((a.rows * a.inter / 128) as usize) }
+    fn Fp8SiluMulQuant = fp8_silu_mul_quant;
+
+    /// Tile offsets [groups + 1] of `bm`-row tiles from row offsets [groups + 1]: one block
+    /// (groups <= 1024).
+    Fp8::Fp8TilesArgs { offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, bm: i32 }
+    grid(a, sms) { Grid::x(1, 1024) }
+    fn Fp8TileScan = fp8_tile_scan;
+
+    /// The FP8 grouped GEMM: per group g, rows offsets[g]..offsets[g+1] of C [rows × n] f32 =
+    /// Σ over K blocks of (A rows by `a_mode`, e4m3, scales [* × k/128]) · (B_g e4m3 [n × k],
+    /// block scales [n/128 × k/128])ᵀ, each block's product times its two scales. Group
+    /// g < n_first reads b0/bs0 + g·stride, else b1/bs1 + (g − n_first)·stride.
+    Fp8::Fp8GemmArgs {
+        a: DevPtr<u8>, a_scales: DevPtr<f32>, a_mode: GemmRows, a_map: DevPtr<i32>, a_div: i32,
+        b0: DevPtr<u8>, b1: DevPtr<u8>, bs0: DevPtr<f32>, bs1: DevPtr<f32>, n_first: i32,
+        /// Elements between consecutive groups' weights, and their scales.
+        b_stride: i64, bs_stride: i64,
+        /// Output, or with `k_splits` > 1 the partials at c + z · c_split.
+        c: DevPtr<f32>,
+        /// Row offsets [groups + 1]; tile offsets of `bm`-row tiles (fp8_tile_scan).
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, n: i32, k: i32,
+        k_splits: i32, c_split: i64,
+        /// The tile height of the function launched (16 or 64; checked by the kernel).
+        bm: i32,
+        /// Grid x: an upper bound of the M tiles (rows / bm + groups).
+        max_tiles: i32,
+    }
+    grid(a, sms) {
+        Grid::xyz(a.max_tiles as u32, (a.n as usize / 128) as u32, a.k_splits as u32, 256)
+            .with_shared(fp8_shared_bytes(a.bm as usize))
+    }
+    fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M64 = grouped_gemm_fp8_m64;
+}

@@ -1,0 +1,259 @@
+//! `CudaBackend`: the engine's `Backend` on the device. Per step: the workspace, the inputs
+//! (hidden states, shared gates), then per path an instrumented run (per-stage events), the
+//! readback, and a clean run under one event pair.
+
+use super::super::gpu::{cuda_err, Gpu, Timer};
+use super::super::kernels::{InitHiddenArgs, SharedGateArgs, ToBf16Args};
+use super::device::{bf16_value, DeviceLayer, DeviceWeights};
+use super::readback::{self, PathOutputs};
+use super::stages::{PathLaunch, Plan};
+use super::workspace::Workspace;
+use crate::engine::config::MoeConfig;
+use crate::engine::paths::PathSpec;
+use crate::engine::weights::synthetic::tensor_id;
+use crate::engine::weights::WeightSource;
+use crate::engine::{Backend, BackendInfo, BackendKind, BackendStep, PathRun, StepInput};
+use anyhow::{ensure, Context, Result};
+use std::sync::Arc;
+
+/// The CUDA backend.
+pub struct CudaBackend {
+    gpu: Arc<Gpu>,
+    cfg: MoeConfig,
+    layer: Arc<DeviceLayer>,
+    weights: DeviceWeights,
+    ws: Option<Workspace>,
+    /// Fill outputs with NaN / invalid ids before each path (`check`), so unwritten ones show.
+    pub poison: bool,
+}
+
+impl CudaBackend {
+    pub fn new(gpu: Arc<Gpu>, source: Box<dyn WeightSource>) -> Result<CudaBackend> {
+        let layer = Arc::new(DeviceLayer::new(&gpu, source.as_ref())?);
+        let cfg = layer.cfg.clone();
+        Ok(CudaBackend {
+            weights: DeviceWeights {
+                source,
+                gpu: gpu.clone(),
+                layer: layer.clone(),
+            },
+            gpu,
+            cfg,
+            layer,
+            ws: None,
+            poison: false,
+        })
+    }
+
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+    pub fn layer(&self) -> &DeviceLayer {
+        &self.layer
+    }
+    /// The buffers of the last step (None before the first).
+    pub fn workspace(&self) -> Option<&Workspace> {
+        self.ws.as_ref()
+    }
+
+    /// The workspace for `t` tokens, `spt` slots and top-`k`, reallocated where it does not fit.
+    fn ensure_workspace(&mut self, t: usize, spt: usize, k: usize) -> Result<&mut Workspace> {
+        if !self.ws.as_ref().is_some_and(|w| w.fits(t, spt, k)) {
+            self.ws = None; // free first: the old and new buffers may not fit together
+            self.ws = Some(Workspace::new(&self.gpu, &self.cfg, t, spt, k)?);
+        }
+        self.ws.as_mut().context("workspace missing")
+    }
+
+    fn ws(&self) -> Result<&Workspace> {
+        self.ws.as_ref().context("workspace missing")
+    }
+
+    /// Hidden states into the workspace (bf16) and the shared gates, which it returns.
+    fn prepare_inputs(&mut self, input: &StepInput) -> Result<Vec<f32>> {
+        let (t, h) = (input.tokens, self.cfg.hidden_size);
+        let gpu = self.gpu.clone();
+        let b = &mut self.ws.as_mut().context("workspace missing")?.inputs;
+        match &input.hidden {
+            Some(states) => {
+                ensure!(
+                    states.len() == t * h,
+                    "captured hidden states hold {} values, expected {} tokens × {}",
+                    states.len(),
+                    t,
+                    h
+                );
+                if b.x_f32.as_ref().is_none_or(|x| x.len() < t * h) {
+                    b.x_f32 = Some(gpu.alloc(t * h, "captured hidden states")?);
+                }
+                let buf = b.x_f32.as_mut().context("hidden buffer missing")?;
+                gpu.stream
+                    .memcpy_htod(states.as_slice(), buf)
+                    .map_err(cuda_err("uploading the hidden states"))?;
+                gpu.launch(ToBf16Args {
+                    input: gpu.ptr(buf),
+                    out: gpu.ptr(&b.x),
+                    n: (t * h) as u64,
+                })?;
+            }
+            None => gpu.launch(InitHiddenArgs {
+                out: gpu.ptr(&b.x),
+                n: (t * h) as u64,
+                seed: input.seed,
+                tensor: tensor_id::HIDDEN_BASE + input.step,
+            })?,
+        }
+        if self.cfg.n_shared_experts == 0 {
+            return Ok(Vec::new());
+        }
+        match &self.layer.shared_gate_w {
+            Some(wg) => gpu.launch(SharedGateArgs {
+                x: gpu.ptr(&b.x),
+                wg: gpu.ptr(wg),
+                g: gpu.ptr(&b.gates),
+                t: t as i32,
+                h: h as i32,
+            })?,
+            None => gpu.fill(gpu.ptr(&b.gates), t, 1.0f32.to_bits())?,
+        }
+        gpu.download(&b.gates, t, "shared gates")
+    }
+
+    /// Launches one path's kernels for `t` tokens.
+    fn launch_path(&self, plan: &Plan, t: usize, timer: &mut Timer) -> Result<()> {
+        PathLaunch {
+            gpu: &self.gpu,
+            cfg: &self.cfg,
+            layer: &self.layer,
+            ws: self.ws()?,
+            plan,
+            t,
+        }
+        .run(timer)
+    }
+
+    /// The separate shared MLP's per-token weights (contract weight × gate), uploaded; empty for
+    /// paths that fuse the shared experts or have none.
+    fn upload_separate(&mut self, plan: &Plan, gates: &[f32], t: usize) -> Result<Vec<f32>> {
+        if !plan.separate {
+            return Ok(Vec::new());
+        }
+        let w: Vec<f32> = (0..t)
+            .map(|tok| {
+                (plan.separate_weight * gates.get(tok).copied().unwrap_or(1.0) as f64) as f32
+            })
+            .collect();
+        let gpu = self.gpu.clone();
+        let ws = self.ws.as_mut().context("workspace missing")?;
+        gpu.stream
+            .memcpy_htod(w.as_slice(), &mut ws.inputs.sep)
+            .map_err(cuda_err("uploading the separate shared weights"))?;
+        Ok(w)
+    }
+
+    /// One path: instrumented run, readback, clean run.
+    fn run_path(&mut self, plan: &Plan, input: &StepInput, gates: &[f32]) -> Result<PathRun> {
+        let (t, spt, h) = (input.tokens, plan.shape.spt(), self.cfg.hidden_size);
+        let separate = self.upload_separate(plan, gates, t)?;
+        let gpu = self.gpu.clone();
+        if self.poison {
+            readback::poison_outputs(&gpu, self.ws()?, &self.cfg, t, spt)?;
+        }
+        let mut timer = Timer::new(true);
+        self.launch_path(plan, t, &mut timer)?;
+        let mut timings = timer.finish(&gpu)?;
+        let out: PathOutputs =
+            readback::path_outputs(&gpu, self.ws()?, h, t, spt, &input.sample_tokens)?;
+        readback::fill_weight_bytes(&self.cfg, &out.slot_ids, &mut timings);
+        Ok(PathRun {
+            slots_per_token: spt,
+            slot_ids: out.slot_ids,
+            slot_weights: out.slot_weights,
+            out_scale: plan.out_scale,
+            separate_shared_weight: separate,
+            sample_outputs: out.sample_outputs,
+            output: out.output,
+            timings,
+            clean_us: Some(self.clean_us(plan, t)?),
+            finite: Default::default(),
+        })
+    }
+
+    /// The path's launches again without per-stage events, under one event pair (µs).
+    fn clean_us(&self, plan: &Plan, t: usize) -> Result<f64> {
+        let gpu = &self.gpu;
+        let start = gpu.event()?;
+        self.launch_path(plan, t, &mut Timer::new(false))?;
+        let end = gpu.event()?;
+        gpu.sync("the clean path run")?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(cuda_err("reading the clean path time"))?;
+        Ok(ms as f64 * 1e3)
+    }
+
+    /// Whole-output download for checks: [t × H].
+    pub fn download_output(&self, t: usize) -> Result<Vec<f32>> {
+        let ws = self.ws.as_ref().context("no step has run")?;
+        self.gpu
+            .download(&ws.out.y, t * self.cfg.hidden_size, "layer output")
+    }
+}
+
+impl Backend for CudaBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            kind: BackendKind::Cuda,
+            device: self.gpu.describe(),
+        }
+    }
+
+    fn weights(&self) -> &dyn WeightSource {
+        &self.weights
+    }
+
+    fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
+        let t = input.tokens;
+        ensure!(t >= 1, "a step needs at least one token");
+        ensure!(
+            t <= i32::MAX as usize / 64,
+            "{t} tokens are more than the kernels index"
+        );
+        let (e, h) = (self.cfg.n_routed_experts, self.cfg.hidden_size);
+        let plans = paths
+            .iter()
+            .map(|p| Plan::new(&self.cfg, p))
+            .collect::<Result<Vec<_>>>()?;
+        let spt = plans.iter().map(|p| p.shape.spt()).max().unwrap_or(1);
+        let k = plans.iter().map(|p| p.shape.k).max().unwrap_or(1);
+        self.ensure_workspace(t, spt, k)?;
+        let gates = self.prepare_inputs(input)?;
+        let gpu = self.gpu.clone();
+
+        let mut runs = Vec::with_capacity(plans.len());
+        let mut router_logits = Vec::new();
+        for (idx, plan) in plans.iter().enumerate() {
+            let run = self
+                .run_path(plan, input, &gates)
+                .with_context(|| format!("path {idx}"))?;
+            if idx == 0 {
+                // Every path computes the same logits: the first's are kept.
+                router_logits = gpu.download(&self.ws()?.gate.logits, t * e, "router logits")?;
+            }
+            runs.push(run);
+        }
+        let ws = self.ws()?;
+        let mut sample_hidden = Vec::with_capacity(input.sample_tokens.len() * h);
+        for &tok in &input.sample_tokens {
+            let row = gpu.download_at(&ws.inputs.x, tok * h, h, "sampled hidden states")?;
+            sample_hidden.extend(row.into_iter().map(bf16_value));
+        }
+        Ok(BackendStep {
+            router_logits,
+            sample_hidden,
+            shared_gate: gates,
+            paths: runs,
+            finite: Default::default(),
+        })
+    }
+}
