@@ -261,3 +261,116 @@ fn blank() -> Fp8Gemm {
         c_split: 0,
     }
 }
+
+/// The tiny FP8 checkpoint's experts, uploaded as stored (no re-quantization), with the shared
+/// expert as slot E (path B), on routed tokens: against the f64 math of the FP8 format (the
+/// kernels' error), and against f64 with unquantized activations through the same weights (the
+/// activations' share of the format's error, printed).
+#[test]
+fn tiny_fp8_checkpoint_experts_run_as_stored() {
+    use moescope::engine::weights::checkpoint::open_layer;
+    use moescope::engine::weights::fp8::Fp8Mlp;
+    use moescope::engine::weights::WeightSource;
+    let Some(gpu) = gpu() else { return };
+    let ready = dfp8::prepare(&gpu).unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fp8-tiny");
+    let layer = open_layer(&dir, None, 1).unwrap();
+    let cfg = layer.config().clone();
+    let (e, h, i) = (
+        cfg.n_routed_experts,
+        cfg.hidden_size,
+        cfg.moe_intermediate_size,
+    );
+    let routed: Vec<Fp8Mlp> = (0..e)
+        .map(|x| layer.expert_fp8(x).unwrap().unwrap())
+        .collect();
+    let shared = layer.shared_slot_fp8(0).unwrap().unwrap();
+    let mlps: Vec<&Fp8Mlp> = routed.iter().chain([&shared]).collect();
+    let w = dfp8::Fp8Experts {
+        routed: dfp8::Fp8Slots::upload(&gpu, &routed, "routed").unwrap(),
+        shared: Some(
+            dfp8::Fp8Slots::upload(&gpu, std::slice::from_ref(&shared), "shared").unwrap(),
+        ),
+    };
+    let (t, spt) = (16usize, 3usize);
+    let mut rng = StdRng::seed_from_u64(4);
+    let x: Vec<f32> = (0..t * h)
+        .map(|_| round_bf16(rng.random_range(-2.0..2.0)))
+        .collect();
+    let mut ids = Vec::new();
+    for _ in 0..t {
+        let a = rng.random_range(0..e);
+        ids.extend([a, (a + 1 + rng.random_range(0..e - 1)) % e, e]);
+    }
+    let mut order: Vec<i32> = (0..(t * spt) as i32).collect();
+    order.sort_by_key(|&a| ids[a as usize]);
+    let mut offsets = vec![0i32; e + 2];
+    for g in 0..=e {
+        offsets[g + 1] = offsets[g] + ids.iter().filter(|&&s| s == g).count() as i32;
+    }
+    let b = dfp8::ExpertBuffers::new(&gpu, &w, t, spt).unwrap();
+    let d_x = gpu.upload(&bf16_bits(&x), "x").unwrap();
+    let d_order = gpu.upload(&order, "order").unwrap();
+    let d_off = gpu.upload(&offsets, "offsets").unwrap();
+    let d_eo = gpu.alloc::<f32>(t * spt * h, "eo").unwrap();
+    gpu.fill(gpu.ptr(&d_eo), t * spt * h, 0x7fc0_0000).unwrap();
+    let io = dfp8::ExpertInputs {
+        x: gpu.ptr(&d_x),
+        order: gpu.ptr(&d_order),
+        offsets: gpu.ptr(&d_off),
+        spt,
+        eo: gpu.ptr(&d_eo),
+    };
+    dfp8::run_experts(&gpu, &ready, &w, &b, &io).unwrap();
+    let eo = gpu.download(&d_eo, t * spt * h, "eo").unwrap();
+
+    let xq = TokenGroups::quantize(&x, t, h);
+    let (mut kernel, mut format, mut norm) = (0f64, 0f64, 0f64);
+    for (p, &asg) in order.iter().enumerate() {
+        let (token, slot) = (asg as usize / spt, ids[asg as usize]);
+        let m = mlps[slot];
+        // The FP8 math in f64: quantized tokens, dequantized weights, quantized activations.
+        let row = TokenGroups {
+            rows: 1,
+            cols: h,
+            data: xq.data[token * h..(token + 1) * h].to_vec(),
+            scales: xq.scales[token * 2..token * 2 + 2].to_vec(),
+        };
+        let (g, u) = (gemm_reference(&row, &m.gate), gemm_reference(&row, &m.up));
+        let act: Vec<f32> = (0..i)
+            .map(|j| {
+                let (g, u) = (g[j] as f32, u[j] as f32);
+                round_bf16(g / (1.0 + (-g).exp()) * u)
+            })
+            .collect();
+        let want = gemm_reference(&TokenGroups::quantize(&act, 1, i), &m.down);
+        // Unquantized activations through the dequantized weights, in f64.
+        let d = m.dequantize();
+        let xr = &x[token * h..(token + 1) * h];
+        let act64: Vec<f64> = (0..i)
+            .map(|j| {
+                let dot = |w: &[f32]| -> f64 {
+                    (0..h)
+                        .map(|k| f64::from(w[j * h + k]) * f64::from(xr[k]))
+                        .sum()
+                };
+                let (g, u) = (dot(&d.gate), dot(&d.up));
+                g / (1.0 + (-g).exp()) * u
+            })
+            .collect();
+        for n in 0..h {
+            let got = f64::from(eo[p * h + n]);
+            assert!(got.is_finite(), "eo[{p}, {n}] not written");
+            let exact: f64 = (0..i)
+                .map(|j| f64::from(d.down[n * i + j]) * act64[j])
+                .sum();
+            kernel += (got - want[n]).powi(2);
+            format += (got - exact).powi(2);
+            norm += exact * exact;
+        }
+    }
+    let (kernel, format) = ((kernel / norm).sqrt(), (format / norm).sqrt());
+    println!("tiny FP8 checkpoint, experts: kernel rel-L2 {kernel:.2e}, with activation quantization {format:.2e}");
+    assert!(kernel <= 1e-3, "kernel error {kernel:.3e}");
+    assert!(format <= 0.1, "activation quantization error {format:.3e}");
+}

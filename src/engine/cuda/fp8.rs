@@ -346,6 +346,169 @@ pub fn gemm_split(
     splitk_reduce(gpu, parts, splits, g.rows, g.n, g.c)
 }
 
+/// The FP8 weights of the grouped expert MLP: the routed experts, then (path B) the shared
+/// slots as extra groups.
+pub struct Fp8Experts {
+    pub routed: Fp8Slots,
+    pub shared: Option<Fp8Slots>,
+}
+
+impl Fp8Experts {
+    /// Groups of the grouped GEMMs.
+    pub fn groups(&self) -> usize {
+        self.routed.w13.count + self.shared.as_ref().map_or(0, |s| s.w13.count)
+    }
+
+    /// FP8 bytes (codes and scales) of one group's up and down weights.
+    pub fn bytes_per_group(&self) -> usize {
+        self.routed.w13.bytes_per_matrix() + self.routed.w2.bytes_per_matrix()
+    }
+}
+
+/// Device buffers of the FP8 expert MLP for `tokens` tokens of `spt` slots each.
+pub struct ExpertBuffers {
+    pub tokens: usize,
+    pub rows: usize,
+    pub tile: Tile,
+    pub up_splits: usize,
+    pub down_splits: usize,
+    /// The tokens in e4m3 [T × H] and their scales [T × H/128].
+    pub xq: CudaSlice<u8>,
+    pub xs: CudaSlice<f32>,
+    /// Up projection [rows × 2I] f32.
+    pub h1: CudaSlice<f32>,
+    /// SiLU·mul in e4m3 [rows × I] and its scales.
+    pub aq: CudaSlice<u8>,
+    pub a_s: CudaSlice<f32>,
+    pub tiles: CudaSlice<i32>,
+    pub parts: CudaSlice<f32>,
+}
+
+impl ExpertBuffers {
+    pub fn new(gpu: &Gpu, w: &Fp8Experts, tokens: usize, spt: usize) -> Result<ExpertBuffers> {
+        let (h, i2) = (w.routed.w13.cols, w.routed.w13.rows);
+        let i = i2 / 2;
+        let (rows, groups) = (tokens * spt, w.groups());
+        let tile = Tile::for_rows(rows, groups);
+        let m_tiles = rows.min(rows.div_ceil(tile.rows()) + groups);
+        let up_splits = k_splits(gpu.sms, m_tiles, i2, h);
+        let down_splits = k_splits(gpu.sms, m_tiles, h, i);
+        let part = |splits: usize, n: usize| if splits > 1 { splits * rows * n } else { 0 };
+        Ok(ExpertBuffers {
+            tokens,
+            rows,
+            tile,
+            up_splits,
+            down_splits,
+            xq: gpu.alloc(tokens * h, "FP8 tokens")?,
+            xs: gpu.alloc(tokens * h / BLOCK, "FP8 token scales")?,
+            h1: gpu.alloc(rows * i2, "FP8 expert gate/up outputs")?,
+            aq: gpu.alloc(rows * i, "FP8 expert activations")?,
+            a_s: gpu.alloc(rows * i / BLOCK, "FP8 activation scales")?,
+            tiles: gpu.alloc(groups + 1, "FP8 GEMM tiles")?,
+            parts: gpu.alloc(
+                part(up_splits, i2).max(part(down_splits, h)),
+                "FP8 GEMM partials",
+            )?,
+        })
+    }
+}
+
+/// Where the grouped expert MLP reads its rows: the step's tokens (bf16 [T × H]) and the
+/// alignment (order [rows]: assignment per permuted row; offsets [groups + 1]).
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertInputs {
+    pub x: DevPtr<u16>,
+    pub order: DevPtr<i32>,
+    pub offsets: DevPtr<i32>,
+    pub spt: usize,
+    /// Output [rows × H] f32, one row per permuted assignment (what `combine` reads).
+    pub eo: DevPtr<f32>,
+}
+
+/// The FP8 expert MLP over every slot, as the bf16 `experts` stage: quantize the tokens, up
+/// GEMM, SiLU·mul quantized, down GEMM.
+pub fn run_experts(
+    gpu: &Gpu,
+    ready: &Fp8Ready,
+    w: &Fp8Experts,
+    b: &ExpertBuffers,
+    io: &ExpertInputs,
+) -> Result<()> {
+    let (h, i2) = (w.routed.w13.cols, w.routed.w13.rows);
+    if let Some(s) = &w.shared {
+        ensure!(
+            (s.w13.rows, s.w13.cols) == (i2, h),
+            "FP8 shared slots of [{}, {}] beside routed experts of [{i2}, {h}]: a fused slot must have the routed experts' shape",
+            s.w13.rows,
+            s.w13.cols
+        );
+    }
+    let groups = w.groups();
+    quant_rows(gpu, io.x, b.tokens, h, gpu.ptr(&b.xq), gpu.ptr(&b.xs))?;
+    tile_scan(gpu, io.offsets, groups, b.tile, gpu.ptr(&b.tiles))?;
+    let gemm_of = |stack: &DeviceStack, shared: Option<&DeviceStack>| {
+        let g = Fp8Gemm {
+            a: DevPtr::NULL,
+            a_scales: DevPtr::NULL,
+            a_mode: GemmRows::Direct,
+            a_map: io.order,
+            a_div: io.spt as i32,
+            b0: DevPtr::NULL,
+            b1: DevPtr::NULL,
+            bs0: DevPtr::NULL,
+            bs1: DevPtr::NULL,
+            n_first: 0,
+            b_stride: 0,
+            bs_stride: 0,
+            c: DevPtr::NULL,
+            offsets: io.offsets,
+            tiles: gpu.ptr(&b.tiles),
+            groups,
+            n: stack.rows,
+            k: stack.cols,
+            rows: b.rows,
+            tile: b.tile,
+            k_splits: 1,
+            c_split: 0,
+        }
+        .weights(gpu, stack);
+        match shared {
+            Some(s) => Fp8Gemm {
+                b1: gpu.ptr(&s.data),
+                bs1: gpu.ptr(&s.scales),
+                ..g
+            },
+            None => g,
+        }
+    };
+    let shared = w.shared.as_ref();
+    let up = Fp8Gemm {
+        a: gpu.ptr(&b.xq),
+        a_scales: gpu.ptr(&b.xs),
+        a_mode: GemmRows::Mapped,
+        c: gpu.ptr(&b.h1),
+        ..gemm_of(&w.routed.w13, shared.map(|s| &s.w13))
+    };
+    let parts = gpu.ptr(&b.parts);
+    gemm_split(gpu, ready, &up, b.up_splits, parts)?;
+    silu_mul_quant(
+        gpu,
+        gpu.ptr(&b.h1),
+        b.rows,
+        i2 / 2,
+        gpu.ptr(&b.aq),
+        gpu.ptr(&b.a_s),
+    )?;
+    let down = Fp8Gemm {
+        a: gpu.ptr(&b.aq),
+        a_scales: gpu.ptr(&b.a_s),
+        c: io.eo,
+        ..gemm_of(&w.routed.w2, shared.map(|s| &s.w2))
+    };
+    gemm_split(gpu, ready, &down, b.down_splits, parts)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
