@@ -276,7 +276,9 @@ pub fn gemm(gpu: &Gpu, _ready: &Fp8Ready, g: &Fp8Gemm) -> Result<()> {
         g.k_splits,
         g.k / BLOCK
     );
-    let max_tiles = g.rows.div_ceil(g.tile.rows()) + g.groups;
+    // Every tile holds at least one row: at decode sizes this bound, not rows / bm + groups,
+    // keeps the grid from launching hundreds of blocks per column tile that exit at once.
+    let max_tiles = g.rows.min(g.rows.div_ceil(g.tile.rows()) + g.groups);
     let args = Fp8GemmArgs {
         a: g.a,
         a_scales: g.a_scales,
