@@ -9,7 +9,14 @@
 //!
 //! By part: `routers` (fused, general and unfused router kernels against routing::route),
 //! `golden` (the PyTorch reference files), `layer` (device init, both paths through every
-//! variant, uploads, the CPU backend).
+//! variant, uploads, captured hidden states, the CPU backend).
+//!
+//! Every registered kernel runs under `check --all`: the init kernels in the init and captured
+//! checks (fill_u32 poisons before every run); the lane-contiguous routers as `router_fused` on
+//! the sigmoid presets with E = 256 and 384, the general ones as `router_fused general` on every
+//! preset (e512 on those with E > 256); the unfused router's kernels as `router_unfused` and in
+//! path A; the expert kernels in both paths (splitk_reduce at small T, shared_gate on the
+//! Qwen3-Next preset); count_nonfinite every step and against known counts; copy_u4 alone.
 
 mod golden;
 mod layer;
@@ -114,6 +121,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
     golden::check_golden(&gpu, &args.golden, &mut table)?;
+    check_copy(&gpu, &mut table)?;
     for name in &presets {
         let layer = LayerSpec {
             source: LayerSource::Preset(name.clone()),
@@ -135,6 +143,30 @@ pub fn run(args: CheckArgs) -> Result<()> {
     if failed > 0 {
         bail!("{failed} of {} checks failed", table.rows.len());
     }
+    Ok(())
+}
+
+/// bench's bandwidth probe copies every byte.
+fn check_copy(gpu: &Gpu, table: &mut Table) -> Result<()> {
+    let words = 100_003usize;
+    let host: Vec<u8> = (0..16 * words).map(|i| (i * 131 % 251) as u8).collect();
+    let src = gpu.upload(&host, "copy source")?;
+    let dst = gpu.alloc::<u8>(host.len(), "copy destination")?;
+    gpu.launch(crate::engine::cuda::kernels::CopyArgs {
+        src: gpu.ptr(&src).cast(),
+        dst: gpu.ptr(&dst).cast(),
+        n: words as u64,
+    })?;
+    let back = gpu.download(&dst, host.len(), "copy destination")?;
+    let differ = back.iter().zip(&host).filter(|(a, b)| a != b).count();
+    let shape = format!("{words} × 16 bytes");
+    table.add(
+        "copy_u4",
+        shape,
+        differ as f64,
+        differ == 0,
+        "bench's copy probe",
+    );
     Ok(())
 }
 
