@@ -3,12 +3,11 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
-use super::finite::{FiniteCheck, FiniteCounts, FiniteStage, Verdict};
+use super::finite::{FiniteCounts, FiniteStage};
 use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
-    Comparison, ContractCheck, ContractViolation, OutputStats, PathRecord, SlotWeights, Stats,
-    StepRecord, TokenDetail,
+    Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
 };
 use super::weights::ExpertWeights;
 use super::{Backend, BackendKind, BackendStep, PathRun, StepInput};
@@ -16,8 +15,7 @@ use anyhow::{ensure, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// Relative tolerance of the contract verdict: weights are f32, the bugs are off by far more.
-pub const CONTRACT_TOLERANCE: f64 = 1e-3;
+pub use super::step::CONTRACT_TOLERANCE;
 
 /// Multiply-adds of the f64 reference the engine spends per step at most.
 const REFERENCE_BUDGET_MACS: usize = 200_000_000;
@@ -165,17 +163,6 @@ fn check_contract(routed: &[(f64, f64)], shared: &[(f64, f64)], has_shared: bool
     check
 }
 
-/// Makes the contract verdict of an invalid step say so: a NaN deviation compares as no
-/// deviation, so without this a layer full of NaN would read "contract holds".
-fn judge_finite(contract: &mut ContractCheck, check: &FiniteCheck) {
-    if let Verdict::Invalid { first, count } = check.verdict() {
-        contract.ok = false;
-        contract
-            .violations
-            .push(ContractViolation::NonFinite { first, count });
-    }
-}
-
 /// Builds the StepRecord of one step (wall and clock times are filled in by the engine).
 pub fn assemble(
     cfg: &MoeConfig,
@@ -275,7 +262,7 @@ pub fn assemble_given(
         path_seen.add(FiniteStage::Combine, run.output.nonfinite);
         let finite = out.finite.merged(&run.finite).at_least(&path_seen).check();
         let mut contract = check_contract(&routed_pairs, &shared_pairs, has_shared);
-        judge_finite(&mut contract, &finite);
+        contract.judge_finite(&finite);
         records.push(PathRecord {
             name: PathId::nth(i).with_context(|| {
                 format!(

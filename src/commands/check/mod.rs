@@ -44,6 +44,18 @@ pub struct CheckArgs {
     /// Directory of the golden routing files.
     #[arg(long, default_value = GOLDEN_DIR)]
     pub golden: PathBuf,
+    /// Check a router kernel of yours instead (a .cu for NVRTC or a .so; docs/kernel-abi.md).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// With --kernel: also write the report as JSON to this file.
+    #[arg(long, requires = "kernel")]
+    pub json: Option<PathBuf>,
+    /// With --json: overwrite an existing file.
+    #[arg(long, requires = "json")]
+    pub force: bool,
+    /// With --kernel: near ties (rounding-level differences) fail too.
+    #[arg(long, requires = "kernel")]
+    pub strict: bool,
 }
 
 /// Token counts of the layer checks on small expert matrices, and on the full layer.
@@ -103,6 +115,17 @@ impl Table {
 }
 
 pub fn run(args: CheckArgs) -> Result<()> {
+    if let Some(kernel) = &args.kernel {
+        return super::check_kernel::run(&super::check_kernel::KernelCheck {
+            kernel: kernel.clone(),
+            layer: args.layer.spec(),
+            all: args.all,
+            golden: args.golden.clone(),
+            json: args.json.clone(),
+            force: args.force,
+            strict: args.strict,
+        });
+    }
     let gpu = Arc::new(Gpu::open().context("moescope check needs a CUDA device")?);
     println!("moescope check on {}", gpu.describe());
     let presets: Vec<String> = if args.all {

@@ -33,10 +33,10 @@ pub struct CpuBackend {
     /// The shared experts as one dense MLP (the separate path).
     shared_dense: Option<ExpertWeights>,
     shared_gate: Option<Vec<f32>>,
-    /// Non-finite values in the weights, counted once when they were loaded.
-    weights_nonfinite: u64,
     /// Measured at the first EP step.
     cost: Option<cost::ExpertCost>,
+    /// Non-finite values in the weights, counted once when they were loaded.
+    weights_nonfinite: u64,
 }
 
 impl CpuBackend {
@@ -137,10 +137,9 @@ impl CpuBackend {
             }
         };
         finite.count(FiniteStage::Router, &slots.weights);
-        let mut run =
-            self.experts_and_combine(spec, &contract, x, t, gates, samples, slots, timings);
-        finite.add(FiniteStage::Combine, run.output.nonfinite);
-        run.finite = finite.merged(&run.finite);
+        let run = self.experts_and_combine(
+            spec, &contract, x, t, gates, samples, slots, timings, finite,
+        );
         Ok((run, logits))
     }
 
@@ -218,6 +217,7 @@ impl CpuBackend {
         samples: &[usize],
         slots_in: Slots,
         mut timings: Vec<KernelTiming>,
+        mut finite: FiniteCounts,
     ) -> PathRun {
         let cfg = &self.cfg;
         let h = cfg.hidden_size;
@@ -226,7 +226,6 @@ impl CpuBackend {
             ids: slot_ids,
             weights: slot_weights,
         } = slots_in;
-        let mut finite = FiniteCounts::default();
         // Alignment: tokens grouped by slot.
         let start = Instant::now();
         let slots = cfg.total_slots();
@@ -319,6 +318,7 @@ impl CpuBackend {
             .flat_map(|&tok| y[tok * h..(tok + 1) * h].iter().copied())
             .collect();
         let output = output_stats(&y);
+        finite.add(FiniteStage::Combine, output.nonfinite);
         PathRun {
             finite,
             slots_per_token: per_token,
