@@ -27,6 +27,7 @@ fn generate(path: &Path) -> u64 {
         tokens: 64,
         paths: PathSpec::default_pair(),
         hidden_states: None,
+        trace: Default::default(),
     };
     let (mut engine, _) = spec.build_engine().expect("a CPU engine");
     let header = SessionHeader::new(&engine);

@@ -338,6 +338,22 @@ extern "C" __global__ void output_stats(const OutputStatsArgs a) {
     }
 }
 
+// --- non-finite count: NaN and +-Inf (exponent all ones) among n f32 or bf16 values, added to
+// counts[slot] with one atomic per warp (the counts are zeroed once per step) ------------------------
+extern "C" __global__ void count_nonfinite(const CountNonfiniteArgs a) {
+    u64 bad = 0;
+    u64 stride = (u64)gridDim.x * blockDim.x;
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < a.n; i += stride) {
+        if (a.bf16)
+            bad += (((const bf16_t*)a.data)[i] & 0x7f80u) == 0x7f80u;
+        else
+            bad += (((const u32*)a.data)[i] & 0x7f800000u) == 0x7f800000u;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) bad += __shfl_xor_sync(0xffffffffu, bad, off);
+    if ((threadIdx.x & 31) == 0 && bad != 0) atomicAdd(&a.counts[a.slot], bad);
+}
+
 // --- bandwidth probe: a plain device copy, for bench's copy-bandwidth ceiling ---------------------
 extern "C" __global__ void copy_u4(const CopyArgs a) {
     const uint4* src = a.src;

@@ -103,7 +103,10 @@ fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
         assert!(*e < 1e-2, "rel L2 vs f64 reference {e}");
     }
     assert!(rec.comparison.output_rel_l2_ab < 1e-2);
+    // Counted on the device: nothing non-finite, as on the CPU.
+    assert_eq!(g.finite, c.finite, "input and weight counts");
     for (gp, cp) in g.paths.iter().zip(&c.paths) {
+        assert_eq!(gp.finite, cp.finite, "per-path non-finite counts");
         assert_eq!(gp.output.nonfinite, 0);
         assert!(gp.clean_us.is_some() && !gp.timings.is_empty());
         let (mut d, mut n) = (0.0f64, 0.0f64);
@@ -115,6 +118,63 @@ fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
             (d / n).sqrt() < 1e-2,
             "GPU vs CPU rel L2 {}",
             (d / n).sqrt()
+        );
+    }
+}
+
+#[test]
+fn non_finite_values_are_counted_per_stage_as_on_the_cpu() {
+    if gpu().is_none() {
+        return;
+    }
+    use moescope::engine::finite::FiniteStage;
+    let mut cfg = MoeConfig::preset("deepseek-v3").unwrap();
+    cfg.hidden_size = 256;
+    cfg.moe_intermediate_size = 128;
+    cfg.shared_intermediate_size = 128;
+    let weights = || Box::new(SyntheticWeights::new(cfg.clone(), 5, 0.5));
+    let mut gpu_backend = cuda::open(weights()).unwrap();
+    let mut cpu_backend = CpuBackend::new(weights()).unwrap();
+    let paths = vec![
+        PathSpec::unfused_baseline(),
+        PathSpec::fused(Variant::Correct),
+    ];
+    let (t, h) = (40, cfg.hidden_size);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let mut hidden: Vec<f32> = (0..t * h).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    // A NaN in token 3, an infinity in token 17, a finite value bf16 cannot hold in token 30.
+    hidden[3 * h + 5] = f32::NAN;
+    hidden[17 * h] = f32::INFINITY;
+    hidden[30 * h + 9] = f32::MAX;
+    let input = StepInput {
+        step: 0,
+        tokens: t,
+        seed: 1,
+        hidden: Some(std::sync::Arc::new(hidden)),
+        sample_tokens: vec![0, 3],
+    };
+    let g = gpu_backend.step(&input, &paths).unwrap();
+    let c = cpu_backend.step(&input, &paths).unwrap();
+    assert_eq!(
+        g.finite.get(FiniteStage::Input),
+        3,
+        "NaN, Inf and an overflow"
+    );
+    assert_eq!(g.finite, c.finite, "input and weight counts");
+    for (p, (gp, cp)) in g.paths.iter().zip(&c.paths).enumerate() {
+        for stage in [
+            FiniteStage::Router,
+            FiniteStage::Experts,
+            FiniteStage::Combine,
+        ] {
+            assert!(
+                gp.finite.get(stage) > 0,
+                "path {p}: nothing counted in {stage}"
+            );
+        }
+        assert_eq!(
+            gp.finite, cp.finite,
+            "path {p}: GPU vs CPU counts per stage"
         );
     }
 }

@@ -205,7 +205,7 @@ fn device_reference_matches_the_host_reference_on_small_shapes() {
         for t in [1, 77] {
             let what = format!("{preset} T={t}");
             let (cpu, input, paths, out) = cpu_step(&cfg, t, Variant::Correct);
-            let host = compare::host_numerics(&cfg, &cpu, &input, &paths, &out).unwrap();
+            let host = compare::host_numerics(&cfg, &cpu, &input, &paths, &out, None).unwrap();
             let (dev, rows) = device_numerics(&gpu, &cfg, t, &out);
             assert_same(&dev, &host, &what);
             let want = host_rows(&cfg, &cpu, &out, t);
@@ -233,7 +233,7 @@ fn ties_are_classified_alike_on_device_and_host() {
     out.router_logits
         .iter_mut()
         .for_each(|l| *l = (*l * 2.0).round() / 2.0);
-    let host = compare::host_numerics(&cfg, &cpu, &input, &paths, &out).unwrap();
+    let host = compare::host_numerics(&cfg, &cpu, &input, &paths, &out, None).unwrap();
     let (dev, _) = device_numerics(&gpu, &cfg, t, &out);
     assert_same(&dev, &host, "coarse logits");
     let ties = dev.comparison.ties_ref[0];

@@ -35,7 +35,7 @@ fn number_keys_tab_and_clicks_switch_views() {
     a.handle_key(code(KeyCode::Tab));
     assert_eq!(a.view, View::Overview, "Tab wraps around");
     a.handle_key(code(KeyCode::BackTab));
-    assert_eq!(a.view, View::Telemetry);
+    assert_eq!(a.view, View::Ep);
     // A click on the third tab.
     let click = |column| MouseEvent {
         kind: MouseEventKind::Down(MouseButton::Left),
@@ -228,6 +228,7 @@ fn tiny_cpu_plan() -> LivePlan {
             tokens: 4,
             paths: PathSpec::default_pair(),
             hidden_states: None,
+            trace: Default::default(),
         },
         telemetry_hz: 0.0,
         record: None,

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod check;
+pub mod check_kernel;
 pub mod driver;
 pub mod export;
 pub mod inspect;

@@ -4,8 +4,10 @@
 
 use super::driver::{self, Driver, LivePlan};
 use super::{named, parse_variant, LayerArgs};
+use crate::engine::ep::EpSpec;
 use crate::engine::paths::{PathSpec, RsfPlacement, Variant};
-use crate::engine::spec::RunSpec;
+use crate::engine::spec::{RunSpec, TraceSpec};
+use crate::engine::trace::{RoutingTrace, TraceFormat};
 use crate::session::export::{self, Output};
 use crate::session::ExportFormat;
 use crate::ui;
@@ -64,6 +66,59 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10.0, allow_negative_numbers = true,
           value_parser = super::finite_non_negative::<f64>)]
     pub telemetry_hz: f64,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// Routing traces and expert parallelism (docs/routing-formats.md).
+#[derive(Args, Debug, Clone, Default)]
+pub struct TraceArgs {
+    /// Routed-expert trace to step through instead of the router (.safetensors, .npy, .json:
+    /// ids [T,K], [steps,T,K], [T,layers,K] with --routing-layer, or counts [layers,E]). Its
+    /// weights are used where it has them, else 1/K each.
+    #[arg(long)]
+    pub routing: Option<PathBuf>,
+    /// Layer of a [T, layers, K] trace or of [layers, E] counts.
+    #[arg(long, requires = "routing")]
+    pub routing_layer: Option<usize>,
+    /// Headless: save every step's routing (the trace's, or the reference router's) to this
+    /// .safetensors, .npy or .json file at the end.
+    #[arg(long, requires = "headless")]
+    pub save_routing: Option<PathBuf>,
+    /// Expert parallelism: place the experts on N ranks (1..512) and report per-rank load,
+    /// all-to-all bytes, the straggler's GEMM time and the EP step estimate.
+    #[arg(long)]
+    pub ep: Option<usize>,
+    /// EPLB's redundant expert copies (E + R must divide by --ep).
+    #[arg(long, default_value_t = 0, requires = "ep")]
+    pub redundant: usize,
+    /// Steps of load EPLB places from (this one included).
+    #[arg(long, default_value_t = 16, requires = "ep")]
+    pub ep_window: usize,
+    /// Link bandwidth per rank, Gbit/s (default: NVLink-class 3600 for --ep ≤ 8, InfiniBand-class
+    /// 400 above).
+    #[arg(long, requires = "ep")]
+    pub link_gbps: Option<f64>,
+}
+
+impl TraceArgs {
+    pub fn spec(&self) -> Result<TraceSpec> {
+        let ep = match self.ep {
+            Some(n) => Some(EpSpec::new(
+                n,
+                self.redundant,
+                self.ep_window,
+                self.link_gbps,
+            )?),
+            None => None,
+        };
+        Ok(TraceSpec {
+            routing: self.routing.clone(),
+            routing_layer: self.routing_layer,
+            ep,
+            keep_routing: self.save_routing.is_some(),
+        })
+    }
 }
 
 impl RunArgs {
@@ -78,13 +133,14 @@ impl RunArgs {
     }
 
     /// The engine's description of the run these options ask for.
-    pub fn spec(&self) -> RunSpec {
-        RunSpec {
+    pub fn spec(&self) -> Result<RunSpec> {
+        Ok(RunSpec {
             layer: self.layer.spec(),
             tokens: self.tokens,
             paths: self.paths(),
             hidden_states: self.hidden_states.clone(),
-        }
+            trace: self.trace.spec()?,
+        })
     }
 }
 
@@ -99,7 +155,7 @@ pub fn run(args: RunArgs) -> Result<()> {
 fn tui(args: RunArgs) -> Result<()> {
     ui::require_terminal()?;
     let source = driver::spawn_live(LivePlan {
-        spec: args.spec(),
+        spec: args.spec()?,
         telemetry_hz: args.telemetry_hz,
         record: args.record.clone(),
         force: args.force,
@@ -124,11 +180,20 @@ fn headless(args: RunArgs) -> Result<()> {
             );
         }
     }
+    if let Some(path) = &args.trace.save_routing {
+        if path.exists() && !args.force {
+            bail!(
+                "routing file {} already exists; pass --force to overwrite it",
+                path.display()
+            );
+        }
+        TraceFormat::of(path)?;
+    }
     let mut output = match args.export {
         Some(_) => Some(Output::create(args.output.as_deref(), args.force)?),
         None => None,
     };
-    let (engine, notices) = args.spec().build_engine()?;
+    let (engine, notices) = args.spec()?.build_engine()?;
     for n in &notices {
         eprintln!("moescope: {n}");
     }
@@ -160,6 +225,15 @@ fn headless(args: RunArgs) -> Result<()> {
     }
     let (done, rate) = driver.rate();
     eprintln!("moescope: {done} steps, {rate:.2} steps/s");
+    if let (Some(path), Some(batches)) = (&args.trace.save_routing, driver.engine().saved_routing())
+    {
+        RoutingTrace::from_batches(batches)?.write(path)?;
+        eprintln!(
+            "moescope: routing of {} steps saved to {}",
+            batches.len(),
+            path.display()
+        );
+    }
     match output {
         Some(out) => out.commit(),
         None => Ok(()),

@@ -3,7 +3,7 @@
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
 
 use super::config::MoeConfig;
-use super::finite::{FiniteCheck, FiniteCounts, FiniteStage, Verdict};
+use super::finite::{FiniteCounts, FiniteStage};
 use super::numerics::{
     detail_tokens, MarginSummary, PathNumerics, RefToken, RouteClass, StepNumerics, TieCounts,
     TokenDist, TokenErrors, TokenMargins, WORST_TOKENS,
@@ -11,8 +11,7 @@ use super::numerics::{
 use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
-    Comparison, ContractCheck, ContractViolation, OutputStats, PathRecord, SlotWeights, Stats,
-    StepRecord, TokenDetail,
+    Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
 };
 use super::weights::ExpertWeights;
 use super::{Backend, BackendKind, BackendStep, PathRun, StepInput};
@@ -20,7 +19,7 @@ use anyhow::{ensure, Context, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-pub use super::paths::CONTRACT_TOLERANCE;
+pub use super::step::CONTRACT_TOLERANCE;
 
 /// Multiply-adds of the f64 reference the engine spends per step at most.
 const REFERENCE_BUDGET_MACS: usize = 200_000_000;
@@ -219,17 +218,6 @@ fn check_contract(p: &PathNumerics, has_shared: bool) -> ContractCheck {
     check
 }
 
-/// Makes the contract verdict of an invalid step say so: a NaN deviation compares as no
-/// deviation, so without this a layer full of NaN would read "contract holds".
-fn judge_finite(contract: &mut ContractCheck, check: &FiniteCheck) {
-    if let Verdict::Invalid { first, count } = check.verdict() {
-        contract.ok = false;
-        contract
-            .violations
-            .push(ContractViolation::NonFinite { first, count });
-    }
-}
-
 /// Largest relative deviation |got − want| / max(|want|, 1).
 fn max_dev(pairs: &[(f64, f64)]) -> f64 {
     pairs
@@ -308,11 +296,12 @@ pub fn host_numerics(
     input: &StepInput,
     paths: &[PathSpec],
     out: &BackendStep,
+    given: Option<&Routing>,
 ) -> Result<StepNumerics> {
     use rayon::prelude::*;
     let (t_count, e, h) = (input.tokens, cfg.n_routed_experts, cfg.hidden_size);
     ensure!(
-        out.router_logits.len() == t_count * e,
+        given.is_some() || out.router_logits.len() == t_count * e,
         "backend returned {} router logits, expected {}",
         out.router_logits.len(),
         t_count * e
@@ -338,11 +327,22 @@ pub fn host_numerics(
     let weights = backend.weights();
     let bias = weights.router_bias()?;
     let k = cfg.num_experts_per_tok;
-    let routes: Vec<TokenRoute> = out
-        .router_logits
-        .par_chunks(e)
-        .map(|row| routing::route_token(cfg, row, bias.as_deref(), k))
-        .collect();
+    let routes: Vec<TokenRoute> = match given {
+        // A given routing (a trace): no logits, so no selection values, margins or ties.
+        Some(r) => (0..t_count)
+            .map(|t| TokenRoute {
+                ids: r.ids[t * r.k..(t + 1) * r.k].to_vec(),
+                probs: r.probs[t * r.k..(t + 1) * r.k].to_vec(),
+                group_scores: Vec::new(),
+                kept_groups: Vec::new(),
+            })
+            .collect(),
+        None => out
+            .router_logits
+            .par_chunks(e)
+            .map(|row| routing::route_token(cfg, row, bias.as_deref(), k))
+            .collect(),
+    };
     let reference = Routing {
         k: routes.first().map(|r| r.ids.len()).unwrap_or(k),
         ids: routes.iter().flat_map(|r| r.ids.iter().copied()).collect(),
@@ -376,7 +376,10 @@ pub fn host_numerics(
     let per_token: Vec<(TokenMargins, Vec<RouteClass>)> = (0..t_count)
         .into_par_iter()
         .map(|t| {
-            let sel = selection(cfg, &out.router_logits[t * e..(t + 1) * e], bias.as_deref());
+            let sel = match out.router_logits.get(t * e..(t + 1) * e) {
+                Some(row) if given.is_none() => selection(cfg, row, bias.as_deref()),
+                _ => Vec::new(),
+            };
             let r = &routes[t];
             let rt = RefToken {
                 sel: &sel,
@@ -569,9 +572,23 @@ pub fn assemble(
     out: &BackendStep,
     backend_kind: BackendKind,
 ) -> Result<StepRecord> {
+    assemble_given(cfg, backend, input, paths, out, backend_kind, None)
+}
+
+/// The same for a step whose routing was given (a trace; `Backend::step_routed`): the reference
+/// applies that routing instead of routing the logits, which the backend did not compute.
+pub fn assemble_given(
+    cfg: &MoeConfig,
+    backend: &dyn Backend,
+    input: &StepInput,
+    paths: &[PathSpec],
+    out: &BackendStep,
+    backend_kind: BackendKind,
+    given: Option<&Routing>,
+) -> Result<StepRecord> {
     let numerics = match &out.numerics {
-        Some(n) => n.clone(),
-        None => host_numerics(cfg, backend, input, paths, out)?,
+        Some(n) if given.is_none() => n.clone(),
+        _ => host_numerics(cfg, backend, input, paths, out, given)?,
     };
     ensure!(
         numerics.paths.len() == paths.len() && out.paths.len() == paths.len(),
@@ -594,7 +611,7 @@ pub fn assemble(
             .at_least(&num.finite_seen)
             .check();
         let mut contract = check_contract(num, has_shared);
-        judge_finite(&mut contract, &finite);
+        contract.judge_finite(&finite);
         records.push(PathRecord {
             name: PathId::nth(i).with_context(|| {
                 format!(
@@ -625,6 +642,7 @@ pub fn assemble(
         comparison: numerics.comparison,
         token_details: numerics.details,
         telemetry: None,
+        ep: None,
     })
 }
 

@@ -5,8 +5,11 @@ pub mod compare;
 pub mod config;
 pub mod cpu;
 pub mod cuda;
+pub mod ep;
+mod ep_eplb;
 pub mod finite;
 pub mod inputs;
+pub mod kernel_check;
 pub mod numerics;
 pub mod paths;
 pub mod routing;
@@ -14,6 +17,7 @@ pub mod spec;
 pub mod stats;
 pub mod step;
 pub mod telemetry;
+pub mod trace;
 pub mod weights;
 
 use anyhow::Result;
@@ -118,8 +122,31 @@ pub trait Backend: Send {
     fn info(&self) -> BackendInfo;
     /// Runs one batch through every path.
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep>;
+    /// Runs one batch through every path with the routing given (a trace's step): the router is
+    /// skipped, every path applies these ids with its own contract's weights.
+    fn step_routed(
+        &mut self,
+        input: &StepInput,
+        paths: &[PathSpec],
+        routed: &trace::RoutedBatch,
+    ) -> Result<BackendStep> {
+        let _ = (input, paths, routed);
+        anyhow::bail!(
+            "the {} backend cannot run a routing trace yet; pass --backend cpu",
+            self.info().kind
+        )
+    }
+    /// Time of one EP rank's share of the grouped expert GEMM: (logical expert, tokens) of each
+    /// of its slots. None where the backend cannot tell.
+    fn rank_gemm_time(&mut self, slots: &[(u32, u32)]) -> Result<Option<ep::GemmTime>> {
+        let _ = slots;
+        Ok(None)
+    }
     /// The weights, for the f64 reference on sampled tokens.
     fn weights(&self) -> &dyn WeightSource;
+    /// The engine routes the logits itself every step (EP tracking, saved routing): a backend
+    /// that compares on the device returns them anyway.
+    fn keep_router_logits(&mut self) {}
     /// Whether the backend compares every token against the f64 reference itself (returning
     /// `BackendStep::numerics`): the engine then asks it for no sampled rows.
     fn compares_on_device(&self) -> bool {
@@ -207,6 +234,12 @@ pub struct Engine {
     started: Instant,
     /// Where the weights and inputs come from, for session headers.
     description: String,
+    /// A routing trace stepped through instead of the router (`--routing`).
+    trace: Option<Arc<trace::RoutingTrace>>,
+    /// Expert-parallel placements evaluated per step (`--ep`).
+    ep: Option<ep::EpTracker>,
+    /// Each step's routing kept for `--save-routing`, when asked.
+    saved_routing: Option<Vec<trace::RoutedBatch>>,
 }
 
 impl Engine {
@@ -232,7 +265,40 @@ impl Engine {
             next_step: 0,
             started: Instant::now(),
             description,
+            trace: None,
+            ep: None,
+            saved_routing: None,
         }
+    }
+
+    /// Steps through `trace` instead of routing: its tokens per step replace the engine's.
+    pub fn with_routing(mut self, trace: Arc<trace::RoutingTrace>) -> Engine {
+        self.tokens = trace.tokens;
+        self.trace = Some(trace);
+        self
+    }
+
+    /// Evaluates expert-parallel placements every step.
+    pub fn with_ep(mut self, tracker: ep::EpTracker) -> Engine {
+        self.ep = Some(tracker);
+        self.backend.keep_router_logits();
+        self
+    }
+
+    /// Keeps every step's routing (the trace's, or the reference router's) for `saved_routing`.
+    pub fn keep_routing(mut self) -> Engine {
+        self.saved_routing = Some(Vec::new());
+        self.backend.keep_router_logits();
+        self
+    }
+
+    /// The routing of the steps run so far, where `keep_routing` asked for it.
+    pub fn saved_routing(&self) -> Option<&[trace::RoutedBatch]> {
+        self.saved_routing.as_deref()
+    }
+
+    pub fn routing_trace(&self) -> Option<&trace::RoutingTrace> {
+        self.trace.as_deref()
     }
 
     /// Sets the description session headers carry (see `spec::RunSpec::build_engine`).
@@ -259,7 +325,7 @@ impl Engine {
     }
     /// Tokens per step; ignored (stays the captured batch's size) when running captured inputs.
     pub fn set_tokens(&mut self, tokens: usize) {
-        if self.hidden.is_none() {
+        if self.hidden.is_none() && self.trace.is_none() {
             self.tokens = tokens.max(1);
         }
     }
@@ -286,19 +352,57 @@ impl Engine {
             hidden: self.hidden.clone(),
             sample_tokens,
         };
-        let out = self.backend.step(&input, &self.paths)?;
+        let given = self.trace.as_ref().map(|tr| tr.batch(self.next_step));
+        let out = match &given {
+            Some(batch) => self.backend.step_routed(&input, &self.paths, batch)?,
+            None => self.backend.step(&input, &self.paths)?,
+        };
         let info = self.backend.info();
-        let mut record = compare::assemble(
+        let routing = match &given {
+            Some(batch) => batch.clone(),
+            None => self.own_routing(&cfg, &out)?,
+        };
+        let mut record = compare::assemble_given(
             &cfg,
             self.backend.as_ref(),
             &input,
             &self.paths,
             &out,
             info.kind,
+            given.as_ref().map(|b| b.to_routing()).as_ref(),
         )?;
+        if let Some(tracker) = &mut self.ep {
+            let backend = &mut self.backend;
+            record.ep = Some(tracker.step(&routing.ids, routing.k, &mut |slots| {
+                backend.rank_gemm_time(slots)
+            })?);
+        }
+        if let Some(saved) = &mut self.saved_routing {
+            saved.push(routing);
+        }
         record.wall_us = t0.elapsed().as_secs_f64() * 1e6;
         record.t_ms = self.started.elapsed().as_secs_f64() * 1e3;
         self.next_step += 1;
         Ok(record)
+    }
+
+    /// The reference router's routing of this step's logits (what the paths are checked
+    /// against), for EP and `--save-routing`; empty when neither asks for it.
+    fn own_routing(&self, cfg: &MoeConfig, out: &BackendStep) -> Result<trace::RoutedBatch> {
+        let k = cfg.num_experts_per_tok;
+        if self.ep.is_none() && self.saved_routing.is_none() {
+            return Ok(trace::RoutedBatch {
+                k,
+                ids: Vec::new(),
+                probs: Vec::new(),
+            });
+        }
+        let bias = self.backend.weights().router_bias()?;
+        let r = routing::route(cfg, &out.router_logits, bias.as_deref(), k);
+        Ok(trace::RoutedBatch {
+            k: r.k,
+            ids: r.ids,
+            probs: r.probs.iter().map(|&p| p as f32).collect(),
+        })
     }
 }

@@ -6,9 +6,6 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// Relative tolerance of the contract verdict: weights are f32, the bugs are off by far more.
-pub const CONTRACT_TOLERANCE: f64 = 1e-3;
-
 /// How the routing decision is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

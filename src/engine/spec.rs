@@ -4,7 +4,9 @@
 //! below it sees an argument.
 
 use super::config::MoeConfig;
+use super::ep::{EpSpec, EpTracker};
 use super::paths::PathSpec;
+use super::trace::RoutingTrace;
 use super::weights::synthetic::SyntheticWeights;
 use super::weights::{checkpoint, WeightSource};
 use super::{open_backend, resolve_backend, Backend, BackendChoice, Engine};
@@ -151,6 +153,21 @@ pub struct RunSpec {
     pub paths: Vec<PathSpec>,
     /// Captured hidden states (safetensors `hidden_states` [T, H]) instead of synthetic ones.
     pub hidden_states: Option<PathBuf>,
+    /// Routing traces and expert parallelism (all off by default).
+    pub trace: TraceSpec,
+}
+
+/// A routing trace to step through, expert-parallel placements to evaluate, and whether to keep
+/// the routing for saving.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TraceSpec {
+    /// `--routing FILE`: its routed ids replace the router (see `engine::trace`).
+    pub routing: Option<PathBuf>,
+    /// `--routing-layer L` of a [T, layers, K] trace or [layers, E] counts.
+    pub routing_layer: Option<usize>,
+    pub ep: Option<EpSpec>,
+    /// Keep every step's routing (`--save-routing`).
+    pub keep_routing: bool,
 }
 
 impl RunSpec {
@@ -172,7 +189,26 @@ impl RunSpec {
         if let Some(h) = &self.hidden_states {
             description.push_str(&format!(", hidden states from {}", h.display()));
         }
-        let engine = Engine::new(
+        let cfg = backend.weights().config().clone();
+        let routing = match &self.trace.routing {
+            Some(path) => {
+                let trace = RoutingTrace::read(path, &cfg, self.trace.routing_layer)?;
+                if let Some(h) = &hidden {
+                    let t = h.len() / cfg.hidden_size;
+                    if t != trace.tokens {
+                        bail!(
+                            "routing file {} holds {} tokens per step, the hidden states {t}; expected the same T",
+                            path.display(),
+                            trace.tokens
+                        );
+                    }
+                }
+                description.push_str(&format!(", routing from {}", path.display()));
+                Some(Arc::new(trace))
+            }
+            None => None,
+        };
+        let mut engine = Engine::new(
             backend,
             self.paths.clone(),
             self.tokens,
@@ -180,6 +216,21 @@ impl RunSpec {
             hidden,
         )
         .described_as(description);
+        if let Some(trace) = routing {
+            engine = engine.with_routing(trace);
+        }
+        if let Some(ep) = &self.trace.ep {
+            let tracker = EpTracker::new(
+                ep.clone(),
+                cfg.n_routed_experts,
+                cfg.n_group,
+                cfg.hidden_size,
+            )?;
+            engine = engine.with_ep(tracker);
+        }
+        if self.trace.keep_routing {
+            engine = engine.keep_routing();
+        }
         Ok((engine, notices))
     }
 }

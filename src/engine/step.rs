@@ -1,7 +1,7 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
 //! session writer stores and the exporters read, so it is plain serde data.
 
-use super::finite::{FiniteCheck, FiniteStage};
+use super::finite::{FiniteCheck, FiniteStage, Verdict};
 use super::paths::{PathId, PathSpec};
 use super::BackendKind;
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,9 @@ pub struct StepRecord {
     pub token_details: Vec<TokenDetail>,
     /// Latest NVML sample, when telemetry runs.
     pub telemetry: Option<TelemetrySample>,
+    /// Expert-parallel placements of this step's routing (`--ep`); absent in older sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ep: Option<super::ep::EpRecord>,
 }
 
 /// One path of one step.
@@ -91,6 +94,9 @@ impl Stats {
     }
 }
 
+/// Relative tolerance of the contract verdict: weights are f32, the bugs are off by far more.
+pub const CONTRACT_TOLERANCE: f64 = 1e-3;
+
 /// Whether the path's effective weights equal the reference contract.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ContractCheck {
@@ -132,8 +138,7 @@ pub enum ContractViolation {
         #[serde(deserialize_with = "nan_as_null::f64")]
         expected: f64,
     },
-    /// Non-finite values in the step: nothing about the contract can be judged. `first` is the
-    /// earliest stage that held one, `count` the total.
+    /// Non-finite values went through the path: the step cannot be judged (see `finite`).
     NonFinite { first: FiniteStage, count: u64 },
 }
 
@@ -164,6 +169,19 @@ impl ContractCheck {
             });
         }
         out
+    }
+
+    /// Makes the verdict of a step with non-finite values say so: a NaN deviation compares as
+    /// no deviation, so without this a layer full of NaN would read "contract holds". The
+    /// violation goes first: it is why the other figures cannot be trusted.
+    pub fn judge_finite(&mut self, check: &FiniteCheck) {
+        if let Verdict::Invalid { first, count } = check.verdict() {
+            self.ok = false;
+            self.violations
+                .retain(|v| !matches!(v, ContractViolation::NonFinite { .. }));
+            self.violations
+                .insert(0, ContractViolation::NonFinite { first, count });
+        }
     }
 }
 
@@ -460,8 +478,7 @@ pub struct TelemetrySample {
 /// and no `violations`: the violations are derived from the path's own numbers, exactly as
 /// the engine then worded them.
 mod legacy {
-    use super::PathRecord;
-    use crate::engine::paths::CONTRACT_TOLERANCE;
+    use super::{PathRecord, CONTRACT_TOLERANCE};
     use serde::de::Error;
     use serde::{Deserialize, Deserializer};
 
@@ -479,6 +496,9 @@ mod legacy {
                         p.shared_weight.as_ref(),
                         CONTRACT_TOLERANCE,
                     );
+                    if let Some(f) = &p.finite {
+                        p.contract.judge_finite(f);
+                    }
                 }
                 Ok(p)
             })

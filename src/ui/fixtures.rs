@@ -252,6 +252,7 @@ pub fn record(
         },
         paths: records,
         token_details,
+        ep: None,
         telemetry: telemetry.then(|| TelemetrySample {
             t_ms: 100.0 * step as f64,
             gpu_util_pct: Some(60 + (step % 30) as u32),

@@ -117,6 +117,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding { keys: &[C('4')], action: A::ShowView(3), scope: Always, help: "kernel timings" },
     Binding { keys: &[C('5')], action: A::ShowView(4), scope: Always, help: "numerics and token drill-down" },
     Binding { keys: &[C('6')], action: A::ShowView(5), scope: Always, help: "telemetry" },
+    Binding { keys: &[C('7')], action: A::ShowView(6), scope: Always, help: "expert parallelism (--ep)" },
     Binding { keys: &[C(' ')], action: A::TogglePause, scope: Live, help: "pause / resume the engine" },
     Binding { keys: &[C(' ')], action: A::TogglePause, scope: Replay, help: "play / pause at the recorded pace" },
     Binding { keys: &[C('n'), Code(KeyCode::Right)], action: A::StepForward, scope: Always, help: "one step forward (pauses)" },

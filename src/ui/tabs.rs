@@ -9,16 +9,18 @@ pub enum View {
     Timings,
     Numerics,
     Telemetry,
+    Ep,
 }
 
 impl View {
-    pub const ALL: [View; 6] = [
+    pub const ALL: [View; 7] = [
         View::Overview,
         View::Load,
         View::Contract,
         View::Timings,
         View::Numerics,
         View::Telemetry,
+        View::Ep,
     ];
 
     pub fn title(self) -> &'static str {
@@ -29,6 +31,7 @@ impl View {
             View::Timings => "Kernels",
             View::Numerics => "Numerics",
             View::Telemetry => "Telemetry",
+            View::Ep => "EP",
         }
     }
 

@@ -26,6 +26,7 @@ pub fn small_spec(variant: Variant) -> RunSpec {
         tokens: 8,
         paths: vec![PathSpec::unfused_baseline(), PathSpec::fused(variant)],
         hidden_states: None,
+        trace: Default::default(),
     }
 }
 

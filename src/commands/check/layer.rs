@@ -9,6 +9,7 @@ use crate::engine::cpu::CpuBackend;
 use crate::engine::cuda::gpu::Gpu;
 use crate::engine::cuda::kernels::InitHiddenArgs;
 use crate::engine::cuda::layer::{CudaBackend, DeviceLayer};
+use crate::engine::finite::FiniteStage;
 use crate::engine::paths::{PathSpec, Variant, VARIANTS};
 use crate::engine::step::{PathRecord, StepRecord};
 use crate::engine::weights::synthetic::{self, SyntheticWeights};
@@ -56,6 +57,7 @@ pub(super) fn check_layer(
     check_init(gpu, &syn, gpu_backend.layer(), table)?;
     if with_cpu {
         check_upload(gpu, &syn, &mut gpu_backend, rng, table)?;
+        check_captured(&syn, &mut gpu_backend, rng, table)?;
     }
     for &t in tokens {
         let seed: u64 = rng.random();
@@ -317,6 +319,57 @@ fn check_upload(
         same,
         "bit for bit = generated on the device",
     );
+    Ok(())
+}
+
+/// Captured (f32) hidden states: the synthetic step's own hidden states passed in as captured
+/// ones give bit-identical outputs (f32_to_bf16_kernel rounds values bf16 already holds); with
+/// NaN and ±Inf put into them, count_nonfinite counts exactly those as the input's.
+fn check_captured(
+    syn: &SyntheticWeights,
+    backend: &mut CudaBackend,
+    rng: &mut impl Rng,
+    table: &mut Table,
+) -> Result<()> {
+    let cfg = &syn.cfg;
+    let (t, h, step, seed) = (16usize, cfg.hidden_size, 2u64, rng.random());
+    let paths = vec![PathSpec::fused(Variant::Correct)];
+    let mut input = StepInput {
+        step,
+        tokens: t,
+        seed,
+        hidden: None,
+        sample_tokens: (0..t).collect(),
+    };
+    let generated = backend.step(&input, &paths)?;
+    let mut hidden: Vec<f32> = (0..t)
+        .flat_map(|tok| synthetic::hidden_row(seed, step, tok, h))
+        .collect();
+    input.hidden = Some(Arc::new(hidden.clone()));
+    let captured = backend.step(&input, &paths)?;
+    let same = generated.paths[0].sample_outputs == captured.paths[0].sample_outputs
+        && generated.sample_hidden == captured.sample_hidden;
+    let shape = format!("{} T={t} H={h}", cfg.name);
+    let note = "captured = generated, bit for bit";
+    table.add(
+        "f32_to_bf16_kernel",
+        shape.clone(),
+        !same as u8 as f64,
+        same,
+        note,
+    );
+
+    let bad = [(1, f32::NAN), (5, f32::INFINITY), (9, f32::NEG_INFINITY)];
+    for &(tok, v) in &bad {
+        hidden[tok * h + tok] = v;
+    }
+    input.hidden = Some(Arc::new(hidden));
+    let out = backend.step(&input, &paths)?;
+    let counted = out.finite.get(FiniteStage::Input);
+    let ok = counted == bad.len() as u64 && out.finite.get(FiniteStage::Weights) == 0;
+    let note = format!("{counted} of {} non-finite inputs counted", bad.len());
+    let errors = counted.abs_diff(bad.len() as u64) as f64;
+    table.add("count_nonfinite", shape, errors, ok, note);
     Ok(())
 }
 

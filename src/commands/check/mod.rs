@@ -9,7 +9,14 @@
 //!
 //! By part: `routers` (fused, general and unfused router kernels against routing::route),
 //! `golden` (the PyTorch reference files), `layer` (device init, both paths through every
-//! variant, uploads, the CPU backend).
+//! variant, uploads, captured hidden states, the CPU backend).
+//!
+//! Every registered kernel runs under `check --all`: the init kernels in the init and captured
+//! checks (fill_u32 poisons before every run); the lane-contiguous routers as `router_fused` on
+//! the sigmoid presets with E = 256 and 384, the general ones as `router_fused general` on every
+//! preset (e512 on those with E > 256); the unfused router's kernels as `router_unfused` and in
+//! path A; the expert kernels in both paths (splitk_reduce at small T, shared_gate on the
+//! Qwen3-Next preset); count_nonfinite every step and against known counts; copy_u4 alone.
 
 mod golden;
 mod layer;
@@ -37,6 +44,18 @@ pub struct CheckArgs {
     /// Directory of the golden routing files.
     #[arg(long, default_value = GOLDEN_DIR)]
     pub golden: PathBuf,
+    /// Check a router kernel of yours instead (a .cu for NVRTC or a .so; docs/kernel-abi.md).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// With --kernel: also write the report as JSON to this file.
+    #[arg(long, requires = "kernel")]
+    pub json: Option<PathBuf>,
+    /// With --json: overwrite an existing file.
+    #[arg(long, requires = "json")]
+    pub force: bool,
+    /// With --kernel: near ties (rounding-level differences) fail too.
+    #[arg(long, requires = "kernel")]
+    pub strict: bool,
 }
 
 /// Token counts of the layer checks on small expert matrices, and on the full layer.
@@ -96,6 +115,17 @@ impl Table {
 }
 
 pub fn run(args: CheckArgs) -> Result<()> {
+    if let Some(kernel) = &args.kernel {
+        return super::check_kernel::run(&super::check_kernel::KernelCheck {
+            kernel: kernel.clone(),
+            layer: args.layer.spec(),
+            all: args.all,
+            golden: args.golden.clone(),
+            json: args.json.clone(),
+            force: args.force,
+            strict: args.strict,
+        });
+    }
     let gpu = Arc::new(Gpu::open().context("moescope check needs a CUDA device")?);
     println!("moescope check on {}", gpu.describe());
     let presets: Vec<String> = if args.all {
@@ -114,6 +144,7 @@ pub fn run(args: CheckArgs) -> Result<()> {
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(rand::rng().random());
     golden::check_golden(&gpu, &args.golden, &mut table)?;
+    check_copy(&gpu, &mut table)?;
     for name in &presets {
         let layer = LayerSpec {
             source: LayerSource::Preset(name.clone()),
@@ -135,6 +166,30 @@ pub fn run(args: CheckArgs) -> Result<()> {
     if failed > 0 {
         bail!("{failed} of {} checks failed", table.rows.len());
     }
+    Ok(())
+}
+
+/// bench's bandwidth probe copies every byte.
+fn check_copy(gpu: &Gpu, table: &mut Table) -> Result<()> {
+    let words = 100_003usize;
+    let host: Vec<u8> = (0..16 * words).map(|i| (i * 131 % 251) as u8).collect();
+    let src = gpu.upload(&host, "copy source")?;
+    let dst = gpu.alloc::<u8>(host.len(), "copy destination")?;
+    gpu.launch(crate::engine::cuda::kernels::CopyArgs {
+        src: gpu.ptr(&src).cast(),
+        dst: gpu.ptr(&dst).cast(),
+        n: words as u64,
+    })?;
+    let back = gpu.download(&dst, host.len(), "copy destination")?;
+    let differ = back.iter().zip(&host).filter(|(a, b)| a != b).count();
+    let shape = format!("{words} × 16 bytes");
+    table.add(
+        "copy_u4",
+        shape,
+        differ as f64,
+        differ == 0,
+        "bench's copy probe",
+    );
     Ok(())
 }
 

@@ -2,12 +2,16 @@
 //! It runs where there is no GPU and serves as the reference the CUDA kernels are checked
 //! against. Each path's stages mirror the GPU kernels and are timed the same way.
 
+mod cost;
+
 use super::compare::output_stats;
 use super::config::MoeConfig;
+use super::ep::{GemmSource, GemmTime};
 use super::finite::{count_nonfinite, FiniteCounts, FiniteStage};
-use super::paths::{PathSpec, RouterImpl, SharedMode};
+use super::paths::{Contract, PathSpec, RouterImpl, SharedMode};
 use super::routing::{self, top_k};
 use super::step::{KernelTiming, Stage};
+use super::trace::RoutedBatch;
 use super::weights::synthetic::hidden_row;
 use super::weights::{round_bf16, ExpertWeights, WeightSource};
 use super::{Backend, BackendInfo, BackendKind, BackendStep, PathRun, StepInput};
@@ -29,6 +33,8 @@ pub struct CpuBackend {
     /// The shared experts as one dense MLP (the separate path).
     shared_dense: Option<ExpertWeights>,
     shared_gate: Option<Vec<f32>>,
+    /// Measured at the first EP step.
+    cost: Option<cost::ExpertCost>,
     /// Non-finite values in the weights, counted once when they were loaded.
     weights_nonfinite: u64,
 }
@@ -66,6 +72,7 @@ impl CpuBackend {
             offset,
             shared_gate,
             weights_nonfinite,
+            cost: None,
             experts,
             shared_slots,
             shared_dense,
@@ -105,25 +112,52 @@ impl CpuBackend {
         t: usize,
         gates: &[f32],
         samples: &[usize],
+        given: Option<&RoutedBatch>,
     ) -> Result<(PathRun, Vec<f32>)> {
         let cfg = &self.cfg;
-        let (e, h) = (cfg.n_routed_experts, cfg.hidden_size);
         let has_shared = cfg.n_shared_experts > 0;
         let contract = spec.contract(cfg.routed_scaling_factor, has_shared);
-        let k = spec.routed_per_token(cfg.num_experts_per_tok, cfg.n_shared_experts);
         let s = spec.shared_slots_per_token(cfg.n_shared_experts);
         if s > 0 {
             ensure!(cfg.shared_fusable(), "the shared experts of {} cannot be fused as slots: shared intermediate {} is not {} × the routed experts' {}", cfg.name, cfg.shared_intermediate_size, cfg.n_shared_experts, cfg.moe_intermediate_size);
         }
         let mut timings = Vec::new();
         let mut finite = FiniteCounts::default();
+        let (slots, logits) = match given {
+            Some(batch) => (given_slots(cfg, batch, &contract, s, gates), Vec::new()),
+            None => {
+                let start = Instant::now();
+                let logits = self.gate_gemm(x, t);
+                timed(&mut timings, Stage::GateGemm, start);
+                finite.count(FiniteStage::Router, &logits);
+                let k = spec.routed_per_token(cfg.num_experts_per_tok, cfg.n_shared_experts);
+                let slots =
+                    self.route_slots(spec, &contract, &logits, t, k, s, gates, &mut timings);
+                (slots, logits)
+            }
+        };
+        finite.count(FiniteStage::Router, &slots.weights);
+        let run = self.experts_and_combine(
+            spec, &contract, x, t, gates, samples, slots, timings, finite,
+        );
+        Ok((run, logits))
+    }
 
-        let start = Instant::now();
-        let logits = self.gate_gemm(x, t);
-        timed(&mut timings, Stage::GateGemm, start);
-        finite.count(FiniteStage::Router, &logits);
-
-        // Routing into slots: routed ids and weights, then shared slots.
+    /// The router into slots: routed ids and weights, then the shared slots.
+    #[allow(clippy::too_many_arguments)]
+    fn route_slots(
+        &self,
+        spec: &PathSpec,
+        contract: &Contract,
+        logits: &[f32],
+        t: usize,
+        k: usize,
+        s: usize,
+        gates: &[f32],
+        timings: &mut Vec<KernelTiming>,
+    ) -> Slots {
+        let cfg = &self.cfg;
+        let e = cfg.n_routed_experts;
         let per_token = k + s;
         let mut slot_ids = vec![0u32; t * per_token];
         let mut slot_weights = vec![0.0f32; t * per_token];
@@ -146,18 +180,11 @@ impl CpuBackend {
                             ws[k + j] = (contract.shared_slot_weight * gates[tok] as f64) as f32;
                         }
                     });
-                timed(&mut timings, Stage::RouterFused, start);
+                timed(timings, Stage::RouterFused, start);
             }
             RouterImpl::Unfused => {
-                let stages = unfused_router(
-                    cfg,
-                    &logits,
-                    bias,
-                    t,
-                    k,
-                    contract.routed_scale,
-                    &mut timings,
-                );
+                let stages =
+                    unfused_router(cfg, logits, bias, t, k, contract.routed_scale, timings);
                 for tok in 0..t {
                     for i in 0..k {
                         slot_ids[tok * per_token + i] = stages.0[tok * k + i];
@@ -171,9 +198,34 @@ impl CpuBackend {
                 }
             }
         }
+        Slots {
+            per_token,
+            ids: slot_ids,
+            weights: slot_weights,
+        }
+    }
 
-        finite.count(FiniteStage::Router, &slot_weights);
-
+    /// Alignment, the grouped expert MLPs, combine and the separate shared MLP.
+    #[allow(clippy::too_many_arguments)]
+    fn experts_and_combine(
+        &self,
+        spec: &PathSpec,
+        contract: &Contract,
+        x: &[f32],
+        t: usize,
+        gates: &[f32],
+        samples: &[usize],
+        slots_in: Slots,
+        mut timings: Vec<KernelTiming>,
+        mut finite: FiniteCounts,
+    ) -> PathRun {
+        let cfg = &self.cfg;
+        let h = cfg.hidden_size;
+        let Slots {
+            per_token,
+            ids: slot_ids,
+            weights: slot_weights,
+        } = slots_in;
         // Alignment: tokens grouped by slot.
         let start = Instant::now();
         let slots = cfg.total_slots();
@@ -267,7 +319,7 @@ impl CpuBackend {
             .collect();
         let output = output_stats(&y);
         finite.add(FiniteStage::Combine, output.nonfinite);
-        let run = PathRun {
+        PathRun {
             finite,
             slots_per_token: per_token,
             slot_ids,
@@ -278,8 +330,45 @@ impl CpuBackend {
             output,
             timings,
             clean_us: None,
-        };
-        Ok((run, logits))
+        }
+    }
+}
+
+/// One path's slots: [tokens × per_token] ids and the weights the kernels apply.
+struct Slots {
+    per_token: usize,
+    ids: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+/// Slots from a given routing (a trace): its ids with the path's routed weight on its
+/// probabilities, then the shared slots, as the routers write them.
+fn given_slots(
+    cfg: &MoeConfig,
+    batch: &RoutedBatch,
+    contract: &Contract,
+    s: usize,
+    gates: &[f32],
+) -> Slots {
+    let (e, k) = (cfg.n_routed_experts, batch.k);
+    let per_token = k + s;
+    let t = batch.tokens();
+    let mut ids = Vec::with_capacity(t * per_token);
+    let mut weights = Vec::with_capacity(t * per_token);
+    for (tok, &gate) in gates.iter().enumerate().take(t) {
+        for i in tok * k..(tok + 1) * k {
+            ids.push(batch.ids[i]);
+            weights.push(contract.routed_slot_weight(batch.probs[i] as f64) as f32);
+        }
+        for j in 0..s {
+            ids.push((e + j) as u32);
+            weights.push((contract.shared_slot_weight * gate as f64) as f32);
+        }
+    }
+    Slots {
+        per_token,
+        ids,
+        weights,
     }
 }
 
@@ -462,6 +551,49 @@ impl Backend for CpuBackend {
     }
 
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
+        self.step_with(input, paths, None)
+    }
+
+    fn rank_gemm_time(&mut self, slots: &[(u32, u32)]) -> Result<Option<GemmTime>> {
+        let cost = match self.cost {
+            Some(c) => c,
+            None => {
+                let c = cost::ExpertCost::measure(&self.experts[0]);
+                self.cost = Some(c);
+                c
+            }
+        };
+        Ok(Some(GemmTime {
+            us: cost.rank_us(slots),
+            source: GemmSource::Model,
+        }))
+    }
+
+    fn step_routed(
+        &mut self,
+        input: &StepInput,
+        paths: &[PathSpec],
+        routed: &RoutedBatch,
+    ) -> Result<BackendStep> {
+        ensure!(
+            routed.tokens() == input.tokens,
+            "the routing holds {} tokens, the step {}",
+            routed.tokens(),
+            input.tokens
+        );
+        self.step_with(input, paths, Some(routed))
+    }
+}
+
+impl CpuBackend {
+    /// A step, routed by the router or by `given` (a trace: the router is skipped and
+    /// `router_logits` stays empty).
+    fn step_with(
+        &mut self,
+        input: &StepInput,
+        paths: &[PathSpec],
+        given: Option<&RoutedBatch>,
+    ) -> Result<BackendStep> {
         let (t, h) = (input.tokens, self.cfg.hidden_size);
         let x: Vec<f32> = match &input.hidden {
             Some(states) => {
@@ -501,7 +633,8 @@ impl Backend for CpuBackend {
         let mut runs = Vec::with_capacity(paths.len());
         let mut router_logits = Vec::new();
         for (i, spec) in paths.iter().enumerate() {
-            let (run, logits) = self.run_path(spec, &x, t, gate_view, &input.sample_tokens)?;
+            let (run, logits) =
+                self.run_path(spec, &x, t, gate_view, &input.sample_tokens, given)?;
             if i == 0 {
                 router_logits = logits;
             }

@@ -88,6 +88,15 @@ impl Gpu {
         })
     }
 
+    /// The driver's CUDA version, e.g. "13.0"; None where the driver does not say.
+    pub fn driver_version(&self) -> Option<String> {
+        let mut v: std::ffi::c_int = 0;
+        // SAFETY: writes one int; the driver is loaded (the context is open).
+        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS)
+            .then(|| format!("{}.{}", v / 1000, (v % 1000) / 10))
+    }
+
     /// "NVIDIA H100 80GB HBM3 (sm_90)".
     pub fn describe(&self) -> String {
         format!("{} ({})", self.name, self.arch)

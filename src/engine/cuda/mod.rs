@@ -10,6 +10,7 @@ pub mod layer;
 pub mod loader;
 pub mod reference;
 pub mod router;
+pub mod user_kernel;
 
 use super::weights::WeightSource;
 use super::Backend;

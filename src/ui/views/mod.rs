@@ -2,6 +2,7 @@
 //! view can be rendered from fixed StepRecords in tests.
 
 mod contract;
+pub mod ep;
 mod load;
 mod numerics;
 mod overview;
@@ -45,6 +46,7 @@ pub fn draw(f: &mut Frame, app: &App) {
             View::Timings => timings::draw(f, body, app),
             View::Numerics => numerics::draw(f, body, app),
             View::Telemetry => telemetry::draw(f, body, app),
+            View::Ep => ep::draw(f, body, app),
         }
     }
     draw_footer(f, footer, app);

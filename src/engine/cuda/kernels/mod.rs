@@ -53,6 +53,14 @@ impl<T> DevPtr<T> {
         }
     }
 
+    /// A raw address (a foreign allocation; tests of pointer-dependent choices).
+    pub fn from_addr(addr: u64) -> DevPtr<T> {
+        DevPtr {
+            addr,
+            _elem: PhantomData,
+        }
+    }
+
     /// `of`, or NULL for `None`.
     pub fn of_opt(stream: &cudarc::driver::CudaStream, buf: Option<&CudaSlice<T>>) -> DevPtr<T> {
         buf.map(|b| DevPtr::of(stream, b)).unwrap_or(DevPtr::NULL)

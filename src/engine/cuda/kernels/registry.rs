@@ -234,6 +234,11 @@ kernels! {
     grid(a, sms) { Grid::x(STATS_BLOCKS as u32, 256) }
     fn OutputStats = output_stats;
 
+    /// Counts NaN and ±Inf among `n` values (f32, or bf16 where `bf16`) into counts[slot].
+    Moe::CountNonfiniteArgs { data: AnyPtr, bf16: bool, n: u64, counts: DevPtr<u64>, slot: u32 }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn CountNonfinite = count_nonfinite;
+
     /// A plain device copy of `n` 16-byte words (bench's bandwidth ceiling).
     Moe::CopyArgs { src: DevPtr<[u32; 4]>, dst: DevPtr<[u32; 4]>, n: u64 }
     grid(a, sms) { Grid::x(sms * 8, 512) }

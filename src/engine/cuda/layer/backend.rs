@@ -6,10 +6,12 @@ use super::super::gpu::{cuda_err, Gpu, Timer};
 use super::super::kernels::{DevPtr, InitHiddenArgs, SharedGateArgs, ToBf16Args};
 use super::super::reference::{self, DeviceReference};
 use super::device::{bf16_value, DeviceLayer, DeviceWeights};
+use super::finite::Values;
 use super::readback::{self, PathOutputs};
 use super::stages::{PathLaunch, Plan};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
+use crate::engine::finite::{FiniteCounts, FiniteStage};
 use crate::engine::paths::PathSpec;
 use crate::engine::weights::synthetic::tensor_id;
 use crate::engine::weights::WeightSource;
@@ -29,6 +31,8 @@ pub struct CudaBackend {
     /// Compare every token on the device (cuda::reference; what `cuda::open` turns on); false:
     /// the host compares a sample from the downloaded logits and rows (compare::host_numerics).
     pub device_numerics: bool,
+    /// Download the [T × E] logits even with device numerics (the engine routes them itself).
+    keep_logits: bool,
     reference: Option<DeviceReference>,
 }
 
@@ -52,6 +56,7 @@ impl CudaBackend {
             ws: None,
             poison: false,
             device_numerics: false,
+            keep_logits: false,
             reference: None,
         })
     }
@@ -162,8 +167,48 @@ impl CudaBackend {
         Ok(w)
     }
 
-    /// One path: instrumented run, readback, clean run.
-    fn run_path(&mut self, plan: &Plan, input: &StepInput, gates: &[f32]) -> Result<PathRun> {
+    /// Counts the step's hidden states into row 0, as the layer reads them (bf16: a finite f32
+    /// too large for bf16 is an infinity, as on the CPU backend).
+    fn count_inputs(&self, t: usize) -> Result<()> {
+        let (gpu, ws) = (&*self.gpu, self.ws()?);
+        let values = Values::Bf16(gpu.ptr(&ws.inputs.x), t * self.cfg.hidden_size);
+        ws.finite.count(gpu, 0, FiniteStage::Input, values)
+    }
+
+    /// Counts what a path wrote into row `row`: logits and slot weights (router), expert and
+    /// separate shared outputs (experts). The output's count comes with its statistics.
+    fn count_path(&self, row: usize, plan: &Plan, t: usize) -> Result<()> {
+        let (gpu, ws, cfg) = (&*self.gpu, self.ws()?, &self.cfg);
+        let (a, h) = (t * plan.shape.spt(), cfg.hidden_size);
+        let count = |stage, values| ws.finite.count(gpu, row, stage, values);
+        let logits = Values::F32(gpu.ptr(&ws.gate.logits), t * cfg.n_routed_experts);
+        count(FiniteStage::Router, logits)?;
+        count(
+            FiniteStage::Router,
+            Values::F32(gpu.ptr(&ws.router.weights), a),
+        )?;
+        count(
+            FiniteStage::Experts,
+            Values::F32(gpu.ptr(&ws.experts.eo), a * h),
+        )?;
+        if plan.separate {
+            let n = cfg.n_shared_experts * t * h;
+            count(
+                FiniteStage::Experts,
+                Values::F32(gpu.ptr(&ws.shared.out), n),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// One path: instrumented run, non-finite counts into counter row `row`, readback, clean run.
+    fn run_path(
+        &mut self,
+        row: usize,
+        plan: &Plan,
+        input: &StepInput,
+        gates: &[f32],
+    ) -> Result<PathRun> {
         let (t, spt, h) = (input.tokens, plan.shape.spt(), self.cfg.hidden_size);
         let separate = self.upload_separate(plan, gates, t)?;
         let gpu = self.gpu.clone();
@@ -173,6 +218,7 @@ impl CudaBackend {
         let mut timer = Timer::new(true);
         self.launch_path(plan, t, &mut timer)?;
         let mut timings = timer.finish(&gpu)?;
+        self.count_path(row, plan, t)?;
         let out: PathOutputs =
             readback::path_outputs(&gpu, self.ws()?, h, t, spt, &input.sample_tokens)?;
         readback::fill_weight_bytes(&self.cfg, &out.slot_ids, &mut timings);
@@ -190,7 +236,8 @@ impl CudaBackend {
             } else {
                 None
             },
-            finite: Default::default(),
+            // Filled in from the step's one read of the counters (`Backend::step`).
+            finite: FiniteCounts::default(),
         })
     }
 
@@ -265,6 +312,10 @@ impl Backend for CudaBackend {
         self.device_numerics
     }
 
+    fn keep_router_logits(&mut self) {
+        self.keep_logits = true;
+    }
+
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
         let t = input.tokens;
         ensure!(t >= 1, "a step needs at least one token");
@@ -279,9 +330,11 @@ impl Backend for CudaBackend {
             .collect::<Result<Vec<_>>>()?;
         let spt = plans.iter().map(|p| p.shape.spt()).max().unwrap_or(1);
         let k = plans.iter().map(|p| p.shape.k).max().unwrap_or(1);
-        self.ensure_workspace(t, spt, k)?;
-        let gates = self.prepare_inputs(input)?;
         let gpu = self.gpu.clone();
+        let rows = 1 + plans.len();
+        self.ensure_workspace(t, spt, k)?.finite.reset(&gpu, rows)?;
+        let gates = self.prepare_inputs(input)?;
+        self.count_inputs(t)?;
 
         let mut runs = Vec::with_capacity(plans.len());
         let mut router_logits = Vec::new();
@@ -296,11 +349,12 @@ impl Backend for CudaBackend {
         }
         for (idx, plan) in plans.iter().enumerate() {
             let run = self
-                .run_path(plan, input, &gates)
+                .run_path(1 + idx, plan, input, &gates)
                 .with_context(|| format!("path {idx}"))?;
             if self.device_numerics {
                 self.compare_on_device(idx, plan, input.step)?;
-            } else if idx == 0 {
+            }
+            if idx == 0 && (!self.device_numerics || self.keep_logits) {
                 // Every path computes the same logits: the first's are kept.
                 router_logits = gpu.download(&self.ws()?.gate.logits, t * e, "router logits")?;
             }
@@ -311,6 +365,13 @@ impl Backend for CudaBackend {
             _ => None,
         };
         let ws = self.ws()?;
+        let counts = ws.finite.read(&gpu, rows)?;
+        let mut finite = counts.first().copied().unwrap_or_default();
+        finite.add(FiniteStage::Weights, self.layer.weights_nonfinite);
+        for (run, c) in runs.iter_mut().zip(&counts[1..]) {
+            run.finite = *c;
+            run.finite.add(FiniteStage::Combine, run.output.nonfinite);
+        }
         let mut sample_hidden = Vec::with_capacity(input.sample_tokens.len() * h);
         for &tok in &input.sample_tokens {
             let row = gpu.download_at(&ws.inputs.x, tok * h, h, "sampled hidden states")?;
@@ -321,7 +382,7 @@ impl Backend for CudaBackend {
             sample_hidden,
             shared_gate: gates,
             paths: runs,
-            finite: Default::default(),
+            finite,
             numerics,
         })
     }

@@ -4,7 +4,9 @@
 use super::super::gpu::Gpu;
 use super::super::kernels::{DevPtr, InitMlpArgs, InitUniformArgs};
 use super::super::router;
+use super::finite::{FiniteCounters, Values};
 use crate::engine::config::MoeConfig;
+use crate::engine::finite::FiniteStage;
 use crate::engine::weights::synthetic::{amplitude, tensor_id};
 use crate::engine::weights::{ExpertWeights, WeightSource};
 use anyhow::{bail, ensure, Context, Result};
@@ -40,6 +42,8 @@ pub struct DeviceLayer {
     pub sw2: Option<CudaSlice<u16>>,
     /// Whether the weights were generated on the device from a synthetic source.
     pub generated: bool,
+    /// NaN and ±Inf in all of the above, counted on the device once they are there.
+    pub weights_nonfinite: u64,
 }
 
 /// Checks the shapes the expert kernels support.
@@ -86,7 +90,30 @@ impl DeviceLayer {
             Some(syn) => layer.generate(gpu, syn.seed)?,
             None => layer.upload(gpu, source)?,
         }
+        layer.weights_nonfinite = layer.count_nonfinite(gpu)?;
         Ok(layer)
+    }
+
+    /// Non-finite values in every weight tensor (what the CPU backend counts at load).
+    fn count_nonfinite(&self, gpu: &Gpu) -> Result<u64> {
+        let counters = FiniteCounters::new(gpu, 1)?;
+        let f32s = [
+            Some(&self.offset),
+            self.bias.as_ref(),
+            self.shared_gate_w.as_ref(),
+        ];
+        for buf in f32s.into_iter().flatten() {
+            let values = Values::F32(gpu.ptr(buf), buf.len());
+            counters.count(gpu, 0, FiniteStage::Weights, values)?;
+        }
+        let bf16s = [Some(&self.gate_w), Some(&self.w13), Some(&self.w2)];
+        let shared = [self.sw13.as_ref(), self.sw2.as_ref()];
+        for buf in bf16s.into_iter().chain(shared).flatten() {
+            let values = Values::Bf16(gpu.ptr(buf), buf.len());
+            counters.count(gpu, 0, FiniteStage::Weights, values)?;
+        }
+        let counts = counters.read(gpu, 1)?;
+        Ok(counts.first().map_or(0, |c| c.get(FiniteStage::Weights)))
     }
 
     /// The small f32 tensors uploaded, the bf16 matrices allocated (filled by `generate` or
@@ -124,6 +151,7 @@ impl DeviceLayer {
             sw13,
             sw2,
             generated: source.synthetic().is_some(),
+            weights_nonfinite: 0,
             cfg,
         })
     }

@@ -5,11 +5,13 @@
 //! - `gemm`: how a grouped GEMM's arguments are formed and K-split;
 //! - `stages`: one path's launch sequence, a method per stage (where a new stage goes);
 //! - `readback`: what comes back to the host after a path;
+//! - `finite`: non-finite values counted on the device, per stage as the CPU backend counts them;
 //! - `backend`: `CudaBackend`, the engine's `Backend`, which runs each path as the CPU backend
 //!   runs its stages (src/engine/cpu is the reference).
 
 mod backend;
 mod device;
+pub mod finite;
 pub mod gemm;
 pub mod readback;
 pub mod stages;

@@ -4,6 +4,7 @@
 use super::super::gpu::Gpu;
 use super::super::kernels::{GEMM_BM, GEMM_BN, STATS_BLOCKS};
 use super::super::router::UnfusedBufs;
+use super::finite::FiniteCounters;
 use crate::engine::config::MoeConfig;
 use anyhow::Result;
 use cudarc::driver::CudaSlice;
@@ -20,6 +21,8 @@ pub struct Workspace {
     pub experts: ExpertBufs,
     pub shared: SharedBufs,
     pub out: OutputBufs,
+    /// Non-finite counters: row 0 the step's inputs, row 1 + i path i.
+    pub finite: FiniteCounters,
 }
 
 /// What a step starts from: hidden states and the shared gates.
@@ -130,6 +133,7 @@ impl Workspace {
                 stats_max: gpu.alloc(STATS_BLOCKS, "output statistics")?,
                 stats_bad: gpu.alloc(STATS_BLOCKS, "output statistics")?,
             },
+            finite: FiniteCounters::new(gpu, 3)?,
         })
     }
 

@@ -1,0 +1,152 @@
+//! On a GPU: `check --kernel` on every example kernel. The correct fused router passes on every
+//! preset (and the 512-expert shape); each bug example fails and its output names the stage and
+//! class of its bug. Skips (and says so) without a GPU.
+
+use std::process::{Command, Output};
+
+fn moescope(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_moescope"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+fn gpu_or_skip() -> bool {
+    match moescope::engine::cuda::probe() {
+        Ok(()) => true,
+        Err(why) => {
+            println!("skipped: {why}");
+            false
+        }
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_correct_example_passes_every_preset() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = moescope(&[
+        "check",
+        "--kernel",
+        "examples/kernels/fused_router.cu",
+        "--all",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(", 0 failed"), "{text}");
+    assert!(text.contains("moescope's fused"), "the timing line: {text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["failed_cases"], 0);
+    assert_eq!(report["configs"].as_array().unwrap().len(), 9);
+}
+
+#[test]
+fn each_bug_example_fails_with_its_class_named() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let cases = [
+        (
+            "bug_shared_inv_rsf.cu",
+            "deepseek-v3",
+            "scaling · real error",
+        ),
+        ("bug_rsf_twice.cu", "deepseek-v3", "scaling · real error"),
+        ("bug_hardcoded_2_5.cu", "kimi-k2", "scaling · real error"),
+        (
+            "bug_shared_dropped.cu",
+            "deepseek-v3",
+            "shared slot · real error",
+        ),
+        (
+            "bug_group_tie.cu",
+            "deepseek-v3",
+            "group selection · tie-rule difference",
+        ),
+        (
+            "bug_shared_marker_twice.cu",
+            "deepseek-v3",
+            "shared slot · real error",
+        ),
+        ("bug_rsf_ignored.cu", "deepseek-v3", "scaling · real error"),
+    ];
+    for (file, preset, want) in cases {
+        let path = format!("examples/kernels/{file}");
+        let out = moescope(&["check", "--kernel", &path, "--preset", preset]);
+        let text = stdout(&out);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{file} passed:\n{text}");
+        assert!(
+            err.contains(file) && !err.contains("panicked"),
+            "{file}: {err}"
+        );
+        assert!(text.contains(want), "{file}: no `{want}` in\n{text}");
+    }
+}
+
+#[test]
+fn hardcoded_2_5_passes_on_deepseek_v3_whose_rsf_is_2_5() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let out = moescope(&["check", "--kernel", "examples/kernels/bug_hardcoded_2_5.cu"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
+#[test]
+fn the_so_example_builds_with_nvcc_and_passes() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("libso_router.so");
+    let built = Command::new("nvcc")
+        .args([
+            "-O3",
+            "-std=c++17",
+            "-arch=sm_90",
+            "-shared",
+            "-Xcompiler",
+            "-fPIC",
+        ])
+        .args(["-I", "include", "-I", "examples/kernels", "-o"])
+        .arg(&lib)
+        .arg("examples/kernels/so_router.cu")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status();
+    match built {
+        Ok(s) if s.success() => {}
+        _ => {
+            println!("skipped: nvcc is not installed (or failed) here");
+            return;
+        }
+    }
+    let out = moescope(&[
+        "check",
+        "--kernel",
+        lib.to_str().unwrap(),
+        "--preset",
+        "kimi-k2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
