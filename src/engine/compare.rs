@@ -327,8 +327,8 @@ pub fn host_numerics(
     let weights = backend.weights();
     let bias = weights.router_bias()?;
     let k = cfg.num_experts_per_tok;
-    // A given routing (a trace) is the reference: the backend computed no logits to route.
     let routes: Vec<TokenRoute> = match given {
+        // A given routing (a trace): no logits, so no selection values, margins or ties.
         Some(r) => (0..t_count)
             .map(|t| TokenRoute {
                 ids: r.ids[t * r.k..(t + 1) * r.k].to_vec(),
@@ -376,11 +376,9 @@ pub fn host_numerics(
     let per_token: Vec<(TokenMargins, Vec<RouteClass>)> = (0..t_count)
         .into_par_iter()
         .map(|t| {
-            // Without logits (a given routing) there are no selection values: no margins, and
-            // any disagreement is a real one.
-            let sel = match given {
-                Some(_) => vec![f32::NAN; e],
-                None => selection(cfg, &out.router_logits[t * e..(t + 1) * e], bias.as_deref()),
+            let sel = match out.router_logits.get(t * e..(t + 1) * e) {
+                Some(row) if given.is_none() => selection(cfg, row, bias.as_deref()),
+                _ => Vec::new(),
             };
             let r = &routes[t];
             let rt = RefToken {
@@ -589,8 +587,8 @@ pub fn assemble_given(
     given: Option<&Routing>,
 ) -> Result<StepRecord> {
     let numerics = match &out.numerics {
-        Some(n) => n.clone(),
-        None => host_numerics(cfg, backend, input, paths, out, given)?,
+        Some(n) if given.is_none() => n.clone(),
+        _ => host_numerics(cfg, backend, input, paths, out, given)?,
     };
     ensure!(
         numerics.paths.len() == paths.len() && out.paths.len() == paths.len(),

@@ -145,6 +145,9 @@ pub trait Backend: Send {
     }
     /// The weights, for the f64 reference on sampled tokens.
     fn weights(&self) -> &dyn WeightSource;
+    /// The engine routes the logits itself every step (EP tracking, saved routing): a backend
+    /// that compares on the device returns them anyway.
+    fn keep_router_logits(&mut self) {}
     /// Whether the backend compares every token against the f64 reference itself (returning
     /// `BackendStep::numerics`): the engine then asks it for no sampled rows.
     fn compares_on_device(&self) -> bool {
@@ -282,12 +285,14 @@ impl Engine {
     /// Evaluates expert-parallel placements every step.
     pub fn with_ep(mut self, tracker: ep::EpTracker) -> Engine {
         self.ep = Some(tracker);
+        self.backend.keep_router_logits();
         self
     }
 
     /// Keeps every step's routing (the trace's, or the reference router's) for `saved_routing`.
     pub fn keep_routing(mut self) -> Engine {
         self.saved_routing = Some(Vec::new());
+        self.backend.keep_router_logits();
         self
     }
 

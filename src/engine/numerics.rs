@@ -164,14 +164,14 @@ impl RefToken<'_> {
         };
         let expert = self.ids.last().and_then(|&last| {
             let skip = |i: usize| self.ids.contains(&(i as u32)) || !self.candidate(cfg, i);
-            best_other(self.sel, &skip).map(|v| gap(self.sel[last as usize], v))
+            let at = self.sel.get(last as usize)?;
+            best_other(self.sel, &skip).map(|v| gap(*at, v))
         });
         let group = match (cfg.n_group > 1, self.kept_groups.last()) {
-            (true, Some(&last)) => {
+            (true, Some(&last)) => self.group_scores.get(last as usize).and_then(|&at| {
                 let skip = |g: usize| self.kept_groups.contains(&(g as u32));
-                best_other(self.group_scores, &skip)
-                    .map(|v| gap(self.group_scores[last as usize], v))
-            }
+                best_other(self.group_scores, &skip).map(|v| gap(at, v))
+            }),
             _ => None,
         };
         TokenMargins { expert, group }
@@ -190,11 +190,14 @@ impl RefToken<'_> {
             return RouteClass::Agree;
         }
         let per = cfg.experts_per_group();
-        let last_sel = self.ids.last().map(|&i| self.sel[i as usize]);
+        let last_sel = self
+            .ids
+            .last()
+            .and_then(|&i| self.sel.get(i as usize).copied());
         let last_gs = self
             .kept_groups
             .last()
-            .map(|&g| self.group_scores[g as usize]);
+            .and_then(|&g| self.group_scores.get(g as usize).copied());
         let mut class = RouteClass::ExactTie;
         for &p in path_ids.iter().filter(|p| !self.ids.contains(p)) {
             let kept = self.candidate(cfg, p as usize);

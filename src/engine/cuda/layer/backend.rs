@@ -37,6 +37,8 @@ pub struct CudaBackend {
     /// Compare every token on the device (cuda::reference; what `cuda::open` turns on); false:
     /// the host compares a sample from the downloaded logits and rows (compare::host_numerics).
     pub device_numerics: bool,
+    /// Download the [T × E] logits even with device numerics (the engine routes them itself).
+    keep_logits: bool,
     reference: Option<DeviceReference>,
     /// Path C's router kernel, where the run has one.
     user: Option<UserKernel>,
@@ -67,6 +69,7 @@ impl CudaBackend {
             step_gates: Vec::new(),
             poison: false,
             device_numerics: false,
+            keep_logits: false,
             reference: None,
         })
     }
@@ -372,6 +375,10 @@ impl Backend for CudaBackend {
         self.device_numerics
     }
 
+    fn keep_router_logits(&mut self) {
+        self.keep_logits = true;
+    }
+
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
         self.step_with(input, paths, None)
     }
@@ -449,7 +456,8 @@ impl CudaBackend {
             // compares it (compare::host_numerics with the trace as the reference).
             if on_device {
                 self.compare_on_device(idx, plan, input.step)?;
-            } else if idx == 0 && given.is_none() {
+            }
+            if idx == 0 && given.is_none() && (!self.device_numerics || self.keep_logits) {
                 // Every path computes the same logits: the first's are kept.
                 router_logits = gpu.download(&self.ws()?.gate.logits, t * e, "router logits")?;
             }
