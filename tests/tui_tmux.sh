@@ -21,6 +21,15 @@ trap 'tm kill-server >/dev/null 2>&1 || true' EXIT
 
 screen() { tm capture-pane -p -t main; }
 
+# A fresh server: killing only the session raced with the new one taking its name.
+restart_server() {
+    tm kill-server >/dev/null 2>&1 || true
+    # A new socket each time: a command sent while the old server is still going away would
+    # reach it and fail with "server exited unexpectedly".
+    SERVERS=$((${SERVERS:-0} + 1))
+    SOCK="moescope-test-$$-$SERVERS"
+}
+
 # wait_for PATTERN WHAT: polls the screen up to 30 s for an extended regex.
 wait_for() {
     local i
@@ -102,7 +111,7 @@ if screen | grep -q '1 Overview'; then
 fi
 # A bad option found while the engine is built: the TUI closes, the terminal is restored and
 # the error is printed on the normal screen with a non-zero exit.
-tm kill-session -t main
+restart_server
 tm new-session -d -s main -x 120 -y 40 \
     "$BIN --backend cpu --preset no-such-model; echo \"EXIT=\$?\"; sleep 60"
 wait_for '^EXIT=1' "a failed engine build to exit with status 1"
@@ -119,7 +128,7 @@ trap 'tm kill-server >/dev/null 2>&1 || true; rm -rf "$DIR"' EXIT
 if "$BIN" --headless --backend cpu --preset deepseek-v3 --tokens 4 --hidden 64 --intermediate 64 \
     --telemetry-hz 0 --steps 12 --record "$DIR/s.jsonl" >/dev/null 2>"$DIR/err" \
     && [ -s "$DIR/s.jsonl" ]; then
-    tm kill-session -t main
+    restart_server
     tm new-session -d -s main -x 120 -y 40 "$BIN replay $DIR/s.jsonl; echo \"EXIT=\$?\"; sleep 60"
     wait_for 'pos 0/11' "the replay to open at position 0"
     tm send-keys -t main End

@@ -5,11 +5,12 @@
 
 use super::config::MoeConfig;
 use super::ep::{EpSpec, EpTracker};
+use super::memory::{self, WeightDtype};
 use super::paths::PathSpec;
 use super::trace::RoutingTrace;
 use super::weights::synthetic::SyntheticWeights;
 use super::weights::{checkpoint, WeightSource};
-use super::{open_backend, resolve_backend, Backend, BackendChoice, Engine};
+use super::{open_backend, resolve_backend, Backend, BackendChoice, BackendKind, Engine};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,11 +124,27 @@ impl LayerSpec {
 
     /// Opens the backend on these weights (resolving `auto` once). Returns notices to show.
     pub fn open(&self) -> Result<(Box<dyn Backend>, Vec<String>)> {
+        self.open_for(1)
+            .map(|(backend, _, notices)| (backend, notices))
+    }
+
+    /// Opens the backend for `tokens` per step, after checking that they fit this machine's
+    /// memory (refused before anything is allocated). Also returns the most tokens that fit.
+    pub fn open_for(&self, tokens: usize) -> Result<(Box<dyn Backend>, usize, Vec<String>)> {
         let (choice, fallback) = resolve_backend(self.backend);
         let (weights, mut notices) = self.weights(choice == BackendChoice::Cpu)?;
         notices.splice(0..0, fallback);
+        let kind = match choice {
+            BackendChoice::Cuda => BackendKind::Cuda,
+            _ => BackendKind::Cpu,
+        };
+        let est = memory::estimate(weights.config(), kind, WeightDtype::Bf16);
+        let limits = memory::limits(kind == BackendKind::Cuda);
+        memory::check(&est, tokens, &limits)?;
+        let max_tokens = memory::max_tokens(&est, &limits)
+            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
         let (backend, _) = open_backend(choice, weights)?;
-        Ok((backend, notices))
+        Ok((backend, max_tokens, notices))
     }
 
     /// What only the spec knows about the weights, appended to the source's own description.
@@ -176,11 +193,20 @@ impl RunSpec {
         if self.tokens == 0 {
             bail!("--tokens must be at least 1");
         }
-        let (backend, notices) = self.layer.open()?;
+        let (backend, max_tokens, notices) = self.layer.open_for(self.tokens)?;
         let hidden = match &self.hidden_states {
             Some(path) => {
                 let h = backend.weights().config().hidden_size;
-                Some(Arc::new(checkpoint::read_hidden_states(path, h)?))
+                let states = checkpoint::read_hidden_states(path, h)?;
+                if states.len() / h > max_tokens {
+                    bail!(
+                        "{} holds {} tokens; at most {max_tokens} tokens per step fit this \
+                         machine's memory",
+                        path.display(),
+                        states.len() / h
+                    );
+                }
+                Some(Arc::new(states))
             }
             None => None,
         };
@@ -215,7 +241,8 @@ impl RunSpec {
             self.layer.seed,
             hidden,
         )
-        .described_as(description);
+        .described_as(description)
+        .with_max_tokens(max_tokens);
         if let Some(trace) = routing {
             engine = engine.with_routing(trace);
         }

@@ -8,6 +8,7 @@
 
 pub mod export;
 pub mod export_ep;
+pub mod output;
 pub mod reader;
 pub mod summary;
 pub mod words;

@@ -637,6 +637,7 @@ impl CpuBackend {
             shared_gate: gates,
             paths: runs,
             finite,
+            numerics: None,
         })
     }
 }

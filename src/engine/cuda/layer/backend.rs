@@ -3,7 +3,8 @@
 //! readback, and a clean run under one event pair.
 
 use super::super::gpu::{cuda_err, Gpu, Timer};
-use super::super::kernels::{InitHiddenArgs, SharedGateArgs, ToBf16Args};
+use super::super::kernels::{DevPtr, InitHiddenArgs, SharedGateArgs, ToBf16Args};
+use super::super::reference::{self, DeviceReference};
 use super::super::router::RouterShape;
 use super::device::{bf16_value, DeviceLayer, DeviceWeights};
 use super::finite::Values;
@@ -32,7 +33,15 @@ pub struct CudaBackend {
     ep_ws: Option<Workspace>,
     /// Fill outputs with NaN / invalid ids before each path (`check`), so unwritten ones show.
     pub poison: bool,
+    /// Compare every token on the device (cuda::reference; what `cuda::open` turns on); false:
+    /// the host compares a sample from the downloaded logits and rows (compare::host_numerics).
+    pub device_numerics: bool,
+    reference: Option<DeviceReference>,
 }
+
+/// The clean (uninstrumented) timing of each path runs on every CLEAN_EVERY-th step only, so a
+/// live step runs each path once; `PathRecord::clean_us` is None on the other steps.
+pub const CLEAN_EVERY: u64 = 8;
 
 impl CudaBackend {
     pub fn new(gpu: Arc<Gpu>, source: Box<dyn WeightSource>) -> Result<CudaBackend> {
@@ -50,6 +59,8 @@ impl CudaBackend {
             ws: None,
             ep_ws: None,
             poison: false,
+            device_numerics: false,
+            reference: None,
         })
     }
 
@@ -262,7 +273,11 @@ impl CudaBackend {
             sample_outputs: out.sample_outputs,
             output: out.output,
             timings,
-            clean_us: Some(self.clean_us(plan, t, routed)?),
+            clean_us: if input.step.is_multiple_of(CLEAN_EVERY) {
+                Some(self.clean_us(plan, t, routed)?)
+            } else {
+                None
+            },
             // Filled in from the step's one read of the counters (`Backend::step`).
             finite: FiniteCounts::default(),
         })
@@ -279,6 +294,40 @@ impl CudaBackend {
             .elapsed_ms(&end)
             .map_err(cuda_err("reading the clean path time"))?;
         Ok(ms as f64 * 1e3)
+    }
+
+    /// The device reference's share of path `idx`: the reference itself after the first path
+    /// (whose gate GEMM wrote the logits every path shares), then the path's comparison.
+    fn compare_on_device(&mut self, idx: usize, plan: &Plan, step: u64) -> Result<()> {
+        let gpu = self.gpu.clone();
+        let ws = self.ws.as_ref().context("workspace missing")?;
+        let r = self
+            .reference
+            .as_mut()
+            .context("device reference missing")?;
+        if idx == 0 {
+            let (x, logits) = (gpu.ptr(&ws.inputs.x), gpu.ptr(&ws.gate.logits));
+            r.run(&gpu, &self.layer, x, logits, step)?;
+        }
+        let shared = self.cfg.n_shared_experts > 0;
+        let outputs = reference::PathOutputs {
+            ids: gpu.ptr(&ws.router.ids),
+            weights: gpu.ptr(&ws.router.weights),
+            spt: plan.shape.spt(),
+            out_scale: plan.out_scale,
+            sep: if plan.separate {
+                gpu.ptr(&ws.inputs.sep)
+            } else {
+                DevPtr::NULL
+            },
+            gate: if shared {
+                gpu.ptr(&ws.inputs.gates)
+            } else {
+                DevPtr::NULL
+            },
+            y: gpu.ptr(&ws.out.y),
+        };
+        r.compare_path(&gpu, idx, outputs)
     }
 
     /// Whole-output download for checks: [t × H].
@@ -299,6 +348,10 @@ impl Backend for CudaBackend {
 
     fn weights(&self) -> &dyn WeightSource {
         &self.weights
+    }
+
+    fn compares_on_device(&self) -> bool {
+        self.device_numerics
     }
 
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
@@ -355,6 +408,16 @@ impl CudaBackend {
 
         let mut runs = Vec::with_capacity(plans.len());
         let mut router_logits = Vec::new();
+        let on_device = self.device_numerics && given.is_none();
+        if on_device
+            && !self
+                .reference
+                .as_ref()
+                .is_some_and(|r| r.fits(t, plans.len(), spt))
+        {
+            self.reference = None; // free first
+            self.reference = Some(DeviceReference::new(&gpu, &self.cfg, t, plans.len(), spt)?);
+        }
         for (idx, plan) in plans.iter().enumerate() {
             if let Some(batch) = given {
                 self.upload_slots(plan, &paths[idx], batch, &gates)
@@ -363,12 +426,20 @@ impl CudaBackend {
             let run = self
                 .run_path(1 + idx, plan, input, &gates, given.is_some())
                 .with_context(|| format!("path {idx}"))?;
-            if idx == 0 && given.is_none() {
+            // A given routing (a trace) has no logits to route on the device: the host
+            // compares it (compare::host_numerics with the trace as the reference).
+            if on_device {
+                self.compare_on_device(idx, plan, input.step)?;
+            } else if idx == 0 && given.is_none() {
                 // Every path computes the same logits: the first's are kept.
                 router_logits = gpu.download(&self.ws()?.gate.logits, t * e, "router logits")?;
             }
             runs.push(run);
         }
+        let numerics = match self.reference.as_mut() {
+            Some(r) if on_device => Some(r.finish(&gpu, input.step)?),
+            _ => None,
+        };
         let ws = self.ws()?;
         let counts = ws.finite.read(&gpu, rows)?;
         let mut finite = counts.first().copied().unwrap_or_default();
@@ -388,6 +459,7 @@ impl CudaBackend {
             shared_gate: gates,
             paths: runs,
             finite,
+            numerics,
         })
     }
 }
