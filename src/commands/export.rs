@@ -1,5 +1,6 @@
 //! `moescope export FILE --format F [-o OUT] [--force]`: a recorded session as one JSON
-//! document, a Chrome/Perfetto trace, the EPLB load matrix or per-kernel CSV.
+//! document, a Chrome/Perfetto trace, the EPLB load matrix, per-kernel CSV, or (sessions
+//! recorded with --ep) the per-rank load CSV and the EPLB placement JSON.
 
 use super::named;
 use crate::session::export::{self, Output};

@@ -42,7 +42,7 @@ pub enum Command {
     Run(run::RunArgs),
     /// Open a recorded session in the TUI, or print its summary.
     Replay(replay::ReplayArgs),
-    /// Export a recorded session to json, chrome (Perfetto), eplb or csv.
+    /// Export a recorded session to json, chrome (Perfetto), eplb, csv, ep-load or ep-placement.
     Export(export::ExportArgs),
     /// Route logits from a safetensors file and print the top-k ids and weights as JSON.
     Route(route::RouteArgs),
