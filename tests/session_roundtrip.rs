@@ -72,8 +72,11 @@ fn an_existing_session_is_refused_unless_forced() {
     // The refused attempt left the file as it was.
     assert_eq!(read_all(&path).1, records);
     let mut w = SessionWriter::create(&path, &header, true).unwrap();
+    // Two steps (a repeated step number would be flagged and kept once).
+    let mut second = records[0].clone();
+    second.step = 1;
     w.write(&records[0]).unwrap();
-    w.write(&records[0]).unwrap();
+    w.write(&second).unwrap();
     assert_eq!(read_all(&path).1.len(), 2);
 }
 

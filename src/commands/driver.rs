@@ -152,6 +152,7 @@ fn meta(engine: &Engine) -> Meta {
         paths: engine.paths().to_vec(),
         tokens: engine.tokens(),
         weights: engine.description().to_string(),
+        max_tokens: Some(engine.max_tokens()),
     }
 }
 

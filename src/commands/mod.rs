@@ -56,6 +56,17 @@ pub enum Command {
 
 /// Entry point after parsing.
 pub fn main_with(cli: Cli) -> Result<()> {
+    let result = dispatch(cli);
+    if let Err(e) = &result {
+        if e.downcast_ref::<crate::ui::Interrupted>().is_some() {
+            // Exiting on a signal: let a session line being written finish, start no other.
+            std::mem::forget(crate::session::writer::hold_writes());
+        }
+    }
+    result
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         None => run::run(cli.run),
         Some(Command::Run(args)) => run::run(args),

@@ -169,6 +169,7 @@ fn replay(path: &Path, cmds: mpsc::Receiver<Command>, out: &Outbox) {
         paths: h.paths,
         tokens: 0,
         weights: h.weights,
+        max_tokens: None,
     };
     out.send(SourceEvent::Telemetry(None));
     if !out.send(SourceEvent::Ready(Box::new(meta))) {

@@ -7,10 +7,12 @@ use super::{named, parse_variant, LayerArgs};
 use crate::engine::ep::EpSpec;
 use crate::engine::paths::{PathSpec, RsfPlacement, Variant};
 use crate::engine::spec::{RunSpec, TraceSpec};
+use crate::engine::step::StepRecord;
 use crate::engine::trace::{RoutingTrace, TraceFormat};
 use crate::session::export::{self, Output};
-use crate::session::ExportFormat;
+use crate::session::{print_warnings, ExportFormat, SessionReader};
 use crate::ui;
+use crate::ui::SignalFlag;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use std::io::Write;
@@ -193,42 +195,54 @@ fn headless(args: RunArgs) -> Result<()> {
         }
         TraceFormat::of(path)?;
     }
-    let mut output = match args.export {
-        Some(_) => Some(Output::create(args.output.as_deref(), args.force)?),
-        None => None,
-    };
+    let mut plan = ExportPlan::new(&args)?;
     let (engine, notices) = args.spec()?.build_engine()?;
     for n in &notices {
         eprintln!("moescope: {n}");
     }
+    let signals = SignalFlag::install()?;
     let mut driver = Driver::new(engine, args.telemetry_hz);
     if let Some(why) = driver.telemetry_unavailable() {
         if driver::telemetry_expected(driver.engine().info().kind) {
             eprintln!("moescope: {why}");
         }
     }
-    if let Some(path) = &args.record {
-        driver.start_recording(path, args.force)?;
+    if let Some(path) = plan.session(&args) {
+        // A beside file that exists was refused without --force already.
+        let beside = matches!(
+            &plan,
+            ExportPlan::File {
+                beside: Some(_),
+                ..
+            }
+        );
+        driver.start_recording(path, args.force || beside)?;
     }
     let header = driver.header();
     let steps = args.steps.unwrap_or(DEFAULT_HEADLESS_STEPS);
-    match (args.export, output.as_mut()) {
-        (Some(format), Some(out)) => {
-            export::write(format, &header, driver.records(steps), out.writer())?
+    // A signal ends the run after the step in flight; what finished is kept and exported.
+    let records = driver
+        .records(steps)
+        .take_while(|_| signals.get().is_none());
+    let ran = match (&mut plan, args.export) {
+        (ExportPlan::Stdout(out), Some(format)) => {
+            export::write(format, &header, records, out.writer())
         }
-        _ => {
-            let stdout = std::io::stdout();
-            let mut out = stdout.lock();
-            for record in driver.records(steps) {
-                serde_json::to_writer(&mut out, &record?)
-                    .context("writing a StepRecord to stdout")?;
-                writeln!(out).context("writing to stdout")?;
-                out.flush().context("writing to stdout")?;
-            }
-        }
-    }
+        (ExportPlan::File { .. }, _) => drain(records),
+        _ => print_lines(records),
+    };
     let (done, rate) = driver.rate();
     eprintln!("moescope: {done} steps, {rate:.2} steps/s");
+    let recorded = driver.stop_recording();
+    if let Err(e) = ran {
+        if let (ExportPlan::File { .. }, Some(path)) = (&plan, &recorded) {
+            eprintln!(
+                "moescope: the finished steps are in {}; `moescope export` it",
+                path.display()
+            );
+        }
+        return Err(e);
+    }
     if let (Some(path), Some(batches)) = (&args.trace.save_routing, driver.engine().saved_routing())
     {
         RoutingTrace::from_batches(batches)?.write(path)?;
@@ -238,8 +252,120 @@ fn headless(args: RunArgs) -> Result<()> {
             path.display()
         );
     }
-    match output {
-        Some(out) => out.commit(),
+    plan.finish(&args)?;
+    match signals.get() {
+        Some(signal) => Err(signal.into()),
         None => Ok(()),
+    }
+}
+
+/// Runs the steps (they are recorded as they finish).
+fn drain(records: impl Iterator<Item = Result<StepRecord>>) -> Result<()> {
+    for record in records {
+        record?;
+    }
+    Ok(())
+}
+
+/// StepRecords as JSON lines on stdout, flushed per step.
+fn print_lines(records: impl Iterator<Item = Result<StepRecord>>) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for record in records {
+        serde_json::to_writer(&mut out, &record?).context("writing a StepRecord to stdout")?;
+        writeln!(out).context("writing to stdout")?;
+        out.flush().context("writing to stdout")?;
+    }
+    Ok(())
+}
+
+/// Where `--export` goes. To a file, the run is recorded first (to --record, or to a session
+/// beside the output that is removed once exported): a killed run keeps every finished step
+/// there, and no temporary file is open while steps run. To stdout, it streams.
+enum ExportPlan {
+    None,
+    Stdout(Output),
+    File {
+        format: ExportFormat,
+        dest: PathBuf,
+        /// The session recorded beside `dest` for the export (None: --record's).
+        beside: Option<PathBuf>,
+    },
+}
+
+impl ExportPlan {
+    fn new(args: &RunArgs) -> Result<ExportPlan> {
+        let Some(format) = args.export else {
+            return Ok(ExportPlan::None);
+        };
+        let Some(dest) = &args.output else {
+            return Ok(ExportPlan::Stdout(Output::create(None, false)?));
+        };
+        if dest.exists() && !args.force {
+            bail!(
+                "output file {} already exists; pass --force to overwrite it",
+                dest.display()
+            );
+        }
+        let beside = match &args.record {
+            Some(_) => None,
+            None => {
+                let mut name = dest.clone().into_os_string();
+                name.push(".partial.jsonl");
+                let path = PathBuf::from(name);
+                if path.exists() && !args.force {
+                    bail!(
+                        "{} exists (the steps of an earlier interrupted export?); export it \
+                         with `moescope export`, remove it, or pass --force",
+                        path.display()
+                    );
+                }
+                Some(path)
+            }
+        };
+        Ok(ExportPlan::File {
+            format,
+            dest: dest.clone(),
+            beside,
+        })
+    }
+
+    /// The session file this run records to, if any.
+    fn session<'a>(&'a self, args: &'a RunArgs) -> Option<&'a PathBuf> {
+        match self {
+            ExportPlan::File {
+                beside: Some(p), ..
+            } => Some(p),
+            _ => args.record.as_ref(),
+        }
+    }
+
+    /// Commits the export: to a file, from the recorded session (its beside file removed).
+    fn finish(self, args: &RunArgs) -> Result<()> {
+        match self {
+            ExportPlan::None => Ok(()),
+            ExportPlan::Stdout(out) => out.commit(),
+            ExportPlan::File {
+                format,
+                dest,
+                beside,
+            } => {
+                let session = beside
+                    .as_ref()
+                    .or(args.record.as_ref())
+                    .context("no session recorded for the export")?;
+                let mut output = Output::create(Some(&dest), args.force)?;
+                let (mut reader, _) = SessionReader::open(session)?;
+                let header = reader.header().clone();
+                export::write(format, &header, reader.steps(), output.writer())?;
+                print_warnings(&reader.report());
+                output.commit()?;
+                if let Some(path) = beside {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("cannot remove {}", path.display()))?;
+                }
+                Ok(())
+            }
+        }
     }
 }

@@ -10,6 +10,8 @@ mod ep_eplb;
 pub mod finite;
 pub mod inputs;
 pub mod kernel_check;
+pub mod memory;
+pub mod numerics;
 pub mod paths;
 pub mod routing;
 pub mod spec;
@@ -78,6 +80,9 @@ pub struct BackendStep {
     pub shared_gate: Vec<f32>,
     /// One per requested path, in order.
     pub paths: Vec<PathRun>,
+    /// The step's numerics where the backend computed them itself (the CUDA backend's device
+    /// reference); None: `compare` computes them on the host from the fields above.
+    pub numerics: Option<numerics::StepNumerics>,
     /// Non-finite values counted in the stages all paths share (input, weights).
     pub finite: finite::FiniteCounts,
 }
@@ -140,6 +145,11 @@ pub trait Backend: Send {
     }
     /// The weights, for the f64 reference on sampled tokens.
     fn weights(&self) -> &dyn WeightSource;
+    /// Whether the backend compares every token against the f64 reference itself (returning
+    /// `BackendStep::numerics`): the engine then asks it for no sampled rows.
+    fn compares_on_device(&self) -> bool {
+        false
+    }
     /// Slot `slot`'s MLP (routed < E, then shared slots) for the f64 reference. Backends that
     /// already hold the weights on the host override this to skip regenerating or re-reading.
     fn reference_slot(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
@@ -219,6 +229,8 @@ pub struct Engine {
     seed: u64,
     hidden: Option<Arc<Vec<f32>>>,
     next_step: u64,
+    /// Most tokens per step that fit this machine's memory (`memory::max_tokens`).
+    max_tokens: usize,
     started: Instant,
     /// Where the weights and inputs come from, for session headers.
     description: String,
@@ -251,6 +263,7 @@ impl Engine {
             seed,
             hidden,
             next_step: 0,
+            max_tokens: usize::MAX,
             started: Instant::now(),
             description,
             trace: None,
@@ -293,6 +306,17 @@ impl Engine {
         self
     }
 
+    /// Sets the most tokens per step this machine's memory allows (see `memory`).
+    pub fn with_max_tokens(mut self, max_tokens: usize) -> Engine {
+        self.max_tokens = max_tokens.max(1);
+        self
+    }
+
+    /// The most tokens per step that fit (usize::MAX where no limit is known).
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
     pub fn config(&self) -> &MoeConfig {
         self.backend.weights().config()
     }
@@ -309,10 +333,11 @@ impl Engine {
     pub fn tokens(&self) -> usize {
         self.tokens
     }
-    /// Tokens per step; ignored (stays the captured batch's size) when running captured inputs.
+    /// Tokens per step, at most `max_tokens`; ignored (stays the captured batch's size) when
+    /// running captured inputs.
     pub fn set_tokens(&mut self, tokens: usize) {
         if self.hidden.is_none() && self.trace.is_none() {
-            self.tokens = tokens.max(1);
+            self.tokens = tokens.clamp(1, self.max_tokens);
         }
     }
     /// The variant of path B (the fused path), where known bugs are shown.
@@ -328,7 +353,11 @@ impl Engine {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let cfg = self.config().clone();
-        let sample_tokens = compare::sample_tokens(&cfg, self.tokens, self.next_step);
+        let sample_tokens = if self.backend.compares_on_device() {
+            Vec::new()
+        } else {
+            compare::sample_tokens(&cfg, self.tokens, self.next_step)
+        };
         let input = StepInput {
             step: self.next_step,
             tokens: self.tokens,
@@ -381,6 +410,9 @@ impl Engine {
                 probs: Vec::new(),
             });
         }
+        if out.router_logits.is_empty() {
+            return Ok(first_path_routing(cfg, out));
+        }
         let bias = self.backend.weights().router_bias()?;
         let r = routing::route(cfg, &out.router_logits, bias.as_deref(), k);
         Ok(trace::RoutedBatch {
@@ -388,5 +420,27 @@ impl Engine {
             ids: r.ids,
             probs: r.probs.iter().map(|&p| p as f32).collect(),
         })
+    }
+}
+
+/// The routing of a step compared on the device (no logits came back): path A's routed slots,
+/// which the device reference checks against its own routing every step. Weights are given back
+/// as router probabilities (the effective weight over the routed scaling factor).
+fn first_path_routing(cfg: &MoeConfig, out: &BackendStep) -> trace::RoutedBatch {
+    let e = cfg.n_routed_experts as u32;
+    let rsf = cfg.routed_scaling_factor;
+    let (mut ids, mut probs) = (Vec::new(), Vec::new());
+    if let Some(run) = out.paths.first() {
+        for (&id, &w) in run.slot_ids.iter().zip(&run.slot_weights) {
+            if id < e {
+                ids.push(id);
+                probs.push((w as f64 * run.out_scale / rsf) as f32);
+            }
+        }
+    }
+    trace::RoutedBatch {
+        k: cfg.num_experts_per_tok,
+        ids,
+        probs,
     }
 }

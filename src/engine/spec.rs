@@ -5,11 +5,12 @@
 
 use super::config::MoeConfig;
 use super::ep::{EpSpec, EpTracker};
+use super::memory::{self, WeightDtype};
 use super::paths::PathSpec;
 use super::trace::RoutingTrace;
 use super::weights::synthetic::SyntheticWeights;
 use super::weights::{checkpoint, WeightSource};
-use super::{open_backend, resolve_backend, Backend, BackendChoice, Engine};
+use super::{open_backend, resolve_backend, Backend, BackendChoice, BackendKind, Engine};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,11 +124,23 @@ impl LayerSpec {
 
     /// Opens the backend on these weights (resolving `auto` once). Returns notices to show.
     pub fn open(&self) -> Result<(Box<dyn Backend>, Vec<String>)> {
+        self.open_for(1)
+            .map(|(backend, _, notices)| (backend, notices))
+    }
+
+    /// Opens the backend for `tokens` per step, after checking that they fit this machine's
+    /// memory (refused before anything is allocated). Also returns the most tokens that fit.
+    pub fn open_for(&self, tokens: usize) -> Result<(Box<dyn Backend>, usize, Vec<String>)> {
         let (choice, fallback) = resolve_backend(self.backend);
         let (weights, mut notices) = self.weights(choice == BackendChoice::Cpu)?;
         notices.splice(0..0, fallback);
+        let kind = match choice {
+            BackendChoice::Cuda => BackendKind::Cuda,
+            _ => BackendKind::Cpu,
+        };
+        let max_tokens = check_memory(weights.config(), kind, tokens)?;
         let (backend, _) = open_backend(choice, weights)?;
-        Ok((backend, notices))
+        Ok((backend, max_tokens, notices))
     }
 
     /// What only the spec knows about the weights, appended to the source's own description.
@@ -143,8 +156,18 @@ impl LayerSpec {
     }
 }
 
-/// A backend, the notices to show, and path C's spec where the run has a user kernel.
-type OpenedBackend = (Box<dyn Backend>, Vec<String>, Option<PathSpec>);
+/// Refuses `tokens` where the estimate does not fit this machine; returns the most that fit.
+fn check_memory(cfg: &MoeConfig, kind: BackendKind, tokens: usize) -> Result<usize> {
+    let est = memory::estimate(cfg, kind, WeightDtype::Bf16);
+    let limits = memory::limits(kind == BackendKind::Cuda);
+    memory::check(&est, tokens, &limits)?;
+    Ok(memory::max_tokens(&est, &limits)
+        .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
+}
+
+/// A backend, the most tokens per step that fit, the notices to show, and path C's spec where
+/// the run has a user kernel.
+type OpenedBackend = (Box<dyn Backend>, usize, Vec<String>, Option<PathSpec>);
 
 /// A run of a layer: what `Engine::new` needs, before any backend is opened.
 #[derive(Clone, Debug, PartialEq)]
@@ -180,8 +203,8 @@ impl RunSpec {
     /// kernel declares).
     fn open_backend(&self) -> Result<OpenedBackend> {
         let Some(path) = &self.kernel else {
-            let (backend, notices) = self.layer.open()?;
-            return Ok((backend, notices, None));
+            let (backend, max_tokens, notices) = self.layer.open_for(self.tokens)?;
+            return Ok((backend, max_tokens, notices, None));
         };
         let file = crate::engine::cuda::user_kernel::KernelFile::new(path)?;
         if resolve_backend(self.layer.backend).0 != BackendChoice::Cuda {
@@ -191,8 +214,14 @@ impl RunSpec {
             );
         }
         let (weights, notices) = self.layer.weights(false)?;
+        let max_tokens = check_memory(weights.config(), BackendKind::Cuda, self.tokens)?;
         let (backend, conv) = crate::engine::cuda::open_with_kernel(weights, file)?;
-        Ok((backend, notices, Some(PathSpec::user(conv.rsf_in_router))))
+        Ok((
+            backend,
+            max_tokens,
+            notices,
+            Some(PathSpec::user(conv.rsf_in_router)),
+        ))
     }
 
     /// Builds the engine. Returns it with notices to show the user.
@@ -200,11 +229,20 @@ impl RunSpec {
         if self.tokens == 0 {
             bail!("--tokens must be at least 1");
         }
-        let (backend, notices, user_path) = self.open_backend()?;
+        let (backend, max_tokens, notices, user_path) = self.open_backend()?;
         let hidden = match &self.hidden_states {
             Some(path) => {
                 let h = backend.weights().config().hidden_size;
-                Some(Arc::new(checkpoint::read_hidden_states(path, h)?))
+                let states = checkpoint::read_hidden_states(path, h)?;
+                if states.len() / h > max_tokens {
+                    bail!(
+                        "{} holds {} tokens; at most {max_tokens} tokens per step fit this \
+                         machine's memory",
+                        path.display(),
+                        states.len() / h
+                    );
+                }
+                Some(Arc::new(states))
             }
             None => None,
         };
@@ -239,7 +277,8 @@ impl RunSpec {
         let mut paths = self.paths.clone();
         paths.extend(user_path);
         let mut engine = Engine::new(backend, paths, self.tokens, self.layer.seed, hidden)
-            .described_as(description);
+            .described_as(description)
+            .with_max_tokens(max_tokens);
         if let Some(trace) = routing {
             engine = engine.with_routing(trace);
         }

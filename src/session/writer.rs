@@ -8,7 +8,17 @@ use anyhow::{bail, Context, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
+
+/// Held while a line is written: whoever holds it knows no session line is half-written.
+static WRITES: Mutex<()> = Mutex::new(());
+
+/// Waits for a line being written to finish and keeps further ones from starting while the
+/// guard lives; a process exiting on a signal holds it, so every session ends on a whole line.
+pub fn hold_writes() -> MutexGuard<'static, ()> {
+    WRITES.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl SessionHeader {
     /// The header of a session recorded from `engine`, started now.
@@ -92,6 +102,7 @@ impl SessionWriter {
 
     fn flush_line(&mut self) -> Result<()> {
         self.line.push(b'\n');
+        let _writing = hold_writes();
         self.file
             .write_all(&self.line)
             .and_then(|()| self.file.flush())

@@ -220,6 +220,7 @@ pub fn record(
                 kept_groups: order,
                 reference,
                 paths: details_paths.iter().map(|p| p[d].clone()).collect(),
+                ..TokenDetail::default()
             }
         })
         .collect();
@@ -247,6 +248,7 @@ pub fn record(
                 2.1e-3 * (1.0 + unit(step, 9, 9)),
             ],
             sampled_tokens: detail_tokens.len(),
+            ..Comparison::default()
         },
         paths: records,
         token_details,
@@ -294,6 +296,7 @@ pub fn app(preset: &str, variant: Variant, steps: u64, telemetry: bool, mode: Mo
         paths: paths.clone(),
         tokens,
         weights: "synthetic, seed 7".into(),
+        max_tokens: None,
     })));
     app.on_event(SourceEvent::Telemetry(
         (!telemetry).then(|| "NVML not found (libnvidia-ml.so.1)".to_string()),

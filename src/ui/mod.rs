@@ -8,6 +8,7 @@
 pub mod app;
 pub mod fixtures;
 pub mod keys;
+pub mod signals;
 pub mod source;
 pub mod tabs;
 mod term;
@@ -15,6 +16,7 @@ pub mod views;
 
 use anyhow::Result;
 pub use app::{App, Mode};
+pub use signals::{Interrupted, SignalFlag};
 
 /// Opens the TUI on a step source (a live engine or a session, see `commands`) until quit. The
 /// terminal is restored on every way out.

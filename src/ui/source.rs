@@ -38,6 +38,8 @@ pub struct Meta {
     pub paths: Vec<PathSpec>,
     pub tokens: usize,
     pub weights: String,
+    /// Live: the most tokens per step that fit the machine's memory, where known.
+    pub max_tokens: Option<usize>,
 }
 
 /// From the UI to the source.

@@ -66,10 +66,12 @@ pub fn run(mut app: App, mut source: SourceHandle) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the UI runtime")?;
+    let (signals, stop_signals) = signal_stream()?;
     let result = {
         let (mut terminal, _guard) = enter()?;
-        rt.block_on(event_loop(&mut terminal, &mut app, &mut source))
+        rt.block_on(event_loop(&mut terminal, &mut app, &mut source, signals))
     };
+    stop_signals.close();
     // The source thread ends on Quit or when its channel closes; a GPU step in flight finishes
     // on its own, so it is not joined.
     source.send(vec![super::source::Command::Quit]);
@@ -83,10 +85,34 @@ pub fn run(mut app: App, mut source: SourceHandle) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM, SIGHUP and SIGINT as a stream for the loop (a thread forwards them): the loop ends
+/// with `Interrupted`, and the guard restores the terminal on the way out.
+fn signal_stream() -> Result<(
+    tokio::sync::mpsc::UnboundedReceiver<i32>,
+    signal_hook::iterator::Handle,
+)> {
+    let mut signals = signal_hook::iterator::Signals::new(super::signals::SIGNALS)
+        .context("installing the signal handlers")?;
+    let handle = signals.handle();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("moescope-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok((rx, handle))
+}
+
 async fn event_loop(
     terminal: &mut DefaultTerminal,
     app: &mut App,
     source: &mut SourceHandle,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<i32>,
 ) -> Result<()> {
     let mut input = EventStream::new();
     let mut frame = tokio::time::interval(FRAME);
@@ -137,6 +163,9 @@ async fn event_loop(
                 // Ending (a failed start) should not wait for the next frame tick.
                 dirty = app.quit;
             },
+            Some(signal) = signals.recv() => {
+                return Err(super::signals::Interrupted { signal }.into());
+            }
             _ = frame.tick() => dirty = stale,
         }
     }

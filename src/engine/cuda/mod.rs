@@ -8,6 +8,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod layer;
 pub mod loader;
+pub mod reference;
 pub mod router;
 pub mod user_kernel;
 
@@ -33,10 +34,23 @@ pub fn probe() -> Result<(), String> {
     Ok(())
 }
 
+/// Total memory of CUDA device 0 (for `memory::limits`); None where it cannot be read.
+pub fn device_memory() -> Option<u64> {
+    let total = std::panic::catch_unwind(|| {
+        cudarc::driver::result::init().ok()?;
+        let dev = cudarc::driver::result::device::get(0).ok()?;
+        // SAFETY: `dev` was returned by `device::get`.
+        unsafe { cudarc::driver::result::device::total_mem(dev) }.ok()
+    });
+    total.ok().flatten().map(|b| b as u64)
+}
+
 /// Opens the CUDA backend on these weights.
 pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
     let gpu = Arc::new(gpu::Gpu::open()?);
-    Ok(Box::new(layer::CudaBackend::new(gpu, weights)?))
+    let mut backend = layer::CudaBackend::new(gpu, weights)?;
+    backend.device_numerics = true;
+    Ok(Box::new(backend))
 }
 
 /// Opens the CUDA backend with a user's router kernel for path C; returns its conventions.

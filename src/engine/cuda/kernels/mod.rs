@@ -53,6 +53,14 @@ impl<T> DevPtr<T> {
         }
     }
 
+    /// A raw address (a foreign allocation; tests of pointer-dependent choices).
+    pub fn from_addr(addr: u64) -> DevPtr<T> {
+        DevPtr {
+            addr,
+            _elem: PhantomData,
+        }
+    }
+
     /// `of`, or NULL for `None`.
     pub fn of_opt(stream: &cudarc::driver::CudaStream, buf: Option<&CudaSlice<T>>) -> DevPtr<T> {
         buf.map(|b| DevPtr::of(stream, b)).unwrap_or(DevPtr::NULL)
@@ -168,6 +176,7 @@ pub enum Module {
     RouterFused,
     RouterUnfused,
     Moe,
+    Reference,
 }
 
 impl Module {
@@ -176,6 +185,7 @@ impl Module {
         Module::RouterFused,
         Module::RouterUnfused,
         Module::Moe,
+        Module::Reference,
     ];
 
     /// The file name without `.cu`.
@@ -185,6 +195,7 @@ impl Module {
             Module::RouterFused => "router_fused",
             Module::RouterUnfused => "router_unfused",
             Module::Moe => "moe",
+            Module::Reference => "reference",
         }
     }
 
@@ -194,6 +205,7 @@ impl Module {
             Module::RouterFused => include_str!("../../../../kernels/router_fused.cu"),
             Module::RouterUnfused => include_str!("../../../../kernels/router_unfused.cu"),
             Module::Moe => include_str!("../../../../kernels/moe.cu"),
+            Module::Reference => include_str!("../../../../kernels/reference.cu"),
         }
     }
 

@@ -243,4 +243,125 @@ kernels! {
     Moe::CopyArgs { src: DevPtr<[u32; 4]>, dst: DevPtr<[u32; 4]>, n: u64 }
     grid(a, sms) { Grid::x(sms * 8, 512) }
     fn CopyU4 = copy_u4;
+
+    // ---- kernels/reference.cu (cuda/reference.rs) ----
+
+    /// Reference routing of every token, with margins (REF_ROUTE_WARPS tokens a block).
+    Reference::RefRouteArgs {
+        logits: DevPtr<f32>, bias: DevPtr<f32>, sel: DevPtr<f32>, gscore: DevPtr<f32>,
+        kept: DevPtr<u32>, ids: DevPtr<u32>, probs: DevPtr<f64>, margin_e: DevPtr<f64>,
+        margin_g: DevPtr<f64>, tokens: u64, e: i32, n_group: i32, topk_group: i32, k: i32,
+        softmax: i32, top2: i32, norm: i32,
+    }
+    grid(a, sms) { Grid::x((a.tokens as usize).div_ceil(REF_ROUTE_WARPS) as u32, 32 * REF_ROUTE_WARPS as u32) }
+    fn RefRoute = ref_route;
+
+    /// The shared gate in f64 for the compared tokens (one warp each).
+    Reference::RefGateArgs {
+        x: DevPtr<u16>, gate_w: DevPtr<f32>, tok: DevPtr<u32>, out: DevPtr<f64>, n: u64, h: i32,
+    }
+    grid(a, sms) { Grid::per_warp(a.n as usize) }
+    fn RefGate = ref_gate;
+
+    /// Rows per slot of the reference's grouped MLP.
+    Reference::RefCountArgs {
+        ids: DevPtr<u32>, tok: DevPtr<u32>, counts: DevPtr<i32>, n: u64, kps: i32, k: i32,
+        e: i32, slots: i32,
+    }
+    grid(a, sms) { Grid::stride(a.n as usize * a.kps as usize, 256, sms) }
+    fn RefCount = ref_count;
+
+    /// Slot offsets, tile offsets and cursors (one thread).
+    Reference::RefScanArgs {
+        counts: DevPtr<i32>, offsets: DevPtr<i32>, tiles: DevPtr<i32>, cursor: DevPtr<i32>,
+        slots: i32, bm: i32,
+    }
+    grid(a, sms) { Grid::x(1, 32) }
+    fn RefScan = ref_scan;
+
+    /// Each reference row's position in slot order, and back.
+    Reference::RefFillArgs {
+        ids: DevPtr<u32>, tok: DevPtr<u32>, cursor: DevPtr<i32>, row_of: DevPtr<i32>,
+        pos_of: DevPtr<i32>, n: u64, kps: i32, k: i32, e: i32, slots: i32,
+    }
+    grid(a, sms) { Grid::stride(a.n as usize * a.kps as usize, 256, sms) }
+    fn RefFill = ref_fill;
+
+    /// Grouped GEMM in f64 over bf16 weights; `max_tiles` bounds the row tiles of all slots.
+    Reference::RefGemmArgs {
+        x: DevPtr<u16>, act: DevPtr<f64>, tok: DevPtr<u32>, row_of: DevPtr<i32>,
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, b_routed: DevPtr<u16>, b_shared: DevPtr<u16>,
+        out: DevPtr<f64>, lda: u64, ldo: u64, mode: i32, kps: i32, slots: i32, e: i32,
+        n_routed: i32, n_shared: i32, k_routed: i32, k_shared: i32, max_tiles: i32,
+    }
+    grid(a, sms) {
+        let cols = a.n_routed.max(a.n_shared) as usize;
+        Grid::xy(a.max_tiles as u32, cols.div_ceil(REF_GEMM_BN) as u32, 256)
+    }
+    fn RefGemm = ref_gemm;
+
+    /// silu(gate) · up in f64; `rows` bounds the positions.
+    Reference::RefSiluArgs {
+        h1: DevPtr<f64>, act: DevPtr<f64>, offsets: DevPtr<i32>, ld: u64, rows: u64, slots: i32,
+        e: i32, inter_routed: i32, inter_shared: i32,
+    }
+    grid(a, sms) { Grid::stride((a.rows * a.ld) as usize, 256, sms) }
+    fn RefSilu = ref_silu;
+
+    /// The reference output rows of the compared tokens.
+    Reference::RefCombineArgs {
+        o: DevPtr<f64>, pos_of: DevPtr<i32>, probs: DevPtr<f64>, tok: DevPtr<u32>,
+        gate: DevPtr<f64>, y: DevPtr<f64>, rsf: f64, n: u64, h: u64, kps: i32, k: i32,
+    }
+    grid(a, sms) { Grid::stride((a.n * a.h) as usize, 256, sms) }
+    fn RefCombine = ref_combine;
+
+    /// Per-token routing comparison of a path against the reference (one thread a token).
+    Reference::RefCompareArgs {
+        p_ids: DevPtr<u32>, p_w: DevPtr<f32>, sep: DevPtr<f32>, gate: DevPtr<f32>,
+        r_ids: DevPtr<u32>, r_probs: DevPtr<f64>, sel: DevPtr<f32>, gscore: DevPtr<f32>,
+        kept: DevPtr<u32>, load: DevPtr<u32>, cols: DevPtr<f64>, classes: DevPtr<u8>,
+        out_scale: f64, rsf: f64, tokens: u64, spt: i32, k: i32, e: i32, s: i32, n_group: i32,
+        topk_group: i32, near_ulps: i32,
+    }
+    grid(a, sms) { Grid::per_item(a.tokens as usize, 128) }
+    fn RefCompareRoutes = ref_compare_routes;
+
+    /// Per token: whether two paths' routed sets are equal.
+    Reference::RefSetsArgs {
+        a_ids: DevPtr<u32>, b_ids: DevPtr<u32>, out: DevPtr<f64>, tokens: u64, a_spt: i32,
+        b_spt: i32, e: i32,
+    }
+    grid(a, sms) { Grid::per_item(a.tokens as usize, 128) }
+    fn RefCompareSets = ref_compare_sets;
+
+    /// Copies 32-bit words (a path's slot ids and weights, for the drill-down).
+    Reference::RefCopyArgs { src: DevPtr<u32>, dst: DevPtr<u32>, n: u64 }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn RefCopyU32 = ref_copy_u32;
+
+    /// A path's output rows of the compared tokens, kept for the path-against-path errors.
+    Reference::RefCopyRowsArgs { y: DevPtr<f32>, tok: DevPtr<u32>, out: DevPtr<f32>, n: u64, h: u64 }
+    grid(a, sms) { Grid::stride((a.n * a.h) as usize, 256, sms) }
+    fn RefCopyRows = ref_copy_rows;
+
+    /// Per-token output errors of a path (against the reference or another path; a warp each).
+    Reference::RefRowsArgs {
+        y: DevPtr<f32>, tok: DevPtr<u32>, ref64: DevPtr<f64>, ref32: DevPtr<f32>,
+        cols: DevPtr<f64>, n: u64, h: i32, mode: i32,
+    }
+    grid(a, sms) { Grid::per_warp(a.n as usize) }
+    fn RefCompareRows = ref_compare_rows;
+
+    /// Column summaries (one block a column): sum, min, max, p50, p99, NaN and zero counts,
+    /// worst entries.
+    Reference::RefSummaryArgs { cols: DevPtr<f64>, out: DevPtr<f64>, stride: u64, n: u64, columns: u64 }
+    grid(a, sms) { Grid::x(a.columns as u32, 256) }
+    fn RefSummarize = ref_summarize;
 }
+
+/// Tokens per block of the reference router (kernels/reference.cu REF_ROUTE_WARPS).
+pub const REF_ROUTE_WARPS: usize = 2;
+/// Rows per tile of the reference GEMM (REF_BM) and columns (REF_BN).
+pub const REF_GEMM_BM: usize = 32;
+pub const REF_GEMM_BN: usize = 128;

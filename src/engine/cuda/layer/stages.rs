@@ -72,6 +72,8 @@ pub struct PathLaunch<'a> {
     pub ws: &'a Workspace,
     pub plan: &'a Plan,
     pub t: usize,
+    /// The slots were uploaded from a routing trace: no gate GEMM, no router.
+    pub routed: bool,
     /// Path C's kernel (None on the other paths).
     pub user: Option<&'a UserKernel>,
     /// The step's shared gate on the host, for a user kernel's shared slots.
@@ -81,14 +83,23 @@ pub struct PathLaunch<'a> {
 impl PathLaunch<'_> {
     /// The whole path, every stage timed by `timer` (a clean run passes an off timer).
     pub fn run(&self, timer: &mut Timer) -> Result<()> {
-        self.gate_gemm(timer)?;
-        self.router(timer)?;
+        if !self.routed {
+            self.gate_gemm(timer)?;
+            self.router(timer)?;
+        }
         self.align(timer)?;
         self.experts(timer)?;
         if self.plan.separate {
             self.shared_mlp(timer)?;
         }
         self.combine(timer)
+    }
+
+    /// Alignment and the grouped expert MLP only, over slots already in `ws.router.ids` (an EP
+    /// rank's share of the GEMM, timed on its own).
+    pub fn experts_only(&self, timer: &mut Timer) -> Result<()> {
+        self.align(timer)?;
+        self.experts(timer)
     }
 
     /// Assignments of the step: tokens × slots per token.

@@ -20,16 +20,28 @@ use std::path::Path;
 
 /// The MoE config of a checkpoint directory.
 pub fn read_config(dir: &Path) -> Result<MoeConfig> {
+    ensure_dir(dir)?;
     MoeConfig::from_hf_file(&dir.join("config.json"))
 }
 
-/// config.json as JSON, and its MoE config.
-fn load_config(dir: &Path) -> Result<(serde_json::Value, MoeConfig)> {
+/// A checkpoint is a directory: a file or a missing path is named as such.
+fn ensure_dir(dir: &Path) -> Result<()> {
+    ensure!(
+        !dir.exists() || dir.is_dir(),
+        "{} is a file; expected a checkpoint directory (config.json and safetensors files)",
+        dir.display()
+    );
     ensure!(
         dir.is_dir(),
         "checkpoint directory {} does not exist",
         dir.display()
     );
+    Ok(())
+}
+
+/// config.json as JSON, and its MoE config.
+fn load_config(dir: &Path) -> Result<(serde_json::Value, MoeConfig)> {
+    ensure_dir(dir)?;
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
