@@ -4,6 +4,7 @@
 //! architecture and cached on disk (`loader`). `gpu` holds the context and launches, `router` the
 //! fused and unfused routers, `layer` the weights on the device and the `Backend`.
 
+pub mod fp8;
 pub mod gpu;
 pub mod kernels;
 pub mod layer;

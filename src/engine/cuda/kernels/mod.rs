@@ -177,6 +177,7 @@ pub enum Module {
     RouterUnfused,
     Moe,
     Reference,
+    Fp8,
 }
 
 impl Module {
@@ -186,6 +187,7 @@ impl Module {
         Module::RouterUnfused,
         Module::Moe,
         Module::Reference,
+        Module::Fp8,
     ];
 
     /// The file name without `.cu`.
@@ -196,6 +198,7 @@ impl Module {
             Module::RouterUnfused => "router_unfused",
             Module::Moe => "moe",
             Module::Reference => "reference",
+            Module::Fp8 => "fp8",
         }
     }
 
@@ -206,6 +209,7 @@ impl Module {
             Module::RouterUnfused => include_str!("../../../../kernels/router_unfused.cu"),
             Module::Moe => include_str!("../../../../kernels/moe.cu"),
             Module::Reference => include_str!("../../../../kernels/reference.cu"),
+            Module::Fp8 => include_str!("../../../../kernels/fp8.cu"),
         }
     }
 

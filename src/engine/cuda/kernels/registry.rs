@@ -9,6 +9,13 @@ pub const STATS_BLOCKS: usize = 512;
 /// Rows per grouped-GEMM tile (kernels/moe.cu GM_BM) and columns (GM_BN).
 pub const GEMM_BM: usize = 64;
 pub const GEMM_BN: usize = 128;
+/// FP8 GEMM (kernels/fp8.cu): pipeline stages (F8_STAGES), the padded shared row of a 128-deep
+/// K block (F8_LD), and the dynamic shared memory of one block of `bm`-row tiles.
+pub const FP8_STAGES: usize = 4;
+pub const FP8_LD: usize = 128 + 16;
+pub const fn fp8_shared_bytes(bm: usize) -> u32 {
+    (FP8_STAGES * (bm * FP8_LD + 128 * FP8_LD + 4 * bm + 16)) as u32
+}
 /// Tokens per block of the fused router (one warp each; kernels/router_fused.cu RF_WARPS).
 pub const FUSED_WARPS: usize = 4;
 
@@ -358,6 +365,53 @@ kernels! {
     Reference::RefSummaryArgs { cols: DevPtr<f64>, out: DevPtr<f64>, stride: u64, n: u64, columns: u64 }
     grid(a, sms) { Grid::x(a.columns as u32, 256) }
     fn RefSummarize = ref_summarize;
+    // ---- kernels/fp8.cu ----
+
+    /// bf16 [rows × cols] → e4m3 [rows × cols] and f32 scales [rows × cols/128], per row and
+    /// group of 128 (weights::fp8), one warp per group.
+    Fp8::Fp8QuantArgs {
+        input: DevPtr<u16>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, cols: u64,
+    }
+    grid(a, sms) { Grid::per_warp((a.rows * a.cols / 128) as usize) }
+    fn Fp8QuantRows = fp8_quant_rows;
+
+    /// SiLU·mul of h f32 [rows × 2·inter], rounded to bf16, quantized as `Fp8QuantArgs`.
+    Fp8::Fp8SiluArgs {
+        h: DevPtr<f32>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, inter: u64,
+    }
+    grid(a, sms) { Grid::per_warp((a.rows * a.inter / 128) as usize) }
+    fn Fp8SiluMulQuant = fp8_silu_mul_quant;
+
+    /// Tile offsets [groups + 1] of `bm`-row tiles from row offsets [groups + 1]: one block
+    /// (groups <= 1024).
+    Fp8::Fp8TilesArgs { offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, bm: i32 }
+    grid(a, sms) { Grid::x(1, 1024) }
+    fn Fp8TileScan = fp8_tile_scan;
+
+    /// The FP8 grouped GEMM: per group g, rows offsets[g]..offsets[g+1] of C [rows × n] f32 =
+    /// Σ over K blocks of (A rows by `a_mode`, e4m3, scales [* × k/128]) · (B_g e4m3 [n × k],
+    /// block scales [n/128 × k/128])ᵀ, each block's product times its two scales. Group
+    /// g < n_first reads b0/bs0 + g·stride, else b1/bs1 + (g − n_first)·stride.
+    Fp8::Fp8GemmArgs {
+        a: DevPtr<u8>, a_scales: DevPtr<f32>, a_mode: GemmRows, a_map: DevPtr<i32>, a_div: i32,
+        b0: DevPtr<u8>, b1: DevPtr<u8>, bs0: DevPtr<f32>, bs1: DevPtr<f32>, n_first: i32,
+        /// Elements between consecutive groups' weights, and their scales.
+        b_stride: i64, bs_stride: i64,
+        /// Output, or with `k_splits` > 1 the partials at c + z · c_split.
+        c: DevPtr<f32>,
+        /// Row offsets [groups + 1]; tile offsets of `bm`-row tiles (fp8_tile_scan).
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, n: i32, k: i32,
+        k_splits: i32, c_split: i64,
+        /// The tile height of the function launched (16 or 64; checked by the kernel).
+        bm: i32,
+        /// Grid x: an upper bound of the M tiles (rows / bm + groups).
+        max_tiles: i32,
+    }
+    grid(a, sms) {
+        Grid::xyz(a.max_tiles as u32, (a.n as usize / 128) as u32, a.k_splits as u32, 256)
+            .with_shared(fp8_shared_bytes(a.bm as usize))
+    }
+    fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M64 = grouped_gemm_fp8_m64;
 }
 
 /// Tokens per block of the reference router (kernels/reference.cu REF_ROUTE_WARPS).
