@@ -156,6 +156,8 @@ fn the_correct_example_runs_as_path_c_through_the_layer() {
     if !gpu_or_skip() {
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("c.jsonl");
     let out = moescope(&[
         "run",
         "--headless",
@@ -165,6 +167,8 @@ fn the_correct_example_runs_as_path_c_through_the_layer() {
         "256",
         "--kernel",
         "examples/kernels/fused_router.cu",
+        "--record",
+        session.to_str().unwrap(),
     ]);
     let text = stdout(&out);
     assert!(

@@ -251,6 +251,10 @@ impl RunSpec {
         if let Some(h) = &self.hidden_states {
             description.push_str(&format!(", hidden states from {}", h.display()));
         }
+        if let Some(k) = self.kernel.as_ref().filter(|_| user_path.is_some()) {
+            let name = k.file_name().unwrap_or(k.as_os_str()).to_string_lossy();
+            description.push_str(&format!(", path C: kernel {name}"));
+        }
         let cfg = backend.weights().config().clone();
         let routing = match &self.trace.routing {
             Some(path) => {
