@@ -28,6 +28,7 @@ fn generate(path: &Path) -> u64 {
         paths: PathSpec::default_pair(),
         hidden_states: None,
         trace: Default::default(),
+        kernel: None,
     };
     let (mut engine, _) = spec.build_engine().expect("a CPU engine");
     let header = SessionHeader::new(&engine);

@@ -132,3 +132,27 @@ fn a_library_without_the_entry_points_or_of_another_version_is_refused() {
     let err = stderr_of_failure(&moescope(&["check", "--kernel", &lib]));
     assert!(err.contains("moescope_router_launch"), "{err}");
 }
+
+#[test]
+fn run_with_a_kernel_on_the_cpu_backend_says_it_needs_cuda() {
+    let out = moescope(&[
+        "run",
+        "--headless",
+        "--steps",
+        "1",
+        "--backend",
+        "cpu",
+        "--kernel",
+        "examples/kernels/fused_router.cu",
+    ]);
+    let err = stderr_of_failure(&out);
+    assert!(
+        err.contains("fused_router.cu") && err.contains("CUDA backend only"),
+        "{err}"
+    );
+    let err = stderr_of_failure(&moescope(&["run", "--headless", "--kernel", "missing.cu"]));
+    assert!(
+        err.contains("missing.cu") && err.contains("no such file"),
+        "{err}"
+    );
+}

@@ -150,3 +150,73 @@ fn the_so_example_builds_with_nvcc_and_passes() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_correct_example_runs_as_path_c_through_the_layer() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let out = moescope(&[
+        "run",
+        "--headless",
+        "--steps",
+        "2",
+        "--tokens",
+        "256",
+        "--kernel",
+        "examples/kernels/fused_router.cu",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text.lines().last().expect("a StepRecord line");
+    let rec: serde_json::Value = serde_json::from_str(line).unwrap();
+    let paths = rec["paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 3, "A, B and C");
+    assert_eq!(paths[2]["name"], "C");
+    assert_eq!(paths[2]["spec"]["router"], "user");
+    assert_eq!(paths[2]["contract"]["ok"], true, "{}", paths[2]["contract"]);
+    let agree = rec["comparison"]["routing_agreement_ref"][2]
+        .as_f64()
+        .unwrap();
+    assert_eq!(agree, 1.0, "path C routes as the reference");
+    let err = rec["comparison"]["output_rel_l2_ref"][2].as_f64().unwrap();
+    assert!(
+        err < 1e-2,
+        "path C's output against the f64 reference: {err}"
+    );
+    let timed = paths[2]["timings"].as_array().unwrap();
+    assert!(
+        timed.iter().any(|t| t["name"] == "router_user"),
+        "{timed:?}"
+    );
+}
+
+#[test]
+fn a_bug_example_as_path_c_shows_its_contract_violation() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let out = moescope(&[
+        "run",
+        "--headless",
+        "--steps",
+        "1",
+        "--kernel",
+        "examples/kernels/bug_shared_inv_rsf.cu",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    let c = &rec["paths"][2];
+    assert_eq!(c["contract"]["ok"], false, "{c}");
+    let shared = c["shared_weight"]["mean"].as_f64().unwrap();
+    assert!((shared - 0.4).abs() < 1e-3, "shared weight 1/rsf: {shared}");
+}

@@ -334,6 +334,7 @@ fn a_run_through_a_trace_routes_exactly_its_tokens() {
         tokens: 5,
         paths: PathSpec::default_pair(),
         hidden_states: None,
+        kernel: None,
         trace: TraceSpec {
             routing: Some(sample("safetensors")),
             keep_routing: true,

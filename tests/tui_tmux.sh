@@ -89,6 +89,9 @@ wait_for 'verdict per step' "view 3 (contract)"
 tm send-keys -t main 6
 wait_for 'telemetry unavailable' "view 6 (telemetry)"
 
+tm send-keys -t main 7
+wait_for 'run with --ep N' "view 7 (EP) to say how to get EP figures"
+
 tm send-keys -t main '?'
 wait_for 'keys \(live\)' "the help overlay"
 tm send-keys -t main Escape
@@ -141,4 +144,15 @@ if "$BIN" --headless --backend cpu --preset deepseek-v3 --tokens 4 --hidden 64 -
 else
     echo "SKIP replay: this build did not record a session ($(head -c 200 "$DIR/err"))"
 fi
+# A routing trace with expert parallelism: view 7 shows the ranks and the what-if line.
+TRACE="$(dirname "$0")/data/routing/deepseek-v3-skew.safetensors"
+tm kill-session -t main
+tm new-session -d -s main -x 120 -y 40 \
+    "$BIN --backend cpu --preset deepseek-v3 --hidden 64 --intermediate 64 --telemetry-hz 0 --routing $TRACE --ep 8 --redundant 8; echo \"EXIT=\$?\"; sleep 60"
+wait_for 'step [0-9]+ · T=64' "a step of the trace's 64 tokens"
+tm send-keys -t main 7
+wait_for '◀ max' "view 7 (EP) with the straggler marked"
+wait_for 'rebalancing from the last [0-9]+ steps would' "the what-if line"
+tm send-keys -t main q
+wait_for '^EXIT=0' "q to quit the EP run with status 0"
 echo "OK: tmux drive of $BIN passed"

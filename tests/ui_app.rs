@@ -229,6 +229,7 @@ fn tiny_cpu_plan() -> LivePlan {
             paths: PathSpec::default_pair(),
             hidden_states: None,
             trace: Default::default(),
+            kernel: None,
         },
         telemetry_hz: 0.0,
         record: None,

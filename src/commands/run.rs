@@ -46,6 +46,9 @@ pub struct RunArgs {
     /// Captured hidden states (safetensors with `hidden_states` [T, H]) instead of synthetic ones.
     #[arg(long)]
     pub hidden_states: Option<PathBuf>,
+    /// Your router kernel (.cu for NVRTC or .so; docs/kernel-abi.md) as path C (CUDA only).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
     /// Print StepRecords as JSON lines instead of opening the TUI.
     #[arg(long)]
     pub headless: bool,
@@ -142,6 +145,7 @@ impl RunArgs {
             paths: self.paths(),
             hidden_states: self.hidden_states.clone(),
             trace: self.trace.spec()?,
+            kernel: self.kernel.clone(),
         })
     }
 }

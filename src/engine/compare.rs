@@ -4,6 +4,10 @@
 
 use super::config::MoeConfig;
 use super::finite::{FiniteCounts, FiniteStage};
+use super::numerics::{
+    detail_tokens, MarginSummary, PathNumerics, RefToken, RouteClass, StepNumerics, TieCounts,
+    TokenDist, TokenErrors, TokenMargins, WORST_TOKENS,
+};
 use super::paths::{PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
@@ -20,16 +24,18 @@ pub use super::step::CONTRACT_TOLERANCE;
 /// Multiply-adds of the f64 reference the engine spends per step at most.
 const REFERENCE_BUDGET_MACS: usize = 200_000_000;
 
-/// Which tokens are compared against the f64 reference this step: up to 8, fewer on large
-/// layers, spread over the batch and moving with the step so every token gets its turn.
+/// Drill-down tokens per step at most.
+pub const DETAIL_TOKENS: usize = 8;
+
+/// Which tokens the host compares against the f64 reference this step: every token where the
+/// budget allows, else as many as it allows (at least one), spread over the batch and moving
+/// with the step so every token gets its turn. `Comparison::sampled_tokens` counts them.
 pub fn sample_tokens(cfg: &MoeConfig, tokens: usize, step: u64) -> Vec<usize> {
     let per_token = (cfg.num_experts_per_tok * cfg.moe_intermediate_size
         + cfg.shared_intermediate_size)
         * cfg.hidden_size
         * 3;
-    let n = (REFERENCE_BUDGET_MACS / per_token.max(1))
-        .clamp(1, 8)
-        .min(tokens);
+    let n = (REFERENCE_BUDGET_MACS / per_token.max(1)).clamp(1, tokens.max(1));
     let stride = tokens / n.max(1);
     (0..n)
         .map(|i| (i * stride + step as usize) % tokens)
@@ -94,32 +100,61 @@ pub fn reference_output(
 }
 
 /// Effective weights one path applied to one token: routed (id, weight) and shared weights.
-struct Effective {
-    routed: Vec<(u32, f64)>,
-    shared: Vec<f64>,
+pub(crate) struct Effective {
+    pub routed: Vec<(u32, f64)>,
+    pub shared: Vec<f64>,
 }
 
-fn effective(cfg: &MoeConfig, run: &PathRun, t: usize) -> Effective {
+/// The effective weights of one token's slots: `ids`/`weights` are its `spt` slots as the
+/// kernels wrote them, `sep` the separate shared MLP's weight where the path runs one.
+pub(crate) fn effective_slots(
+    cfg: &MoeConfig,
+    ids: &[u32],
+    weights: &[f32],
+    out_scale: f64,
+    sep: Option<f32>,
+) -> Effective {
     let e = cfg.n_routed_experts as u32;
-    let k = run.slots_per_token;
-    let mut routed = Vec::with_capacity(k);
+    let mut routed = Vec::with_capacity(ids.len());
     let mut shared = vec![0.0; cfg.n_shared_experts];
-    for s in t * k..(t + 1) * k {
-        let (id, w) = (run.slot_ids[s], run.slot_weights[s] as f64 * run.out_scale);
+    for (&id, &w) in ids.iter().zip(weights) {
+        let w = w as f64 * out_scale;
         if id < e {
             routed.push((id, w));
         } else if let Some(x) = shared.get_mut((id - e) as usize) {
             *x += w;
         }
     }
-    if let Some(&sep) = run.separate_shared_weight.get(t) {
+    if let Some(sep) = sep {
         shared.iter_mut().for_each(|x| *x += sep as f64);
     }
     Effective { routed, shared }
 }
 
-fn id_set(ids: impl Iterator<Item = u32>) -> BTreeSet<u32> {
-    ids.collect()
+fn effective(cfg: &MoeConfig, run: &PathRun, t: usize) -> Effective {
+    let k = run.slots_per_token;
+    effective_slots(
+        cfg,
+        &run.slot_ids[t * k..(t + 1) * k],
+        &run.slot_weights[t * k..(t + 1) * k],
+        run.out_scale,
+        run.separate_shared_weight.get(t).copied(),
+    )
+}
+
+impl Effective {
+    /// As the drill-down shows it: routed slots, then shared slots E..E+S-1.
+    pub(crate) fn slot_weights(&self, e: usize) -> SlotWeights {
+        let mut sw = SlotWeights {
+            ids: self.routed.iter().map(|r| r.0).collect(),
+            weights: self.routed.iter().map(|r| r.1).collect(),
+        };
+        for (j, w) in self.shared.iter().enumerate() {
+            sw.ids.push((e + j) as u32);
+            sw.weights.push(*w);
+        }
+        sw
+    }
 }
 
 /// Relative L2 of `a` against `b`.
@@ -136,34 +171,401 @@ fn rel_l2(a: impl Iterator<Item = f64>, b: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
-fn check_contract(routed: &[(f64, f64)], shared: &[(f64, f64)], has_shared: bool) -> ContractCheck {
-    let dev = |pairs: &[(f64, f64)]| {
-        pairs
-            .iter()
-            .map(|(got, want)| (got - want).abs() / want.abs().max(1.0))
-            .fold(0.0, f64::max)
-    };
-    let (routed_max_dev, shared_max_dev) = (dev(routed), dev(shared));
-    let got_shared = Stats::of(shared.iter().map(|p| p.0));
-    let got_routed = Stats::of(routed.iter().map(|p| p.0));
+/// Largest |a − b|; NaN where any difference is not finite.
+fn max_abs(a: &[f64], b: &[f64]) -> f64 {
+    let mut m = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        let d = x - y;
+        if !d.is_finite() {
+            return f64::NAN;
+        }
+        m = m.max(d.abs());
+    }
+    m
+}
+
+/// Per-token errors of `rows` against `want` ([n × h] each).
+fn token_errors(rows: &[f64], want: &[f64], h: usize, tokens: &[usize]) -> TokenErrors {
+    let (mut rel, mut abs) = (Vec::new(), Vec::new());
+    for (r, w) in rows.chunks(h.max(1)).zip(want.chunks(h.max(1))) {
+        let m = max_abs(r, w);
+        abs.push(m);
+        rel.push(if m.is_nan() {
+            f64::NAN
+        } else {
+            rel_l2(r.iter().copied(), w.iter().copied())
+        });
+    }
+    TokenErrors {
+        rel_l2: TokenDist::of(&rel, tokens),
+        max_abs: TokenDist::of(&abs, tokens),
+    }
+}
+
+/// The contract verdict from a path's aggregates.
+fn check_contract(p: &PathNumerics, has_shared: bool) -> ContractCheck {
     let mut check = ContractCheck {
         ok: false,
-        expected_routed_sum: Stats::of(routed.iter().map(|p| p.1)),
-        expected_shared: has_shared.then(|| Stats::of(shared.iter().map(|p| p.1))),
-        routed_max_dev,
-        shared_max_dev,
+        expected_routed_sum: p.routed_sum_expected,
+        expected_shared: if has_shared { p.shared_expected } else { None },
+        routed_max_dev: p.routed_max_dev,
+        shared_max_dev: p.shared_max_dev,
         violations: Vec::new(),
     };
-    check.violations = check.violations_of(
-        &got_routed,
-        has_shared.then_some(&got_shared),
-        CONTRACT_TOLERANCE,
-    );
+    let shared = if has_shared { p.shared } else { None };
+    check.violations = check.violations_of(&p.routed_sum, shared.as_ref(), CONTRACT_TOLERANCE);
     check.ok = check.violations.is_empty();
     check
 }
 
-/// Builds the StepRecord of one step (wall and clock times are filled in by the engine).
+/// Largest relative deviation |got − want| / max(|want|, 1).
+fn max_dev(pairs: &[(f64, f64)]) -> f64 {
+    pairs
+        .iter()
+        .map(|(got, want)| (got - want).abs() / want.abs().max(1.0))
+        .fold(0.0, f64::max)
+}
+
+/// A path's load and contract aggregates from its effective weights.
+fn path_numerics(
+    cfg: &MoeConfig,
+    run: &PathRun,
+    eff: &[Effective],
+    reference: &Routing,
+    gate_of: &dyn Fn(usize) -> f64,
+) -> PathNumerics {
+    let t_count = eff.len();
+    let mut load = vec![0u32; cfg.total_slots()];
+    for &id in &run.slot_ids {
+        if let Some(c) = load.get_mut(id as usize) {
+            *c += 1;
+        }
+    }
+    if !run.separate_shared_weight.is_empty() {
+        load[cfg.n_routed_experts..]
+            .iter_mut()
+            .for_each(|c| *c += t_count as u32);
+    }
+    let k = reference.k;
+    let routed: Vec<(f64, f64)> = eff
+        .iter()
+        .enumerate()
+        .map(|(t, x)| {
+            let want: f64 =
+                reference.probs[t * k..(t + 1) * k].iter().sum::<f64>() * cfg.routed_scaling_factor;
+            (x.routed.iter().map(|r| r.1).sum(), want)
+        })
+        .collect();
+    let shared: Vec<(f64, f64)> = eff
+        .iter()
+        .enumerate()
+        .flat_map(|(t, x)| x.shared.iter().map(move |&w| (w, gate_of(t))))
+        .collect();
+    let has_shared = cfg.n_shared_experts > 0;
+    let mut finite_seen = FiniteCounts::default();
+    finite_seen.count(FiniteStage::Router, &run.slot_weights);
+    finite_seen.add(FiniteStage::Combine, run.output.nonfinite);
+    PathNumerics {
+        finite_seen,
+        load,
+        routed_sum: Stats::of(routed.iter().map(|p| p.0)),
+        routed_sum_expected: Stats::of(routed.iter().map(|p| p.1)),
+        shared: has_shared.then(|| Stats::of(shared.iter().map(|p| p.0))),
+        shared_expected: has_shared.then(|| Stats::of(shared.iter().map(|p| p.1))),
+        routed_max_dev: max_dev(&routed),
+        shared_max_dev: max_dev(&shared),
+    }
+}
+
+/// Selection values of one token (scores + bias, f32 as the router selects on them).
+fn selection(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let mut sel = vec![0.0f32; logits.len()];
+    routing::scores_into(cfg.scoring_func, logits, &mut sel);
+    if let Some(b) = bias {
+        sel.iter_mut().zip(b).for_each(|(s, b)| *s += b);
+    }
+    sel
+}
+
+/// The numerics of one step computed on the host (the CPU backend, and the CUDA backend where it
+/// returns no device numerics): reference routing, margins and classes for every token, the f64
+/// reference layer on `input.sample_tokens`.
+pub fn host_numerics(
+    cfg: &MoeConfig,
+    backend: &dyn Backend,
+    input: &StepInput,
+    paths: &[PathSpec],
+    out: &BackendStep,
+    given: Option<&Routing>,
+) -> Result<StepNumerics> {
+    use rayon::prelude::*;
+    let (t_count, e, h) = (input.tokens, cfg.n_routed_experts, cfg.hidden_size);
+    ensure!(
+        given.is_some() || out.router_logits.len() == t_count * e,
+        "backend returned {} router logits, expected {}",
+        out.router_logits.len(),
+        t_count * e
+    );
+    ensure!(
+        out.paths.len() == paths.len(),
+        "backend ran {} paths, expected {}",
+        out.paths.len(),
+        paths.len()
+    );
+    for (i, run) in out.paths.iter().enumerate() {
+        ensure!(
+            run.slot_ids.len() == t_count * run.slots_per_token
+                && run.slot_weights.len() == run.slot_ids.len(),
+            "path {} returned {} slots for {} tokens × {} per token",
+            i,
+            run.slot_ids.len(),
+            t_count,
+            run.slots_per_token
+        );
+    }
+    let rsf = cfg.routed_scaling_factor;
+    let weights = backend.weights();
+    let bias = weights.router_bias()?;
+    let k = cfg.num_experts_per_tok;
+    // A given routing (a trace) is the reference: the backend computed no logits to route.
+    let routes: Vec<TokenRoute> = match given {
+        Some(r) => (0..t_count)
+            .map(|t| TokenRoute {
+                ids: r.ids[t * r.k..(t + 1) * r.k].to_vec(),
+                probs: r.probs[t * r.k..(t + 1) * r.k].to_vec(),
+                group_scores: Vec::new(),
+                kept_groups: Vec::new(),
+            })
+            .collect(),
+        None => out
+            .router_logits
+            .par_chunks(e)
+            .map(|row| routing::route_token(cfg, row, bias.as_deref(), k))
+            .collect(),
+    };
+    let reference = Routing {
+        k: routes.first().map(|r| r.ids.len()).unwrap_or(k),
+        ids: routes.iter().flat_map(|r| r.ids.iter().copied()).collect(),
+        probs: routes
+            .iter()
+            .flat_map(|r| r.probs.iter().copied())
+            .collect(),
+    };
+    let gate_of = |t: usize| out.shared_gate.get(t).copied().unwrap_or(1.0) as f64;
+    let mut seen = FiniteCounts::default();
+    seen.count(FiniteStage::Input, &out.sample_hidden);
+    seen.count(FiniteStage::Weights, bias.as_deref().unwrap_or(&[]));
+    seen.count(FiniteStage::Router, &out.router_logits);
+    let effectives: Vec<Vec<Effective>> = out
+        .paths
+        .iter()
+        .map(|run| (0..t_count).map(|t| effective(cfg, run, t)).collect())
+        .collect();
+    let path_nums: Vec<PathNumerics> = out
+        .paths
+        .iter()
+        .zip(&effectives)
+        .map(|(run, eff)| {
+            let mut p = path_numerics(cfg, run, eff, &reference, &gate_of);
+            p.finite_seen = p.finite_seen.merged(&seen);
+            p
+        })
+        .collect();
+
+    // Margins and classes for every token.
+    let per_token: Vec<(TokenMargins, Vec<RouteClass>)> = (0..t_count)
+        .into_par_iter()
+        .map(|t| {
+            // Without logits (a given routing) there are no selection values: no margins, and
+            // any disagreement is a real one.
+            let sel = match given {
+                Some(_) => vec![f32::NAN; e],
+                None => selection(cfg, &out.router_logits[t * e..(t + 1) * e], bias.as_deref()),
+            };
+            let r = &routes[t];
+            let rt = RefToken {
+                sel: &sel,
+                group_scores: &r.group_scores,
+                kept_groups: &r.kept_groups,
+                ids: &r.ids,
+            };
+            let classes = effectives
+                .iter()
+                .map(|eff| {
+                    let ids: Vec<u32> = eff[t].routed.iter().map(|x| x.0).collect();
+                    rt.classify(cfg, &ids)
+                })
+                .collect();
+            (rt.margins(cfg), classes)
+        })
+        .collect();
+
+    let frac = |n: usize| {
+        if t_count == 0 {
+            1.0
+        } else {
+            n as f64 / t_count as f64
+        }
+    };
+    let id_set = |p: usize, t: usize| -> BTreeSet<u32> {
+        effectives[p][t].routed.iter().map(|r| r.0).collect()
+    };
+    let mut comparison = Comparison {
+        routing_agreement_ab: if paths.len() >= 2 {
+            frac(
+                (0..t_count)
+                    .filter(|&t| id_set(0, t) == id_set(1, t))
+                    .count(),
+            )
+        } else {
+            1.0
+        },
+        margins: given
+            .is_none()
+            .then(|| MarginSummary::of(&per_token.iter().map(|p| p.0).collect::<Vec<_>>())),
+        disagreeing_tokens: (0..t_count)
+            .filter(|&t| per_token[t].1.iter().any(|&c| c != RouteClass::Agree))
+            .take(WORST_TOKENS)
+            .collect(),
+        ..Comparison::default()
+    };
+    for (p, eff) in effectives.iter().enumerate() {
+        let mut ties = TieCounts::default();
+        let mut agree = 0;
+        let mut max_diff = 0.0f64;
+        for (t, x) in eff.iter().enumerate() {
+            let class = per_token[t].1[p];
+            ties.add(class);
+            if class != RouteClass::Agree {
+                continue;
+            }
+            agree += 1;
+            let ref_ids = &reference.ids[t * reference.k..(t + 1) * reference.k];
+            for (id, w) in &x.routed {
+                if let Some(r) = ref_ids.iter().position(|x| x == id) {
+                    max_diff = max_diff.max((w - reference.probs[t * reference.k + r] * rsf).abs());
+                }
+            }
+        }
+        comparison.routing_agreement_ref.push(frac(agree));
+        comparison.weight_max_diff_ref.push(max_diff);
+        comparison.ties_ref.push(ties);
+    }
+
+    // f64 reference layer on the sampled tokens.
+    let samples = &input.sample_tokens;
+    ensure!(
+        out.sample_hidden.len() == samples.len() * h,
+        "backend returned {} sampled hidden values, expected {}",
+        out.sample_hidden.len(),
+        samples.len() * h
+    );
+    let shared_gate_w = weights.shared_gate()?;
+    let mut cache: HashMap<usize, Arc<ExpertWeights>> = HashMap::new();
+    let mut slot = |id: usize| -> Result<Arc<ExpertWeights>> {
+        if let Some(w) = cache.get(&id) {
+            return Ok(w.clone());
+        }
+        let w = backend.reference_slot(id)?;
+        cache.insert(id, w.clone());
+        Ok(w)
+    };
+    let mut ref_rows: Vec<f64> = Vec::with_capacity(samples.len() * h);
+    let mut gates = Vec::with_capacity(samples.len());
+    for (s, &t) in samples.iter().enumerate() {
+        ensure!(t < t_count, "sample token {t} out of {t_count}");
+        let x: Vec<f64> = out.sample_hidden[s * h..(s + 1) * h]
+            .iter()
+            .map(|&v| v as f64)
+            .collect();
+        let g = shared_gate_f64(shared_gate_w.as_deref(), &x);
+        gates.push((t, g));
+        ref_rows.extend(reference_output(cfg, &routes[t], &x, g, &mut slot)?);
+    }
+    let rows = |p: usize| -> Vec<f64> {
+        out.paths[p]
+            .sample_outputs
+            .iter()
+            .map(|&v| v as f64)
+            .collect()
+    };
+    for p in 0..paths.len() {
+        ensure!(
+            out.paths[p].sample_outputs.len() == samples.len() * h,
+            "path {} returned {} sampled outputs, expected {}",
+            p,
+            out.paths[p].sample_outputs.len(),
+            samples.len() * h
+        );
+        let r = rows(p);
+        comparison
+            .output_rel_l2_ref
+            .push(rel_l2(r.iter().copied(), ref_rows.iter().copied()));
+        comparison
+            .token_errors_ref
+            .push(token_errors(&r, &ref_rows, h, samples));
+    }
+    if paths.len() >= 2 {
+        let (a, b) = (rows(0), rows(1));
+        comparison.output_rel_l2_ab = rel_l2(b.iter().copied(), a.iter().copied());
+        comparison.token_errors_ab = Some(token_errors(&b, &a, h, samples));
+    }
+    comparison.sampled_tokens = samples.len();
+
+    let details = detail_tokens(&comparison, samples, DETAIL_TOKENS)
+        .into_iter()
+        .map(|t| {
+            let r = &routes[t];
+            let g = gates
+                .iter()
+                .find(|x| x.0 == t)
+                .map(|x| x.1)
+                .unwrap_or_else(|| gate_of(t));
+            TokenDetail {
+                token: t,
+                group_scores: r.group_scores.clone(),
+                kept_groups: r.kept_groups.clone(),
+                reference: reference_slots(cfg, &r.ids, &r.probs, g),
+                paths: effectives
+                    .iter()
+                    .map(|eff| eff[t].slot_weights(e))
+                    .collect(),
+                margins: Some(per_token[t].0),
+                classes: per_token[t].1.clone(),
+            }
+        })
+        .collect();
+    Ok(StepNumerics {
+        comparison,
+        paths: path_nums,
+        details,
+    })
+}
+
+/// The reference's slots of one token: routed ids with rsf·p, then shared slots with the gate.
+pub(crate) fn reference_slots(
+    cfg: &MoeConfig,
+    ids: &[u32],
+    probs: &[f64],
+    gate: f64,
+) -> SlotWeights {
+    let e = cfg.n_routed_experts;
+    let mut sw = SlotWeights {
+        ids: ids.to_vec(),
+        weights: probs
+            .iter()
+            .map(|p| p * cfg.routed_scaling_factor)
+            .collect(),
+    };
+    for j in 0..cfg.n_shared_experts {
+        sw.ids.push((e + j) as u32);
+        sw.weights.push(gate);
+    }
+    sw
+}
+
+/// Builds the StepRecord of one step (wall and clock times are filled in by the engine): from the
+/// backend's device numerics where it returned them, else computed on the host.
 pub fn assemble(
     cfg: &MoeConfig,
     backend: &dyn Backend,
@@ -186,82 +588,31 @@ pub fn assemble_given(
     backend_kind: BackendKind,
     given: Option<&Routing>,
 ) -> Result<StepRecord> {
-    let (t_count, e, h) = (input.tokens, cfg.n_routed_experts, cfg.hidden_size);
+    let numerics = match &out.numerics {
+        Some(n) => n.clone(),
+        None => host_numerics(cfg, backend, input, paths, out, given)?,
+    };
     ensure!(
-        given.is_some() || out.router_logits.len() == t_count * e,
-        "backend returned {} router logits, expected {}",
-        out.router_logits.len(),
-        t_count * e
-    );
-    ensure!(
-        out.paths.len() == paths.len(),
-        "backend ran {} paths, expected {}",
+        numerics.paths.len() == paths.len() && out.paths.len() == paths.len(),
+        "numerics of {} paths and {} runs, expected {}",
+        numerics.paths.len(),
         out.paths.len(),
         paths.len()
     );
     let has_shared = cfg.n_shared_experts > 0;
-    let rsf = cfg.routed_scaling_factor;
-    let weights = backend.weights();
-    let bias = weights.router_bias()?;
-    let reference: Routing = match given {
-        Some(r) => r.clone(),
-        None => routing::route(
-            cfg,
-            &out.router_logits,
-            bias.as_deref(),
-            cfg.num_experts_per_tok,
-        ),
-    };
-    let gate_of = |t: usize| out.shared_gate.get(t).copied().unwrap_or(1.0) as f64;
-    let mut seen = FiniteCounts::default();
-    seen.count(FiniteStage::Input, &out.sample_hidden);
-    seen.count(FiniteStage::Weights, bias.as_deref().unwrap_or(&[]));
-    seen.count(FiniteStage::Router, &out.router_logits);
-
-    // Per path: load, effective weights, contract.
     let mut records = Vec::with_capacity(paths.len());
-    let mut effectives: Vec<Vec<Effective>> = Vec::with_capacity(paths.len());
-    for (i, (spec, run)) in paths.iter().zip(&out.paths).enumerate() {
-        ensure!(
-            run.slot_ids.len() == t_count * run.slots_per_token
-                && run.slot_weights.len() == run.slot_ids.len(),
-            "path {} returned {} slots for {} tokens × {} per token",
-            i,
-            run.slot_ids.len(),
-            t_count,
-            run.slots_per_token
-        );
-        let mut load = vec![0u32; cfg.total_slots()];
-        for &id in &run.slot_ids {
-            if let Some(c) = load.get_mut(id as usize) {
-                *c += 1;
-            }
-        }
-        if !run.separate_shared_weight.is_empty() {
-            load[e..].iter_mut().for_each(|c| *c += t_count as u32);
-        }
-        let eff: Vec<Effective> = (0..t_count).map(|t| effective(cfg, run, t)).collect();
-        let routed_pairs: Vec<(f64, f64)> = eff
-            .iter()
-            .enumerate()
-            .map(|(t, x)| {
-                let want: f64 = reference.probs[t * reference.k..(t + 1) * reference.k]
-                    .iter()
-                    .sum::<f64>()
-                    * rsf;
-                (x.routed.iter().map(|r| r.1).sum(), want)
-            })
-            .collect();
-        let shared_pairs: Vec<(f64, f64)> = eff
-            .iter()
-            .enumerate()
-            .flat_map(|(t, x)| x.shared.iter().map(move |&w| (w, gate_of(t))))
-            .collect();
-        let mut path_seen = seen;
-        path_seen.count(FiniteStage::Router, &run.slot_weights);
-        path_seen.add(FiniteStage::Combine, run.output.nonfinite);
-        let finite = out.finite.merged(&run.finite).at_least(&path_seen).check();
-        let mut contract = check_contract(&routed_pairs, &shared_pairs, has_shared);
+    for (i, ((spec, run), num)) in paths
+        .iter()
+        .zip(&out.paths)
+        .zip(&numerics.paths)
+        .enumerate()
+    {
+        let finite = out
+            .finite
+            .merged(&run.finite)
+            .at_least(&num.finite_seen)
+            .check();
+        let mut contract = check_contract(num, has_shared);
         contract.judge_finite(&finite);
         records.push(PathRecord {
             name: PathId::nth(i).with_context(|| {
@@ -272,9 +623,9 @@ pub fn assemble_given(
                 )
             })?,
             spec: *spec,
-            load,
-            routed_weight_sum: Stats::of(routed_pairs.iter().map(|p| p.0)),
-            shared_weight: has_shared.then(|| Stats::of(shared_pairs.iter().map(|p| p.0))),
+            load: num.load.clone(),
+            routed_weight_sum: num.routed_sum,
+            shared_weight: if has_shared { num.shared } else { None },
             contract,
             output: run.output,
             total_us: run.timings.iter().map(|k| k.us).sum(),
@@ -282,155 +633,16 @@ pub fn assemble_given(
             clean_us: run.clean_us,
             finite: Some(finite),
         });
-        effectives.push(eff);
     }
-
-    // Routing agreement and weight differences.
-    let ref_set = |t: usize| {
-        id_set(
-            reference.ids[t * reference.k..(t + 1) * reference.k]
-                .iter()
-                .copied(),
-        )
-    };
-    let path_set = |p: usize, t: usize| id_set(effectives[p][t].routed.iter().map(|r| r.0));
-    let frac = |n: usize| {
-        if t_count == 0 {
-            1.0
-        } else {
-            n as f64 / t_count as f64
-        }
-    };
-    let mut comparison = Comparison {
-        routing_agreement_ab: if paths.len() >= 2 {
-            frac(
-                (0..t_count)
-                    .filter(|&t| path_set(0, t) == path_set(1, t))
-                    .count(),
-            )
-        } else {
-            1.0
-        },
-        ..Comparison::default()
-    };
-    for eff in &effectives {
-        let mut agree = 0;
-        let mut max_diff = 0.0f64;
-        for (t, x) in eff.iter().enumerate() {
-            let ref_ids = &reference.ids[t * reference.k..(t + 1) * reference.k];
-            if id_set(x.routed.iter().map(|r| r.0)) != ref_set(t) {
-                continue;
-            }
-            agree += 1;
-            for (id, w) in &x.routed {
-                if let Some(r) = ref_ids.iter().position(|x| x == id) {
-                    max_diff = max_diff.max((w - reference.probs[t * reference.k + r] * rsf).abs());
-                }
-            }
-        }
-        comparison.routing_agreement_ref.push(frac(agree));
-        comparison.weight_max_diff_ref.push(max_diff);
-    }
-
-    // f64 reference layer on the sampled tokens.
-    let samples = &input.sample_tokens;
-    ensure!(
-        out.sample_hidden.len() == samples.len() * h,
-        "backend returned {} sampled hidden values, expected {}",
-        out.sample_hidden.len(),
-        samples.len() * h
-    );
-    let shared_gate_w = weights.shared_gate()?;
-    let mut cache: HashMap<usize, Arc<ExpertWeights>> = HashMap::new();
-    let mut slot = |id: usize| -> Result<Arc<ExpertWeights>> {
-        if let Some(w) = cache.get(&id) {
-            return Ok(w.clone());
-        }
-        let w = backend.reference_slot(id)?;
-        cache.insert(id, w.clone());
-        Ok(w)
-    };
-    let mut ref_rows: Vec<f64> = Vec::with_capacity(samples.len() * h);
-    let mut details = Vec::with_capacity(samples.len());
-    for (s, &t) in samples.iter().enumerate() {
-        let x: Vec<f64> = out.sample_hidden[s * h..(s + 1) * h]
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        let route = match given {
-            Some(r) => TokenRoute {
-                ids: r.ids[t * r.k..(t + 1) * r.k].to_vec(),
-                probs: r.probs[t * r.k..(t + 1) * r.k].to_vec(),
-                group_scores: Vec::new(),
-                kept_groups: Vec::new(),
-            },
-            None => routing::route_token(
-                cfg,
-                &out.router_logits[t * e..(t + 1) * e],
-                bias.as_deref(),
-                cfg.num_experts_per_tok,
-            ),
-        };
-        let g = shared_gate_f64(shared_gate_w.as_deref(), &x);
-        ref_rows.extend(reference_output(cfg, &route, &x, g, &mut slot)?);
-        let mut reference_slots = SlotWeights {
-            ids: route.ids.clone(),
-            weights: route.probs.iter().map(|p| p * rsf).collect(),
-        };
-        for j in 0..cfg.n_shared_experts {
-            reference_slots.ids.push((e + j) as u32);
-            reference_slots.weights.push(g);
-        }
-        let path_slots = effectives
-            .iter()
-            .map(|eff| {
-                let x = &eff[t];
-                let mut sw = SlotWeights {
-                    ids: x.routed.iter().map(|r| r.0).collect(),
-                    weights: x.routed.iter().map(|r| r.1).collect(),
-                };
-                for (j, w) in x.shared.iter().enumerate() {
-                    sw.ids.push((e + j) as u32);
-                    sw.weights.push(*w);
-                }
-                sw
-            })
-            .collect();
-        details.push(TokenDetail {
-            token: t,
-            group_scores: route.group_scores,
-            kept_groups: route.kept_groups,
-            reference: reference_slots,
-            paths: path_slots,
-        });
-    }
-    let rows = |p: usize| out.paths[p].sample_outputs.iter().map(|&v| v as f64);
-    for p in 0..paths.len() {
-        ensure!(
-            out.paths[p].sample_outputs.len() == samples.len() * h,
-            "path {} returned {} sampled outputs, expected {}",
-            p,
-            out.paths[p].sample_outputs.len(),
-            samples.len() * h
-        );
-        comparison
-            .output_rel_l2_ref
-            .push(rel_l2(rows(p), ref_rows.iter().copied()));
-    }
-    if paths.len() >= 2 {
-        comparison.output_rel_l2_ab = rel_l2(rows(1), rows(0));
-    }
-    comparison.sampled_tokens = samples.len();
-
     Ok(StepRecord {
         step: input.step,
-        tokens: t_count,
+        tokens: input.tokens,
         backend: backend_kind,
         wall_us: 0.0,
         t_ms: 0.0,
         paths: records,
-        comparison,
-        token_details: details,
+        comparison: numerics.comparison,
+        token_details: numerics.details,
         telemetry: None,
         ep: None,
     })

@@ -3,6 +3,9 @@
 //! scaling contract. Each failure names its stage and whether it is a tie-rule difference, a
 //! rounding-level near tie or a real error, with one token as an example. No GPU here: the
 //! tests judge Rust stand-ins for kernels.
+//!
+//! Longer than most files: the cases and their judgement are one definition of what `check
+//! --kernel` holds a kernel to (the adversarial inputs exist for the classifications below).
 
 use super::config::MoeConfig;
 use super::cuda::user_kernel::{Conventions, LogitsDtype, RawOutput, POISON_ID, POISON_WEIGHT};

@@ -11,6 +11,7 @@ pub mod finite;
 pub mod inputs;
 pub mod kernel_check;
 pub mod memory;
+pub mod numerics;
 pub mod paths;
 pub mod routing;
 pub mod spec;
@@ -79,6 +80,9 @@ pub struct BackendStep {
     pub shared_gate: Vec<f32>,
     /// One per requested path, in order.
     pub paths: Vec<PathRun>,
+    /// The step's numerics where the backend computed them itself (the CUDA backend's device
+    /// reference); None: `compare` computes them on the host from the fields above.
+    pub numerics: Option<numerics::StepNumerics>,
     /// Non-finite values counted in the stages all paths share (input, weights).
     pub finite: finite::FiniteCounts,
 }
@@ -141,6 +145,11 @@ pub trait Backend: Send {
     }
     /// The weights, for the f64 reference on sampled tokens.
     fn weights(&self) -> &dyn WeightSource;
+    /// Whether the backend compares every token against the f64 reference itself (returning
+    /// `BackendStep::numerics`): the engine then asks it for no sampled rows.
+    fn compares_on_device(&self) -> bool {
+        false
+    }
     /// Slot `slot`'s MLP (routed < E, then shared slots) for the f64 reference. Backends that
     /// already hold the weights on the host override this to skip regenerating or re-reading.
     fn reference_slot(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
@@ -333,7 +342,9 @@ impl Engine {
     }
     /// The variant of path B (the fused path), where known bugs are shown.
     pub fn set_variant(&mut self, variant: Variant) {
-        if let Some(b) = self.paths.last_mut() {
+        // Path B is the second path (a user kernel, path C, may follow it).
+        let b = self.paths.len().min(2).saturating_sub(1);
+        if let Some(b) = self.paths.get_mut(b) {
             b.variant = variant;
         }
     }
@@ -342,7 +353,11 @@ impl Engine {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let cfg = self.config().clone();
-        let sample_tokens = compare::sample_tokens(&cfg, self.tokens, self.next_step);
+        let sample_tokens = if self.backend.compares_on_device() {
+            Vec::new()
+        } else {
+            compare::sample_tokens(&cfg, self.tokens, self.next_step)
+        };
         let input = StepInput {
             step: self.next_step,
             tokens: self.tokens,
@@ -395,6 +410,9 @@ impl Engine {
                 probs: Vec::new(),
             });
         }
+        if out.router_logits.is_empty() {
+            return Ok(first_path_routing(cfg, out));
+        }
         let bias = self.backend.weights().router_bias()?;
         let r = routing::route(cfg, &out.router_logits, bias.as_deref(), k);
         Ok(trace::RoutedBatch {
@@ -402,5 +420,27 @@ impl Engine {
             ids: r.ids,
             probs: r.probs.iter().map(|&p| p as f32).collect(),
         })
+    }
+}
+
+/// The routing of a step compared on the device (no logits came back): path A's routed slots,
+/// which the device reference checks against its own routing every step. Weights are given back
+/// as router probabilities (the effective weight over the routed scaling factor).
+fn first_path_routing(cfg: &MoeConfig, out: &BackendStep) -> trace::RoutedBatch {
+    let e = cfg.n_routed_experts as u32;
+    let rsf = cfg.routed_scaling_factor;
+    let (mut ids, mut probs) = (Vec::new(), Vec::new());
+    if let Some(run) = out.paths.first() {
+        for (&id, &w) in run.slot_ids.iter().zip(&run.slot_weights) {
+            if id < e {
+                ids.push(id);
+                probs.push((w as f64 * run.out_scale / rsf) as f32);
+            }
+        }
+    }
+    trace::RoutedBatch {
+        k: cfg.num_experts_per_tok,
+        ids,
+        probs,
     }
 }

@@ -14,6 +14,8 @@ pub enum RouterImpl {
     Unfused,
     /// One kernel for all of it, shared-slot append included.
     Fused,
+    /// A kernel the user brings (path C, docs/kernel-abi.md), shared slots fused.
+    User,
 }
 
 /// How the shared experts are computed.
@@ -167,6 +169,20 @@ impl PathSpec {
         }
     }
 
+    /// Path C: a user's router kernel; its declared rsf placement decides the output scale.
+    pub fn user(rsf_in_router: bool) -> PathSpec {
+        PathSpec {
+            router: RouterImpl::User,
+            shared: SharedMode::FusedSlot,
+            rsf: if rsf_in_router {
+                RsfPlacement::InRouter
+            } else {
+                RsfPlacement::OnOutput
+            },
+            variant: Variant::Correct,
+        }
+    }
+
     /// The paths `run` compares by default: A unfused + separate shared, B fused + fused slot.
     pub fn default_pair() -> Vec<PathSpec> {
         vec![
@@ -180,6 +196,7 @@ impl PathSpec {
         let router = match self.router {
             RouterImpl::Unfused => "unfused router",
             RouterImpl::Fused => "fused router",
+            RouterImpl::User => "user kernel",
         };
         let shared = match self.shared {
             SharedMode::Separate => "separate shared",

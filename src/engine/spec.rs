@@ -138,11 +138,7 @@ impl LayerSpec {
             BackendChoice::Cuda => BackendKind::Cuda,
             _ => BackendKind::Cpu,
         };
-        let est = memory::estimate(weights.config(), kind, WeightDtype::Bf16);
-        let limits = memory::limits(kind == BackendKind::Cuda);
-        memory::check(&est, tokens, &limits)?;
-        let max_tokens = memory::max_tokens(&est, &limits)
-            .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+        let max_tokens = check_memory(weights.config(), kind, tokens)?;
         let (backend, _) = open_backend(choice, weights)?;
         Ok((backend, max_tokens, notices))
     }
@@ -160,6 +156,19 @@ impl LayerSpec {
     }
 }
 
+/// Refuses `tokens` where the estimate does not fit this machine; returns the most that fit.
+fn check_memory(cfg: &MoeConfig, kind: BackendKind, tokens: usize) -> Result<usize> {
+    let est = memory::estimate(cfg, kind, WeightDtype::Bf16);
+    let limits = memory::limits(kind == BackendKind::Cuda);
+    memory::check(&est, tokens, &limits)?;
+    Ok(memory::max_tokens(&est, &limits)
+        .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)))
+}
+
+/// A backend, the most tokens per step that fit, the notices to show, and path C's spec where
+/// the run has a user kernel.
+type OpenedBackend = (Box<dyn Backend>, usize, Vec<String>, Option<PathSpec>);
+
 /// A run of a layer: what `Engine::new` needs, before any backend is opened.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunSpec {
@@ -172,6 +181,8 @@ pub struct RunSpec {
     pub hidden_states: Option<PathBuf>,
     /// Routing traces and expert parallelism (all off by default).
     pub trace: TraceSpec,
+    /// A user's router kernel (.cu or .so), run as path C (CUDA only).
+    pub kernel: Option<PathBuf>,
 }
 
 /// A routing trace to step through, expert-parallel placements to evaluate, and whether to keep
@@ -188,12 +199,37 @@ pub struct TraceSpec {
 }
 
 impl RunSpec {
+    /// The backend, with path C's kernel where the run has one (its PathSpec from what the
+    /// kernel declares).
+    fn open_backend(&self) -> Result<OpenedBackend> {
+        let Some(path) = &self.kernel else {
+            let (backend, max_tokens, notices) = self.layer.open_for(self.tokens)?;
+            return Ok((backend, max_tokens, notices, None));
+        };
+        let file = crate::engine::cuda::user_kernel::KernelFile::new(path)?;
+        if resolve_backend(self.layer.backend).0 != BackendChoice::Cuda {
+            bail!(
+                "--kernel {}: a user router kernel runs on the CUDA backend only (no CUDA device here, or --backend cpu)",
+                file.name()
+            );
+        }
+        let (weights, notices) = self.layer.weights(false)?;
+        let max_tokens = check_memory(weights.config(), BackendKind::Cuda, self.tokens)?;
+        let (backend, conv) = crate::engine::cuda::open_with_kernel(weights, file)?;
+        Ok((
+            backend,
+            max_tokens,
+            notices,
+            Some(PathSpec::user(conv.rsf_in_router)),
+        ))
+    }
+
     /// Builds the engine. Returns it with notices to show the user.
     pub fn build_engine(&self) -> Result<(Engine, Vec<String>)> {
         if self.tokens == 0 {
             bail!("--tokens must be at least 1");
         }
-        let (backend, max_tokens, notices) = self.layer.open_for(self.tokens)?;
+        let (backend, max_tokens, notices, user_path) = self.open_backend()?;
         let hidden = match &self.hidden_states {
             Some(path) => {
                 let h = backend.weights().config().hidden_size;
@@ -234,15 +270,11 @@ impl RunSpec {
             }
             None => None,
         };
-        let mut engine = Engine::new(
-            backend,
-            self.paths.clone(),
-            self.tokens,
-            self.layer.seed,
-            hidden,
-        )
-        .described_as(description)
-        .with_max_tokens(max_tokens);
+        let mut paths = self.paths.clone();
+        paths.extend(user_path);
+        let mut engine = Engine::new(backend, paths, self.tokens, self.layer.seed, hidden)
+            .described_as(description)
+            .with_max_tokens(max_tokens);
         if let Some(trace) = routing {
             engine = engine.with_routing(trace);
         }

@@ -205,6 +205,8 @@ pub enum Stage {
     GateGemm,
     /// The fused router, shared-slot append included.
     RouterFused,
+    /// A user's router kernel (path C).
+    RouterUser,
     // The unfused router, one stage per step of the PyTorch sequence.
     RouterScores,
     RouterAddBias,
@@ -235,6 +237,7 @@ impl Stage {
     pub const ALL: &'static [Stage] = &[
         Stage::GateGemm,
         Stage::RouterFused,
+        Stage::RouterUser,
         Stage::RouterScores,
         Stage::RouterAddBias,
         Stage::RouterGroupScores,
@@ -258,6 +261,7 @@ impl Stage {
         match self {
             Stage::GateGemm => "gate_gemm",
             Stage::RouterFused => "router_fused",
+            Stage::RouterUser => "router_user",
             Stage::RouterScores => "router_scores",
             Stage::RouterAddBias => "router_add_bias",
             Stage::RouterGroupScores => "router_group_scores",
@@ -282,6 +286,7 @@ impl Stage {
         matches!(
             self,
             Stage::RouterFused
+                | Stage::RouterUser
                 | Stage::RouterScores
                 | Stage::RouterAddBias
                 | Stage::RouterGroupScores
@@ -330,12 +335,100 @@ pub struct Comparison {
     /// Per path: relative L2 error against the f64 reference layer on the sampled tokens.
     #[serde(deserialize_with = "nan_as_null::vec_f64")]
     pub output_rel_l2_ref: Vec<f64>,
-    /// How many tokens the output comparisons cover.
+    /// How many tokens were compared against the f64 reference this step (= `tokens` when
+    /// every token is; scripts read it).
     pub sampled_tokens: usize,
+    // Fields below were added with the all-token device reference; older sessions lack them.
+    /// Per path: disagreements with the reference router by class (exact tie, near tie, real).
+    #[serde(default)]
+    pub ties_ref: Vec<TieCounts>,
+    /// Per path: per-token output errors against the f64 reference (p50/p99/max, worst tokens).
+    #[serde(default)]
+    pub token_errors_ref: Vec<TokenErrors>,
+    /// Per-token output errors of B against A.
+    #[serde(default)]
+    pub token_errors_ab: Option<TokenErrors>,
+    /// Reference margins over the step's tokens.
+    #[serde(default)]
+    pub margins: Option<MarginSummary>,
+    /// A few tokens where some path's routed set differs from the reference's, ascending.
+    #[serde(default)]
+    pub disagreeing_tokens: Vec<usize>,
+    /// Device time of the reference and the comparisons, µs, where measured.
+    #[serde(default)]
+    pub reference_us: Option<f64>,
+}
+
+// The all-token numerics; their rules and constructors are in the numerics module.
+
+/// How a path's routed set for one token compares with the reference's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteClass {
+    Agree,
+    /// The swapped experts (or groups) have exactly the selection value at the boundary: a
+    /// tie-rule difference.
+    ExactTie,
+    /// Within a few ulps (NEAR_TIE_ULPS) of the boundary: a rounding difference.
+    NearTie,
+    /// Further away, or a different number of experts: a bug.
+    Real,
+}
+
+/// Disagreements with the reference by class, over the step's tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TieCounts {
+    pub exact: usize,
+    pub near: usize,
+    pub real: usize,
+}
+
+/// p50 / p99 / max of a per-token quantity over the compared tokens, and the worst tokens
+/// (largest first; NaN counts as the largest).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenDist {
+    #[serde(deserialize_with = "nan_as_null::f64")]
+    pub p50: f64,
+    #[serde(deserialize_with = "nan_as_null::f64")]
+    pub p99: f64,
+    #[serde(deserialize_with = "nan_as_null::f64")]
+    pub max: f64,
+    /// Token indices in the batch, worst first.
+    pub worst: Vec<usize>,
+}
+
+/// Per-token output errors of a path, against the reference or against another path.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenErrors {
+    /// Relative L2 of the token's output row.
+    pub rel_l2: TokenDist,
+    /// Largest absolute difference in the token's output row.
+    pub max_abs: TokenDist,
+}
+
+/// One token's margins under the reference: the gap between the last chosen and the best
+/// unchosen selection value. None where nothing is left unchosen (every group kept; ungrouped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TokenMargins {
+    pub expert: Option<f64>,
+    pub group: Option<f64>,
+}
+
+/// The margins over the step's tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MarginSummary {
+    /// Smallest and median expert-level margin (None where no token has a boundary).
+    pub expert_min: Option<f64>,
+    pub expert_p50: Option<f64>,
+    /// Tokens whose expert boundary is an exact tie (margin 0).
+    pub expert_ties: usize,
+    pub group_min: Option<f64>,
+    pub group_p50: Option<f64>,
+    pub group_ties: usize,
 }
 
 /// One token's routing under the reference and each path (the numerics drill-down).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct TokenDetail {
     pub token: usize,
     /// Group scores as the reference router computed them.
@@ -346,6 +439,12 @@ pub struct TokenDetail {
     pub reference: SlotWeights,
     /// Per path, the slots and effective weights it applied.
     pub paths: Vec<SlotWeights>,
+    /// The reference's margins for this token (absent in older sessions).
+    #[serde(default)]
+    pub margins: Option<TokenMargins>,
+    /// Per path, how its routed set compares with the reference's (absent in older sessions).
+    #[serde(default)]
+    pub classes: Vec<RouteClass>,
 }
 
 /// Slots (expert ids; shared slots are E..E+S-1) and the effective weight on each.
@@ -415,7 +514,7 @@ mod legacy {
 /// serde_json writes a non-finite float as `null` and refuses `null` for a float when reading.
 /// These read `null` back as NaN, so a step with NaN numerics — what a broken kernel produces,
 /// and what moescope exists to show — survives a session round trip (±inf comes back as NaN).
-mod nan_as_null {
+pub(crate) mod nan_as_null {
     use serde::{Deserialize, Deserializer};
 
     pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {

@@ -13,6 +13,7 @@ mod npy;
 mod st;
 
 use super::config::MoeConfig;
+use super::paths::Contract;
 use super::routing::Routing;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -109,6 +110,33 @@ impl RoutedBatch {
     pub fn tokens(&self) -> usize {
         self.ids.len() / self.k.max(1)
     }
+    /// The slots a path applies: per token the ids with the path's routed weight on their
+    /// probabilities, then `s` shared slots E.. with the shared weight × the token's gate, as
+    /// the routers write them ([tokens × (k + s)] ids and weights).
+    pub fn slots(
+        &self,
+        e: usize,
+        contract: &Contract,
+        s: usize,
+        gates: &[f32],
+    ) -> (Vec<u32>, Vec<f32>) {
+        let (t, k) = (self.tokens(), self.k);
+        let mut ids = Vec::with_capacity(t * (k + s));
+        let mut weights = Vec::with_capacity(t * (k + s));
+        for tok in 0..t {
+            for i in tok * k..(tok + 1) * k {
+                ids.push(self.ids[i]);
+                weights.push(contract.routed_slot_weight(self.probs[i] as f64) as f32);
+            }
+            let gate = gates.get(tok).copied().unwrap_or(1.0) as f64;
+            for j in 0..s {
+                ids.push((e + j) as u32);
+                weights.push((contract.shared_slot_weight * gate) as f32);
+            }
+        }
+        (ids, weights)
+    }
+
     /// As the reference router's result (probabilities in f64).
     pub fn to_routing(&self) -> Routing {
         Routing {

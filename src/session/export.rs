@@ -2,6 +2,7 @@
 //! expert-load matrix, and per-kernel timings as CSV. Each exporter streams: it takes steps one
 //! at a time from an iterator (a session file, or a live headless run) and writes as it goes.
 
+pub use super::output::{refuse_same_file, Output};
 use super::summary::SummaryBuilder;
 use super::{ExportFormat, SessionHeader};
 use crate::engine::paths::PathId;
@@ -10,9 +11,7 @@ use crate::engine::step::{StepRecord, TelemetrySample};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
 
 /// `format` field of the JSON export.
 pub const JSON_EXPORT_FORMAT: &str = "moescope-export";
@@ -36,6 +35,8 @@ pub fn write(
         ExportFormat::Chrome => chrome_trace(header, steps, out),
         ExportFormat::Eplb => eplb_matrix(header, steps, out),
         ExportFormat::Csv => kernel_csv(steps, out),
+        ExportFormat::EpLoad => super::export_ep::load_csv(steps, out),
+        ExportFormat::EpPlacement => super::export_ep::placement_json(header, steps, out),
     }
 }
 
@@ -532,111 +533,4 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-/// Where an export goes: stdout, or a file written through a temporary file in the same folder
-/// and renamed into place on `commit`, so a failure never leaves a half-written output. (Like
-/// `route::write_atomically`, but streaming: an export of a large session never sits in memory.)
-pub enum Output {
-    Stdout(BufWriter<std::io::Stdout>),
-    File {
-        writer: BufWriter<File>,
-        tmp: TempFile,
-        dest: PathBuf,
-    },
-}
-
-/// A temporary file removed when dropped, unless it was moved into place.
-pub struct TempFile {
-    path: PathBuf,
-    moved: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.moved {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-impl Output {
-    /// Stdout when `path` is None; else refuses an existing `path` unless `force`.
-    pub fn create(path: Option<&Path>, force: bool) -> Result<Output> {
-        let Some(dest) = path else {
-            return Ok(Output::Stdout(BufWriter::new(std::io::stdout())));
-        };
-        if dest.exists() && !force {
-            bail!(
-                "output file {} already exists; pass --force to overwrite it",
-                dest.display()
-            );
-        }
-        let dir = dest
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = dest
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("moescope-export");
-        let path = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let file = File::create(&path).with_context(|| {
-            format!(
-                "cannot create output file {} (through {})",
-                dest.display(),
-                path.display()
-            )
-        })?;
-        Ok(Output::File {
-            writer: BufWriter::with_capacity(1 << 20, file),
-            tmp: TempFile { path, moved: false },
-            dest: dest.to_path_buf(),
-        })
-    }
-
-    pub fn writer(&mut self) -> &mut dyn Write {
-        match self {
-            Output::Stdout(w) => w,
-            Output::File { writer, .. } => writer,
-        }
-    }
-
-    /// Flushes and moves the finished file into place. Dropping an `Output` without committing
-    /// removes its temporary file.
-    pub fn commit(self) -> Result<()> {
-        match self {
-            Output::Stdout(mut w) => w.flush().context("writing the export to stdout"),
-            Output::File {
-                writer,
-                mut tmp,
-                dest,
-            } => {
-                let file = writer
-                    .into_inner()
-                    .map_err(|e| e.into_error())
-                    .with_context(|| format!("writing {}", tmp.path.display()))?;
-                file.sync_all()
-                    .with_context(|| format!("writing {}", tmp.path.display()))?;
-                std::fs::rename(&tmp.path, &dest).with_context(|| {
-                    format!("cannot move {} to {}", tmp.path.display(), dest.display())
-                })?;
-                tmp.moved = true;
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Refuses to export a session onto itself, even with --force.
-pub fn refuse_same_file(input: &Path, output: &Path) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (input.canonicalize(), output.canonicalize()) {
-        if a == b {
-            bail!(
-                "output file {} is the session being exported; choose another -o",
-                output.display()
-            );
-        }
-    }
-    Ok(())
 }

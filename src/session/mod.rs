@@ -7,6 +7,8 @@
 //! headless run exports live with the same code that exports a recorded file.
 
 pub mod export;
+pub mod export_ep;
+pub mod output;
 pub mod reader;
 pub mod summary;
 pub mod words;
@@ -39,11 +41,16 @@ pub enum ExportFormat {
     Eplb,
     /// Per-step per-kernel timings.
     Csv,
+    /// Tokens per EP rank [steps × ranks] per placement, CSV (sessions recorded with --ep).
+    EpLoad,
+    /// The last step's EPLB placement (phy2log, log2phy, logcnt) as JSON.
+    EpPlacement,
 }
 
 impl ExportFormat {
     /// The names `FromStr` takes.
-    pub const NAMES: &'static [&'static str] = &["json", "chrome", "eplb", "csv"];
+    pub const NAMES: &'static [&'static str] =
+        &["json", "chrome", "eplb", "csv", "ep-load", "ep-placement"];
 }
 
 impl std::str::FromStr for ExportFormat {
@@ -54,8 +61,10 @@ impl std::str::FromStr for ExportFormat {
             "chrome" => Ok(ExportFormat::Chrome),
             "eplb" => Ok(ExportFormat::Eplb),
             "csv" => Ok(ExportFormat::Csv),
+            "ep-load" => Ok(ExportFormat::EpLoad),
+            "ep-placement" => Ok(ExportFormat::EpPlacement),
             other => Err(format!(
-                "unknown export format `{other}`; expected json, chrome, eplb or csv"
+                "unknown export format `{other}`; expected json, chrome, eplb, csv, ep-load or ep-placement"
             )),
         }
     }

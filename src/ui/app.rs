@@ -53,8 +53,9 @@ pub struct App {
     /// Per path, tokens per slot summed over `history` and the steps before it since the last
     /// discontinuity (a replay jump).
     pub cumulative: Vec<Vec<u64>>,
-    /// Steps summed in `cumulative`, and the first of them.
+    /// Steps summed in `cumulative`, the tokens they held, and the first of them.
     pub cumulative_steps: u64,
+    pub cumulative_tokens: u64,
     pub cumulative_from: u64,
     /// Position of the path shown in the load view (0 = A, 1 = B, 2 = C).
     pub load_path: usize,
@@ -87,6 +88,7 @@ impl App {
             history: VecDeque::new(),
             cumulative: Vec::new(),
             cumulative_steps: 0,
+            cumulative_tokens: 0,
             cumulative_from: 0,
             load_path: 1,
             token_sel: 0,
@@ -175,6 +177,7 @@ impl App {
             self.history.clear();
             self.cumulative.clear();
             self.cumulative_steps = 0;
+            self.cumulative_tokens = 0;
         }
         if self.cumulative_steps == 0 {
             self.cumulative_from = r.step;
@@ -206,8 +209,10 @@ impl App {
         }
         if add {
             self.cumulative_steps += 1;
+            self.cumulative_tokens += r.tokens as u64;
         } else {
             self.cumulative_steps = self.cumulative_steps.saturating_sub(1);
+            self.cumulative_tokens = self.cumulative_tokens.saturating_sub(r.tokens as u64);
         }
     }
 
@@ -240,7 +245,15 @@ impl App {
                 return Vec::new();
             }
         }
-        match keys::lookup(&key, &self.scopes()) {
+        // A key of the other mode still answers, with why it does nothing here (the help of
+        // each mode lists only its own keys).
+        let other = match self.mode {
+            Mode::Live => Scope::Replay,
+            Mode::Replay => Scope::Live,
+        };
+        let found = keys::lookup(&key, &self.scopes())
+            .or_else(|| keys::lookup(&key, &[other]).filter(|_| self.popup.is_none()));
+        match found {
             Some(action) => self.update(action),
             None => {
                 // Any other key closes the help.
@@ -396,6 +409,15 @@ impl App {
     pub fn shown_load_path(&self) -> usize {
         let n = self.latest().map_or(0, |r| r.paths.len());
         self.load_path.min(n.saturating_sub(1))
+    }
+
+    /// A step at a newly asked-for token count is running: the latest step has another T.
+    /// (Live only; a paused or stopped engine runs nothing.)
+    pub fn busy_resizing(&self) -> bool {
+        self.mode == Mode::Live
+            && !self.paused
+            && self.engine_error.is_none()
+            && self.latest().is_some_and(|r| r.tokens != self.tokens)
     }
 
     fn move_token(&mut self, by: usize) {

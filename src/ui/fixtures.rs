@@ -124,7 +124,7 @@ pub fn record(
         let jitter = |j: u64| 1.0 + 0.1 * (unit(step, pi as u64, 100 + j) - 0.5);
         let kernels = match spec.router {
             RouterImpl::Unfused => UNFUSED_KERNELS,
-            RouterImpl::Fused => FUSED_KERNELS,
+            RouterImpl::Fused | RouterImpl::User => FUSED_KERNELS,
         };
         let timings: Vec<KernelTiming> = kernels
             .iter()
@@ -220,6 +220,7 @@ pub fn record(
                 kept_groups: order,
                 reference,
                 paths: details_paths.iter().map(|p| p[d].clone()).collect(),
+                ..TokenDetail::default()
             }
         })
         .collect();
@@ -247,6 +248,7 @@ pub fn record(
                 2.1e-3 * (1.0 + unit(step, 9, 9)),
             ],
             sampled_tokens: detail_tokens.len(),
+            ..Comparison::default()
         },
         paths: records,
         token_details,

@@ -121,7 +121,7 @@ pub const BINDINGS: &[Binding] = &[
     Binding { keys: &[C(' ')], action: A::TogglePause, scope: Live, help: "pause / resume the engine" },
     Binding { keys: &[C(' ')], action: A::TogglePause, scope: Replay, help: "play / pause at the recorded pace" },
     Binding { keys: &[C('n'), Code(KeyCode::Right)], action: A::StepForward, scope: Always, help: "one step forward (pauses)" },
-    Binding { keys: &[C('p'), Code(KeyCode::Left)], action: A::StepBack, scope: Always, help: "one step back (replays)" },
+    Binding { keys: &[C('p'), Code(KeyCode::Left)], action: A::StepBack, scope: Replay, help: "one step back" },
     Binding { keys: &[C('+'), C('=')], action: A::MoreTokens, scope: Live, help: "double the tokens per step" },
     Binding { keys: &[C('-')], action: A::FewerTokens, scope: Live, help: "halve the tokens per step" },
     Binding { keys: &[C('v')], action: A::VariantMenu, scope: Live, help: "choose path B's scaling variant" },

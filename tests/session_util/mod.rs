@@ -27,6 +27,7 @@ pub fn small_spec(variant: Variant) -> RunSpec {
         paths: vec![PathSpec::unfused_baseline(), PathSpec::fused(variant)],
         hidden_states: None,
         trace: Default::default(),
+        kernel: None,
     }
 }
 

@@ -67,8 +67,45 @@ pub fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<Ve
             .map(|k| format!("{} {:.1}", k.stage, k.us))
             .collect();
         println!("        B stages (µs): {}", detail.join(", "));
+        live_row(&mut backend, &paths, t)?;
     }
     Ok(rows)
+}
+
+/// Live steps as `run` makes them (every token against the device reference, the clean timing
+/// every CLEAN_EVERY-th step): steps/s, and the reference's device time next to the paths'.
+fn live_row(backend: &mut CudaBackend, paths: &[PathSpec], t: usize) -> Result<()> {
+    const STEPS: u64 = 16;
+    backend.device_numerics = true;
+    let input = |step| StepInput {
+        step,
+        tokens: t,
+        seed: 7,
+        hidden: None,
+        sample_tokens: Vec::new(),
+    };
+    backend.step(&input(1), paths)?; // warm-up: the reference's buffers
+    let (started, mut ref_us, mut path_us) = (std::time::Instant::now(), 0.0, 0.0);
+    for step in 1..=STEPS {
+        let out = backend.step(&input(step), paths)?;
+        let c = out.numerics.as_ref().map(|n| &n.comparison);
+        ref_us += c.and_then(|c| c.reference_us).unwrap_or(f64::NAN);
+        path_us += out
+            .paths
+            .iter()
+            .flat_map(|p| &p.timings)
+            .map(|k| k.us)
+            .sum::<f64>();
+    }
+    let rate = STEPS as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "        live step: {rate:.1} steps/s; reference {:.0} µs, paths {:.0} µs (ratio {:.2})",
+        ref_us / STEPS as f64,
+        path_us / STEPS as f64,
+        ref_us / path_us
+    );
+    backend.device_numerics = false;
+    Ok(())
 }
 
 fn path_row(t: usize, path: PathId, run: &PathRun, copy_gbs: f64) -> PathRow {

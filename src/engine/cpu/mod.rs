@@ -163,7 +163,8 @@ impl CpuBackend {
         let mut slot_weights = vec![0.0f32; t * per_token];
         let bias = self.bias.as_deref();
         match spec.router {
-            RouterImpl::Fused => {
+            // A user kernel never reaches the CPU backend (`step` refuses it).
+            RouterImpl::Fused | RouterImpl::User => {
                 let start = Instant::now();
                 slot_ids
                     .par_chunks_mut(per_token)
@@ -350,23 +351,9 @@ fn given_slots(
     s: usize,
     gates: &[f32],
 ) -> Slots {
-    let (e, k) = (cfg.n_routed_experts, batch.k);
-    let per_token = k + s;
-    let t = batch.tokens();
-    let mut ids = Vec::with_capacity(t * per_token);
-    let mut weights = Vec::with_capacity(t * per_token);
-    for (tok, &gate) in gates.iter().enumerate().take(t) {
-        for i in tok * k..(tok + 1) * k {
-            ids.push(batch.ids[i]);
-            weights.push(contract.routed_slot_weight(batch.probs[i] as f64) as f32);
-        }
-        for j in 0..s {
-            ids.push((e + j) as u32);
-            weights.push((contract.shared_slot_weight * gate as f64) as f32);
-        }
-    }
+    let (ids, weights) = batch.slots(cfg.n_routed_experts, contract, s, gates);
     Slots {
-        per_token,
+        per_token: batch.k + s,
         ids,
         weights,
     }
@@ -551,6 +538,10 @@ impl Backend for CpuBackend {
     }
 
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
+        anyhow::ensure!(
+            paths.iter().all(|p| p.router != RouterImpl::User),
+            "a user router kernel (path C) runs on the CUDA backend only"
+        );
         self.step_with(input, paths, None)
     }
 
@@ -651,6 +642,7 @@ impl CpuBackend {
             shared_gate: gates,
             paths: runs,
             finite,
+            numerics: None,
         })
     }
 }

@@ -137,6 +137,21 @@ impl Gpu {
         Ok(())
     }
 
+    /// Lets a registered kernel take `bytes` of dynamic shared memory (above 48 KB a kernel
+    /// must be allowed explicitly).
+    pub fn allow_shared(&self, id: KernelId, bytes: u32) -> Result<()> {
+        use cudarc::driver::sys::CUfunction_attribute_enum as A;
+        self.kernels[id as usize]
+            .set_attribute(
+                A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )
+            .map_err(cuda_err(&format!(
+                "allowing {} {bytes} bytes of shared memory",
+                KERNELS[id as usize].function
+            )))
+    }
+
     /// A typed address of `buf` on this device's stream.
     pub fn ptr<T>(&self, buf: &CudaSlice<T>) -> DevPtr<T> {
         DevPtr::of(&self.stream, buf)

@@ -4,10 +4,12 @@
 //! architecture and cached on disk (`loader`). `gpu` holds the context and launches, `router` the
 //! fused and unfused routers, `layer` the weights on the device and the `Backend`.
 
+pub mod fp8;
 pub mod gpu;
 pub mod kernels;
 pub mod layer;
 pub mod loader;
+pub mod reference;
 pub mod router;
 pub mod user_kernel;
 
@@ -47,7 +49,19 @@ pub fn device_memory() -> Option<u64> {
 /// Opens the CUDA backend on these weights.
 pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
     let gpu = Arc::new(gpu::Gpu::open()?);
-    Ok(Box::new(layer::CudaBackend::new(gpu, weights)?))
+    let mut backend = layer::CudaBackend::new(gpu, weights)?;
+    backend.device_numerics = true;
+    Ok(Box::new(backend))
+}
+
+/// Opens the CUDA backend with a user's router kernel for path C; returns its conventions.
+pub fn open_with_kernel(
+    weights: Box<dyn WeightSource>,
+    file: user_kernel::KernelFile,
+) -> Result<(Box<dyn Backend>, user_kernel::Conventions)> {
+    let gpu = Arc::new(gpu::Gpu::open()?);
+    let (backend, conv) = layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file)?;
+    Ok((Box::new(backend), conv))
 }
 
 /// Routes on the GPU with the fused router. `required`: fail where no GPU is present (for

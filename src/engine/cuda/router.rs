@@ -374,3 +374,78 @@ fn unfused_select(
     let bytes = Some((8 * tk + 8 * tspt) as u64);
     timer.launch(gpu, Stage::RouterScale, scale, bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(logits: u64, bf16: bool) -> RouterIo {
+        RouterIo {
+            logits: DevPtr::from_addr(logits),
+            logits_bf16: bf16,
+            bias: DevPtr::from_addr(0x1000),
+            gate: DevPtr::NULL,
+            ids: DevPtr::NULL,
+            weights: DevPtr::NULL,
+            probs: DevPtr::NULL,
+        }
+    }
+
+    fn kernel(preset: &str, logits: u64, bf16: bool, which: FusedKernel) -> KernelId {
+        let cfg = MoeConfig::preset(preset).unwrap();
+        let sh = RouterShape::new(&cfg, cfg.num_experts_per_tok, 1, 1.0, 1.0).unwrap();
+        fused_kernel(&sh, &io(logits, bf16), which)
+    }
+
+    #[test]
+    fn auto_takes_the_lane_kernels_where_they_apply_and_the_general_one_elsewhere() {
+        use FusedKernel::{Auto, General};
+        assert_eq!(
+            kernel("deepseek-v3", 0x2000, false, Auto),
+            KernelId::RouterLanes8
+        );
+        assert_eq!(
+            kernel("kimi-k2", 0x2000, false, Auto),
+            KernelId::RouterLanes12
+        );
+        // 8-byte aligned is enough for bf16, not for f32.
+        assert_eq!(
+            kernel("deepseek-v3", 0x2008, true, Auto),
+            KernelId::RouterLanes8
+        );
+        assert_eq!(
+            kernel("deepseek-v3", 0x2008, false, Auto),
+            KernelId::RouterFusedE256
+        );
+        // Softmax scoring and E = 512 have only the general kernel.
+        assert_eq!(
+            kernel("mixtral-8x7b", 0x2000, false, Auto),
+            KernelId::RouterFusedE256
+        );
+        assert_eq!(
+            kernel("qwen3-next-80b-a3b", 0x2000, false, Auto),
+            KernelId::RouterFusedE512
+        );
+        assert_eq!(
+            kernel("deepseek-v3", 0x2000, false, General),
+            KernelId::RouterFusedE256
+        );
+        assert_eq!(
+            kernel("kimi-k2", 0x2000, false, General),
+            KernelId::RouterFusedE512
+        );
+    }
+
+    #[test]
+    fn fused_args_carry_the_shape() {
+        let cfg = MoeConfig::preset("deepseek-v3").unwrap();
+        let sh = RouterShape::new(&cfg, 8, 1, 1.0, 0.4).unwrap();
+        let a = fused_args(&sh, &io(0x2000, false), 77);
+        assert_eq!((a.t, a.e, a.k, a.s, a.spt), (77, 256, 8, 1, 9));
+        assert_eq!((a.n_group, a.topk_group), (8, 4));
+        assert!(a.group_top2 && a.norm && !a.softmax);
+        assert_eq!(a.shared_w, 0.4);
+        use super::super::kernels::Kernel;
+        assert_eq!(a.grid(132).blocks, (20, 1, 1)); // 77 tokens, 4 warps a block
+    }
+}

@@ -7,6 +7,9 @@
 //! context is trusted after an error. `check --kernel` is its own process; in a live run the
 //! failed step yields an error and no StepRecord, so a recorded session keeps every finished
 //! step and nothing of the faulted one.
+//!
+//! Longer than most files: the ABI mirror, NVRTC with headers, the `.so` entry points and the
+//! guarded run are one contract with include/moescope_router.h and change together.
 
 use super::gpu::{cuda_err, Gpu};
 use crate::engine::config::{MoeConfig, ScoringFunc};
@@ -635,6 +638,56 @@ impl UserKernel {
             &mut out.guard_hits,
         );
         Ok(out)
+    }
+}
+
+impl UserKernel {
+    /// After a launch into the layer's own slot buffers (path C): waits (timeout, faults named),
+    /// then checks every id is a slot before moescope's align reads it, and appends the shared
+    /// slots where the kernel leaves them. `gate`: the step's shared gate on the host, if any.
+    pub fn finish_in_layer(
+        &self,
+        gpu: &Gpu,
+        cfg: &MoeConfig,
+        tokens: usize,
+        ids: &cudarc::driver::CudaSlice<u32>,
+        weights: &cudarc::driver::CudaSlice<f32>,
+        gate: Option<&[f32]>,
+    ) -> Result<()> {
+        self.wait(gpu)?;
+        let stride = cfg.num_experts_per_tok + cfg.n_shared_experts;
+        let n = tokens * stride;
+        let slots = cfg.n_routed_experts + cfg.n_shared_experts;
+        let host_ids: Vec<u32> = gpu.download(ids, n, "path C slot ids")?;
+        if let Some(i) = host_ids.iter().position(|&id| id as usize >= slots) {
+            bail!(
+                "kernel {} wrote slot id {} for token {} (column {}), outside [0, {slots}): path C stops before moescope's align reads it",
+                self.file.name(),
+                host_ids[i] as i32,
+                i / stride,
+                i % stride
+            );
+        }
+        if self.conventions.appends_shared || cfg.n_shared_experts == 0 {
+            return Ok(());
+        }
+        let mut out = RawOutput {
+            ids: host_ids.iter().map(|&v| v as i32).collect(),
+            weights: gpu.download(weights, n, "path C slot weights")?,
+            guard_hits: Vec::new(),
+        };
+        append_shared(cfg, self.conventions, tokens, gate, &mut out);
+        let back: Vec<u32> = out.ids.iter().map(|&v| v as u32).collect();
+        // SAFETY: both buffers hold at least `n` elements (checked by the downloads above); the
+        // copies are ordered on the stream and waited for before the host vectors drop.
+        unsafe {
+            let s = gpu.stream.cu_stream();
+            cudarc::driver::result::memcpy_htod_async(gpu.ptr(ids).addr(), &back, s)
+                .map_err(cuda_err("writing path C's shared slots"))?;
+            cudarc::driver::result::memcpy_htod_async(gpu.ptr(weights).addr(), &out.weights, s)
+                .map_err(cuda_err("writing path C's shared weights"))?;
+        }
+        gpu.sync("path C's shared slots")
     }
 }
 

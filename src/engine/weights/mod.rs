@@ -3,6 +3,7 @@
 //! safetensors checkpoint.
 
 pub mod checkpoint;
+pub mod fp8;
 pub mod synthetic;
 
 use super::config::MoeConfig;
@@ -39,6 +40,16 @@ pub trait WeightSource: Send + Sync {
     fn shared_slot(&self, j: usize) -> anyhow::Result<ExpertWeights>;
     /// Qwen3-Next `shared_expert_gate` [H], where the model has it.
     fn shared_gate(&self) -> anyhow::Result<Option<Vec<f32>>>;
+    /// Routed expert `e` as an FP8 checkpoint stores it (e4m3 and block scales, not
+    /// re-quantized); None where the weights are not stored in FP8 (`fp8::expert` then
+    /// block-quantizes `expert(e)`).
+    fn expert_fp8(&self, _e: usize) -> anyhow::Result<Option<fp8::Fp8Mlp>> {
+        Ok(None)
+    }
+    /// Shared slot `j` as an FP8 checkpoint stores it, as `expert_fp8`.
+    fn shared_slot_fp8(&self, _j: usize) -> anyhow::Result<Option<fp8::Fp8Mlp>> {
+        Ok(None)
+    }
     /// A short description for headers ("synthetic seed 7", "checkpoint DIR layer 3").
     fn describe(&self) -> String;
     /// The synthetic weights behind this source, where it is one: the CUDA backend then

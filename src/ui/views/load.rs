@@ -236,7 +236,6 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     }
 
     let [sl, sr] = Layout::horizontal([Constraint::Percentage(50); 2]).areas(stats);
-    let cum_tokens: u64 = app.history.iter().map(|r| r.tokens as u64).sum();
     f.render_widget(
         Paragraph::new(stat_lines(
             "this step",
@@ -249,8 +248,14 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         sl,
     );
     f.render_widget(
-        Paragraph::new(stat_lines("cumulative", &cum, e, n_group, cum_tokens))
-            .block(block("imbalance")),
+        Paragraph::new(stat_lines(
+            "cumulative",
+            &cum,
+            e,
+            n_group,
+            app.cumulative_tokens,
+        ))
+        .block(block("imbalance")),
         sr,
     );
 }

@@ -82,7 +82,13 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
     if let Some(r) = app.latest() {
         top.push(sep());
         top.push(Span::raw(format!("step {} · T={}", r.step, r.tokens)));
-        if let Some(rate) = step_rate(app) {
+        if app.busy_resizing() {
+            // The shown T and rate are the old ones until the first step at the new T ends.
+            top.push(Span::styled(
+                format!(" · ⧗ running T={}…", app.tokens),
+                Style::new().fg(Color::Yellow).bold(),
+            ));
+        } else if let Some(rate) = step_rate(app) {
             top.push(Span::raw(format!(" · {rate:.1} steps/s")));
         }
     }

@@ -2,7 +2,7 @@
 //! against the f64 reference, their history, and a drill-down into one sampled token.
 
 use super::style::{block, fmt_small, path_color, sparkline, ACCENT, BAD, DIM, OK};
-use crate::engine::step::{SlotWeights, StepRecord, TokenDetail};
+use crate::engine::step::{RouteClass, SlotWeights, StepRecord, TokenDetail};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -77,11 +77,45 @@ fn now_lines(r: &StepRecord) -> Vec<Line<'static>> {
                 Style::new().fg(if n == 0 { OK } else { BAD }),
             )
         }),
-        Line::from(vec![
-            label("sampled tokens"),
-            Span::raw(format!("{:>10}", c.sampled_tokens)),
-        ]),
     ]
+    .into_iter()
+    .chain(tie_lines(r, &label))
+    .chain([Line::from(vec![
+        label("compared vs f64 ref"),
+        Span::raw(format!("{:>10} of {} tokens", c.sampled_tokens, r.tokens)),
+    ])])
+    .collect()
+}
+
+/// Disagreements with the reference by class (exact tie / near tie / real) and the worst
+/// token's output error, where the step carries them (all-token numerics).
+fn tie_lines(r: &StepRecord, label: &dyn Fn(&str) -> Span<'static>) -> Vec<Line<'static>> {
+    let c = &r.comparison;
+    if c.ties_ref.is_empty() {
+        return Vec::new();
+    }
+    let mut ties = vec![label("tie · near · real")];
+    for t in &c.ties_ref {
+        let bad = t.real > 0;
+        ties.push(Span::styled(
+            format!("{:>10}", format!("{}·{}·{}", t.exact, t.near, t.real)),
+            Style::new().fg(if bad { BAD } else { OK }),
+        ));
+    }
+    let mut worst = vec![label("worst token rel L2 (t)")];
+    for e in &c.token_errors_ref {
+        let at = e
+            .rel_l2
+            .worst
+            .first()
+            .map(|t| format!("({t})"))
+            .unwrap_or_default();
+        worst.push(Span::raw(format!(
+            "{:>10}",
+            format!("{}{at}", fmt_small(e.rel_l2.max))
+        )));
+    }
+    vec![Line::from(ties), Line::from(worst)]
 }
 
 fn slot_name(id: u32, e: usize) -> String {
@@ -186,8 +220,15 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
             (a.min(v), b.max(v))
         });
     let bar_w = groups.width.saturating_sub(18) as f32;
+    let margins = d
+        .margins
+        .map(|m| {
+            let f = |v: Option<f64>| v.map(fmt_small).unwrap_or_else(|| "—".into());
+            format!(" · margin g {} e {}", f(m.group), f(m.expert))
+        })
+        .unwrap_or_default();
     let mut gl = vec![Line::from(Span::styled(
-        format!("group scores · kept {:?}", d.kept_groups),
+        format!("group scores · kept {:?}{margins}", d.kept_groups),
         Style::new().fg(DIM),
     ))];
     for (g, &s) in d.group_scores.iter().enumerate() {
@@ -222,8 +263,14 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         .zip(r.paths.iter().map(|p| p.name))
         .enumerate()
     {
+        let class = match d.classes.get(i) {
+            Some(RouteClass::ExactTie) => " tie",
+            Some(RouteClass::NearTie) => " near",
+            Some(RouteClass::Real) => " real",
+            _ => "",
+        };
         let title = Span::styled(
-            format!("  path {id}"),
+            format!("  path {id}{class}"),
             Style::new().fg(path_color(id)).bold(),
         );
         f.render_widget(

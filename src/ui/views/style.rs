@@ -30,8 +30,12 @@ pub fn path_ids(n: usize) -> impl Iterator<Item = PathId> {
     PathId::ALL.into_iter().take(n)
 }
 
-/// Steps per second over the recent history, from the steps' recorded times.
+/// Steps per second over the recent history, from the steps' recorded times; None while
+/// paused or while the first step at a new size runs (the last rate is not what runs now).
 pub fn step_rate(app: &App) -> Option<f64> {
+    if app.paused || app.busy_resizing() {
+        return None;
+    }
     let n = app.history.len().min(20);
     if n < 2 {
         return None;
@@ -75,6 +79,33 @@ pub fn fmt_small(x: f64) -> String {
     }
 }
 
+/// The smallest span a chart draws, relative to the largest magnitude it shows: float noise
+/// (2.5 ± 3e-8) draws flat, while a real deviation of 1e-3 on 2.5 still fills the chart.
+pub const MIN_CHART_SPAN: f64 = 1e-4;
+
+/// Bar heights (0..=100) of a chart of `values`. The range maps onto 8..=100 so the lowest
+/// value still shows as a sliver (a bar needs an eighth of a row); a range narrower than
+/// [`MIN_CHART_SPAN`] of the values is widened around its middle, so a flat series sits
+/// midway; a non-finite value draws as an empty bar.
+pub fn chart_levels(values: &[f64]) -> Vec<u64> {
+    let (lo, hi) = values
+        .iter()
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let span = (hi - lo).max(MIN_CHART_SPAN * lo.abs().max(hi.abs()));
+    let base = (lo + hi) / 2.0 - span / 2.0;
+    values
+        .iter()
+        .map(|v| match v.is_finite() {
+            false => 0,
+            true if span > 0.0 => 8 + ((v - base) / span * 92.0).round() as u64,
+            true => 54,
+        })
+        .collect()
+}
+
 /// A one-line history chart with its title and newest value; fills `area`'s last line with
 /// the newest values that fit.
 pub fn sparkline(f: &mut Frame, area: Rect, title: String, values: &[f64], color: Color) {
@@ -85,23 +116,7 @@ pub fn sparkline(f: &mut Frame, area: Rect, title: String, values: &[f64], color
     let [label, chart] = Layout::vertical([Constraint::Length(1), Constraint::Max(3)]).areas(area);
     f.render_widget(Paragraph::new(title).fg(Color::Gray), label);
     let w = chart.width as usize;
-    let tail = &values[values.len().saturating_sub(w)..];
-    let (lo, hi) = tail
-        .iter()
-        .filter(|v| v.is_finite())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
-            (a.min(v), b.max(v))
-        });
-    // The range maps onto 8..=100 so the lowest value still shows as a sliver (a bar needs
-    // an eighth of a row); a flat series sits midway.
-    let data: Vec<u64> = tail
-        .iter()
-        .map(|v| match v.is_finite() {
-            false => 0,
-            true if hi > lo => 8 + ((v - lo) / (hi - lo) * 92.0).round() as u64,
-            true => 50,
-        })
-        .collect();
+    let data = chart_levels(&values[values.len().saturating_sub(w)..]);
     f.render_widget(
         Sparkline::default()
             .data(&data)
@@ -109,4 +124,26 @@ pub fn sparkline(f: &mut Frame, area: Rect, title: String, values: &[f64], color
             .style(Style::new().fg(color)),
         chart,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chart_levels;
+
+    #[test]
+    fn float_noise_draws_flat_and_a_real_deviation_draws_clearly() {
+        let noise: Vec<f64> = (0..40)
+            .map(|i| 2.5 + if i % 2 == 0 { 3e-8 } else { -3e-8 })
+            .collect();
+        let levels = chart_levels(&noise);
+        let (lo, hi) = (levels.iter().min().unwrap(), levels.iter().max().unwrap());
+        assert!(hi - lo <= 1, "noise drew as a swing: {levels:?}");
+        let mut real = vec![2.5; 40];
+        real[20] = 2.501;
+        let levels = chart_levels(&real);
+        assert_eq!((levels[0], levels[20]), (8, 100), "{levels:?}");
+        // A flat series sits midway; zeros and NaN do not divide by nothing.
+        assert!(chart_levels(&[0.0, 0.0]).iter().all(|&l| l == 54));
+        assert_eq!(chart_levels(&[f64::NAN, 1.0]), vec![0, 54]);
+    }
 }

@@ -53,6 +53,14 @@ impl<T> DevPtr<T> {
         }
     }
 
+    /// A raw address (a foreign allocation; tests of pointer-dependent choices).
+    pub fn from_addr(addr: u64) -> DevPtr<T> {
+        DevPtr {
+            addr,
+            _elem: PhantomData,
+        }
+    }
+
     /// `of`, or NULL for `None`.
     pub fn of_opt(stream: &cudarc::driver::CudaStream, buf: Option<&CudaSlice<T>>) -> DevPtr<T> {
         buf.map(|b| DevPtr::of(stream, b)).unwrap_or(DevPtr::NULL)
@@ -168,6 +176,8 @@ pub enum Module {
     RouterFused,
     RouterUnfused,
     Moe,
+    Reference,
+    Fp8,
 }
 
 impl Module {
@@ -176,6 +186,8 @@ impl Module {
         Module::RouterFused,
         Module::RouterUnfused,
         Module::Moe,
+        Module::Reference,
+        Module::Fp8,
     ];
 
     /// The file name without `.cu`.
@@ -185,6 +197,8 @@ impl Module {
             Module::RouterFused => "router_fused",
             Module::RouterUnfused => "router_unfused",
             Module::Moe => "moe",
+            Module::Reference => "reference",
+            Module::Fp8 => "fp8",
         }
     }
 
@@ -194,6 +208,8 @@ impl Module {
             Module::RouterFused => include_str!("../../../../kernels/router_fused.cu"),
             Module::RouterUnfused => include_str!("../../../../kernels/router_unfused.cu"),
             Module::Moe => include_str!("../../../../kernels/moe.cu"),
+            Module::Reference => include_str!("../../../../kernels/reference.cu"),
+            Module::Fp8 => include_str!("../../../../kernels/fp8.cu"),
         }
     }
 

@@ -9,6 +9,13 @@ pub const STATS_BLOCKS: usize = 512;
 /// Rows per grouped-GEMM tile (kernels/moe.cu GM_BM) and columns (GM_BN).
 pub const GEMM_BM: usize = 64;
 pub const GEMM_BN: usize = 128;
+/// FP8 GEMM (kernels/fp8.cu): pipeline stages (F8_STAGES), the padded shared row of a 128-deep
+/// K block (F8_LD), and the dynamic shared memory of one block of `bm`-row tiles.
+pub const FP8_STAGES: usize = 4;
+pub const FP8_LD: usize = 128 + 16;
+pub const fn fp8_shared_bytes(bm: usize) -> u32 {
+    (FP8_STAGES * (bm * FP8_LD + 128 * FP8_LD + 4 * bm + 16)) as u32
+}
 /// Tokens per block of the fused router (one warp each; kernels/router_fused.cu RF_WARPS).
 pub const FUSED_WARPS: usize = 4;
 
@@ -243,4 +250,172 @@ kernels! {
     Moe::CopyArgs { src: DevPtr<[u32; 4]>, dst: DevPtr<[u32; 4]>, n: u64 }
     grid(a, sms) { Grid::x(sms * 8, 512) }
     fn CopyU4 = copy_u4;
+
+    // ---- kernels/reference.cu (cuda/reference.rs) ----
+
+    /// Reference routing of every token, with margins (REF_ROUTE_WARPS tokens a block).
+    Reference::RefRouteArgs {
+        logits: DevPtr<f32>, bias: DevPtr<f32>, sel: DevPtr<f32>, gscore: DevPtr<f32>,
+        kept: DevPtr<u32>, ids: DevPtr<u32>, probs: DevPtr<f64>, margin_e: DevPtr<f64>,
+        margin_g: DevPtr<f64>, tokens: u64, e: i32, n_group: i32, topk_group: i32, k: i32,
+        softmax: i32, top2: i32, norm: i32,
+    }
+    grid(a, sms) { Grid::x((a.tokens as usize).div_ceil(REF_ROUTE_WARPS) as u32, 32 * REF_ROUTE_WARPS as u32) }
+    fn RefRoute = ref_route;
+
+    /// The shared gate in f64 for the compared tokens (one warp each).
+    Reference::RefGateArgs {
+        x: DevPtr<u16>, gate_w: DevPtr<f32>, tok: DevPtr<u32>, out: DevPtr<f64>, n: u64, h: i32,
+    }
+    grid(a, sms) { Grid::per_warp(a.n as usize) }
+    fn RefGate = ref_gate;
+
+    /// Rows per slot of the reference's grouped MLP.
+    Reference::RefCountArgs {
+        ids: DevPtr<u32>, tok: DevPtr<u32>, counts: DevPtr<i32>, n: u64, kps: i32, k: i32,
+        e: i32, slots: i32,
+    }
+    grid(a, sms) { Grid::stride(a.n as usize * a.kps as usize, 256, sms) }
+    fn RefCount = ref_count;
+
+    /// Slot offsets, tile offsets and cursors (one thread).
+    Reference::RefScanArgs {
+        counts: DevPtr<i32>, offsets: DevPtr<i32>, tiles: DevPtr<i32>, cursor: DevPtr<i32>,
+        slots: i32, bm: i32,
+    }
+    grid(a, sms) { Grid::x(1, 32) }
+    fn RefScan = ref_scan;
+
+    /// Each reference row's position in slot order, and back.
+    Reference::RefFillArgs {
+        ids: DevPtr<u32>, tok: DevPtr<u32>, cursor: DevPtr<i32>, row_of: DevPtr<i32>,
+        pos_of: DevPtr<i32>, n: u64, kps: i32, k: i32, e: i32, slots: i32,
+    }
+    grid(a, sms) { Grid::stride(a.n as usize * a.kps as usize, 256, sms) }
+    fn RefFill = ref_fill;
+
+    /// Grouped GEMM in f64 over bf16 weights; `max_tiles` bounds the row tiles of all slots.
+    Reference::RefGemmArgs {
+        x: DevPtr<u16>, act: DevPtr<f64>, tok: DevPtr<u32>, row_of: DevPtr<i32>,
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, b_routed: DevPtr<u16>, b_shared: DevPtr<u16>,
+        out: DevPtr<f64>, lda: u64, ldo: u64, mode: i32, kps: i32, slots: i32, e: i32,
+        n_routed: i32, n_shared: i32, k_routed: i32, k_shared: i32, max_tiles: i32,
+    }
+    grid(a, sms) {
+        let cols = a.n_routed.max(a.n_shared) as usize;
+        Grid::xy(a.max_tiles as u32, cols.div_ceil(REF_GEMM_BN) as u32, 256)
+    }
+    fn RefGemm = ref_gemm;
+
+    /// silu(gate) · up in f64; `rows` bounds the positions.
+    Reference::RefSiluArgs {
+        h1: DevPtr<f64>, act: DevPtr<f64>, offsets: DevPtr<i32>, ld: u64, rows: u64, slots: i32,
+        e: i32, inter_routed: i32, inter_shared: i32,
+    }
+    grid(a, sms) { Grid::stride((a.rows * a.ld) as usize, 256, sms) }
+    fn RefSilu = ref_silu;
+
+    /// The reference output rows of the compared tokens.
+    Reference::RefCombineArgs {
+        o: DevPtr<f64>, pos_of: DevPtr<i32>, probs: DevPtr<f64>, tok: DevPtr<u32>,
+        gate: DevPtr<f64>, y: DevPtr<f64>, rsf: f64, n: u64, h: u64, kps: i32, k: i32,
+    }
+    grid(a, sms) { Grid::stride((a.n * a.h) as usize, 256, sms) }
+    fn RefCombine = ref_combine;
+
+    /// Per-token routing comparison of a path against the reference (one thread a token).
+    Reference::RefCompareArgs {
+        p_ids: DevPtr<u32>, p_w: DevPtr<f32>, sep: DevPtr<f32>, gate: DevPtr<f32>,
+        r_ids: DevPtr<u32>, r_probs: DevPtr<f64>, sel: DevPtr<f32>, gscore: DevPtr<f32>,
+        kept: DevPtr<u32>, load: DevPtr<u32>, cols: DevPtr<f64>, classes: DevPtr<u8>,
+        out_scale: f64, rsf: f64, tokens: u64, spt: i32, k: i32, e: i32, s: i32, n_group: i32,
+        topk_group: i32, near_ulps: i32,
+    }
+    grid(a, sms) { Grid::per_item(a.tokens as usize, 128) }
+    fn RefCompareRoutes = ref_compare_routes;
+
+    /// Per token: whether two paths' routed sets are equal.
+    Reference::RefSetsArgs {
+        a_ids: DevPtr<u32>, b_ids: DevPtr<u32>, out: DevPtr<f64>, tokens: u64, a_spt: i32,
+        b_spt: i32, e: i32,
+    }
+    grid(a, sms) { Grid::per_item(a.tokens as usize, 128) }
+    fn RefCompareSets = ref_compare_sets;
+
+    /// Copies 32-bit words (a path's slot ids and weights, for the drill-down).
+    Reference::RefCopyArgs { src: DevPtr<u32>, dst: DevPtr<u32>, n: u64 }
+    grid(a, sms) { Grid::stride(a.n as usize, 256, sms) }
+    fn RefCopyU32 = ref_copy_u32;
+
+    /// A path's output rows of the compared tokens, kept for the path-against-path errors.
+    Reference::RefCopyRowsArgs { y: DevPtr<f32>, tok: DevPtr<u32>, out: DevPtr<f32>, n: u64, h: u64 }
+    grid(a, sms) { Grid::stride((a.n * a.h) as usize, 256, sms) }
+    fn RefCopyRows = ref_copy_rows;
+
+    /// Per-token output errors of a path (against the reference or another path; a warp each).
+    Reference::RefRowsArgs {
+        y: DevPtr<f32>, tok: DevPtr<u32>, ref64: DevPtr<f64>, ref32: DevPtr<f32>,
+        cols: DevPtr<f64>, n: u64, h: i32, mode: i32,
+    }
+    grid(a, sms) { Grid::per_warp(a.n as usize) }
+    fn RefCompareRows = ref_compare_rows;
+
+    /// Column summaries (one block a column): sum, min, max, p50, p99, NaN and zero counts,
+    /// worst entries.
+    Reference::RefSummaryArgs { cols: DevPtr<f64>, out: DevPtr<f64>, stride: u64, n: u64, columns: u64 }
+    grid(a, sms) { Grid::x(a.columns as u32, 256) }
+    fn RefSummarize = ref_summarize;
+    // ---- kernels/fp8.cu ----
+
+    /// bf16 [rows × cols] → e4m3 [rows × cols] and f32 scales [rows × cols/128], per row and
+    /// group of 128 (weights::fp8), one warp per group.
+    Fp8::Fp8QuantArgs {
+        input: DevPtr<u16>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, cols: u64,
+    }
+    grid(a, sms) { Grid::per_warp((a.rows * a.cols / 128) as usize) }
+    fn Fp8QuantRows = fp8_quant_rows;
+
+    /// SiLU·mul of h f32 [rows × 2·inter], rounded to bf16, quantized as `Fp8QuantArgs`.
+    Fp8::Fp8SiluArgs {
+        h: DevPtr<f32>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, inter: u64,
+    }
+    grid(a, sms) { Grid::per_warp((a.rows * a.inter / 128) as usize) }
+    fn Fp8SiluMulQuant = fp8_silu_mul_quant;
+
+    /// Tile offsets [groups + 1] of `bm`-row tiles from row offsets [groups + 1]: one block
+    /// (groups <= 1024).
+    Fp8::Fp8TilesArgs { offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, bm: i32 }
+    grid(a, sms) { Grid::x(1, 1024) }
+    fn Fp8TileScan = fp8_tile_scan;
+
+    /// The FP8 grouped GEMM: per group g, rows offsets[g]..offsets[g+1] of C [rows × n] f32 =
+    /// Σ over K blocks of (A rows by `a_mode`, e4m3, scales [* × k/128]) · (B_g e4m3 [n × k],
+    /// block scales [n/128 × k/128])ᵀ, each block's product times its two scales. Group
+    /// g < n_first reads b0/bs0 + g·stride, else b1/bs1 + (g − n_first)·stride.
+    Fp8::Fp8GemmArgs {
+        a: DevPtr<u8>, a_scales: DevPtr<f32>, a_mode: GemmRows, a_map: DevPtr<i32>, a_div: i32,
+        b0: DevPtr<u8>, b1: DevPtr<u8>, bs0: DevPtr<f32>, bs1: DevPtr<f32>, n_first: i32,
+        /// Elements between consecutive groups' weights, and their scales.
+        b_stride: i64, bs_stride: i64,
+        /// Output, or with `k_splits` > 1 the partials at c + z · c_split.
+        c: DevPtr<f32>,
+        /// Row offsets [groups + 1]; tile offsets of `bm`-row tiles (fp8_tile_scan).
+        offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, n: i32, k: i32,
+        k_splits: i32, c_split: i64,
+        /// The tile height of the function launched (16 or 64; checked by the kernel).
+        bm: i32,
+        /// Grid x: an upper bound of the M tiles (rows / bm + groups).
+        max_tiles: i32,
+    }
+    grid(a, sms) {
+        Grid::xyz(a.max_tiles as u32, (a.n as usize / 128) as u32, a.k_splits as u32, 256)
+            .with_shared(fp8_shared_bytes(a.bm as usize))
+    }
+    fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M64 = grouped_gemm_fp8_m64;
 }
+
+/// Tokens per block of the reference router (kernels/reference.cu REF_ROUTE_WARPS).
+pub const REF_ROUTE_WARPS: usize = 2;
+/// Rows per tile of the reference GEMM (REF_BM) and columns (REF_BN).
+pub const REF_GEMM_BM: usize = 32;
+pub const REF_GEMM_BN: usize = 128;

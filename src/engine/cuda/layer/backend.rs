@@ -3,15 +3,20 @@
 //! readback, and a clean run under one event pair.
 
 use super::super::gpu::{cuda_err, Gpu, Timer};
-use super::super::kernels::{InitHiddenArgs, SharedGateArgs, ToBf16Args};
+use super::super::kernels::{DevPtr, InitHiddenArgs, SharedGateArgs, ToBf16Args};
+use super::super::reference::{self, DeviceReference};
+use super::super::router::RouterShape;
 use super::device::{bf16_value, DeviceLayer, DeviceWeights};
 use super::finite::Values;
 use super::readback::{self, PathOutputs};
 use super::stages::{PathLaunch, Plan};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
+use crate::engine::cuda::user_kernel::{Conventions, KernelFile, LogitsDtype, UserKernel};
+use crate::engine::ep::{GemmSource, GemmTime};
 use crate::engine::finite::{FiniteCounts, FiniteStage};
-use crate::engine::paths::PathSpec;
+use crate::engine::paths::{PathSpec, RouterImpl};
+use crate::engine::trace::RoutedBatch;
 use crate::engine::weights::synthetic::tensor_id;
 use crate::engine::weights::WeightSource;
 use crate::engine::{Backend, BackendInfo, BackendKind, BackendStep, PathRun, StepInput};
@@ -25,9 +30,23 @@ pub struct CudaBackend {
     layer: Arc<DeviceLayer>,
     weights: DeviceWeights,
     ws: Option<Workspace>,
+    /// The buffers EP straggler timings run in (apart from the step's).
+    ep_ws: Option<Workspace>,
     /// Fill outputs with NaN / invalid ids before each path (`check`), so unwritten ones show.
     pub poison: bool,
+    /// Compare every token on the device (cuda::reference; what `cuda::open` turns on); false:
+    /// the host compares a sample from the downloaded logits and rows (compare::host_numerics).
+    pub device_numerics: bool,
+    reference: Option<DeviceReference>,
+    /// Path C's router kernel, where the run has one.
+    user: Option<UserKernel>,
+    /// This step's shared gates on the host (path C appends shared slots with them).
+    step_gates: Vec<f32>,
 }
+
+/// The clean (uninstrumented) timing of each path runs on every CLEAN_EVERY-th step only, so a
+/// live step runs each path once; `PathRecord::clean_us` is None on the other steps.
+pub const CLEAN_EVERY: u64 = 8;
 
 impl CudaBackend {
     pub fn new(gpu: Arc<Gpu>, source: Box<dyn WeightSource>) -> Result<CudaBackend> {
@@ -43,7 +62,12 @@ impl CudaBackend {
             cfg,
             layer,
             ws: None,
+            ep_ws: None,
+            user: None,
+            step_gates: Vec::new(),
             poison: false,
+            device_numerics: false,
+            reference: None,
         })
     }
 
@@ -121,8 +145,17 @@ impl CudaBackend {
         gpu.download(&b.gates, t, "shared gates")
     }
 
+    /// Adds path C's kernel (compiled or loaded for this device and layer); returns what it
+    /// declares, for its PathSpec.
+    pub fn with_user_kernel(mut self, file: KernelFile) -> Result<(CudaBackend, Conventions)> {
+        let k = UserKernel::open(&self.gpu, file, &self.cfg, LogitsDtype::F32)?;
+        let conv = k.conventions;
+        self.user = Some(k);
+        Ok((self, conv))
+    }
+
     /// Launches one path's kernels for `t` tokens.
-    fn launch_path(&self, plan: &Plan, t: usize, timer: &mut Timer) -> Result<()> {
+    fn launch_path(&self, plan: &Plan, t: usize, routed: bool, timer: &mut Timer) -> Result<()> {
         PathLaunch {
             gpu: &self.gpu,
             cfg: &self.cfg,
@@ -130,8 +163,45 @@ impl CudaBackend {
             ws: self.ws()?,
             plan,
             t,
+            routed,
+            user: self.user.as_ref(),
+            gates: &self.step_gates,
         }
         .run(timer)
+    }
+
+    /// A trace's routing as the path's slots, uploaded where the router would write them.
+    fn upload_slots(
+        &mut self,
+        plan: &Plan,
+        spec: &PathSpec,
+        batch: &RoutedBatch,
+        gates: &[f32],
+    ) -> Result<()> {
+        ensure!(
+            plan.shape.k == batch.k,
+            "this path routes {} experts per token (variant {}), the routing trace {}",
+            plan.shape.k,
+            spec.variant,
+            batch.k
+        );
+        let contract = spec.contract(
+            self.cfg.routed_scaling_factor,
+            self.cfg.n_shared_experts > 0,
+        );
+        let s = plan.shape.spt() - plan.shape.k;
+        let (ids, weights) = batch.slots(self.cfg.n_routed_experts, &contract, s, gates);
+        let gpu = self.gpu.clone();
+        let ws = self.ws.as_mut().context("workspace missing")?;
+        let mut ids_view = ws.router.ids.slice_mut(..ids.len());
+        gpu.stream
+            .memcpy_htod(ids.as_slice(), &mut ids_view)
+            .map_err(cuda_err("uploading the trace's slot ids"))?;
+        let mut w_view = ws.router.weights.slice_mut(..weights.len());
+        gpu.stream
+            .memcpy_htod(weights.as_slice(), &mut w_view)
+            .map_err(cuda_err("uploading the trace's slot weights"))?;
+        Ok(())
     }
 
     /// The separate shared MLP's per-token weights (contract weight × gate), uploaded; empty for
@@ -163,12 +233,15 @@ impl CudaBackend {
 
     /// Counts what a path wrote into row `row`: logits and slot weights (router), expert and
     /// separate shared outputs (experts). The output's count comes with its statistics.
-    fn count_path(&self, row: usize, plan: &Plan, t: usize) -> Result<()> {
+    fn count_path(&self, row: usize, plan: &Plan, t: usize, routed: bool) -> Result<()> {
         let (gpu, ws, cfg) = (&*self.gpu, self.ws()?, &self.cfg);
         let (a, h) = (t * plan.shape.spt(), cfg.hidden_size);
         let count = |stage, values| ws.finite.count(gpu, row, stage, values);
         let logits = Values::F32(gpu.ptr(&ws.gate.logits), t * cfg.n_routed_experts);
-        count(FiniteStage::Router, logits)?;
+        // A traced step computes no logits: the buffer holds an earlier step's, or nothing.
+        if !routed {
+            count(FiniteStage::Router, logits)?;
+        }
         count(
             FiniteStage::Router,
             Values::F32(gpu.ptr(&ws.router.weights), a),
@@ -194,6 +267,7 @@ impl CudaBackend {
         plan: &Plan,
         input: &StepInput,
         gates: &[f32],
+        routed: bool,
     ) -> Result<PathRun> {
         let (t, spt, h) = (input.tokens, plan.shape.spt(), self.cfg.hidden_size);
         let separate = self.upload_separate(plan, gates, t)?;
@@ -202,9 +276,9 @@ impl CudaBackend {
             readback::poison_outputs(&gpu, self.ws()?, &self.cfg, t, spt)?;
         }
         let mut timer = Timer::new(true);
-        self.launch_path(plan, t, &mut timer)?;
+        self.launch_path(plan, t, routed, &mut timer)?;
         let mut timings = timer.finish(&gpu)?;
-        self.count_path(row, plan, t)?;
+        self.count_path(row, plan, t, routed)?;
         let out: PathOutputs =
             readback::path_outputs(&gpu, self.ws()?, h, t, spt, &input.sample_tokens)?;
         readback::fill_weight_bytes(&self.cfg, &out.slot_ids, &mut timings);
@@ -217,23 +291,61 @@ impl CudaBackend {
             sample_outputs: out.sample_outputs,
             output: out.output,
             timings,
-            clean_us: Some(self.clean_us(plan, t)?),
+            clean_us: if input.step.is_multiple_of(CLEAN_EVERY) {
+                Some(self.clean_us(plan, t, routed)?)
+            } else {
+                None
+            },
             // Filled in from the step's one read of the counters (`Backend::step`).
             finite: FiniteCounts::default(),
         })
     }
 
     /// The path's launches again without per-stage events, under one event pair (µs).
-    fn clean_us(&self, plan: &Plan, t: usize) -> Result<f64> {
+    fn clean_us(&self, plan: &Plan, t: usize, routed: bool) -> Result<f64> {
         let gpu = &self.gpu;
         let start = gpu.event()?;
-        self.launch_path(plan, t, &mut Timer::new(false))?;
+        self.launch_path(plan, t, routed, &mut Timer::new(false))?;
         let end = gpu.event()?;
         gpu.sync("the clean path run")?;
         let ms = start
             .elapsed_ms(&end)
             .map_err(cuda_err("reading the clean path time"))?;
         Ok(ms as f64 * 1e3)
+    }
+
+    /// The device reference's share of path `idx`: the reference itself after the first path
+    /// (whose gate GEMM wrote the logits every path shares), then the path's comparison.
+    fn compare_on_device(&mut self, idx: usize, plan: &Plan, step: u64) -> Result<()> {
+        let gpu = self.gpu.clone();
+        let ws = self.ws.as_ref().context("workspace missing")?;
+        let r = self
+            .reference
+            .as_mut()
+            .context("device reference missing")?;
+        if idx == 0 {
+            let (x, logits) = (gpu.ptr(&ws.inputs.x), gpu.ptr(&ws.gate.logits));
+            r.run(&gpu, &self.layer, x, logits, step)?;
+        }
+        let shared = self.cfg.n_shared_experts > 0;
+        let outputs = reference::PathOutputs {
+            ids: gpu.ptr(&ws.router.ids),
+            weights: gpu.ptr(&ws.router.weights),
+            spt: plan.shape.spt(),
+            out_scale: plan.out_scale,
+            sep: if plan.separate {
+                gpu.ptr(&ws.inputs.sep)
+            } else {
+                DevPtr::NULL
+            },
+            gate: if shared {
+                gpu.ptr(&ws.inputs.gates)
+            } else {
+                DevPtr::NULL
+            },
+            y: gpu.ptr(&ws.out.y),
+        };
+        r.compare_path(&gpu, idx, outputs)
     }
 
     /// Whole-output download for checks: [t × H].
@@ -256,7 +368,43 @@ impl Backend for CudaBackend {
         &self.weights
     }
 
+    fn compares_on_device(&self) -> bool {
+        self.device_numerics
+    }
+
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
+        self.step_with(input, paths, None)
+    }
+
+    fn step_routed(
+        &mut self,
+        input: &StepInput,
+        paths: &[PathSpec],
+        routed: &RoutedBatch,
+    ) -> Result<BackendStep> {
+        ensure!(
+            routed.tokens() == input.tokens,
+            "the routing holds {} tokens, the step {}",
+            routed.tokens(),
+            input.tokens
+        );
+        self.step_with(input, paths, Some(routed))
+    }
+
+    fn rank_gemm_time(&mut self, slots: &[(u32, u32)]) -> Result<Option<GemmTime>> {
+        self.time_rank_gemm(slots).map(Some)
+    }
+}
+
+impl CudaBackend {
+    /// A step, routed by the path's router or by `given` (a trace: its slots are uploaded and
+    /// the gate GEMM and router are skipped; `router_logits` stays empty).
+    fn step_with(
+        &mut self,
+        input: &StepInput,
+        paths: &[PathSpec],
+        given: Option<&RoutedBatch>,
+    ) -> Result<BackendStep> {
         let t = input.tokens;
         ensure!(t >= 1, "a step needs at least one token");
         ensure!(
@@ -274,20 +422,43 @@ impl Backend for CudaBackend {
         let rows = 1 + plans.len();
         self.ensure_workspace(t, spt, k)?.finite.reset(&gpu, rows)?;
         let gates = self.prepare_inputs(input)?;
+        self.step_gates = gates.clone();
         self.count_inputs(t)?;
 
         let mut runs = Vec::with_capacity(plans.len());
         let mut router_logits = Vec::new();
+        let on_device = self.device_numerics && given.is_none();
+        if on_device
+            && !self
+                .reference
+                .as_ref()
+                .is_some_and(|r| r.fits(t, plans.len(), spt))
+        {
+            self.reference = None; // free first
+            self.reference = Some(DeviceReference::new(&gpu, &self.cfg, t, plans.len(), spt)?);
+        }
         for (idx, plan) in plans.iter().enumerate() {
+            if let Some(batch) = given {
+                self.upload_slots(plan, &paths[idx], batch, &gates)
+                    .with_context(|| format!("path {idx}"))?;
+            }
             let run = self
-                .run_path(1 + idx, plan, input, &gates)
+                .run_path(1 + idx, plan, input, &gates, given.is_some())
                 .with_context(|| format!("path {idx}"))?;
-            if idx == 0 {
+            // A given routing (a trace) has no logits to route on the device: the host
+            // compares it (compare::host_numerics with the trace as the reference).
+            if on_device {
+                self.compare_on_device(idx, plan, input.step)?;
+            } else if idx == 0 && given.is_none() {
                 // Every path computes the same logits: the first's are kept.
                 router_logits = gpu.download(&self.ws()?.gate.logits, t * e, "router logits")?;
             }
             runs.push(run);
         }
+        let numerics = match self.reference.as_mut() {
+            Some(r) if on_device => Some(r.finish(&gpu, input.step)?),
+            _ => None,
+        };
         let ws = self.ws()?;
         let counts = ws.finite.read(&gpu, rows)?;
         let mut finite = counts.first().copied().unwrap_or_default();
@@ -307,6 +478,83 @@ impl Backend for CudaBackend {
             shared_gate: gates,
             paths: runs,
             finite,
+            numerics,
+        })
+    }
+}
+
+/// Runs of an EP rank's share of the grouped GEMM; the median is reported.
+const RANK_GEMM_RUNS: usize = 3;
+
+impl CudaBackend {
+    /// Times one EP rank's share of the grouped expert MLP: its experts with their token counts
+    /// as one slot per row (alignment and the up/SiLU/down GEMMs, no router, no combine), in
+    /// buffers of its own; the median of `RANK_GEMM_RUNS` event-timed runs.
+    fn time_rank_gemm(&mut self, slots: &[(u32, u32)]) -> Result<GemmTime> {
+        let ids: Vec<u32> = slots
+            .iter()
+            .flat_map(|&(e, n)| std::iter::repeat_n(e, n as usize))
+            .collect();
+        let a = ids.len();
+        if a == 0 {
+            return Ok(GemmTime {
+                us: 0.0,
+                source: GemmSource::Measured,
+            });
+        }
+        let shape = RouterShape::new(&self.cfg, 1, 0, 1.0, 0.0)?;
+        let plan = Plan {
+            router: RouterImpl::Fused,
+            shape,
+            out_scale: 1.0,
+            separate: false,
+            separate_weight: 0.0,
+        };
+        let gpu = self.gpu.clone();
+        if !self.ep_ws.as_ref().is_some_and(|w| w.fits(a, 1, 1)) {
+            self.ep_ws = None;
+            let ws = Workspace::new(&gpu, &self.cfg, a, 1, 1)?;
+            // Rows of any finite value: the GEMM's time does not depend on them.
+            gpu.launch(InitHiddenArgs {
+                out: gpu.ptr(&ws.inputs.x),
+                n: (a * self.cfg.hidden_size) as u64,
+                seed: 1,
+                tensor: tensor_id::HIDDEN_BASE,
+            })?;
+            self.ep_ws = Some(ws);
+        }
+        let ws = self.ep_ws.as_mut().context("EP workspace missing")?;
+        let mut view = ws.router.ids.slice_mut(..a);
+        gpu.stream
+            .memcpy_htod(ids.as_slice(), &mut view)
+            .map_err(cuda_err("uploading an EP rank's slot ids"))?;
+        let ws = self.ep_ws.as_ref().context("EP workspace missing")?;
+        let launch = PathLaunch {
+            gpu: &gpu,
+            cfg: &self.cfg,
+            layer: &self.layer,
+            ws,
+            plan: &plan,
+            t: a,
+            routed: true,
+            user: None,
+            gates: &[],
+        };
+        let mut times = Vec::with_capacity(RANK_GEMM_RUNS);
+        for _ in 0..RANK_GEMM_RUNS {
+            let start = gpu.event()?;
+            launch.experts_only(&mut Timer::new(false))?;
+            let end = gpu.event()?;
+            gpu.sync("an EP rank's GEMM")?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(cuda_err("reading an EP rank's GEMM time"))?;
+            times.push(ms as f64 * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(GemmTime {
+            us: times[RANK_GEMM_RUNS / 2],
+            source: GemmSource::Measured,
         })
     }
 }

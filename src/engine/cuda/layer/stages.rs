@@ -9,6 +9,7 @@ use super::super::kernels::{
     GEMM_BM,
 };
 use super::super::router::{self, RouterIo, RouterShape};
+use super::super::user_kernel::{self, UserKernel};
 use super::device::DeviceLayer;
 use super::gemm::{self, Groups, Weights};
 use super::workspace::Workspace;
@@ -71,19 +72,34 @@ pub struct PathLaunch<'a> {
     pub ws: &'a Workspace,
     pub plan: &'a Plan,
     pub t: usize,
+    /// The slots were uploaded from a routing trace: no gate GEMM, no router.
+    pub routed: bool,
+    /// Path C's kernel (None on the other paths).
+    pub user: Option<&'a UserKernel>,
+    /// The step's shared gate on the host, for a user kernel's shared slots.
+    pub gates: &'a [f32],
 }
 
 impl PathLaunch<'_> {
     /// The whole path, every stage timed by `timer` (a clean run passes an off timer).
     pub fn run(&self, timer: &mut Timer) -> Result<()> {
-        self.gate_gemm(timer)?;
-        self.router(timer)?;
+        if !self.routed {
+            self.gate_gemm(timer)?;
+            self.router(timer)?;
+        }
         self.align(timer)?;
         self.experts(timer)?;
         if self.plan.separate {
             self.shared_mlp(timer)?;
         }
         self.combine(timer)
+    }
+
+    /// Alignment and the grouped expert MLP only, over slots already in `ws.router.ids` (an EP
+    /// rank's share of the GEMM, timed on its own).
+    pub fn experts_only(&self, timer: &mut Timer) -> Result<()> {
+        self.align(timer)?;
+        self.experts(timer)
     }
 
     /// Assignments of the step: tokens × slots per token.
@@ -149,7 +165,37 @@ impl PathLaunch<'_> {
                 timer.stop(gpu, Stage::RouterFused, Some(bytes))
             }
             RouterImpl::Unfused => router::unfused(gpu, sh, &io, t, &self.ws.router.unfused, timer),
+            RouterImpl::User => self.user_router(&io, timer),
         }
+    }
+
+    /// Path C: the user's kernel writes the slots moescope's align, GEMM and combine then take.
+    fn user_router(&self, io: &RouterIo, timer: &mut Timer) -> Result<()> {
+        let (gpu, t) = (self.gpu, self.t);
+        let user = self
+            .user
+            .ok_or_else(|| anyhow::anyhow!("path C has no user kernel"))?;
+        let args = user_kernel::RouterArgs {
+            logits: io.logits.addr(),
+            bias: io.bias.addr(),
+            shared_gate: io.gate.addr(),
+            ids: io.ids.addr(),
+            weights: io.weights.addr(),
+            ..user_kernel::args_for(self.cfg, t, user_kernel::LogitsDtype::F32)
+        };
+        timer.start(gpu)?;
+        user.launch(gpu, &args)?;
+        let bytes = (4 * t * self.plan.shape.e + 8 * self.assignments()) as u64;
+        timer.stop(gpu, Stage::RouterUser, Some(bytes))?;
+        let gates = (self.cfg.shared_expert_gate && !self.gates.is_empty()).then_some(self.gates);
+        user.finish_in_layer(
+            gpu,
+            self.cfg,
+            t,
+            &self.ws.router.ids,
+            &self.ws.router.weights,
+            gates,
+        )
     }
 
     /// moe_align: counts per slot, offsets, and the permutation grouping assignments by slot.

@@ -233,6 +233,13 @@ impl Files {
         Ok((shard, meta))
     }
 
+    /// An opened tensor's header entry and stored bytes, as they are (FP8 read without
+    /// dequantizing).
+    pub fn raw(&self, name: &str) -> Result<(&TensorMeta, &[u8])> {
+        let (shard, meta) = self.meta(name)?;
+        Ok((meta, shard.bytes(meta)))
+    }
+
     /// Checks a tensor's shape, and that its dtype can be read (F8_E4M3 with a matching
     /// `{name}_scale_inv` block-scale tensor).
     pub fn check(&self, name: &str, want: &[usize], what: &str) -> Result<()> {

@@ -13,6 +13,7 @@
 
 use super::files::Files;
 use crate::engine::config::MoeConfig;
+use crate::engine::weights::fp8::{self, Fp8Mlp, StoredMatrix};
 use crate::engine::weights::{round_bf16, ExpertWeights, WeightSource};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
@@ -546,6 +547,72 @@ impl CheckpointLayer {
     }
 }
 
+impl CheckpointLayer {
+    /// `mlp` as stored, where the checkpoint holds it in FP8 (None where it does not).
+    fn mlp_fp8(&self, which: Mlp, rows: Range<usize>) -> Result<Option<Fp8Mlp>> {
+        let h = self.cfg.hidden_size;
+        let i = self.full.moe_intermediate_size;
+        let up_rows = i + rows.start..i + rows.end;
+        let at = |name: String, slab, rows, cols| StoredMatrix {
+            name,
+            slab,
+            rows,
+            cols,
+        };
+        let parts: [StoredMatrix; 3] = match which {
+            Mlp::Shared => {
+                let name = |w: usize| {
+                    self.names
+                        .shared_name(w)
+                        .ok_or_else(|| anyhow!("layer {} has no shared expert", self.layer))
+                };
+                [
+                    at(name(0)?, None, rows.clone(), 0..h),
+                    at(name(1)?, None, rows.clone(), 0..h),
+                    at(name(2)?, None, 0..h, rows.clone()),
+                ]
+            }
+            Mlp::Routed(e) => match &self.names.experts {
+                Experts::PerExpert(_) => [0, 1, 2].map(|w| {
+                    let (r, c) = if w == 2 {
+                        (0..h, rows.clone())
+                    } else {
+                        (rows.clone(), 0..h)
+                    };
+                    at(self.names.expert_name(e, w), None, r, c)
+                }),
+                Experts::Fused {
+                    gate_up,
+                    down,
+                    transposed: false,
+                } => [
+                    at(gate_up.clone(), Some(e), rows.clone(), 0..h),
+                    at(gate_up.clone(), Some(e), up_rows, 0..h),
+                    at(down.clone(), Some(e), 0..h, rows.clone()),
+                ],
+                Experts::Fused { gate_up, .. } => {
+                    if self.files.meta(gate_up)?.1.dtype == safetensors::Dtype::F8_E4M3 {
+                        bail!("FP8 experts in the transposed fused layout ([E, H, 2I]) are not supported by --experts fp8; use --experts bf16");
+                    }
+                    return Ok(None);
+                }
+            },
+        };
+        let [gate, up, down] = parts.map(|m| fp8::read_stored(&self.files, &m));
+        match (gate?, up?, down?) {
+            (Some(gate), Some(up), Some(down)) => Ok(Some(Fp8Mlp {
+                hidden: h,
+                intermediate: rows.len(),
+                gate,
+                up,
+                down,
+            })),
+            (None, None, None) => Ok(None),
+            _ => bail!("layer {}: some of an MLP's projections are FP8 and some are not; --experts fp8 needs all three in FP8 or none", self.layer),
+        }
+    }
+}
+
 impl WeightSource for CheckpointLayer {
     fn config(&self) -> &MoeConfig {
         &self.cfg
@@ -582,6 +649,25 @@ impl WeightSource for CheckpointLayer {
         let per = self.cfg.shared_slot_intermediate();
         self.mlp(Mlp::Shared, j * per..(j + 1) * per)
             .with_context(|| format!("reading shared slot {j} of layer {}", self.layer))
+    }
+    fn expert_fp8(&self, e: usize) -> Result<Option<Fp8Mlp>> {
+        ensure!(
+            e < self.cfg.n_routed_experts,
+            "expert {e} out of range (n_routed_experts {})",
+            self.cfg.n_routed_experts
+        );
+        self.mlp_fp8(Mlp::Routed(e), 0..self.cfg.moe_intermediate_size)
+            .with_context(|| format!("reading FP8 expert {e} of layer {}", self.layer))
+    }
+    fn shared_slot_fp8(&self, j: usize) -> Result<Option<Fp8Mlp>> {
+        ensure!(
+            j < self.cfg.n_shared_experts,
+            "shared slot {j} out of range (n_shared_experts {})",
+            self.cfg.n_shared_experts
+        );
+        let per = self.cfg.shared_slot_intermediate();
+        self.mlp_fp8(Mlp::Shared, j * per..(j + 1) * per)
+            .with_context(|| format!("reading FP8 shared slot {j} of layer {}", self.layer))
     }
     fn shared_gate(&self) -> Result<Option<Vec<f32>>> {
         if !self.cfg.shared_expert_gate {

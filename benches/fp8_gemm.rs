@@ -1,0 +1,270 @@
+//! FP8 grouped GEMM on the DeepSeek-V3 layer (256 routed experts, top 8, the shared expert fused
+//! as slot 256: every token in 9 groups; up [4096 × 7168], down [7168 × 2048], 128×128 block
+//! scales): device time per GEMM, against the FP8 weight-streaming floor (active groups' codes
+//! and scales over the copy bandwidth measured in the same run) and against a dense FP8 rate
+//! (one 8192 × 4096 × 7168 GEMM of the same kernel, same run).
+//!
+//! `cargo bench --bench fp8_gemm [-- T ...]` (default T = 1 64 512 2048 16384). Prints a notice
+//! and exits 0 without a GPU.
+
+use anyhow::Result;
+use moescope::engine::cuda;
+use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Fp8Ready, Tile};
+use moescope::engine::cuda::gpu::{cuda_err, Gpu};
+use moescope::engine::cuda::kernels::{CopyArgs, DevPtr, GemmRows, InitUniformArgs};
+use rand::rngs::StdRng;
+use rand::seq::index::sample;
+use rand::SeedableRng;
+
+const E: usize = 256;
+const TOPK: usize = 8;
+const SPT: usize = TOPK + 1;
+const H: usize = 7168;
+const I: usize = 2048;
+const REPEATS: usize = 20;
+
+fn main() -> Result<()> {
+    if let Err(why) = cuda::probe() {
+        println!("fp8_gemm: skipped, no CUDA: {why}");
+        return Ok(());
+    }
+    let tokens: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let tokens = if tokens.is_empty() {
+        vec![1, 64, 512, 2048, 16384]
+    } else {
+        tokens
+    };
+    let gpu = Gpu::open()?;
+    let ready = dfp8::prepare(&gpu)?;
+    println!("device: {}", gpu.describe());
+    let copy_gbs = copy_bandwidth(&gpu)?;
+    println!("copy bandwidth: {copy_gbs:.0} GB/s (read + write)");
+    let dense = dense_rate(&gpu, &ready)?;
+    println!("dense FP8 (this kernel, 8192 x 4096 x 7168): {dense:.0} TFLOP/s");
+    let w13 = random_stack(&gpu, E + 1, 2 * I, H, 1)?;
+    let w2 = random_stack(&gpu, E + 1, H, I, 2)?;
+    println!(
+        "{:>6} {:>5} {:>4} {:>4} {:>9} {:>9} {:>7} {:>9} {:>8}",
+        "T", "gemm", "tile", "splt", "us", "floor us", "% floor", "TFLOP/s", "% dense"
+    );
+    for &t in &tokens {
+        bench_tokens(&gpu, &ready, &w13, &w2, t, copy_gbs, dense)?;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median device time of `f` in µs over REPEATS event-timed calls, after a warm-up.
+fn time_us(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    gpu.sync("warm-up")?;
+    let mut times = Vec::with_capacity(REPEATS);
+    for _ in 0..REPEATS {
+        let a = gpu.event()?;
+        f()?;
+        let b = gpu.event()?;
+        gpu.sync("timed work")?;
+        times.push(a.elapsed_ms(&b).map_err(cuda_err("reading an event"))? as f64 * 1e3);
+    }
+    Ok(median(times))
+}
+
+fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
+    let n = 1usize << 30;
+    let src = gpu.alloc::<u8>(n, "copy source")?;
+    let dst = gpu.alloc::<u8>(n, "copy destination")?;
+    let args = CopyArgs {
+        src: gpu.ptr(&src).cast(),
+        dst: gpu.ptr(&dst).cast(),
+        n: (n / 16) as u64,
+    };
+    let us = time_us(gpu, || gpu.launch(args))?;
+    Ok(2.0 * n as f64 / us / 1e3)
+}
+
+/// Random bytes (bf16 uniform bit patterns read as e4m3 codes) and unit scales: timing needs
+/// non-zero data, not meaningful values.
+fn random_bytes(gpu: &Gpu, n: usize, tensor: u64) -> Result<cudarc::driver::CudaSlice<u8>> {
+    let buf = gpu.alloc::<u8>(n.next_multiple_of(2), "random bytes")?;
+    gpu.launch(InitUniformArgs {
+        out: gpu.ptr(&buf).cast::<u16>(),
+        n: (n / 2) as u64,
+        seed: 7,
+        tensor,
+        amp: 1.0,
+    })?;
+    Ok(buf)
+}
+
+fn random_stack(
+    gpu: &Gpu,
+    count: usize,
+    rows: usize,
+    cols: usize,
+    tensor: u64,
+) -> Result<DeviceStack> {
+    let scales = gpu.alloc::<f32>(count * (rows / 128) * (cols / 128), "scales")?;
+    gpu.fill(gpu.ptr(&scales), scales.len(), 1f32.to_bits())?;
+    Ok(DeviceStack {
+        data: random_bytes(gpu, count * rows * cols, tensor)?,
+        scales,
+        count,
+        rows,
+        cols,
+    })
+}
+
+fn blank(gpu: &Gpu, w: &DeviceStack) -> Fp8Gemm {
+    Fp8Gemm {
+        a: DevPtr::NULL,
+        a_scales: DevPtr::NULL,
+        a_mode: GemmRows::Direct,
+        a_map: DevPtr::NULL,
+        a_div: 1,
+        b0: DevPtr::NULL,
+        b1: DevPtr::NULL,
+        bs0: DevPtr::NULL,
+        bs1: DevPtr::NULL,
+        n_first: 0,
+        b_stride: 0,
+        bs_stride: 0,
+        c: DevPtr::NULL,
+        offsets: DevPtr::NULL,
+        tiles: DevPtr::NULL,
+        groups: 1,
+        n: w.rows,
+        k: w.cols,
+        rows: 0,
+        tile: Tile::M64,
+        k_splits: 1,
+        c_split: 0,
+    }
+    .weights(gpu, w)
+}
+
+/// TFLOP/s of one dense GEMM [8192 × 7168] · [4096 × 7168]ᵀ with this kernel.
+fn dense_rate(gpu: &Gpu, ready: &Fp8Ready) -> Result<f64> {
+    let (m, n, k) = (8192usize, 4096usize, 7168usize);
+    let w = random_stack(gpu, 1, n, k, 3)?;
+    let a = random_bytes(gpu, m * k, 4)?;
+    let sa = gpu.alloc::<f32>(m * k / 128, "A scales")?;
+    gpu.fill(gpu.ptr(&sa), sa.len(), 1f32.to_bits())?;
+    let c = gpu.alloc::<f32>(m * n, "C")?;
+    let off = gpu.upload(&[0i32, m as i32], "offsets")?;
+    let tiles = gpu.alloc::<i32>(2, "tiles")?;
+    dfp8::tile_scan(gpu, gpu.ptr(&off), 1, Tile::M64, gpu.ptr(&tiles))?;
+    let g = Fp8Gemm {
+        a: gpu.ptr(&a),
+        a_scales: gpu.ptr(&sa),
+        c: gpu.ptr(&c),
+        offsets: gpu.ptr(&off),
+        tiles: gpu.ptr(&tiles),
+        rows: m,
+        ..blank(gpu, &w)
+    };
+    let us = time_us(gpu, || dfp8::gemm(gpu, ready, &g))?;
+    Ok(2.0 * (m * n * k) as f64 / us / 1e6)
+}
+
+/// Routes T tokens to 8 distinct random experts and the shared slot 256; returns the order
+/// (assignment index per permuted row, grouped by slot) and the group offsets.
+fn route(t: usize, seed: u64) -> (Vec<i32>, Vec<i32>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut ids = Vec::with_capacity(t * SPT);
+    for _ in 0..t {
+        ids.extend(sample(&mut rng, E, TOPK));
+        ids.push(E);
+    }
+    let mut order: Vec<i32> = (0..ids.len() as i32).collect();
+    order.sort_by_key(|&a| ids[a as usize]);
+    let mut counts = vec![0i32; E + 1];
+    ids.iter().for_each(|&i| counts[i] += 1);
+    let mut offsets = vec![0i32; E + 2];
+    for g in 0..=E {
+        offsets[g + 1] = offsets[g] + counts[g];
+    }
+    (order, offsets)
+}
+
+fn bench_tokens(
+    gpu: &Gpu,
+    ready: &Fp8Ready,
+    w13: &DeviceStack,
+    w2: &DeviceStack,
+    t: usize,
+    copy_gbs: f64,
+    dense: f64,
+) -> Result<()> {
+    let rows = t * SPT;
+    let groups = E + 1;
+    let (order, offsets) = route(t, t as u64);
+    let active = (0..groups).filter(|&g| offsets[g + 1] > offsets[g]).count();
+    let tile = Tile::for_rows(rows, groups);
+    let bm = tile.rows() as i32;
+    let m_tiles: usize = (0..groups)
+        .map(|g| ((offsets[g + 1] - offsets[g] + bm - 1) / bm) as usize)
+        .sum();
+    let x = random_bytes(gpu, t * H, 5)?;
+    let sx = gpu.alloc::<f32>(t * H / 128, "x scales")?;
+    gpu.fill(gpu.ptr(&sx), sx.len(), 1f32.to_bits())?;
+    let act = random_bytes(gpu, rows * I, 6)?;
+    let sact = gpu.alloc::<f32>(rows * I / 128, "act scales")?;
+    gpu.fill(gpu.ptr(&sact), sact.len(), 1f32.to_bits())?;
+    let d_order = gpu.upload(&order, "order")?;
+    let d_off = gpu.upload(&offsets, "offsets")?;
+    let d_tiles = gpu.alloc::<i32>(groups + 1, "tiles")?;
+    dfp8::tile_scan(gpu, gpu.ptr(&d_off), groups, tile, gpu.ptr(&d_tiles))?;
+    let h1 = gpu.alloc::<f32>(rows * 2 * I, "h1")?;
+    let eo = gpu.alloc::<f32>(rows * H, "eo")?;
+    let up_splits = dfp8::k_splits(gpu.sms, m_tiles, 2 * I, H);
+    let down_splits = dfp8::k_splits(gpu.sms, m_tiles, H, I);
+    let part = |splits: usize, n: usize| if splits > 1 { splits * rows * n } else { 0 };
+    let parts_len = part(up_splits, 2 * I).max(part(down_splits, H));
+    let parts = gpu.alloc::<f32>(parts_len, "partials")?;
+    let common = |w: &DeviceStack| Fp8Gemm {
+        a_map: gpu.ptr(&d_order),
+        a_div: SPT as i32,
+        offsets: gpu.ptr(&d_off),
+        tiles: gpu.ptr(&d_tiles),
+        groups,
+        rows,
+        tile,
+        ..blank(gpu, w)
+    };
+    let up = Fp8Gemm {
+        a: gpu.ptr(&x),
+        a_scales: gpu.ptr(&sx),
+        a_mode: GemmRows::Mapped,
+        c: gpu.ptr(&h1),
+        ..common(w13)
+    };
+    let down = Fp8Gemm {
+        a: gpu.ptr(&act),
+        a_scales: gpu.ptr(&sact),
+        a_mode: GemmRows::Direct,
+        c: gpu.ptr(&eo),
+        ..common(w2)
+    };
+    for (name, g, splits, w) in [("up", up, up_splits, w13), ("down", down, down_splits, w2)] {
+        let us = time_us(gpu, || {
+            dfp8::gemm_split(gpu, ready, &g, splits, gpu.ptr(&parts))
+        })?;
+        let bytes = active * w.bytes_per_matrix();
+        let floor = bytes as f64 / (copy_gbs * 1e3);
+        let tflops = 2.0 * (rows * g.n * g.k) as f64 / us / 1e6;
+        println!(
+            "{t:>6} {name:>5} {:>4} {splits:>4} {us:>9.1} {floor:>9.1} {:>6.1}% {tflops:>9.0} {:>7.1}%",
+            tile.rows(),
+            100.0 * floor / us,
+            100.0 * tflops / dense
+        );
+    }
+    Ok(())
+}

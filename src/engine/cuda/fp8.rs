@@ -1,0 +1,539 @@
+//! FP8 experts on the device: block-scaled e4m3 weight stacks, and the launches of
+//! kernels/fp8.cu (activation quantization, tile scan, the FP8 grouped GEMM and its K splits).
+//!
+//! A GEMM needs an [`Fp8Ready`], which raising the kernels' shared-memory limit returns: the
+//! type keeps a launch from running before the limit is set.
+
+use super::gpu::Gpu;
+use super::kernels::{
+    fp8_shared_bytes, DevPtr, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs, GemmRows,
+    KernelId, SplitkReduceArgs,
+};
+use crate::engine::weights::fp8::{BlockScaled, Fp8Mlp, BLOCK};
+use anyhow::{ensure, Result};
+use cudarc::driver::CudaSlice;
+
+/// The tile height of an FP8 GEMM launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 16 rows: decode and small batches, where most rows of a 64-row tile would be empty.
+    M16,
+    M64,
+}
+
+impl Tile {
+    pub fn rows(self) -> usize {
+        match self {
+            Tile::M16 => 16,
+            Tile::M64 => 64,
+        }
+    }
+
+    /// The tile for `rows` rows over `groups` groups: 16 rows while groups average fewer
+    /// than 32 rows (the rows of a 64-row tile would mostly be zero fill).
+    pub fn for_rows(rows: usize, groups: usize) -> Tile {
+        if rows < 32 * groups.max(1) {
+            Tile::M16
+        } else {
+            Tile::M64
+        }
+    }
+
+    /// Dynamic shared memory of one block: the pipeline's stages of A tile, B tile, A scales
+    /// and B scale.
+    pub fn shared_bytes(self) -> u32 {
+        fp8_shared_bytes(self.rows())
+    }
+
+    fn function(self) -> KernelId {
+        match self {
+            Tile::M16 => KernelId::GroupedGemmFp8M16,
+            Tile::M64 => KernelId::GroupedGemmFp8M64,
+        }
+    }
+}
+
+/// Proof that the FP8 kernels may take their shared memory on this device.
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8Ready(());
+
+/// Raises the GEMM kernels' dynamic shared-memory limit (once per device).
+pub fn prepare(gpu: &Gpu) -> Result<Fp8Ready> {
+    for t in [Tile::M16, Tile::M64] {
+        gpu.allow_shared(t.function(), t.shared_bytes())?;
+    }
+    Ok(Fp8Ready(()))
+}
+
+/// Equal-shape block-scaled matrices on the device, one after the other: bytes
+/// [count × rows × cols], scales [count × rows/128 × cols/128].
+pub struct DeviceStack {
+    pub data: CudaSlice<u8>,
+    pub scales: CudaSlice<f32>,
+    pub count: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl DeviceStack {
+    /// Uploads `mats` (each [rows × cols] with rows and cols multiples of 128).
+    pub fn upload(gpu: &Gpu, mats: &[&BlockScaled], what: &str) -> Result<DeviceStack> {
+        let first = mats
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("{what}: no matrices"))?;
+        let (rows, cols) = (first.rows, first.cols);
+        ensure!(
+            rows.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK),
+            "{what}: FP8 weights of shape [{rows}, {cols}]; the FP8 GEMM needs both dimensions multiples of {BLOCK}"
+        );
+        let mut data = Vec::with_capacity(mats.len() * rows * cols);
+        let mut scales = Vec::with_capacity(mats.len() * (rows / BLOCK) * (cols / BLOCK));
+        for m in mats {
+            ensure!(
+                (m.rows, m.cols) == (rows, cols),
+                "{what}: matrices of shapes [{rows}, {cols}] and [{}, {}]",
+                m.rows,
+                m.cols
+            );
+            data.extend_from_slice(&m.data);
+            scales.extend_from_slice(&m.scale_inv);
+        }
+        Ok(DeviceStack {
+            data: gpu.upload(&data, what)?,
+            scales: gpu.upload(&scales, what)?,
+            count: mats.len(),
+            rows,
+            cols,
+        })
+    }
+
+    /// Bytes per matrix (e4m3 codes and scales): what one group of a GEMM streams.
+    pub fn bytes_per_matrix(&self) -> usize {
+        self.rows * self.cols + 4 * (self.rows / BLOCK) * (self.cols / BLOCK)
+    }
+}
+
+/// The FP8 weights of a set of MLP slots: gate and up stacked per slot as [2I × H] (gate rows
+/// first, as the bf16 `w13`), down [H × I].
+pub struct Fp8Slots {
+    pub w13: DeviceStack,
+    pub w2: DeviceStack,
+}
+
+impl Fp8Slots {
+    pub fn upload(gpu: &Gpu, mlps: &[Fp8Mlp], what: &str) -> Result<Fp8Slots> {
+        let w13: Vec<BlockScaled> = mlps
+            .iter()
+            .map(|m| BlockScaled {
+                rows: m.gate.rows + m.up.rows,
+                cols: m.gate.cols,
+                data: [m.gate.data.as_slice(), &m.up.data].concat(),
+                scale_inv: [m.gate.scale_inv.as_slice(), &m.up.scale_inv].concat(),
+            })
+            .collect();
+        let refs: Vec<&BlockScaled> = w13.iter().collect();
+        let downs: Vec<&BlockScaled> = mlps.iter().map(|m| &m.down).collect();
+        Ok(Fp8Slots {
+            w13: DeviceStack::upload(gpu, &refs, &format!("{what} gate/up"))?,
+            w2: DeviceStack::upload(gpu, &downs, &format!("{what} down"))?,
+        })
+    }
+}
+
+/// Quantizes bf16 `input` [rows × cols] per row and group of 128 into `out` and `scales`.
+pub fn quant_rows(
+    gpu: &Gpu,
+    input: DevPtr<u16>,
+    rows: usize,
+    cols: usize,
+    out: DevPtr<u8>,
+    scales: DevPtr<f32>,
+) -> Result<()> {
+    ensure!(
+        cols.is_multiple_of(BLOCK),
+        "FP8 activation quantization of {cols} columns; expected a multiple of {BLOCK}"
+    );
+    gpu.launch(Fp8QuantArgs {
+        input,
+        out,
+        scales,
+        rows: rows as u64,
+        cols: cols as u64,
+    })
+}
+
+/// SiLU·mul of `h` f32 [rows × 2·inter], rounded to bf16 and quantized per row and group of 128.
+pub fn silu_mul_quant(
+    gpu: &Gpu,
+    h: DevPtr<f32>,
+    rows: usize,
+    inter: usize,
+    out: DevPtr<u8>,
+    scales: DevPtr<f32>,
+) -> Result<()> {
+    ensure!(
+        inter.is_multiple_of(BLOCK),
+        "FP8 SiLU·mul over an intermediate size of {inter}; expected a multiple of {BLOCK}"
+    );
+    gpu.launch(Fp8SiluArgs {
+        h,
+        out,
+        scales,
+        rows: rows as u64,
+        inter: inter as u64,
+    })
+}
+
+/// `tiles` [groups + 1] of `tile`-row tiles from row `offsets` [groups + 1], on the device.
+pub fn tile_scan(
+    gpu: &Gpu,
+    offsets: DevPtr<i32>,
+    groups: usize,
+    tile: Tile,
+    tiles: DevPtr<i32>,
+) -> Result<()> {
+    ensure!(
+        (1..=1024).contains(&groups),
+        "FP8 GEMM over {groups} groups; supported: 1 to 1024"
+    );
+    gpu.launch(Fp8TilesArgs {
+        offsets,
+        tiles,
+        groups: groups as i32,
+        bm: tile.rows() as i32,
+    })
+}
+
+/// K splits of a GEMM with `tiles` M tiles, N columns and K depth: where the output has fewer
+/// blocks than four waves of two blocks per SM, enough splits to get there, each split at
+/// least 4 K blocks deep (the pipeline) and all of equal depth.
+pub fn k_splits(sms: u32, tiles: usize, n: usize, k: usize) -> usize {
+    let blocks = tiles * n.div_ceil(BLOCK);
+    let want = (8 * sms as usize).div_ceil(blocks.max(1));
+    let kb = k / BLOCK;
+    (1..=want.min(kb / 4).max(1))
+        .rev()
+        .find(|d| kb.is_multiple_of(*d))
+        .unwrap_or(1)
+}
+
+/// One FP8 grouped-GEMM launch (kernels/fp8.cu `fp8_gemm`; the fields are its arguments).
+#[derive(Clone, Copy, Debug)]
+pub struct Fp8Gemm {
+    pub a: DevPtr<u8>,
+    pub a_scales: DevPtr<f32>,
+    pub a_mode: GemmRows,
+    pub a_map: DevPtr<i32>,
+    pub a_div: i32,
+    pub b0: DevPtr<u8>,
+    pub b1: DevPtr<u8>,
+    pub bs0: DevPtr<f32>,
+    pub bs1: DevPtr<f32>,
+    pub n_first: i32,
+    /// Elements between consecutive groups' weights and scales.
+    pub b_stride: i64,
+    pub bs_stride: i64,
+    pub c: DevPtr<f32>,
+    pub offsets: DevPtr<i32>,
+    /// Tile offsets for `tile` (from `tile_scan`).
+    pub tiles: DevPtr<i32>,
+    pub groups: usize,
+    pub n: usize,
+    pub k: usize,
+    /// An upper bound of the rows of all groups together.
+    pub rows: usize,
+    pub tile: Tile,
+    /// K splits (partials at c + z · c_split, summed by `splitk_reduce`) or 1.
+    pub k_splits: usize,
+    pub c_split: usize,
+}
+
+impl Fp8Gemm {
+    /// The weights of groups `0..` from one stack (b0 = b1).
+    pub fn weights(mut self, gpu: &Gpu, w: &DeviceStack) -> Fp8Gemm {
+        self.b0 = gpu.ptr(&w.data);
+        self.b1 = self.b0;
+        self.bs0 = gpu.ptr(&w.scales);
+        self.bs1 = self.bs0;
+        self.n_first = w.count as i32;
+        self.b_stride = (w.rows * w.cols) as i64;
+        self.bs_stride = ((w.rows / BLOCK) * (w.cols / BLOCK)) as i64;
+        self
+    }
+}
+
+/// Launches one FP8 grouped GEMM.
+pub fn gemm(gpu: &Gpu, _ready: &Fp8Ready, g: &Fp8Gemm) -> Result<()> {
+    ensure!(
+        g.n.is_multiple_of(BLOCK) && g.k.is_multiple_of(BLOCK),
+        "FP8 GEMM of N {} and K {}; both must be multiples of {BLOCK}",
+        g.n,
+        g.k
+    );
+    ensure!(
+        g.k_splits >= 1 && (g.k / BLOCK).is_multiple_of(g.k_splits),
+        "FP8 GEMM: {} K splits do not divide {} K blocks",
+        g.k_splits,
+        g.k / BLOCK
+    );
+    // Every tile holds at least one row: at decode sizes this bound, not rows / bm + groups,
+    // keeps the grid from launching hundreds of blocks per column tile that exit at once.
+    let max_tiles = g.rows.min(g.rows.div_ceil(g.tile.rows()) + g.groups);
+    let args = Fp8GemmArgs {
+        a: g.a,
+        a_scales: g.a_scales,
+        a_mode: g.a_mode,
+        a_map: g.a_map,
+        a_div: g.a_div,
+        b0: g.b0,
+        b1: g.b1,
+        bs0: g.bs0,
+        bs1: g.bs1,
+        n_first: g.n_first,
+        b_stride: g.b_stride,
+        bs_stride: g.bs_stride,
+        c: g.c,
+        offsets: g.offsets,
+        tiles: g.tiles,
+        groups: g.groups as i32,
+        n: g.n as i32,
+        k: g.k as i32,
+        k_splits: g.k_splits as i32,
+        c_split: g.c_split as i64,
+        bm: g.tile.rows() as i32,
+        max_tiles: max_tiles as i32,
+    };
+    gpu.launch_fn(g.tile.function(), args)
+}
+
+/// Sums `splits` partial [rows × n] products at `parts` into `out` in split order
+/// (kernels/moe.cu `splitk_reduce`; deterministic).
+pub fn splitk_reduce(
+    gpu: &Gpu,
+    parts: DevPtr<f32>,
+    splits: usize,
+    rows: usize,
+    n: usize,
+    out: DevPtr<f32>,
+) -> Result<()> {
+    gpu.launch(SplitkReduceArgs {
+        part: parts,
+        splits: splits as i32,
+        n: (rows * n) as u64,
+        cols: n as i32,
+        bias: DevPtr::NULL,
+        out,
+    })
+}
+
+/// `gemm` with `splits` K splits into `parts` (at least splits × rows × n floats), reduced
+/// into `g.c`; or straight into `g.c` when `splits` is 1.
+pub fn gemm_split(
+    gpu: &Gpu,
+    ready: &Fp8Ready,
+    g: &Fp8Gemm,
+    splits: usize,
+    parts: DevPtr<f32>,
+) -> Result<()> {
+    if splits <= 1 {
+        return gemm(gpu, ready, &Fp8Gemm { k_splits: 1, ..*g });
+    }
+    let split = Fp8Gemm {
+        c: parts,
+        k_splits: splits,
+        c_split: g.rows * g.n,
+        ..*g
+    };
+    gemm(gpu, ready, &split)?;
+    splitk_reduce(gpu, parts, splits, g.rows, g.n, g.c)
+}
+
+/// The FP8 weights of the grouped expert MLP: the routed experts, then (path B) the shared
+/// slots as extra groups.
+pub struct Fp8Experts {
+    pub routed: Fp8Slots,
+    pub shared: Option<Fp8Slots>,
+}
+
+impl Fp8Experts {
+    /// Groups of the grouped GEMMs.
+    pub fn groups(&self) -> usize {
+        self.routed.w13.count + self.shared.as_ref().map_or(0, |s| s.w13.count)
+    }
+
+    /// FP8 bytes (codes and scales) of one group's up and down weights.
+    pub fn bytes_per_group(&self) -> usize {
+        self.routed.w13.bytes_per_matrix() + self.routed.w2.bytes_per_matrix()
+    }
+}
+
+/// Device buffers of the FP8 expert MLP for `tokens` tokens of `spt` slots each.
+pub struct ExpertBuffers {
+    pub tokens: usize,
+    pub rows: usize,
+    pub tile: Tile,
+    pub up_splits: usize,
+    pub down_splits: usize,
+    /// The tokens in e4m3 [T × H] and their scales [T × H/128].
+    pub xq: CudaSlice<u8>,
+    pub xs: CudaSlice<f32>,
+    /// Up projection [rows × 2I] f32.
+    pub h1: CudaSlice<f32>,
+    /// SiLU·mul in e4m3 [rows × I] and its scales.
+    pub aq: CudaSlice<u8>,
+    pub a_s: CudaSlice<f32>,
+    pub tiles: CudaSlice<i32>,
+    pub parts: CudaSlice<f32>,
+}
+
+impl ExpertBuffers {
+    pub fn new(gpu: &Gpu, w: &Fp8Experts, tokens: usize, spt: usize) -> Result<ExpertBuffers> {
+        let (h, i2) = (w.routed.w13.cols, w.routed.w13.rows);
+        let i = i2 / 2;
+        let (rows, groups) = (tokens * spt, w.groups());
+        let tile = Tile::for_rows(rows, groups);
+        let m_tiles = rows.min(rows.div_ceil(tile.rows()) + groups);
+        let up_splits = k_splits(gpu.sms, m_tiles, i2, h);
+        let down_splits = k_splits(gpu.sms, m_tiles, h, i);
+        let part = |splits: usize, n: usize| if splits > 1 { splits * rows * n } else { 0 };
+        Ok(ExpertBuffers {
+            tokens,
+            rows,
+            tile,
+            up_splits,
+            down_splits,
+            xq: gpu.alloc(tokens * h, "FP8 tokens")?,
+            xs: gpu.alloc(tokens * h / BLOCK, "FP8 token scales")?,
+            h1: gpu.alloc(rows * i2, "FP8 expert gate/up outputs")?,
+            aq: gpu.alloc(rows * i, "FP8 expert activations")?,
+            a_s: gpu.alloc(rows * i / BLOCK, "FP8 activation scales")?,
+            tiles: gpu.alloc(groups + 1, "FP8 GEMM tiles")?,
+            parts: gpu.alloc(
+                part(up_splits, i2).max(part(down_splits, h)),
+                "FP8 GEMM partials",
+            )?,
+        })
+    }
+}
+
+/// Where the grouped expert MLP reads its rows: the step's tokens (bf16 [T × H]) and the
+/// alignment (order [rows]: assignment per permuted row; offsets [groups + 1]).
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertInputs {
+    pub x: DevPtr<u16>,
+    pub order: DevPtr<i32>,
+    pub offsets: DevPtr<i32>,
+    pub spt: usize,
+    /// Output [rows × H] f32, one row per permuted assignment (what `combine` reads).
+    pub eo: DevPtr<f32>,
+}
+
+/// The FP8 expert MLP over every slot, as the bf16 `experts` stage: quantize the tokens, up
+/// GEMM, SiLU·mul quantized, down GEMM.
+pub fn run_experts(
+    gpu: &Gpu,
+    ready: &Fp8Ready,
+    w: &Fp8Experts,
+    b: &ExpertBuffers,
+    io: &ExpertInputs,
+) -> Result<()> {
+    let (h, i2) = (w.routed.w13.cols, w.routed.w13.rows);
+    if let Some(s) = &w.shared {
+        ensure!(
+            (s.w13.rows, s.w13.cols) == (i2, h),
+            "FP8 shared slots of [{}, {}] beside routed experts of [{i2}, {h}]: a fused slot must have the routed experts' shape",
+            s.w13.rows,
+            s.w13.cols
+        );
+    }
+    let groups = w.groups();
+    quant_rows(gpu, io.x, b.tokens, h, gpu.ptr(&b.xq), gpu.ptr(&b.xs))?;
+    tile_scan(gpu, io.offsets, groups, b.tile, gpu.ptr(&b.tiles))?;
+    let gemm_of = |stack: &DeviceStack, shared: Option<&DeviceStack>| {
+        let g = Fp8Gemm {
+            a: DevPtr::NULL,
+            a_scales: DevPtr::NULL,
+            a_mode: GemmRows::Direct,
+            a_map: io.order,
+            a_div: io.spt as i32,
+            b0: DevPtr::NULL,
+            b1: DevPtr::NULL,
+            bs0: DevPtr::NULL,
+            bs1: DevPtr::NULL,
+            n_first: 0,
+            b_stride: 0,
+            bs_stride: 0,
+            c: DevPtr::NULL,
+            offsets: io.offsets,
+            tiles: gpu.ptr(&b.tiles),
+            groups,
+            n: stack.rows,
+            k: stack.cols,
+            rows: b.rows,
+            tile: b.tile,
+            k_splits: 1,
+            c_split: 0,
+        }
+        .weights(gpu, stack);
+        match shared {
+            Some(s) => Fp8Gemm {
+                b1: gpu.ptr(&s.data),
+                bs1: gpu.ptr(&s.scales),
+                ..g
+            },
+            None => g,
+        }
+    };
+    let shared = w.shared.as_ref();
+    let up = Fp8Gemm {
+        a: gpu.ptr(&b.xq),
+        a_scales: gpu.ptr(&b.xs),
+        a_mode: GemmRows::Mapped,
+        c: gpu.ptr(&b.h1),
+        ..gemm_of(&w.routed.w13, shared.map(|s| &s.w13))
+    };
+    let parts = gpu.ptr(&b.parts);
+    gemm_split(gpu, ready, &up, b.up_splits, parts)?;
+    silu_mul_quant(
+        gpu,
+        gpu.ptr(&b.h1),
+        b.rows,
+        i2 / 2,
+        gpu.ptr(&b.aq),
+        gpu.ptr(&b.a_s),
+    )?;
+    let down = Fp8Gemm {
+        a: gpu.ptr(&b.aq),
+        a_scales: gpu.ptr(&b.a_s),
+        c: io.eo,
+        ..gemm_of(&w.routed.w2, shared.map(|s| &s.w2))
+    };
+    gemm_split(gpu, ready, &down, b.down_splits, parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_blocks_fit_an_sm_with_either_tile() {
+        // 227 KB of shared memory per SM, 1 KB reserved per block.
+        for t in [Tile::M16, Tile::M64] {
+            assert!(2 * (t.shared_bytes() + 1024) <= 227 * 1024, "{t:?}");
+            assert!(t.shared_bytes().is_multiple_of(16));
+        }
+        assert_eq!(Tile::for_rows(8, 8), Tile::M16);
+        assert_eq!(Tile::for_rows(4096, 9), Tile::M64);
+    }
+
+    #[test]
+    fn k_splits_fill_the_device_at_small_batches_only() {
+        // T = 1, DeepSeek-V3 up projection: 9 groups × 32 column blocks, 56 K blocks.
+        let s = k_splits(132, 9, 4096, 7168);
+        assert!(s > 1 && 56 % s == 0 && 56 / s >= 4, "{s}");
+        // Many tiles: no split.
+        assert_eq!(k_splits(132, 600, 4096, 7168), 1);
+        // Too shallow to split.
+        assert_eq!(k_splits(132, 1, 128, 256), 1);
+    }
+}
