@@ -151,6 +151,7 @@ fn session() -> &'static Vec<u8> {
             paths: PathSpec::default_pair(),
             hidden_states: None,
             trace: Default::default(),
+            kernel: None,
         };
         let (mut engine, _) = spec.build_engine().unwrap();
         let dir = tempfile::tempdir().unwrap();
