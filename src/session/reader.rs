@@ -9,7 +9,7 @@
 use super::{SessionHeader, SESSION_FORMAT, SESSION_VERSION, SESSION_VERSION_MIN};
 use crate::engine::step::StepRecord;
 use anyhow::{bail, Context, Result};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -116,9 +116,10 @@ pub struct SessionReader {
     damage: Damage,
     /// Entries found unparsable when read (skipped by `steps`).
     unreadable: HashSet<usize>,
-    /// Step numbers indexed so far, and the last one (order checks while indexing).
-    seen: HashSet<u64>,
+    /// The last step number indexed (order checks while indexing).
     last_step: Option<u64>,
+    /// Step number → the index of its first valid line (repeats are skipped when read).
+    first_of: HashMap<u64, usize>,
     line: Vec<u8>,
 }
 
@@ -145,8 +146,8 @@ impl SessionReader {
             entries: Vec::new(),
             damage: Damage::default(),
             unreadable: HashSet::new(),
-            seen: HashSet::new(),
             last_step: None,
+            first_of: HashMap::new(),
             line: Vec::new(),
         };
         reader
@@ -247,6 +248,7 @@ impl SessionReader {
                 continue;
             }
             match self.try_read(at) {
+                Ok(r) if *self.first_of.entry(r.step).or_insert(at) != at => self.mark_repeated(at),
                 Ok(r) => return Some((at, Ok(r))),
                 Err(ReadFailure::Io(e)) => return Some((at, Err(e))),
                 Err(ReadFailure::Bad(why)) => self.mark_unreadable(at, why),
@@ -259,6 +261,14 @@ impl SessionReader {
         self.valid_indices()
             .map(|(i, r)| r.map(|_| i))
             .collect::<Result<Vec<_>>>()
+    }
+
+    /// A valid line whose step number an earlier valid line has: skipped, the first kept.
+    fn mark_repeated(&mut self, i: usize) {
+        if self.unreadable.insert(i) {
+            self.damage.duplicates.push(self.entries[i].line as usize);
+            self.damage.duplicates.sort_unstable();
+        }
     }
 
     fn mark_unreadable(&mut self, i: usize, why: String) {
@@ -321,7 +331,8 @@ impl SessionReader {
             .seek(SeekFrom::Start(header_len))
             .context("cannot seek past the header")?;
         let mut scan = LineScan::new(header_len);
-        let mut buf = vec![0u8; SCAN_BUFFER];
+        let size = self.file.metadata().map_or(SCAN_BUFFER as u64, |m| m.len());
+        let mut buf = vec![0u8; (size.saturating_sub(header_len) as usize).clamp(1, SCAN_BUFFER)];
         loop {
             let n = match self.file.read(&mut buf) {
                 Ok(0) => break,
@@ -401,15 +412,11 @@ impl SessionReader {
         Ok(())
     }
 
-    /// Flags a step number not above the previous one; a repeated one is dropped.
+    /// Flags a step number not above the previous one (a repeat is found when read: only a
+    /// line that parses may stand for its step).
     fn check_order(&mut self, step: Option<u64>) {
         let Some(step) = step else { return };
         let line = self.entries.last().map_or(0, |e| e.line as usize);
-        if !self.seen.insert(step) {
-            self.entries.pop();
-            self.damage.duplicates.push(line);
-            return;
-        }
         if self.last_step.is_some_and(|last| step <= last) {
             self.damage.reordered.push(line);
         }
