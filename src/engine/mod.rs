@@ -415,9 +415,6 @@ impl Engine {
                 probs: Vec::new(),
             });
         }
-        if out.router_logits.is_empty() {
-            return Ok(first_path_routing(cfg, out));
-        }
         let bias = self.backend.weights().router_bias()?;
         let r = routing::route(cfg, &out.router_logits, bias.as_deref(), k);
         Ok(trace::RoutedBatch {
@@ -425,27 +422,5 @@ impl Engine {
             ids: r.ids,
             probs: r.probs.iter().map(|&p| p as f32).collect(),
         })
-    }
-}
-
-/// The routing of a step compared on the device (no logits came back): path A's routed slots,
-/// which the device reference checks against its own routing every step. Weights are given back
-/// as router probabilities (the effective weight over the routed scaling factor).
-fn first_path_routing(cfg: &MoeConfig, out: &BackendStep) -> trace::RoutedBatch {
-    let e = cfg.n_routed_experts as u32;
-    let rsf = cfg.routed_scaling_factor;
-    let (mut ids, mut probs) = (Vec::new(), Vec::new());
-    if let Some(run) = out.paths.first() {
-        for (&id, &w) in run.slot_ids.iter().zip(&run.slot_weights) {
-            if id < e {
-                ids.push(id);
-                probs.push((w as f64 * run.out_scale / rsf) as f32);
-            }
-        }
-    }
-    trace::RoutedBatch {
-        k: cfg.num_experts_per_tok,
-        ids,
-        probs,
     }
 }
