@@ -60,7 +60,9 @@ pub fn open_with_kernel(
     file: user_kernel::KernelFile,
 ) -> Result<(Box<dyn Backend>, user_kernel::Conventions)> {
     let gpu = Arc::new(gpu::Gpu::open()?);
-    let (backend, conv) = layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file)?;
+    let (mut backend, conv) = layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file)?;
+    // Path C is compared on the device like A and B (as `open` does).
+    backend.device_numerics = true;
     Ok((Box::new(backend), conv))
 }
 
