@@ -111,7 +111,9 @@ fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
         // The clean (one event pair) timing runs on every CLEAN_EVERY-th step only.
         assert_eq!(
             gp.clean_us.is_some(),
-            input.step.is_multiple_of(moescope::engine::cuda::layer::CLEAN_EVERY)
+            input
+                .step
+                .is_multiple_of(moescope::engine::cuda::layer::CLEAN_EVERY)
         );
         assert!(!gp.timings.is_empty());
         let (mut d, mut n) = (0.0f64, 0.0f64);

@@ -2,7 +2,7 @@
 //! routed weight sum against the reference, the verdict, and its history.
 
 use super::overview::verdict;
-use super::style::{block, fmt_small, path_color, sparkline, BAD, DIM, OK};
+use super::style::{block, fit_groups, fit_rows, fmt_small, path_color, sparkline, BAD, DIM, OK};
 use crate::engine::step::{PathRecord, Stats};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -73,12 +73,93 @@ fn path_lines(p: &PathRecord) -> Vec<Line<'static>> {
     ]
 }
 
+/// Small terminals: per path the verdict and the means against the reference, whole figures
+/// only, in one block.
+fn draw_compact(f: &mut Frame, area: Rect, r: &crate::engine::step::StepRecord) {
+    let b = block(format!("contract · step {}", r.step));
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let w = inner.width as usize;
+    let dim = Style::new().fg(DIM);
+    let mut lines = Vec::new();
+    for p in &r.paths {
+        let name = Span::styled(
+            format!("{} ", p.name),
+            Style::new().fg(path_color(p.name)).bold(),
+        );
+        // The verdict's words go one by one, so a long one continues on the next row.
+        let verdict = verdict(&p.contract);
+        let mut groups = vec![vec![name]];
+        let words: Vec<String> = verdict
+            .content
+            .split_inclusive(' ')
+            .map(String::from)
+            .collect();
+        groups.extend(
+            words
+                .into_iter()
+                .map(|x| vec![Span::styled(x, verdict.style)]),
+        );
+        let mut rest = groups;
+        while !rest.is_empty() {
+            let (line, more) = fit_groups(rest.clone(), w);
+            let used = line.spans.len().max(1);
+            lines.push(line);
+            rest = if more {
+                rest.split_off(used.min(rest.len()))
+            } else {
+                Vec::new()
+            };
+            if !rest.is_empty() {
+                rest.insert(0, vec![Span::raw("  ")]);
+            }
+        }
+        let c = &p.contract;
+        let shared = p.shared_weight.zip(c.expected_shared);
+        let rows = [
+            (
+                "routed",
+                Some((p.routed_weight_sum, c.expected_routed_sum)),
+                c.routed_max_dev,
+            ),
+            ("shared", shared, c.shared_max_dev),
+        ];
+        for (label, pair, dev) in rows {
+            let Some((got, want)) = pair else { continue };
+            let (line, _) = fit_groups(
+                vec![
+                    vec![
+                        Span::styled(format!("  {label} "), dim),
+                        Span::raw(format!("{:.4}", got.mean)),
+                    ],
+                    vec![
+                        Span::styled(" ref ", dim),
+                        Span::raw(format!("{:.4}", want.mean)),
+                    ],
+                    vec![Span::styled(" |dev| ", dim), Span::raw(fmt_small(dev))],
+                ],
+                w,
+            );
+            lines.push(line);
+        }
+    }
+    f.render_widget(
+        Paragraph::new(fit_rows(lines, inner.height as usize)),
+        inner,
+    );
+}
+
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
         f.render_widget(Paragraph::new(super::style::NO_STEPS).fg(DIM), area);
         return;
     };
     let n = r.paths.len().max(1);
+    // The full tables need 80 columns and 7 rows a path.
+    if area.width < 80 || area.height < 7 * n as u16 + 2 {
+        draw_compact(f, area, r);
+        return;
+    }
     let [now, hist] =
         Layout::vertical([Constraint::Length(7 * n as u16), Constraint::Min(0)]).areas(area);
     let rows = Layout::vertical(vec![Constraint::Length(7); n]).split(now);
@@ -139,7 +220,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             sparkline(
                 f,
                 shared,
-                format!("shared weight mean (now {last:.4})"),
+                "shared weight mean",
+                &format!("now {last:.4}"),
                 &shared_means,
                 path_color(id),
             );
@@ -148,7 +230,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             sparkline(
                 f,
                 routed,
-                format!("routed weight sum mean (now {last:.4})"),
+                "routed weight sum mean",
+                &format!("now {last:.4}"),
                 &routed_means,
                 path_color(id),
             );

@@ -61,8 +61,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     ] {
         let values = imbalance_history(app, kind);
         let now = values.last().copied().unwrap_or(1.0);
-        let title = format!("{} imbalance (max/mean) {now:.2}", kind.name());
-        sparkline(f, cell, title, &values, color);
+        let title = format!("{} imbalance (max/mean)", kind.name());
+        sparkline(f, cell, &title, &format!("{now:.2}"), &values, color);
     }
     draw_map(f, map, ep, eplb);
 }

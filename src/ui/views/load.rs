@@ -1,7 +1,7 @@
 //! View 2, expert load: every slot of the current step and cumulatively, laid out by group,
 //! with the shared slots marked and the imbalance figures.
 
-use super::style::{block, path_color, DIM};
+use super::style::{block, fit_groups, fit_rows, path_color, DIM};
 use crate::engine::stats::load_balance;
 use crate::ui::app::App;
 use ratatui::buffer::Buffer;
@@ -79,15 +79,57 @@ fn heatmap(buf: &mut Buffer, area: Rect, load: &[u64], e: usize, n_group: usize)
             }
         }
     }
-    if rows > area.height as usize {
+    if rows > area.height as usize && area.height > 0 {
         let y = area.bottom().saturating_sub(1);
-        buf.set_string(
-            area.x,
-            y,
-            "  …  (taller terminal shows all)",
-            Style::new().fg(DIM),
+        let hint = format!(
+            "{} {} rows",
+            super::style::MORE,
+            rows + 1 - area.height as usize
         );
+        let blank = " ".repeat(area.width as usize);
+        buf.set_stringn(area.x, y, blank, area.width as usize, Style::new());
+        buf.set_stringn(area.x, y, hint, area.width as usize, Style::new().fg(DIM));
     }
+}
+
+/// A line of figures in `width` columns: whole "label value" pairs (a dim span and what
+/// follows it), never a cut number; lists (hottest, groups) keep as many whole entries as fit.
+fn fit_line(line: Line<'static>, width: usize) -> Line<'static> {
+    let dim = Style::new().fg(DIM);
+    let mut groups: Vec<Vec<Span<'static>>> = Vec::new();
+    for s in line.spans {
+        match groups.last_mut() {
+            Some(g) if s.style != dim => g.push(s),
+            _ => groups.push(vec![s]),
+        }
+    }
+    // A label keeps its first entry; the entries after it go one by one.
+    let split = |mut g: Vec<Span<'static>>| -> Vec<Vec<Span<'static>>> {
+        let plain = g.len() > 1 && g[1..].iter().all(|s| s.style == Style::new());
+        if !plain {
+            return vec![g];
+        }
+        let single = g.len() == 2;
+        let entries: Vec<Span<'static>> = g
+            .drain(1..)
+            .flat_map(|s| {
+                let words: Vec<String> = if single && s.content.trim_end().contains(' ') {
+                    s.content.split_inclusive(' ').map(String::from).collect()
+                } else {
+                    vec![s.content.to_string()]
+                };
+                words.into_iter().map(Span::raw).collect::<Vec<_>>()
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut first = g;
+        let mut rest = entries.into_iter();
+        first.extend(rest.next());
+        out.push(first);
+        out.extend(rest.map(|s| vec![s]));
+        out
+    };
+    fit_groups(groups.into_iter().flat_map(split).collect(), width).0
 }
 
 fn ids(list: &[(usize, u64)]) -> String {
@@ -110,10 +152,10 @@ fn stat_lines(
         Line::from(vec![
             Span::styled("max/mean ", dim),
             Span::raw(format!("{:.2}", im.max_over_mean)),
-            Span::styled("  CV ", dim),
-            Span::raw(format!("{:.3}", im.cv)),
             Span::styled("  balancedness ", dim),
             Span::raw(format!("{:.3}", im.balancedness)),
+            Span::styled("  CV ", dim),
+            Span::raw(format!("{:.3}", im.cv)),
         ]),
         Line::from(vec![
             Span::styled("mean ", dim),
@@ -159,7 +201,7 @@ fn stat_lines(
         })
         .collect();
     if !shared.is_empty() {
-        let mut l = vec![Span::styled("shared slots ", dim)];
+        let mut l = vec![Span::styled("shared ", dim)];
         l.extend(shared);
         out.push(Line::from(l));
     }
@@ -236,28 +278,28 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     }
 
     let [sl, sr] = Layout::horizontal([Constraint::Percentage(50); 2]).areas(stats);
-    f.render_widget(
-        Paragraph::new(stat_lines(
-            "this step",
-            &step_load,
-            e,
-            n_group,
-            r.tokens as u64,
-        ))
-        .block(block("imbalance")),
-        sl,
-    );
-    f.render_widget(
-        Paragraph::new(stat_lines(
-            "cumulative",
-            &cum,
-            e,
-            n_group,
-            app.cumulative_tokens,
-        ))
-        .block(block("imbalance")),
-        sr,
-    );
+    for (rect, lines) in [
+        (
+            sl,
+            stat_lines("this step", &step_load, e, n_group, r.tokens as u64),
+        ),
+        (
+            sr,
+            stat_lines("cumulative", &cum, e, n_group, app.cumulative_tokens),
+        ),
+    ] {
+        let b = block("imbalance");
+        let inner = b.inner(rect);
+        f.render_widget(b, rect);
+        let lines = lines
+            .into_iter()
+            .map(|l| fit_line(l, inner.width as usize))
+            .collect();
+        f.render_widget(
+            Paragraph::new(fit_rows(lines, inner.height as usize)),
+            inner,
+        );
+    }
 }
 
 #[cfg(test)]

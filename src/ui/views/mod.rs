@@ -19,7 +19,7 @@ use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
 use ratatui::Frame;
-use style::{path_color, path_ids, step_rate, ACCENT, BAD, DIM, OK};
+use style::{fit_groups, path_color, path_ids, step_rate, ACCENT, BAD, DIM, OK};
 
 /// Draws the whole screen.
 pub fn draw(f: &mut Frame, app: &App) {
@@ -81,7 +81,8 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
     }
     if let Some(r) = app.latest() {
         top.push(sep());
-        top.push(Span::raw(format!("step {} · T={}", r.step, r.tokens)));
+        top.push(Span::raw(format!("step {}", r.step)));
+        top.push(Span::raw(format!(" · T={}", r.tokens)));
         if app.busy_resizing() {
             // The shown T and rate are the old ones until the first step at the new T ends.
             top.push(Span::styled(
@@ -133,28 +134,43 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
         ));
         paths.push(Span::raw(spec.label()));
     }
-    f.render_widget(
-        Paragraph::new(vec![Line::from(top), Line::from(paths)]),
-        area,
+    // What does not fit is left out whole: a field after a separator, a path after its label.
+    let groups = |spans: Vec<Span<'static>>, starts: &dyn Fn(&str) -> bool| {
+        let mut out: Vec<Vec<Span<'static>>> = Vec::new();
+        for s in spans {
+            match out.last_mut() {
+                Some(g) if !starts(&s.content) => g.push(s),
+                _ => out.push(vec![s]),
+            }
+        }
+        out
+    };
+    let w = area.width as usize;
+    let (top, _) = fit_groups(groups(top, &|c| c == " │ " || c.starts_with(" · ")), w);
+    let (paths, _) = fit_groups(
+        groups(paths, &|c| c.starts_with("  ") && c.ends_with(": ")),
+        w,
     );
+    f.render_widget(Paragraph::new(vec![top, paths]), area);
 }
 
 fn draw_tabs(f: &mut Frame, area: Rect, app: &App) {
+    if area.height == 0 {
+        return;
+    }
     let buf = f.buffer_mut();
-    for (i, x0, _) in tab_ranges() {
+    for (i, x0, x1) in tab_ranges() {
         let style = if i == app.view.index() {
             Style::new().fg(Color::Black).bg(ACCENT).bold()
         } else {
             Style::new().fg(Color::Gray)
         };
-        if x0 < area.right() {
-            buf.set_stringn(
-                x0,
-                area.y,
-                tab_label(i, View::ALL[i]),
-                (area.right() - x0) as usize,
-                style,
-            );
+        // Whole tabs only; an arrow says there are more (the number keys reach them all).
+        if x1 + 1 < area.right() {
+            buf.set_string(x0, area.y, tab_label(i, View::ALL[i]), style);
+        } else if area.width > 0 {
+            buf.set_string(area.right() - 1, area.y, "→", Style::new().fg(DIM));
+            break;
         }
     }
 }
@@ -221,11 +237,38 @@ fn draw_help(f: &mut Frame, app: &App) {
     } else {
         " keys (live) "
     };
-    // Short terminals get the list in columns instead of cut off.
+    // Short terminals get the list in columns, as many as are at least 36 wide; a help line
+    // too long for its column ends in "…" with a gap before the next, and rows that still do
+    // not fit end in a "more →" line.
     let room = f.area().height.saturating_sub(2).max(1) as usize;
-    let ncols = lines.len().div_ceil(room).max(1);
-    let rows = lines.len().div_ceil(ncols);
-    let col_w: u16 = 58;
+    let most = ((f.area().width.saturating_sub(2)) / 36).max(1) as usize;
+    let ncols = lines.len().div_ceil(room).clamp(1, most);
+    let rows = lines.len().div_ceil(ncols).min(room);
+    let col_w: u16 = 58.min(f.area().width.saturating_sub(2) / ncols as u16);
+    let fits = |l: &Line| l.width() < col_w as usize;
+    let lines: Vec<Line> = lines
+        .into_iter()
+        .map(|l| {
+            if fits(&l) {
+                l
+            } else {
+                ellipsis(l, col_w as usize - 1)
+            }
+        })
+        .collect();
+    let lines = if lines.len() > rows * ncols {
+        let mut l = lines;
+        let keep = rows * ncols - 1;
+        let hidden = l.len() - keep;
+        l.truncate(keep);
+        l.push(Line::from(Span::styled(
+            format!("{} {hidden} keys", style::MORE),
+            Style::new().fg(DIM),
+        )));
+        l
+    } else {
+        lines
+    };
     let area = centered(f.area(), col_w * ncols as u16 + 2, rows as u16 + 2);
     f.render_widget(Clear, area);
     let outer = Block::bordered()
@@ -237,6 +280,22 @@ fn draw_help(f: &mut Frame, app: &App) {
     for (chunk, col) in lines.chunks(rows.max(1)).zip(cols.iter()) {
         f.render_widget(Paragraph::new(chunk.to_vec()), *col);
     }
+}
+
+/// `line` shortened to `width` columns, its end replaced by "…".
+fn ellipsis(line: Line<'static>, width: usize) -> Line<'static> {
+    let mut left = width.saturating_sub(1);
+    let mut out = Vec::new();
+    for s in line.spans {
+        if left == 0 {
+            break;
+        }
+        let text: String = s.content.chars().take(left).collect();
+        left -= text.chars().count();
+        out.push(Span::styled(text, s.style));
+    }
+    out.push(Span::raw("…"));
+    Line::from(out)
 }
 
 fn draw_variant_menu(f: &mut Frame, sel: usize) {

@@ -1,7 +1,7 @@
 //! View 5, numerics: routing agreement, weight and output differences between the paths and
 //! against the f64 reference, their history, and a drill-down into one sampled token.
 
-use super::style::{block, fmt_small, path_color, sparkline, ACCENT, BAD, DIM, OK};
+use super::style::{block, fit_rows, fmt_small, path_color, sparkline, ACCENT, BAD, DIM, MORE, OK};
 use crate::engine::step::{RouteClass, SlotWeights, StepRecord, TokenDetail};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -20,13 +20,15 @@ fn pct(x: f64) -> Span<'static> {
     )
 }
 
-fn now_lines(r: &StepRecord) -> Vec<Line<'static>> {
+/// The step's figures, with as many path columns as fit `width` (the rest left out whole).
+fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
+    let n = r.paths.len().min(width.saturating_sub(24) / 10);
     let c = &r.comparison;
     let dim = Style::new().fg(DIM);
     let label = |s: &str| Span::styled(format!("{s:<24}"), dim);
     let per_path = |name: &str, f: &dyn Fn(usize) -> Span<'static>| {
         let mut l = vec![label(name)];
-        for i in 0..r.paths.len() {
+        for i in 0..n {
             l.push(f(i));
         }
         Line::from(l)
@@ -38,11 +40,14 @@ fn now_lines(r: &StepRecord) -> Vec<Line<'static>> {
         ))
     };
     let mut head = vec![label("")];
-    for p in &r.paths {
+    for p in &r.paths[..n] {
         head.push(Span::styled(
             format!("{:>10}", p.name),
             Style::new().fg(path_color(p.name)).bold(),
         ));
+    }
+    if n < r.paths.len() && width >= 24 + 10 * n + 7 {
+        head.push(Span::styled(format!(" {MORE}"), dim));
     }
     vec![
         Line::from(vec![
@@ -189,11 +194,49 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         return;
     }
     let sel = app.token_sel.min(r.token_details.len() - 1);
-    let n = r.paths.len();
+    // Panels by priority where the width runs out: the slot columns (reference first), then
+    // the token list, then the group scores; what is left out is named on the last row.
+    let all = r.paths.len();
+    let w = inner.width;
+    let n = ((w / 15) as usize).saturating_sub(1).min(all);
+    let list_w = if w >= 10 + 15 * (n as u16 + 1) { 10 } else { 0 };
+    let groups_w = if w >= list_w + 34 + 15 * (n as u16 + 1) {
+        34
+    } else {
+        0
+    };
+    let mut left_out: Vec<String> = r.paths[n..]
+        .iter()
+        .map(|p| format!("path {}", p.name))
+        .collect();
+    if groups_w == 0 {
+        left_out.push("group scores".into());
+    }
+    let inner = if left_out.is_empty() || inner.height < 2 {
+        inner
+    } else {
+        let hint = format!(
+            "{MORE} {} (a wider terminal shows them)",
+            left_out.join(", ")
+        );
+        let y = inner.bottom() - 1;
+        f.render_widget(
+            Paragraph::new(hint).fg(DIM),
+            Rect {
+                y,
+                height: 1,
+                ..inner
+            },
+        );
+        Rect {
+            height: inner.height - 1,
+            ..inner
+        }
+    };
     let [list, groups, slots] = Layout::horizontal([
-        Constraint::Length(10),
-        Constraint::Length(34),
-        Constraint::Min(15 * (n as u16 + 1)),
+        Constraint::Length(list_w),
+        Constraint::Length(groups_w),
+        Constraint::Min(0),
     ])
     .areas(inner);
     let items: Vec<Line> = r
@@ -228,7 +271,7 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         })
         .unwrap_or_default();
     let mut gl = vec![Line::from(Span::styled(
-        format!("group scores · kept {:?}{margins}", d.kept_groups),
+        format!("group scores · ★ kept{margins}"),
         Style::new().fg(DIM),
     ))];
     for (g, &s) in d.group_scores.iter().enumerate() {
@@ -262,6 +305,7 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         .iter()
         .zip(r.paths.iter().map(|p| p.name))
         .enumerate()
+        .take(n)
     {
         let class = match d.classes.get(i) {
             Some(RouteClass::ExactTie) => " tie",
@@ -285,10 +329,23 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         f.render_widget(Paragraph::new(super::style::NO_STEPS).fg(DIM), area);
         return;
     };
+    // Short terminals get the step's figures alone; the history and drill-down need room.
+    if area.height < 18 || area.width < 60 {
+        let b = block(format!("step {}", r.step));
+        let inner = b.inner(area);
+        f.render_widget(b, area);
+        let lines = now_lines(r, inner.width as usize);
+        f.render_widget(
+            Paragraph::new(fit_rows(lines, inner.height as usize)),
+            inner,
+        );
+        return;
+    }
     let [top, bottom] = Layout::vertical([Constraint::Length(12), Constraint::Min(6)]).areas(area);
     let [now, hist] = Layout::horizontal([Constraint::Length(50), Constraint::Min(20)]).areas(top);
     f.render_widget(
-        Paragraph::new(now_lines(r)).block(block(format!("step {}", r.step))),
+        Paragraph::new(now_lines(r, now.width.saturating_sub(2) as usize))
+            .block(block(format!("step {}", r.step))),
         now,
     );
 
@@ -324,7 +381,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     .split(inner);
     for ((title, values, color), cell) in series.into_iter().zip(cells.iter()) {
         let now = values.last().map(|v| fmt_small(*v)).unwrap_or_default();
-        sparkline(f, *cell, format!("{title} (now {now})"), &values, color);
+        sparkline(f, *cell, &title, &format!("now {now}"), &values, color);
     }
     drill_down(f, bottom, app, r);
 }

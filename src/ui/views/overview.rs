@@ -1,6 +1,6 @@
 //! View 1, overview: the layer, the run, the headline numbers and the telemetry gauges.
 
-use super::style::{block, fmt_small, fmt_us, path_color, path_ids, step_rate, BAD, DIM, OK};
+use super::style::{block, fmt_small, fmt_us, path_color, path_ids, step_rate, BAD, DIM, MORE, OK};
 use super::timings::{path_means, speedup_spans};
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -18,8 +18,14 @@ fn kv(k: &str, v: impl Into<String>) -> Line<'static> {
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let Some(m) = &app.meta else { return };
+    // Under 70 columns the layer panel is left out (the header names the model and device).
+    let left_w = if area.width < 70 {
+        0
+    } else {
+        46.min(area.width * 2 / 5)
+    };
     let [left, right] =
-        Layout::horizontal([Constraint::Length(46), Constraint::Min(30)]).areas(area);
+        Layout::horizontal([Constraint::Length(left_w), Constraint::Min(30)]).areas(area);
     let c = &m.config;
     let groups = if c.n_group > 1 {
         format!(
@@ -255,8 +261,31 @@ fn draw_gauges(f: &mut Frame, area: Rect, app: &App) {
             t.sm_clock_mhz.map(|c| (0.0, format!("{c} MHz"))),
         ),
     ];
-    let areas = Layout::vertical(vec![Constraint::Length(1); rows.len()]).split(inner);
-    for ((label, v), a) in rows.into_iter().zip(areas.iter()) {
+    // One row per reading while they fit; the last row says how many more there are.
+    let room = inner.height as usize;
+    let shown = if rows.len() > room {
+        room.saturating_sub(1)
+    } else {
+        rows.len()
+    };
+    if shown < rows.len() && room > 0 {
+        let hint = format!("{} {} readings (6 Telemetry)", MORE, rows.len() - shown);
+        let y = inner.y + shown as u16;
+        f.render_widget(
+            Paragraph::new(hint).fg(DIM),
+            Rect {
+                y,
+                height: 1,
+                ..inner
+            },
+        );
+    }
+    for (i, (label, v)) in rows.into_iter().take(shown).enumerate() {
+        let a = &Rect {
+            y: inner.y + i as u16,
+            height: 1,
+            ..inner
+        };
         let (ratio, text) = v.unwrap_or((0.0, "n/a".into()));
         f.render_widget(
             LineGauge::default()

@@ -4,7 +4,7 @@ use crate::engine::paths::PathId;
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
-use ratatui::text::Span;
+use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Sparkline};
 use ratatui::Frame;
 
@@ -68,6 +68,55 @@ pub fn fmt_us(us: f64) -> String {
     }
 }
 
+/// `title value` in `width` columns: the title is shortened (with "…") or left out so that the
+/// value is never cut; a value that does not fit at all is left out whole.
+pub fn titled_value(title: &str, value: &str, width: usize) -> String {
+    let (t, v) = (title.chars().count(), value.chars().count());
+    if t + 1 + v <= width {
+        format!("{title} {value}")
+    } else if v + 3 <= width {
+        let keep: String = title.chars().take(width - v - 2).collect();
+        format!("{keep}… {value}")
+    } else if v <= width {
+        value.to_string()
+    } else {
+        String::new()
+    }
+}
+
+/// Whole groups of spans, in order, as long as they fit `width` columns: a group that does not
+/// fit is left out with every group after it, never cut. Also says whether any was left out.
+pub fn fit_groups(groups: Vec<Vec<Span<'static>>>, width: usize) -> (Line<'static>, bool) {
+    let mut used = 0;
+    let mut out = Vec::new();
+    let n = groups.len();
+    for (i, g) in groups.into_iter().enumerate() {
+        let w: usize = g.iter().map(|s| s.width()).sum();
+        if used + w > width {
+            return (Line::from(out), i < n);
+        }
+        used += w;
+        out.extend(g);
+    }
+    (Line::from(out), false)
+}
+
+/// The hint where rows or columns are left out for want of room.
+pub const MORE: &str = "more →";
+
+/// `lines` in `height` rows: when they do not all fit, the last row says how many are hidden.
+pub fn fit_rows(mut lines: Vec<Line<'static>>, height: usize) -> Vec<Line<'static>> {
+    if lines.len() > height && height > 0 {
+        let hidden = lines.len() - (height - 1);
+        lines.truncate(height - 1);
+        lines.push(Line::from(Span::styled(
+            format!("{MORE} {hidden} rows"),
+            Style::new().fg(DIM),
+        )));
+    }
+    lines
+}
+
 /// A value in scientific notation for small differences, plain otherwise.
 pub fn fmt_small(x: f64) -> String {
     if x == 0.0 {
@@ -108,13 +157,22 @@ pub fn chart_levels(values: &[f64]) -> Vec<u64> {
 
 /// A one-line history chart with its title and newest value; fills `area`'s last line with
 /// the newest values that fit.
-pub fn sparkline(f: &mut Frame, area: Rect, title: String, values: &[f64], color: Color) {
+pub fn sparkline(f: &mut Frame, area: Rect, title: &str, now: &str, values: &[f64], color: Color) {
     if area.height == 0 || area.width == 0 {
         return;
     }
     // A label line and at most three chart lines: taller charts say nothing more.
     let [label, chart] = Layout::vertical([Constraint::Length(1), Constraint::Max(3)]).areas(area);
-    f.render_widget(Paragraph::new(title).fg(Color::Gray), label);
+    f.render_widget(
+        // One column stays free, so side-by-side charts read apart.
+        Paragraph::new(titled_value(
+            title,
+            now,
+            label.width.saturating_sub(1) as usize,
+        ))
+        .fg(Color::Gray),
+        label,
+    );
     let w = chart.width as usize;
     let data = chart_levels(&values[values.len().saturating_sub(w)..]);
     f.render_widget(

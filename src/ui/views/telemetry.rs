@@ -83,7 +83,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 Some(now) => sparkline(
                     f,
                     *cell,
-                    format!("{name}: {now:.0} {unit}"),
+                    &format!("{name}:"),
+                    &format!("{now:.0} {unit}"),
                     values,
                     Color::Cyan,
                 ),

@@ -1,7 +1,7 @@
 //! View 4, kernel timings: per kernel mean/p50/p99 over the recent window, share of the path
 //! and achieved bandwidth; the paths side by side with the speedup; a timeline of the last step.
 
-use super::style::{block, fmt_us, path_color, BAD, DIM, OK};
+use super::style::{block, fmt_us, path_color, BAD, DIM, MORE, OK};
 use crate::engine::paths::PathId;
 use crate::engine::stats::{gb_per_s, Dist, Speedup};
 use crate::engine::step::Stage;
@@ -188,23 +188,59 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         head,
     );
 
-    let cols = Layout::horizontal(vec![Constraint::Ratio(1, n as u32); n]).split(tables);
-    for i in 0..n {
-        let stats = kernel_stats(app, i);
+    // A path's table needs 28 columns (stage name and mean); the paths that do not fit are
+    // left out whole, and the line above says so.
+    let fit = n.min((tables.width / 28).max(1) as usize);
+    if fit < n && tables.height > 0 {
+        let hidden: Vec<String> = r.paths[fit..].iter().map(|p| p.name.to_string()).collect();
+        let hint = Line::from(Span::styled(
+            format!(
+                " {MORE} path {} (a wider terminal shows it)",
+                hidden.join(", ")
+            ),
+            Style::new().fg(DIM),
+        ));
+        f.render_widget(
+            Paragraph::new(hint),
+            Rect {
+                height: 1,
+                ..tables
+            },
+        );
+    }
+    let tables = if fit < n {
+        Rect {
+            y: tables.y + 1,
+            height: tables.height.saturating_sub(1),
+            ..tables
+        }
+    } else {
+        tables
+    };
+    let cols = Layout::horizontal(vec![Constraint::Ratio(1, fit as u32); fit]).split(tables);
+    for i in 0..fit {
+        let mut stats = kernel_stats(app, i);
+        // Rows that do not fit leave a last row saying how many are hidden.
+        let room_rows = cols[i].height.saturating_sub(3) as usize;
+        let hidden = stats.len().saturating_sub(room_rows);
+        if hidden > 0 {
+            stats.truncate(room_rows.saturating_sub(1));
+        }
         // Columns by priority: a narrow pane drops p50 and GB/s before it would cut numbers.
         type Col = (&'static str, u16, u8, fn(&KernelStats) -> String);
         let all: [Col; 5] = [
             ("mean", 9, 0, |k| format!("{:.1}", k.mean)),
-            ("p50", 9, 2, |k| format!("{:.1}", k.p50)),
-            ("p99", 9, 1, |k| format!("{:.1}", k.p99)),
-            ("share", 6, 0, |k| format!("{:.1}%", k.share * 100.0)),
-            ("GB/s", 8, 2, |k| {
+            ("p50", 9, 3, |k| format!("{:.1}", k.p50)),
+            ("p99", 9, 2, |k| format!("{:.1}", k.p99)),
+            ("share", 6, 1, |k| format!("{:.1}%", k.share * 100.0)),
+            ("GB/s", 8, 3, |k| {
                 k.gb_s
                     .map(|g| format!("{g:.1}"))
                     .unwrap_or_else(|| "—".into())
             }),
         ];
         let room = cols[i].width.saturating_sub(2 + 12);
+        // Mean alone where even the share does not fit.
         let mut level = 0u8;
         let fits = |lvl: u8| {
             all.iter()
@@ -213,16 +249,23 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 .sum::<u16>()
                 <= room
         };
-        while level < 2 && fits(level + 1) {
+        while level < 3 && fits(level + 1) {
             level += 1;
         }
         let shown: Vec<&Col> = all.iter().filter(|c| c.2 <= level).collect();
         let right = |s: String| Cell::from(Line::from(s).alignment(Alignment::Right));
-        let rows = stats.iter().map(|k| {
-            let mut cells = vec![Cell::from(k.stage.name())];
-            cells.extend(shown.iter().map(|c| right((c.3)(k))));
-            Row::new(cells)
+        let more = (hidden > 0).then(|| {
+            let n = hidden + 1;
+            Row::new([Cell::from(format!("{MORE} {n} stages"))]).style(Style::new().fg(DIM))
         });
+        let rows = stats
+            .iter()
+            .map(|k| {
+                let mut cells = vec![Cell::from(k.stage.name())];
+                cells.extend(shown.iter().map(|c| right((c.3)(k))));
+                Row::new(cells)
+            })
+            .chain(more);
         let mut head = vec![Cell::from("kernel µs")];
         head.extend(shown.iter().map(|c| right(c.0.to_string())));
         let header = Row::new(head).style(Style::new().fg(DIM));

@@ -17,7 +17,7 @@ pub mod readback;
 pub mod stages;
 pub mod workspace;
 
-pub use backend::CudaBackend;
+pub use backend::{CudaBackend, CLEAN_EVERY};
 pub use device::{check_shape, DeviceLayer, DeviceWeights, SIZE_MULTIPLE};
 
 #[cfg(test)]
