@@ -60,9 +60,9 @@ pub fn open_with_kernel(
     file: user_kernel::KernelFile,
 ) -> Result<(Box<dyn Backend>, user_kernel::Conventions)> {
     let gpu = Arc::new(gpu::Gpu::open()?);
-    let (mut backend, conv) = layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file)?;
-    // Path C is compared on the device like A and B (as `open` does).
-    backend.device_numerics = true;
+    // Compared on the host (a sample of tokens): the device reference has not yet been run
+    // on the GPU with a user's path beside A and B.
+    let (backend, conv) = layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file)?;
     Ok((Box::new(backend), conv))
 }
 

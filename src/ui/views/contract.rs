@@ -101,17 +101,27 @@ fn draw_compact(f: &mut Frame, area: Rect, r: &crate::engine::step::StepRecord) 
                 .map(|x| vec![Span::styled(x, verdict.style)]),
         );
         let mut rest = groups;
+        let mut indented = false;
         while !rest.is_empty() {
-            let (line, more) = fit_groups(rest.clone(), w);
-            let used = line.spans.len().max(1);
-            lines.push(line);
-            rest = if more {
-                rest.split_off(used.min(rest.len()))
-            } else {
-                Vec::new()
-            };
+            // The leading groups that fit this row; none fitting (a very narrow terminal)
+            // ends the verdict rather than wrapping forever.
+            let mut width = 0;
+            let used = rest
+                .iter()
+                .take_while(|g| {
+                    width += g.iter().map(|s| s.width()).sum::<usize>();
+                    width <= w
+                })
+                .count();
+            if used <= usize::from(indented) {
+                break;
+            }
+            let tail = rest.split_off(used);
+            lines.push(Line::from(rest.into_iter().flatten().collect::<Vec<_>>()));
+            rest = tail;
             if !rest.is_empty() {
                 rest.insert(0, vec![Span::raw("  ")]);
+                indented = true;
             }
         }
         let c = &p.contract;
