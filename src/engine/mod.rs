@@ -21,7 +21,7 @@ pub mod telemetry;
 pub mod trace;
 pub mod weights;
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use config::MoeConfig;
 use paths::{PathSpec, Variant};
 use serde::{Deserialize, Serialize};
@@ -372,7 +372,15 @@ impl Engine {
         };
         let given = self.trace.as_ref().map(|tr| tr.batch(self.next_step));
         let out = match &given {
-            Some(batch) => self.backend.step_routed(&input, &self.paths, batch)?,
+            Some(batch) => {
+                ensure!(
+                    batch.tokens() == input.tokens,
+                    "the routing holds {} tokens, the step {}",
+                    batch.tokens(),
+                    input.tokens
+                );
+                self.backend.step_routed(&input, &self.paths, batch)?
+            }
             None => self.backend.step(&input, &self.paths)?,
         };
         let info = self.backend.info();
