@@ -1,6 +1,9 @@
 //! Turns what a backend computed into a `StepRecord`: per-slot load, effective weights and the
 //! contract verdict per path, and the numerics between the paths and against the f64 reference
 //! (reference router on the same logits; f64 layer forward on a sample of tokens).
+//!
+//! Longer than most files: `host_numerics` is the host twin of `cuda::reference` (the same
+//! margins, classes and reductions, step for step), kept in one place so the two read alike.
 
 use super::config::MoeConfig;
 use super::finite::{FiniteCounts, FiniteStage};

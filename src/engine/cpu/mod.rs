@@ -1,6 +1,9 @@
 //! CPU backend: the full layer forward with rayon, in f32 on bf16-rounded weights and inputs.
 //! It runs where there is no GPU and serves as the reference the CUDA kernels are checked
 //! against. Each path's stages mirror the GPU kernels and are timed the same way.
+//!
+//! Longer than most files: the stages of one path (gate GEMM, the unfused router's nine steps,
+//! align, experts, combine, shared MLP) read top to bottom as the kernels' launch sequence does.
 
 mod cost;
 

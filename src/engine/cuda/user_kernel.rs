@@ -1,4 +1,4 @@
-//! A router kernel the user brings (design §9, docs/kernel-abi.md): a `.cu` file compiled by
+//! A router kernel the user brings (docs/kernel-abi.md): a `.cu` file compiled by
 //! NVRTC with the config as macros, or a `.so` with the two C entry points of
 //! include/moescope_router.h. This module compiles or loads it (compiling needs no GPU), runs it
 //! on the device with guard bands around its outputs and a timeout, and hands back what it wrote.

@@ -2,6 +2,9 @@
 //! shape checks against config.json, and the `WeightSource` that reads the layer (rank 0's
 //! shard under tensor parallelism).
 //!
+//! Longer than most files: every family's naming and layout rules are in one table-like place,
+//! so adding a family touches this file only.
+//!
 //! Expert layouts understood (prefix `…layers.{N}.` then `mlp.` or `block_sparse_moe.`):
 //! - per expert, DeepSeek/Kimi/GLM/Qwen: `experts.E.{gate,up,down}_proj.weight`;
 //! - per expert, Mixtral: `experts.E.w1` (gate), `w3` (up), `w2` (down);
