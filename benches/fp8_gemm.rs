@@ -10,8 +10,9 @@
 use anyhow::Result;
 use moescope::engine::cuda;
 use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Fp8Ready, Tile};
-use moescope::engine::cuda::gpu::{cuda_err, Gpu};
-use moescope::engine::cuda::kernels::{CopyArgs, DevPtr, GemmRows, InitUniformArgs};
+use moescope::engine::cuda::gpu::Gpu;
+use moescope::engine::cuda::kernels::{DevPtr, GemmRows, InitUniformArgs};
+use moescope::engine::cuda::timing;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
 use rand::SeedableRng;
@@ -40,7 +41,7 @@ fn main() -> Result<()> {
     let gpu = Gpu::open()?;
     let ready = dfp8::prepare(&gpu)?;
     println!("device: {}", gpu.describe());
-    let copy_gbs = copy_bandwidth(&gpu)?;
+    let copy_gbs = timing::copy_bandwidth(&gpu, REPEATS)?;
     println!("copy bandwidth: {copy_gbs:.0} GB/s (read + write)");
     let dense = dense_rate(&gpu, &ready)?;
     println!("dense FP8 (this kernel, 8192 x 4096 x 7168): {dense:.0} TFLOP/s");
@@ -56,37 +57,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 /// Median device time of `f` in µs over REPEATS event-timed calls, after a warm-up.
-fn time_us(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    gpu.sync("warm-up")?;
-    let mut times = Vec::with_capacity(REPEATS);
-    for _ in 0..REPEATS {
-        let a = gpu.event()?;
-        f()?;
-        let b = gpu.event()?;
-        gpu.sync("timed work")?;
-        times.push(a.elapsed_ms(&b).map_err(cuda_err("reading an event"))? as f64 * 1e3);
-    }
-    Ok(median(times))
-}
-
-fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
-    let n = 1usize << 30;
-    let src = gpu.alloc::<u8>(n, "copy source")?;
-    let dst = gpu.alloc::<u8>(n, "copy destination")?;
-    let args = CopyArgs {
-        src: gpu.ptr(&src).cast(),
-        dst: gpu.ptr(&dst).cast(),
-        n: (n / 16) as u64,
-    };
-    let us = time_us(gpu, || gpu.launch(args))?;
-    Ok(2.0 * n as f64 / us / 1e3)
+fn time_us(gpu: &Gpu, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    timing::median_us(gpu, REPEATS, f)
 }
 
 /// Random bytes (bf16 uniform bit patterns read as e4m3 codes) and unit scales: timing needs

@@ -13,8 +13,8 @@ mod routers;
 
 use super::LayerArgs;
 use crate::engine::cuda::gpu::{cuda_err, Gpu};
-use crate::engine::cuda::kernels::{CopyArgs, FillArgs};
-use crate::engine::stats::gb_per_s;
+use crate::engine::cuda::kernels::FillArgs;
+use crate::engine::cuda::timing;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
@@ -72,7 +72,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gpu.sms,
         cfg.name
     );
-    let copy_gbs = copy_bandwidth(&gpu)?;
+    let copy_gbs = timing::copy_bandwidth(&gpu, REPEATS)?;
     println!("device copy bandwidth: {copy_gbs:.0} GB/s (bytes read + written)");
     let mut report = BenchReport::new(&gpu, &cfg.name, copy_gbs);
     report.launch_floor_us = launch_floor(&gpu)?;
@@ -94,28 +94,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-/// Times `f` (which enqueues work) with an event pair, `REPEATS` times after a warm-up; the
-/// median in µs.
-fn time_us(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    gpu.sync("warm-up")?;
-    let mut times = Vec::with_capacity(REPEATS);
-    for _ in 0..REPEATS {
-        let a = gpu.event()?;
-        f()?;
-        let b = gpu.event()?;
-        gpu.sync("timed work")?;
-        let ms = a
-            .elapsed_ms(&b)
-            .map_err(cuda_err("reading an event time"))?;
-        times.push(ms as f64 * 1e3);
-    }
-    Ok(median(times))
+/// Median µs of `REPEATS` event-timed runs of `f` (see `cuda::timing`).
+fn time_us(gpu: &Gpu, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    timing::median_us(gpu, REPEATS, f)
 }
 
 /// How a call is replayed: calls captured into one graph, replays of the graph per timing.
@@ -147,20 +128,6 @@ fn graph_us(gpu: &Gpu, r: Replay, call: &dyn Fn(usize) -> Result<()>) -> Result<
         Ok(())
     })?;
     Ok(us / (r.replays * r.calls) as f64)
-}
-
-/// Device-to-device copy of 1 GiB by a plain kernel: the bandwidth ceiling, read + write bytes.
-fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
-    let n = 1usize << 30;
-    let src = gpu.alloc::<u8>(n, "copy source")?;
-    let dst = gpu.alloc::<u8>(n, "copy destination")?;
-    let copy = CopyArgs {
-        src: gpu.ptr(&src).cast(),
-        dst: gpu.ptr(&dst).cast(),
-        n: (n / 16) as u64,
-    };
-    let us = time_us(gpu, || gpu.launch(copy))?;
-    gb_per_s(2 * n as u64, us).ok_or_else(|| anyhow!("the copy kernel took no measurable time"))
 }
 
 /// The floor of a graph-replayed launch: a kernel that writes one word.

@@ -11,6 +11,7 @@ pub mod layer;
 pub mod loader;
 pub mod reference;
 pub mod router;
+pub mod timing;
 pub mod user_kernel;
 
 use super::weights::WeightSource;
