@@ -110,7 +110,7 @@ impl App {
     /// The path pair of the latest step, or the one the source started with.
     pub fn paths(&self) -> Vec<PathSpec> {
         match (self.latest(), &self.meta) {
-            (Some(r), _) => r.paths.iter().map(|p| p.spec).collect(),
+            (Some(r), _) => r.paths.iter().map(|p| p.spec.clone()).collect(),
             (None, Some(m)) => m.paths.clone(),
             (None, None) => Vec::new(),
         }

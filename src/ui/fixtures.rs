@@ -175,7 +175,7 @@ pub fn record(
         contract.ok = contract.violations.is_empty();
         records.push(PathRecord {
             name: id,
-            spec: *spec,
+            spec: spec.clone(),
             load,
             routed_weight_sum,
             shared_weight,
