@@ -20,16 +20,37 @@ fn pct(x: f64) -> Span<'static> {
     )
 }
 
+/// A number column's width for a path: 10, or its title and a space where that is longer
+/// (`C fused_router.cu`).
+fn column_width(title: &str) -> usize {
+    (title.chars().count() + 1).max(10)
+}
+
+/// `cell` right-aligned in `w` columns (cells come at least 10 wide).
+fn pad(cell: Span<'static>, w: usize) -> Span<'static> {
+    let fill = w.saturating_sub(cell.width());
+    Span::styled(format!("{}{}", " ".repeat(fill), cell.content), cell.style)
+}
+
 /// The step's figures, with as many path columns as fit `width` (the rest left out whole).
 fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
-    let n = r.paths.len().min(width.saturating_sub(24) / 10);
+    let titles: Vec<String> = r.paths.iter().map(|p| p.spec.title(p.name)).collect();
+    let widths: Vec<usize> = titles.iter().map(|t| column_width(t)).collect();
+    let mut used = 24;
+    let n = widths
+        .iter()
+        .take_while(|w| {
+            used += *w;
+            used <= width
+        })
+        .count();
     let c = &r.comparison;
     let dim = Style::new().fg(DIM);
     let label = |s: &str| Span::styled(format!("{s:<24}"), dim);
     let per_path = |name: &str, f: &dyn Fn(usize) -> Span<'static>| {
         let mut l = vec![label(name)];
-        for i in 0..n {
-            l.push(f(i));
+        for (i, &w) in widths.iter().enumerate().take(n) {
+            l.push(pad(f(i), w));
         }
         Line::from(l)
     };
@@ -40,16 +61,19 @@ fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
         ))
     };
     let mut head = vec![label("")];
-    for p in &r.paths[..n] {
+    for ((p, t), &w) in r.paths.iter().zip(&titles).zip(&widths).take(n) {
         head.push(Span::styled(
-            format!("{:>10}", p.name),
+            format!("{t:>w$}"),
             Style::new().fg(path_color(p.name)).bold(),
         ));
     }
-    if n < r.paths.len() && width >= 24 + 10 * n + 7 {
+    let shown = 24 + widths[..n].iter().sum::<usize>();
+    if n < r.paths.len() && width >= shown + 7 {
         head.push(Span::styled(format!(" {MORE}"), dim));
     }
-    vec![
+    let ties = &c.ties_ref;
+    let worst = &c.token_errors_ref;
+    let mut lines = vec![
         Line::from(vec![
             label("routing agreement A = B"),
             pct(c.routing_agreement_ab),
@@ -82,45 +106,41 @@ fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
                 Style::new().fg(if n == 0 { OK } else { BAD }),
             )
         }),
-    ]
-    .into_iter()
-    .chain(tie_lines(r, &label))
-    .chain([Line::from(vec![
-        label("compared vs f64 ref"),
-        Span::raw(format!("{:>10} of {} tokens", c.sampled_tokens, r.tokens)),
-    ])])
-    .collect()
-}
-
-/// Disagreements with the reference by class (exact tie / near tie / real) and the worst
-/// token's output error, where the step carries them (all-token numerics).
-fn tie_lines(r: &StepRecord, label: &dyn Fn(&str) -> Span<'static>) -> Vec<Line<'static>> {
-    let c = &r.comparison;
-    if c.ties_ref.is_empty() {
-        return Vec::new();
-    }
-    let mut ties = vec![label("tie · near · real")];
-    for t in &c.ties_ref {
-        let bad = t.real > 0;
-        ties.push(Span::styled(
-            format!("{:>10}", format!("{}·{}·{}", t.exact, t.near, t.real)),
-            Style::new().fg(if bad { BAD } else { OK }),
+    ];
+    // Disagreements with the reference by class (exact tie / near tie / real) and the worst
+    // token's output error, where the step carries them (all-token numerics).
+    if !ties.is_empty() {
+        lines.push(per_path("tie · near · real", &|i| match ties.get(i) {
+            Some(t) => Span::styled(
+                format!("{:>10}", format!("{}·{}·{}", t.exact, t.near, t.real)),
+                Style::new().fg(if t.real > 0 { BAD } else { OK }),
+            ),
+            None => num(None),
+        }));
+        lines.push(per_path(
+            "worst token rel L2 (t)",
+            &|i| match worst.get(i) {
+                Some(e) => {
+                    let at = e
+                        .rel_l2
+                        .worst
+                        .first()
+                        .map(|t| format!("({t})"))
+                        .unwrap_or_default();
+                    Span::raw(format!(
+                        "{:>10}",
+                        format!("{}{at}", fmt_small(e.rel_l2.max))
+                    ))
+                }
+                None => num(None),
+            },
         ));
     }
-    let mut worst = vec![label("worst token rel L2 (t)")];
-    for e in &c.token_errors_ref {
-        let at = e
-            .rel_l2
-            .worst
-            .first()
-            .map(|t| format!("({t})"))
-            .unwrap_or_default();
-        worst.push(Span::raw(format!(
-            "{:>10}",
-            format!("{}{at}", fmt_small(e.rel_l2.max))
-        )));
-    }
-    vec![Line::from(ties), Line::from(worst)]
+    lines.push(Line::from(vec![
+        label("compared vs f64 ref"),
+        Span::raw(format!("{:>10} of {} tokens", c.sampled_tokens, r.tokens)),
+    ]));
+    lines
 }
 
 fn slot_name(id: u32, e: usize) -> String {
@@ -174,6 +194,11 @@ fn slot_column(
     out
 }
 
+/// The class of path `i`'s routing of drill-down token `sel`, where the step has it.
+fn d_classes(r: &StepRecord, sel: usize, i: usize) -> Option<RouteClass> {
+    r.token_details.get(sel)?.classes.get(i).copied()
+}
+
 fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
     let e = app
         .meta
@@ -196,18 +221,39 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
     let sel = app.token_sel.min(r.token_details.len() - 1);
     // Panels by priority where the width runs out: the slot columns (reference first), then
     // the token list, then the group scores; what is left out is named on the last row.
-    let all = r.paths.len();
     let w = inner.width;
-    let n = ((w / 15) as usize).saturating_sub(1).min(all);
-    let list_w = if w >= 10 + 15 * (n as u16 + 1) { 10 } else { 0 };
-    let groups_w = if w >= list_w + 34 + 15 * (n as u16 + 1) {
-        34
-    } else {
-        0
-    };
+    // Each path's column: its title and the token's class, at least 15 wide (as the
+    // reference's).
+    let heads: Vec<(String, u16)> = r
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let class = match d_classes(r, sel, i) {
+                Some(RouteClass::ExactTie) => " tie",
+                Some(RouteClass::NearTie) => " near",
+                Some(RouteClass::Real) => " real",
+                _ => "",
+            };
+            let head = format!("  path {}{class}", p.spec.title(p.name));
+            let width = (head.chars().count() as u16 + 1).max(15);
+            (head, width)
+        })
+        .collect();
+    let mut cols_w = 15;
+    let n = heads
+        .iter()
+        .take_while(|(_, hw)| {
+            cols_w += hw;
+            cols_w <= w
+        })
+        .count();
+    let cols_w = 15 + heads[..n].iter().map(|h| h.1).sum::<u16>();
+    let list_w = if w >= 10 + cols_w { 10 } else { 0 };
+    let groups_w = if w >= list_w + 34 + cols_w { 34 } else { 0 };
     let mut left_out: Vec<String> = r.paths[n..]
         .iter()
-        .map(|p| format!("path {}", p.name))
+        .map(|p| format!("path {}", p.spec.title(p.name)))
         .collect();
     if groups_w == 0 {
         left_out.push("group scores".into());
@@ -290,7 +336,8 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         ]));
     }
     f.render_widget(Paragraph::new(gl), groups);
-    let cols = Layout::horizontal(vec![Constraint::Length(15); n + 1]).split(slots);
+    let widths = std::iter::once(15).chain(heads[..n].iter().map(|h| h.1));
+    let cols = Layout::horizontal(widths.map(Constraint::Length)).split(slots);
     f.render_widget(
         Paragraph::new(slot_column(
             Span::styled("  reference", Style::new().bold()),
@@ -307,16 +354,7 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         .enumerate()
         .take(n)
     {
-        let class = match d.classes.get(i) {
-            Some(RouteClass::ExactTie) => " tie",
-            Some(RouteClass::NearTie) => " near",
-            Some(RouteClass::Real) => " real",
-            _ => "",
-        };
-        let title = Span::styled(
-            format!("  path {id}{class}"),
-            Style::new().fg(path_color(id)).bold(),
-        );
+        let title = Span::styled(heads[i].0.clone(), Style::new().fg(path_color(id)).bold());
         f.render_widget(
             Paragraph::new(slot_column(title, s, Some(&d.reference), e)),
             cols[i + 1],
@@ -342,7 +380,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         return;
     }
     let [top, bottom] = Layout::vertical([Constraint::Length(12), Constraint::Min(6)]).areas(area);
-    let [now, hist] = Layout::horizontal([Constraint::Length(50), Constraint::Min(20)]).areas(top);
+    // Wide enough for every path's column (50 holds two).
+    let titles = r.paths.iter().map(|p| column_width(&p.spec.title(p.name)));
+    let now_w = (26 + titles.sum::<usize>()).max(50) as u16;
+    let [now, hist] =
+        Layout::horizontal([Constraint::Length(now_w), Constraint::Min(14)]).areas(top);
     f.render_widget(
         Paragraph::new(now_lines(r, now.width.saturating_sub(2) as usize))
             .block(block(format!("step {}", r.step))),
@@ -365,9 +407,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         h.iter().map(|r| r.comparison.output_rel_l2_ab).collect(),
         ACCENT,
     ));
-    for (i, id) in r.paths.iter().map(|p| p.name).enumerate() {
+    for (i, p) in r.paths.iter().enumerate() {
+        let id = p.name;
         series.push((
-            format!("{id} output rel L2 vs ref"),
+            format!("{} output rel L2 vs ref", p.spec.title(id)),
             h.iter()
                 .filter_map(|r| r.comparison.output_rel_l2_ref.get(i).copied())
                 .collect(),

@@ -125,7 +125,20 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     };
     let mut lines = Vec::new();
     let means = path_means(app);
-    for p in &r.paths {
+    let titles: Vec<String> = r.paths.iter().map(|p| p.spec.title(p.name)).collect();
+    // Names padded to one width where the rows have room for it.
+    let name_w = match area.width {
+        80.. => titles.iter().map(|t| t.chars().count()).max().unwrap_or(1),
+        _ => 1,
+    };
+    let name = |i: usize| {
+        let p = &r.paths[i];
+        Span::styled(
+            format!("{:<name_w$} ", titles[i]),
+            Style::new().fg(path_color(p.name)).bold(),
+        )
+    };
+    for (i, p) in r.paths.iter().enumerate() {
         let m = means.iter().find(|m| m.id == p.name);
         let total = m.map_or(p.total_us, |m| m.total);
         let clean = m
@@ -133,10 +146,7 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
             .map(|c| format!(", clean {}", fmt_us(c)))
             .unwrap_or_default();
         lines.push(Line::from(vec![
-            Span::styled(
-                format!("{} ", p.name),
-                Style::new().fg(path_color(p.name)).bold(),
-            ),
+            name(i),
             Span::raw(format!("{:>10}{clean}  ", fmt_us(total))),
             verdict(&p.contract),
         ]));
@@ -154,6 +164,7 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
         lines.push(Line::from(l));
     }
     lines.push(Line::raw(""));
+    // The lines above named each path; these keep to its letter, so they fit one row.
     for p in &r.paths {
         let c = &p.contract;
         let mut l = vec![
@@ -183,7 +194,11 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     lines.push(agreement_line("routing A = B", cmp.routing_agreement_ab));
     let per_path = path_ids(cmp.routing_agreement_ref.len());
     for (id, a) in per_path.zip(&cmp.routing_agreement_ref) {
-        lines.push(agreement_line(&format!("routing {id} = ref"), *a));
+        let title = r
+            .paths
+            .get(id.index())
+            .map_or_else(|| id.to_string(), |p| p.spec.title(id));
+        lines.push(agreement_line(&format!("routing {title} = ref"), *a));
     }
     lines.push(Line::from(vec![
         Span::styled(format!("{:<16}", "output A vs B"), Style::new().fg(DIM)),
@@ -215,8 +230,10 @@ pub fn verdict(c: &crate::engine::step::ContractCheck) -> Span<'static> {
 
 fn agreement_line(label: &str, frac: f64) -> Line<'static> {
     let color = if frac >= 1.0 { OK } else { BAD };
+    // A user kernel's longer label keeps a space before its figure.
+    let w = (label.chars().count() + 1).max(16);
     Line::from(vec![
-        Span::styled(format!("{label:<16}"), Style::new().fg(DIM)),
+        Span::styled(format!("{label:<w$}"), Style::new().fg(DIM)),
         Span::styled(format!("{:.1}%", frac * 100.0), Style::new().fg(color)),
     ])
 }
