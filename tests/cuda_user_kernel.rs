@@ -268,17 +268,19 @@ fn path_c_on_bf16_logits_changes_some_tokens_experts() {
     if !gpu_or_skip() {
         return;
     }
-    let recs = run_headless(&[
-        "--steps",
-        "2",
-        "--tokens",
-        "1024",
-        "--kernel",
-        "examples/kernels/fused_router.cu",
-        "--router-logits",
-        "B=bf16,C=bf16",
-    ]);
-    for rec in &recs {
+    let run = |logits: &str| {
+        run_headless(&[
+            "--steps",
+            "2",
+            "--tokens",
+            "1024",
+            "--kernel",
+            "examples/kernels/fused_router.cu",
+            "--router-logits",
+            logits,
+        ])
+    };
+    for rec in run("B=bf16,C=bf16") {
         let c = &rec["comparison"];
         let agree = |p: usize| c["routing_agreement_ref"][p].as_f64().unwrap();
         assert_eq!(
@@ -289,5 +291,16 @@ fn path_c_on_bf16_logits_changes_some_tokens_experts() {
         assert!(agree(1) < 1.0 && agree(1) > 0.5, "B on bf16: {c}");
         assert_eq!(agree(2), agree(1), "C on bf16 moves the tokens B does: {c}");
         assert_eq!(rec["paths"][2]["spec"]["logits"], "bf16");
+        assert!(
+            rec["paths"][0]["spec"].get("logits").is_none(),
+            "A reads f32"
+        );
+    }
+    // Every path on bf16, the unfused router's kernels too.
+    for rec in run("bf16") {
+        let c = &rec["comparison"];
+        let agree = |p: usize| c["routing_agreement_ref"][p].as_f64().unwrap();
+        assert!(agree(0) < 1.0 && (agree(0) - agree(1)).abs() <= 0.01, "{c}");
+        assert_eq!(agree(2), agree(1), "{c}");
     }
 }

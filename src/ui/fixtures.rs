@@ -11,7 +11,9 @@ use crate::engine::step::{
     StepRecord, TelemetrySample, TokenDetail,
 };
 use crate::engine::BackendKind;
+use crate::session::{SessionHeader, SessionWriter, SESSION_FORMAT, SESSION_VERSION};
 use anyhow::Result;
+use std::path::Path;
 
 /// splitmix64: a well-mixed hash of one word.
 fn mix(mut x: u64) -> u64 {
@@ -352,4 +354,26 @@ pub fn app_with(
         ))));
     }
     Ok(app)
+}
+
+/// Writes `steps` fixture steps of preset `preset` with `paths` as a session file (what a
+/// recorded run leaves), for replay and export tests without a GPU.
+pub fn write_session(path: &Path, preset: &str, paths: &[PathSpec], steps: u64) -> Result<()> {
+    let cfg = MoeConfig::preset(preset)?;
+    let header = SessionHeader {
+        format: SESSION_FORMAT.to_string(),
+        version: SESSION_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        backend: BackendKind::Cuda,
+        device: "NVIDIA H100 80GB HBM3 (sm_90)".into(),
+        config: cfg.clone(),
+        paths: paths.to_vec(),
+        weights: "synthetic, seed 7".into(),
+        started: "2026-12-03T18:00:00Z".into(),
+    };
+    let mut w = SessionWriter::create(path, &header, false)?;
+    for step in 0..steps {
+        w.write(&record(&cfg, paths, 64, step, true))?;
+    }
+    Ok(())
 }
