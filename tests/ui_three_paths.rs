@@ -85,3 +85,71 @@ fn a_path_on_bf16_logits_says_so() {
     let wide = render(&app_of(&paths, View::Contract), 160, 40);
     assert!(wide.contains("bf16 logits"), "{wide}");
 }
+
+/// All-token numerics (as the device reference gives them): tie classes and the worst token
+/// per path, path C on bf16 logits moving three tokens.
+#[test]
+fn numerics_with_every_token_compared_and_path_c_on_bf16() {
+    use moescope::engine::config::MoeConfig;
+    use moescope::engine::step::{TieCounts, TokenDist, TokenErrors};
+    use moescope::engine::BackendKind;
+    use moescope::ui::source::{Meta, SourceEvent};
+    let mut paths = fixtures::three_paths(Variant::Correct);
+    paths[2].logits = LogitsDtype::Bf16;
+    let cfg = MoeConfig::preset("deepseek-v3").unwrap();
+    let mut a = App::new(Mode::Replay);
+    a.on_event(SourceEvent::Ready(Box::new(Meta {
+        source: "three.jsonl".into(),
+        config: cfg.clone(),
+        backend: BackendKind::Cuda,
+        device: "NVIDIA H200 (sm_90)".into(),
+        paths: paths.clone(),
+        tokens: 64,
+        weights: "synthetic, seed 7".into(),
+        max_tokens: None,
+    })));
+    for step in 0..10 {
+        let mut r = fixtures::record(&cfg, &paths, 64, step, false);
+        r.comparison.sampled_tokens = 64;
+        r.comparison.ties_ref = vec![
+            TieCounts::default(),
+            TieCounts::default(),
+            TieCounts {
+                exact: 0,
+                near: 1,
+                real: 2,
+            },
+        ];
+        r.comparison.token_errors_ref = (0..3)
+            .map(|i| TokenErrors {
+                rel_l2: TokenDist {
+                    p50: 2e-3,
+                    p99: 4e-3,
+                    max: 5e-3 * (i + 1) as f64,
+                    worst: vec![7 * i + 3],
+                },
+                ..TokenErrors::default()
+            })
+            .collect();
+        a.on_event(SourceEvent::Record(Box::new(r)));
+    }
+    a.update(Action::ShowView(View::Numerics.index()));
+    let s = render(&a, 120, 40);
+    for want in [
+        "C fused_router.cu bf16",
+        "tie · near · real",
+        "0·1·2",
+        "64 of 64 tokens",
+        "worst token rel L2 (t)",
+    ] {
+        assert!(s.contains(want), "no `{want}` in\n{s}");
+    }
+    // Three of 64 tokens route elsewhere on bf16 logits.
+    let moved = s
+        .lines()
+        .find(|l| l.contains("tokens ≠ reference"))
+        .unwrap();
+    let panel = moved.split("││").next().unwrap();
+    assert!(panel.trim_end().ends_with(" 3"), "{moved}");
+    insta::assert_snapshot!(s);
+}

@@ -252,7 +252,9 @@ pub fn record(
         wall_us: 1500.0,
         t_ms: 100.0 * (step + 1) as f64,
         comparison: Comparison {
-            routing_agreement_ab: agree * moved(paths.iter().any(bf16)),
+            // A and B disagree where one of them (not both) reads bf16.
+            routing_agreement_ab: agree
+                * moved(paths.iter().take(2).filter(|p| bf16(p)).count() == 1),
             routing_agreement_ref: paths
                 .iter()
                 .enumerate()

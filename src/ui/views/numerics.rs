@@ -26,10 +26,15 @@ fn column_width(title: &str) -> usize {
     (title.chars().count() + 1).max(10)
 }
 
-/// `cell` right-aligned in `w` columns (cells come at least 10 wide).
+/// `cell` right-aligned in `w` columns (cells come at least 10 wide); one that fills them
+/// keeps a space before it, so it never runs into the column on its left.
 fn pad(cell: Span<'static>, w: usize) -> Span<'static> {
-    let fill = w.saturating_sub(cell.width());
-    Span::styled(format!("{}{}", " ".repeat(fill), cell.content), cell.style)
+    let content = Span::raw(cell.content.trim_start().to_string());
+    let fill = w.saturating_sub(content.width()).max(1);
+    Span::styled(
+        format!("{}{}", " ".repeat(fill), content.content),
+        cell.style,
+    )
 }
 
 /// The step's figures, with as many path columns as fit `width` (the rest left out whole).
@@ -89,6 +94,20 @@ fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
                 .map(|&x| pct(x))
                 .unwrap_or_else(|| num(None))
         }),
+        // The same as a count: how many tokens route to other experts (what bf16 logits do).
+        per_path(
+            "tokens ≠ reference",
+            &|i| match c.routing_agreement_ref.get(i) {
+                Some(&x) => {
+                    let n = ((1.0 - x) * r.tokens as f64).round() as usize;
+                    Span::styled(
+                        format!("{n:>10}"),
+                        Style::new().fg(if n == 0 { OK } else { BAD }),
+                    )
+                }
+                None => num(None),
+            },
+        ),
         per_path("weight max |Δ| vs ref", &|i| {
             num(c.weight_max_diff_ref.get(i).copied())
         }),
@@ -379,14 +398,18 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         );
         return;
     }
-    let [top, bottom] = Layout::vertical([Constraint::Length(12), Constraint::Min(6)]).areas(area);
-    // Wide enough for every path's column (50 holds two).
+    // Wide enough for every path's column (50 holds two) and a worst token's cell that fills
+    // its column, as high as its rows (the tie rows come with all-token numerics).
     let titles = r.paths.iter().map(|p| column_width(&p.spec.title(p.name)));
-    let now_w = (26 + titles.sum::<usize>()).max(50) as u16;
+    let now_w = (28 + titles.sum::<usize>()).max(50) as u16;
+    let rows = now_lines(r, now_w as usize - 2).len() as u16;
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(rows + 2), Constraint::Min(6)]).areas(area);
     let [now, hist] =
         Layout::horizontal([Constraint::Length(now_w), Constraint::Min(14)]).areas(top);
+    let lines = now_lines(r, now.width.saturating_sub(2) as usize);
     f.render_widget(
-        Paragraph::new(now_lines(r, now.width.saturating_sub(2) as usize))
+        Paragraph::new(fit_rows(lines, now.height.saturating_sub(2) as usize))
             .block(block(format!("step {}", r.step))),
         now,
     );
