@@ -47,7 +47,7 @@ wait_for '\(h/l\)  user kernel fused_router\.cu' "l to show path C's load"
 
 tm send-keys -t main 3
 wait_for 'path C fused_router\.cu · step 11' "view 3 (contract): path C's block"
-wait_for 'C fused_router\.cu verdict per step' "view 3: path C's verdict history"
+wait_for 'C fused_router\.cu [0-9]+/[0-9]+ broken' "view 3: path C's verdict history"
 
 tm send-keys -t main 4
 wait_for 'path C · user kernel fused_router\.cu' "view 4 (kernels): path C's table"

@@ -211,14 +211,16 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             .iter()
             .map(|ok| Span::styled("▮", Style::new().fg(if *ok { OK } else { BAD })))
             .collect();
+        // The short form where a long title (a user kernel's file) leaves no room.
+        let mut words = format!("verdict per step: {broken} of {} broken", recent.len());
+        if title.chars().count() + 1 + words.chars().count() > w {
+            words = format!("{broken}/{} broken", recent.len());
+        }
         f.render_widget(
             Paragraph::new(vec![
                 Line::from(vec![
                     Span::styled(format!("{title} "), Style::new().fg(path_color(id)).bold()),
-                    Span::styled(
-                        format!("verdict per step: {broken} of {} broken", recent.len()),
-                        Style::new().fg(DIM),
-                    ),
+                    Span::styled(words, Style::new().fg(DIM)),
                 ]),
                 Line::from(cells),
             ]),
