@@ -153,3 +153,18 @@ fn numerics_with_every_token_compared_and_path_c_on_bf16() {
     assert!(panel.trim_end().ends_with(" 3"), "{moved}");
     insta::assert_snapshot!(s);
 }
+
+/// The variant menu is path B's: with path C after it, the app still reads and shows B's.
+#[test]
+fn the_variant_shown_is_path_bs_not_the_last_paths() {
+    let paths = fixtures::three_paths(Variant::RsfTwice);
+    let a = app_of(&paths, View::Overview);
+    assert_eq!(a.variant, Variant::RsfTwice);
+    let header = render(&a, 120, 40)
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(header.contains("variant rsf-twice"), "{header}");
+    assert!(!header.contains("from the next step"), "{header}");
+}
