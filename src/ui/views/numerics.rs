@@ -37,47 +37,84 @@ fn pad(cell: Span<'static>, w: usize) -> Span<'static> {
     )
 }
 
-/// The step's figures, with as many path columns as fit `width` (the rest left out whole).
-fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
-    let titles: Vec<String> = r.paths.iter().map(|p| p.spec.title(p.name)).collect();
-    let widths: Vec<usize> = titles.iter().map(|t| column_width(t)).collect();
-    let mut used = 24;
-    let n = widths
-        .iter()
-        .take_while(|w| {
-            used += *w;
-            used <= width
-        })
-        .count();
-    let c = &r.comparison;
-    let dim = Style::new().fg(DIM);
-    let label = |s: &str| Span::styled(format!("{s:<24}"), dim);
-    let per_path = |name: &str, f: &dyn Fn(usize) -> Span<'static>| {
+fn label(s: &str) -> Span<'static> {
+    Span::styled(format!("{s:<24}"), Style::new().fg(DIM))
+}
+
+fn num(v: Option<f64>) -> Span<'static> {
+    Span::raw(format!(
+        "{:>10}",
+        v.map(fmt_small).unwrap_or_else(|| "—".into())
+    ))
+}
+
+/// A count, green at 0 and red above.
+fn count(n: usize) -> Span<'static> {
+    Span::styled(
+        format!("{n:>10}"),
+        Style::new().fg(if n == 0 { OK } else { BAD }),
+    )
+}
+
+/// The step panel's path columns: each path's title and width, as many as fit (the rest left
+/// out whole).
+struct Columns {
+    titles: Vec<String>,
+    widths: Vec<usize>,
+    n: usize,
+}
+
+impl Columns {
+    fn of(r: &StepRecord, width: usize) -> Columns {
+        let titles: Vec<String> = r.paths.iter().map(|p| p.spec.title(p.name)).collect();
+        let widths: Vec<usize> = titles.iter().map(|t| column_width(t)).collect();
+        let mut used = 24;
+        let n = widths
+            .iter()
+            .take_while(|w| {
+                used += *w;
+                used <= width
+            })
+            .count();
+        Columns { titles, widths, n }
+    }
+
+    /// A row: its label, then one cell per shown path.
+    fn row(&self, name: &str, f: &dyn Fn(usize) -> Span<'static>) -> Line<'static> {
         let mut l = vec![label(name)];
-        for (i, &w) in widths.iter().enumerate().take(n) {
+        for (i, &w) in self.widths.iter().enumerate().take(self.n) {
             l.push(pad(f(i), w));
         }
         Line::from(l)
-    };
-    let num = |v: Option<f64>| {
-        Span::raw(format!(
-            "{:>10}",
-            v.map(fmt_small).unwrap_or_else(|| "—".into())
-        ))
-    };
-    let mut head = vec![label("")];
-    for ((p, t), &w) in r.paths.iter().zip(&titles).zip(&widths).take(n) {
-        head.push(Span::styled(
-            format!("{t:>w$}"),
-            Style::new().fg(path_color(p.name)).bold(),
-        ));
     }
-    let shown = 24 + widths[..n].iter().sum::<usize>();
-    if n < r.paths.len() && width >= shown + 7 {
-        head.push(Span::styled(format!(" {MORE}"), dim));
+
+    /// The paths' titles, and "more →" where some are left out and there is room to say so.
+    fn head(&self, r: &StepRecord, width: usize) -> Line<'static> {
+        let mut head = vec![label("")];
+        let shown = r
+            .paths
+            .iter()
+            .zip(&self.titles)
+            .zip(&self.widths)
+            .take(self.n);
+        for ((p, t), &w) in shown {
+            head.push(Span::styled(
+                format!("{t:>w$}"),
+                Style::new().fg(path_color(p.name)).bold(),
+            ));
+        }
+        let shown = 24 + self.widths[..self.n].iter().sum::<usize>();
+        if self.n < r.paths.len() && width >= shown + 7 {
+            head.push(Span::styled(format!(" {MORE}"), Style::new().fg(DIM)));
+        }
+        Line::from(head)
     }
-    let ties = &c.ties_ref;
-    let worst = &c.token_errors_ref;
+}
+
+/// The step's figures, with as many path columns as fit `width`.
+fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
+    let c = &r.comparison;
+    let cols = Columns::of(r, width);
     let mut lines = vec![
         Line::from(vec![
             label("routing agreement A = B"),
@@ -87,79 +124,72 @@ fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
             label("output rel L2 A vs B"),
             num(Some(c.output_rel_l2_ab)),
         ]),
-        Line::from(head),
-        per_path("routing = reference", &|i| {
+        cols.head(r, width),
+        cols.row("routing = reference", &|i| {
             c.routing_agreement_ref
                 .get(i)
                 .map(|&x| pct(x))
                 .unwrap_or_else(|| num(None))
         }),
         // The same as a count: how many tokens route to other experts (what bf16 logits do).
-        per_path(
-            "tokens ≠ reference",
-            &|i| match c.routing_agreement_ref.get(i) {
-                Some(&x) => {
-                    let n = ((1.0 - x) * r.tokens as f64).round() as usize;
-                    Span::styled(
-                        format!("{n:>10}"),
-                        Style::new().fg(if n == 0 { OK } else { BAD }),
-                    )
-                }
-                None => num(None),
-            },
-        ),
-        per_path("weight max |Δ| vs ref", &|i| {
+        cols.row("tokens ≠ reference", &|i| {
+            let moved = |x: &f64| ((1.0 - x) * r.tokens as f64).round() as usize;
+            c.routing_agreement_ref
+                .get(i)
+                .map_or_else(|| num(None), |x| count(moved(x)))
+        }),
+        cols.row("weight max |Δ| vs ref", &|i| {
             num(c.weight_max_diff_ref.get(i).copied())
         }),
-        per_path("output rel L2 vs ref", &|i| {
+        cols.row("output rel L2 vs ref", &|i| {
             num(c.output_rel_l2_ref.get(i).copied())
         }),
-        per_path("output rms", &|i| num(r.paths.get(i).map(|p| p.output.rms))),
-        per_path("output max |y|", &|i| {
+        cols.row("output rms", &|i| num(r.paths.get(i).map(|p| p.output.rms))),
+        cols.row("output max |y|", &|i| {
             num(r.paths.get(i).map(|p| p.output.max_abs))
         }),
-        per_path("non-finite outputs", &|i| {
-            let n = r.paths.get(i).map(|p| p.output.nonfinite).unwrap_or(0);
-            Span::styled(
-                format!("{n:>10}"),
-                Style::new().fg(if n == 0 { OK } else { BAD }),
-            )
+        cols.row("non-finite outputs", &|i| {
+            count(r.paths.get(i).map_or(0, |p| p.output.nonfinite as usize))
         }),
     ];
-    // Disagreements with the reference by class (exact tie / near tie / real) and the worst
-    // token's output error, where the step carries them (all-token numerics).
-    if !ties.is_empty() {
-        lines.push(per_path("tie · near · real", &|i| match ties.get(i) {
-            Some(t) => Span::styled(
-                format!("{:>10}", format!("{}·{}·{}", t.exact, t.near, t.real)),
-                Style::new().fg(if t.real > 0 { BAD } else { OK }),
-            ),
-            None => num(None),
-        }));
-        lines.push(per_path(
-            "worst token rel L2 (t)",
-            &|i| match worst.get(i) {
-                Some(e) => {
-                    let at = e
-                        .rel_l2
-                        .worst
-                        .first()
-                        .map(|t| format!("({t})"))
-                        .unwrap_or_default();
-                    Span::raw(format!(
-                        "{:>10}",
-                        format!("{}{at}", fmt_small(e.rel_l2.max))
-                    ))
-                }
-                None => num(None),
-            },
-        ));
-    }
+    lines.extend(tie_lines(r, &cols));
     lines.push(Line::from(vec![
         label("compared vs f64 ref"),
         Span::raw(format!("{:>10} of {} tokens", c.sampled_tokens, r.tokens)),
     ]));
     lines
+}
+
+/// Disagreements with the reference by class (exact tie / near tie / real) and the worst
+/// token's output error, where the step carries them (all-token numerics).
+fn tie_lines(r: &StepRecord, cols: &Columns) -> Vec<Line<'static>> {
+    let c = &r.comparison;
+    if c.ties_ref.is_empty() {
+        return Vec::new();
+    }
+    let ties = cols.row("tie · near · real", &|i| match c.ties_ref.get(i) {
+        Some(t) => Span::styled(
+            format!("{:>10}", format!("{}·{}·{}", t.exact, t.near, t.real)),
+            Style::new().fg(if t.real > 0 { BAD } else { OK }),
+        ),
+        None => num(None),
+    });
+    let worst = cols.row("worst token rel L2 (t)", &|i| {
+        let Some(e) = c.token_errors_ref.get(i) else {
+            return num(None);
+        };
+        let at = e
+            .rel_l2
+            .worst
+            .first()
+            .map(|t| format!("({t})"))
+            .unwrap_or_default();
+        Span::raw(format!(
+            "{:>10}",
+            format!("{}{at}", fmt_small(e.rel_l2.max))
+        ))
+    });
+    vec![ties, worst]
 }
 
 fn slot_name(id: u32, e: usize) -> String {
@@ -213,9 +243,35 @@ fn slot_column(
     out
 }
 
-/// The class of path `i`'s routing of drill-down token `sel`, where the step has it.
-fn d_classes(r: &StepRecord, sel: usize, i: usize) -> Option<RouteClass> {
-    r.token_details.get(sel)?.classes.get(i).copied()
+/// Each path's drill-down column for token `sel`: its heading (title and the token's class)
+/// and width, at least 15 (the reference's); and how many fit `width` after the reference's.
+fn drill_heads(r: &StepRecord, sel: usize, width: u16) -> (Vec<(String, u16)>, usize) {
+    let classes = r.token_details.get(sel).map(|d| d.classes.as_slice());
+    let heads: Vec<(String, u16)> = r
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let class = match classes.and_then(|c| c.get(i)) {
+                Some(RouteClass::ExactTie) => " tie",
+                Some(RouteClass::NearTie) => " near",
+                Some(RouteClass::Real) => " real",
+                _ => "",
+            };
+            let head = format!("  path {}{class}", p.spec.title(p.name));
+            let w = (head.chars().count() as u16 + 1).max(15);
+            (head, w)
+        })
+        .collect();
+    let mut used = 15;
+    let n = heads
+        .iter()
+        .take_while(|(_, w)| {
+            used += w;
+            used <= width
+        })
+        .count();
+    (heads, n)
 }
 
 fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
@@ -241,32 +297,7 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
     // Panels by priority where the width runs out: the slot columns (reference first), then
     // the token list, then the group scores; what is left out is named on the last row.
     let w = inner.width;
-    // Each path's column: its title and the token's class, at least 15 wide (as the
-    // reference's).
-    let heads: Vec<(String, u16)> = r
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let class = match d_classes(r, sel, i) {
-                Some(RouteClass::ExactTie) => " tie",
-                Some(RouteClass::NearTie) => " near",
-                Some(RouteClass::Real) => " real",
-                _ => "",
-            };
-            let head = format!("  path {}{class}", p.spec.title(p.name));
-            let width = (head.chars().count() as u16 + 1).max(15);
-            (head, width)
-        })
-        .collect();
-    let mut cols_w = 15;
-    let n = heads
-        .iter()
-        .take_while(|(_, hw)| {
-            cols_w += hw;
-            cols_w <= w
-        })
-        .count();
+    let (heads, n) = drill_heads(r, sel, w);
     let cols_w = 15 + heads[..n].iter().map(|h| h.1).sum::<u16>();
     let list_w = if w >= 10 + cols_w { 10 } else { 0 };
     let groups_w = if w >= list_w + 34 + cols_w { 34 } else { 0 };
