@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Replays a three-path session (A, B and path C, a user kernel) in the real TUI under tmux and
-# goes through every view, checking that each names path C by its kernel's file.
+# goes through every view, checking that each names path C by its kernel's file; then a live
+# CPU run with path B on bf16 router logits.
 # Usage: tests/tui_tmux_three.sh path/to/moescope SESSION.jsonl   (tests/ui_tmux.rs writes the
 # session from the fixtures and runs it under cargo test)
 set -euo pipefail
@@ -66,4 +67,17 @@ wait_for 'run with --ep N' "view 7 (EP)"
 
 tm send-keys -t main q
 wait_for '^EXIT=0' "q to quit the replay with status 0"
-echo "OK: tmux replay of a three-path session passed"
+
+# Live on the CPU with path B on bf16 router logits: the header and the numerics view say so.
+tm kill-server >/dev/null 2>&1 || true
+SOCK="moescope-three-$$-live"
+tm new-session -d -s main -x 120 -y 40 \
+    "$BIN --backend cpu --preset deepseek-v3 --tokens 256 --hidden 64 --intermediate 64 --telemetry-hz 0 --router-logits B=bf16; echo \"EXIT=\$?\"; sleep 60"
+wait_for 'step [0-9]+ · T=256' "the live run's first step"
+wait_for 'B: fused router \+ fused slot, rsf on-output, bf16 logits|B bf16 fused' "the header to show B on bf16 logits"
+tm send-keys -t main 5
+wait_for 'B bf16' "view 5 (numerics): path B's column named bf16"
+wait_for 'tokens ≠ reference +0 +[1-9][0-9]*' "view 5: the tokens path B routes elsewhere"
+tm send-keys -t main q
+wait_for '^EXIT=0' "q to quit the live run with status 0"
+echo "OK: tmux replay of a three-path session and a live bf16 run passed"

@@ -37,7 +37,8 @@ fn signals_restore_the_terminal() {
     script("tui_signals.sh");
 }
 
-/// A replay of a three-path session (path C a user kernel) through every view.
+/// A replay of a three-path session (path C a user kernel) through every view, and a live run
+/// with path B on bf16 router logits.
 #[test]
 fn tmux_replays_three_paths_through_every_view() {
     let dir = tempfile::tempdir().expect("a temporary directory");
