@@ -101,6 +101,51 @@ impl fmt::Display for Variant {
     }
 }
 
+/// How a path stores and multiplies its expert weights (`--experts`, `--shared-experts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertFormat {
+    /// bf16 weights and activations, f32 accumulation (what sessions before FP8 ran).
+    #[default]
+    Bf16,
+    /// e4m3 weights with one f32 scale per 128×128 block (as DeepSeek-V3 stores them),
+    /// activations quantized per token in groups of 128, f32 accumulation.
+    Fp8,
+}
+
+impl ExpertFormat {
+    pub const ALL: [ExpertFormat; 2] = [ExpertFormat::Bf16, ExpertFormat::Fp8];
+    /// The names `FromStr` takes (the command line's and the sessions').
+    pub const NAMES: &'static [&'static str] = &["bf16", "fp8"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpertFormat::Bf16 => "bf16",
+            ExpertFormat::Fp8 => "fp8",
+        }
+    }
+
+    pub fn is_fp8(self) -> bool {
+        self == ExpertFormat::Fp8
+    }
+}
+
+impl fmt::Display for ExpertFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ExpertFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ExpertFormat::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown expert format `{s}`; expected bf16 or fp8"))
+    }
+}
+
 /// Which path a record belongs to: A and B as `run` compares them by default, C a kernel the
 /// user brings. Serialised as "A", "B", "C", as sessions have always named them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -146,6 +191,12 @@ pub struct PathSpec {
     pub shared: SharedMode,
     pub rsf: RsfPlacement,
     pub variant: Variant,
+    /// The routed experts' format (sessions recorded before FP8 read as bf16).
+    #[serde(default)]
+    pub experts: ExpertFormat,
+    /// The shared experts' format: the separate shared MLP, or the fused shared slots.
+    #[serde(default)]
+    pub shared_experts: ExpertFormat,
 }
 
 impl PathSpec {
@@ -156,6 +207,8 @@ impl PathSpec {
             shared: SharedMode::Separate,
             rsf: RsfPlacement::InRouter,
             variant: Variant::Correct,
+            experts: ExpertFormat::Bf16,
+            shared_experts: ExpertFormat::Bf16,
         }
     }
 
@@ -166,6 +219,8 @@ impl PathSpec {
             shared: SharedMode::FusedSlot,
             rsf: RsfPlacement::OnOutput,
             variant,
+            experts: ExpertFormat::Bf16,
+            shared_experts: ExpertFormat::Bf16,
         }
     }
 
@@ -180,6 +235,41 @@ impl PathSpec {
                 RsfPlacement::OnOutput
             },
             variant: Variant::Correct,
+            experts: ExpertFormat::Bf16,
+            shared_experts: ExpertFormat::Bf16,
+        }
+    }
+
+    /// The same path with its routed and shared experts in these formats.
+    pub fn with_formats(self, experts: ExpertFormat, shared_experts: ExpertFormat) -> PathSpec {
+        PathSpec {
+            experts,
+            shared_experts,
+            ..self
+        }
+    }
+
+    /// Whether any of the path's experts (routed or shared) run in FP8.
+    pub fn uses_fp8(&self) -> bool {
+        self.experts.is_fp8() || self.shared_experts.is_fp8()
+    }
+
+    /// The format of slot `slot` (routed experts below `e`, then the shared slots).
+    pub fn slot_format(&self, slot: usize, e: usize) -> ExpertFormat {
+        if slot < e {
+            self.experts
+        } else {
+            self.shared_experts
+        }
+    }
+
+    /// The expert formats as the labels show them: None for bf16 throughout (the labels
+    /// sessions have always had), `fp8`, or `fp8 routed, bf16 shared`.
+    pub fn formats_label(&self) -> Option<String> {
+        match (self.experts, self.shared_experts) {
+            (ExpertFormat::Bf16, ExpertFormat::Bf16) => None,
+            (a, b) if a == b => Some(a.name().to_string()),
+            (a, b) => Some(format!("{a} routed, {b} shared")),
         }
     }
 
@@ -209,6 +299,9 @@ impl PathSpec {
         let mut s = format!("{router} + {shared}, {rsf}");
         if self.variant != Variant::Correct {
             s.push_str(&format!(" [{}]", self.variant));
+        }
+        if let Some(f) = self.formats_label() {
+            s.push_str(&format!(" · {f}"));
         }
         s
     }
@@ -301,10 +394,9 @@ mod tests {
         for shared in [SharedMode::Separate, SharedMode::FusedSlot] {
             for rsf_at in [RsfPlacement::InRouter, RsfPlacement::OnOutput] {
                 let spec = PathSpec {
-                    router: RouterImpl::Fused,
-                    shared,
                     rsf: rsf_at,
-                    variant: Variant::Correct,
+                    shared,
+                    ..PathSpec::fused(Variant::Correct)
                 };
                 let c = spec.contract(2.827, true);
                 assert!(
@@ -342,6 +434,33 @@ mod tests {
     }
 
     #[test]
+    fn specs_of_older_sessions_read_as_bf16_and_fp8_shows_in_the_label() {
+        let old =
+            r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
+        let spec: PathSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec, PathSpec::fused(Variant::Correct));
+        assert!(!spec.uses_fp8() && !spec.label().contains("fp8"));
+        let fp8 = spec.with_formats(ExpertFormat::Fp8, ExpertFormat::Fp8);
+        let json = serde_json::to_string(&fp8).unwrap();
+        assert!(json.contains(r#""experts":"fp8""#), "{json}");
+        assert_eq!(serde_json::from_str::<PathSpec>(&json).unwrap(), fp8);
+        assert!(fp8.label().ends_with(" · fp8"), "{}", fp8.label());
+        let a = PathSpec::unfused_baseline().with_formats(ExpertFormat::Fp8, ExpertFormat::Bf16);
+        assert!(
+            a.label().ends_with(" · fp8 routed, bf16 shared"),
+            "{}",
+            a.label()
+        );
+        assert_eq!(a.slot_format(3, 4), ExpertFormat::Fp8);
+        assert_eq!(a.slot_format(4, 4), ExpertFormat::Bf16);
+        assert_eq!("fp8".parse::<ExpertFormat>(), Ok(ExpertFormat::Fp8));
+        assert!("fp16"
+            .parse::<ExpertFormat>()
+            .unwrap_err()
+            .contains("bf16 or fp8"));
+    }
+
+    #[test]
     fn variant_names_round_trip() {
         for v in VARIANTS {
             assert_eq!(Variant::from_name(v.name()), Some(*v));
@@ -358,7 +477,7 @@ mod tests {
             for shared in [SharedMode::Separate, SharedMode::FusedSlot] {
                 for rsf_at in [RsfPlacement::InRouter, RsfPlacement::OnOutput] {
                     for &variant in VARIANTS {
-                        let spec = PathSpec { router: RouterImpl::Fused, shared, rsf: rsf_at, variant };
+                        let spec = PathSpec { shared, rsf: rsf_at, ..PathSpec::fused(variant) };
                         let c = spec.contract(rsf, true);
                         let routed_ok = (c.effective_routed(p) - rsf * p).abs() < 1e-9;
                         let shared_ok = (c.effective_shared() - 1.0).abs() < 1e-9;

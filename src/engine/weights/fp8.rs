@@ -8,6 +8,7 @@
 
 use super::checkpoint::files::{e4m3_to_f32, Files};
 use super::{ExpertWeights, WeightSource};
+use crate::engine::config::MoeConfig;
 use crate::engine::inputs::tensor_to_f32;
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
@@ -225,6 +226,30 @@ impl Fp8Mlp {
             .map(|m| m.data.len() + 4 * m.scale_inv.len())
             .sum()
     }
+}
+
+/// Refuses a layer whose FP8 matrices would cut 128×128 blocks: the hidden size, and the
+/// intermediate size of the routed experts (`routed`) or of a shared slot (`shared`), must be
+/// multiples of 128.
+pub fn check_sizes(cfg: &MoeConfig, routed: bool, shared: bool) -> Result<()> {
+    let mut sizes = vec![("hidden_size", cfg.hidden_size)];
+    if routed {
+        sizes.push(("moe_intermediate_size", cfg.moe_intermediate_size));
+    }
+    if shared && cfg.n_shared_experts > 0 {
+        sizes.push((
+            "shared slot intermediate size",
+            cfg.shared_slot_intermediate(),
+        ));
+    }
+    for (what, v) in sizes {
+        ensure!(
+            v.is_multiple_of(BLOCK),
+            "--experts fp8 needs {what} to be a multiple of {BLOCK} (the FP8 block edge); {} has {v}",
+            cfg.name
+        );
+    }
+    Ok(())
 }
 
 /// Routed expert `e` in FP8: as the checkpoint stores it where it is FP8, else block-quantized.
