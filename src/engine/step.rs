@@ -219,6 +219,8 @@ pub enum Stage {
     RouterScale,
     /// Tokens grouped by slot (counts, offsets, permutation).
     MoeAlign,
+    /// FP8 experts: the tokens quantized per group of 128 (and the GEMM's tile offsets).
+    Fp8Quant,
     /// Grouped expert GEMM, gate and up projections.
     ExpertGemmUp,
     SiluMul,
@@ -248,6 +250,7 @@ impl Stage {
         Stage::RouterRenormalize,
         Stage::RouterScale,
         Stage::MoeAlign,
+        Stage::Fp8Quant,
         Stage::ExpertGemmUp,
         Stage::SiluMul,
         Stage::ExpertGemmDown,
@@ -272,6 +275,7 @@ impl Stage {
             Stage::RouterRenormalize => "router_renormalize",
             Stage::RouterScale => "router_scale",
             Stage::MoeAlign => "moe_align",
+            Stage::Fp8Quant => "fp8_quant",
             Stage::ExpertGemmUp => "expert_gemm_up",
             Stage::SiluMul => "silu_mul",
             Stage::ExpertGemmDown => "expert_gemm_down",

@@ -8,6 +8,7 @@ use super::super::reference::{self, DeviceReference};
 use super::super::router::RouterShape;
 use super::device::{bf16_value, DeviceLayer, DeviceWeights};
 use super::finite::Values;
+use super::fp8::{Fp8Buffers, Fp8Layer, Fp8Stage};
 use super::readback::{self, PathOutputs};
 use super::stages::{PathLaunch, Plan};
 use super::workspace::Workspace;
@@ -44,6 +45,9 @@ pub struct CudaBackend {
     user: Option<UserKernel>,
     /// This step's shared gates on the host (path C appends shared slots with them).
     step_gates: Vec<f32>,
+    /// FP8 expert weights and their buffers, made at the first step of a path that runs them.
+    fp8: Option<Fp8Layer>,
+    fp8_bufs: Option<Fp8Buffers>,
 }
 
 /// The clean (uninstrumented) timing of each path runs on every CLEAN_EVERY-th step only, so a
@@ -67,6 +71,8 @@ impl CudaBackend {
             ep_ws: None,
             user: None,
             step_gates: Vec::new(),
+            fp8: None,
+            fp8_bufs: None,
             poison: false,
             device_numerics: false,
             keep_logits: false,
@@ -157,6 +163,40 @@ impl CudaBackend {
         Ok((self, conv))
     }
 
+    /// The FP8 weights the paths need (made or widened where they are not there yet) and the
+    /// FP8 stage's buffers for `t` tokens of `spt` slots. Nothing where no path runs FP8.
+    fn ensure_fp8(&mut self, paths: &[PathSpec], t: usize, spt: usize) -> Result<()> {
+        let routed = paths.iter().any(|p| p.experts.is_fp8());
+        let shared =
+            paths.iter().any(|p| p.shared_experts.is_fp8()) && self.cfg.n_shared_experts > 0;
+        if !routed && !shared {
+            return Ok(());
+        }
+        if !self.fp8.as_ref().is_some_and(|w| w.covers(routed, shared)) {
+            let (r, s) = match &self.fp8 {
+                Some(w) => (routed || w.routed.is_some(), shared || w.shared.is_some()),
+                None => (routed, shared),
+            };
+            (self.fp8, self.fp8_bufs) = (None, None); // free first
+            let w = Fp8Layer::new(&self.gpu, &self.layer, self.weights.source.as_ref(), r, s)?;
+            self.fp8 = Some(w);
+        }
+        let w = self.fp8.as_ref().context("FP8 weights missing")?;
+        if !self.fp8_bufs.as_ref().is_some_and(|b| b.fits(w, t, spt)) {
+            self.fp8_bufs = None;
+            self.fp8_bufs = Some(Fp8Buffers::new(&self.gpu, &self.cfg, w, t, spt)?);
+        }
+        Ok(())
+    }
+
+    /// The FP8 stage's weights and buffers, where they are made.
+    fn fp8_stage(&self) -> Option<Fp8Stage<'_>> {
+        match (&self.fp8, &self.fp8_bufs) {
+            (Some(layer), Some(bufs)) => Some(Fp8Stage { layer, bufs }),
+            _ => None,
+        }
+    }
+
     /// Launches one path's kernels for `t` tokens.
     fn launch_path(&self, plan: &Plan, t: usize, routed: bool, timer: &mut Timer) -> Result<()> {
         PathLaunch {
@@ -169,6 +209,7 @@ impl CudaBackend {
             routed,
             user: self.user.as_ref(),
             gates: &self.step_gates,
+            fp8: self.fp8_stage(),
         }
         .run(timer)
     }
@@ -284,7 +325,7 @@ impl CudaBackend {
         self.count_path(row, plan, t, routed)?;
         let out: PathOutputs =
             readback::path_outputs(&gpu, self.ws()?, h, t, spt, &input.sample_tokens)?;
-        readback::fill_weight_bytes(&self.cfg, &out.slot_ids, &mut timings);
+        readback::fill_weight_bytes(&self.cfg, &out.slot_ids, plan.experts, &mut timings);
         Ok(PathRun {
             slots_per_token: spt,
             slot_ids: out.slot_ids,
@@ -395,6 +436,15 @@ impl Backend for CudaBackend {
     fn rank_gemm_time(&mut self, slots: &[(u32, u32)]) -> Result<Option<GemmTime>> {
         self.time_rank_gemm(slots).map(Some)
     }
+
+    /// Exactly the FP8 weights the kernels multiply, copied back from the device.
+    fn reference_slot_fp8(
+        &self,
+        slot: usize,
+    ) -> Result<Arc<crate::engine::weights::ExpertWeights>> {
+        let w = self.fp8.as_ref().context("no path runs FP8 experts")?;
+        Ok(Arc::new(w.slot_from_device(&self.gpu, &self.cfg, slot)?))
+    }
 }
 
 impl CudaBackend {
@@ -422,6 +472,7 @@ impl CudaBackend {
         let gpu = self.gpu.clone();
         let rows = 1 + plans.len();
         self.ensure_workspace(t, spt, k)?.finite.reset(&gpu, rows)?;
+        self.ensure_fp8(paths, t, spt)?;
         let gates = self.prepare_inputs(input)?;
         self.step_gates = gates.clone();
         self.count_inputs(t)?;
@@ -511,6 +562,8 @@ impl CudaBackend {
             out_scale: 1.0,
             separate: false,
             separate_weight: 0.0,
+            experts: crate::engine::paths::ExpertFormat::Bf16,
+            shared_experts: crate::engine::paths::ExpertFormat::Bf16,
         };
         let gpu = self.gpu.clone();
         if !self.ep_ws.as_ref().is_some_and(|w| w.fits(a, 1, 1)) {
@@ -541,6 +594,7 @@ impl CudaBackend {
             routed: true,
             user: None,
             gates: &[],
+            fp8: None,
         };
         let mut times = Vec::with_capacity(RANK_GEMM_RUNS);
         for _ in 0..RANK_GEMM_RUNS {

@@ -11,10 +11,11 @@ use super::super::kernels::{
 use super::super::router::{self, RouterIo, RouterShape};
 use super::super::user_kernel::{self, UserKernel};
 use super::device::DeviceLayer;
+use super::fp8::{self, Fp8Stage};
 use super::gemm::{self, Groups, Weights};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
-use crate::engine::paths::{PathSpec, RouterImpl, SharedMode};
+use crate::engine::paths::{ExpertFormat, PathSpec, RouterImpl, SharedMode};
 use crate::engine::step::Stage;
 use anyhow::{bail, ensure, Result};
 
@@ -27,6 +28,9 @@ pub struct Plan {
     /// The shared experts run as a separate dense MLP (not as slots).
     pub separate: bool,
     pub separate_weight: f64,
+    /// The routed experts' and the shared experts' formats.
+    pub experts: ExpertFormat,
+    pub shared_experts: ExpertFormat,
 }
 
 impl Plan {
@@ -45,6 +49,12 @@ impl Plan {
                 cfg.moe_intermediate_size
             );
         }
+        ensure!(
+            spec.shared != SharedMode::FusedSlot || s == 0 || spec.experts == spec.shared_experts,
+            "a fused shared slot runs in its routed experts' format ({}), not {}",
+            spec.experts,
+            spec.shared_experts
+        );
         let shape = RouterShape::new(
             cfg,
             k,
@@ -60,6 +70,8 @@ impl Plan {
                 && contract.separate_shared_weight != 0.0
                 && has_shared,
             separate_weight: contract.separate_shared_weight,
+            experts: spec.experts,
+            shared_experts: spec.shared_experts,
         })
     }
 }
@@ -78,6 +90,8 @@ pub struct PathLaunch<'a> {
     pub user: Option<&'a UserKernel>,
     /// The step's shared gate on the host, for a user kernel's shared slots.
     pub gates: &'a [f32],
+    /// The FP8 weights and buffers, where some path runs FP8 experts.
+    pub fp8: Option<Fp8Stage<'a>>,
 }
 
 impl PathLaunch<'_> {
@@ -100,6 +114,13 @@ impl PathLaunch<'_> {
     pub fn experts_only(&self, timer: &mut Timer) -> Result<()> {
         self.align(timer)?;
         self.experts(timer)
+    }
+
+    /// The FP8 weights and buffers (made before a path that runs FP8 experts).
+    fn fp8_stage(&self) -> Result<Fp8Stage<'_>> {
+        self.fp8.ok_or_else(|| {
+            anyhow::anyhow!("a path runs FP8 experts, but no FP8 weights are on the device")
+        })
     }
 
     /// Assignments of the step: tokens × slots per token.
@@ -231,6 +252,12 @@ impl PathLaunch<'_> {
     /// The grouped expert MLP over every slot: up GEMM, SiLU·mul, down GEMM. The GEMMs' bytes
     /// are filled in once the step's active slots are known (`readback::fill_weight_bytes`).
     fn experts(&self, timer: &mut Timer) -> Result<()> {
+        if self.plan.experts == ExpertFormat::Fp8 {
+            let f = self.fp8_stage()?;
+            let fused = self.plan.shape.spt() > self.plan.shape.k;
+            let spt = self.plan.shape.spt();
+            return fp8::experts(self.gpu, f.layer, f.bufs, self.ws, spt, fused, timer);
+        }
         let (gpu, ws, l, cfg) = (self.gpu, self.ws, self.layer, self.cfg);
         let (e, h, i) = (
             cfg.n_routed_experts,
@@ -281,6 +308,10 @@ impl PathLaunch<'_> {
 
     /// The shared experts as one dense MLP over all tokens, S groups of T rows.
     fn shared_mlp(&self, timer: &mut Timer) -> Result<()> {
+        if self.plan.shared_experts == ExpertFormat::Fp8 {
+            let f = self.fp8_stage()?;
+            return fp8::shared_mlp(self.gpu, f.layer, f.bufs, self.ws, self.cfg, timer);
+        }
         let (gpu, ws, l, cfg, t) = (self.gpu, self.ws, self.layer, self.cfg, self.t);
         let (h, s, is) = (
             cfg.hidden_size,
