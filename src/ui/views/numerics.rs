@@ -85,6 +85,7 @@ fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
     ]
     .into_iter()
     .chain(tie_lines(r, &label))
+    .chain(format_lines(r, n, &label))
     .chain([Line::from(vec![
         label("compared vs f64 ref"),
         Span::raw(format!("{:>10} of {} tokens", c.sampled_tokens, r.tokens)),
@@ -121,6 +122,58 @@ fn tie_lines(r: &StepRecord, label: &dyn Fn(&str) -> Span<'static>) -> Vec<Line<
         )));
     }
     vec![Line::from(ties), Line::from(worst)]
+}
+
+/// Where some path runs FP8 experts: each path's format, its error against the FP8 math in f64
+/// (the kernels') and against the bf16 path (the format's), and how many tokens were compared.
+fn format_lines(
+    r: &StepRecord,
+    n: usize,
+    label: &dyn Fn(&str) -> Span<'static>,
+) -> Vec<Line<'static>> {
+    let f = &r.comparison.expert_formats;
+    if f.is_empty() {
+        return Vec::new();
+    }
+    let cell = |s: String| Span::raw(format!("{s:>10}"));
+    let row = |name: &str, get: &dyn Fn(usize) -> String| {
+        let mut l = vec![label(name)];
+        l.extend((0..n).map(|i| cell(get(i))));
+        Line::from(l)
+    };
+    let errors = |i: usize| f.get(i).and_then(|e| e.as_ref());
+    let dash = || "—".to_string();
+    let mut lines = vec![
+        row("expert format", &|i| {
+            r.paths.get(i).map_or_else(dash, |p| {
+                let (a, b) = (p.spec.experts, p.spec.shared_experts);
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}·{b}")
+                }
+            })
+        }),
+        row("fp8 vs fp8 math (t)", &|i| {
+            errors(i).map_or_else(dash, |e| {
+                let at = e.dequant.rel_l2.worst.first();
+                let at = at.map(|t| format!("({t})")).unwrap_or_default();
+                format!("{}{at}", fmt_small(e.dequant_rel_l2))
+            })
+        }),
+        row("fp8 vs bf16 path", &|i| {
+            errors(i)
+                .and_then(|e| e.bf16_rel_l2)
+                .map_or_else(dash, fmt_small)
+        }),
+    ];
+    if let Some(e) = f.iter().flatten().find(|e| !e.on_device) {
+        lines.push(Line::from(vec![
+            label("fp8 compared on host"),
+            Span::raw(format!("{:>10} of {} tokens", e.tokens, r.tokens)),
+        ]));
+    }
+    lines
 }
 
 fn slot_name(id: u32, e: usize) -> String {
@@ -341,7 +394,14 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         );
         return;
     }
-    let [top, bottom] = Layout::vertical([Constraint::Length(12), Constraint::Min(6)]).areas(area);
+    // FP8 paths add their rows to the step's figures: the box then grows to hold them all.
+    let top_h = if r.comparison.expert_formats.is_empty() {
+        12
+    } else {
+        (now_lines(r, 48).len() as u16 + 2).clamp(12, area.height.saturating_sub(6))
+    };
+    let [top, bottom] =
+        Layout::vertical([Constraint::Length(top_h), Constraint::Min(6)]).areas(area);
     let [now, hist] = Layout::horizontal([Constraint::Length(50), Constraint::Min(20)]).areas(top);
     f.render_widget(
         Paragraph::new(now_lines(r, now.width.saturating_sub(2) as usize))
