@@ -622,6 +622,97 @@ pub fn run_slots(
     timer.stop(gpu, Stage::ExpertGemmDown, None)
 }
 
+// --- for benchmarks: data that only has to be there, and a dense rate of the same kernel ---
+
+/// `n` random bytes (bf16 uniform bit patterns read as e4m3 codes): timing needs non-zero
+/// data, not meaningful values.
+pub fn random_bytes(gpu: &Gpu, n: usize, tensor: u64) -> Result<CudaSlice<u8>> {
+    let buf = gpu.alloc::<u8>(n.next_multiple_of(2), "random bytes")?;
+    gpu.launch(super::kernels::InitUniformArgs {
+        out: gpu.ptr(&buf).cast::<u16>(),
+        n: (n / 2) as u64,
+        seed: 7,
+        tensor,
+        amp: 1.0,
+    })?;
+    Ok(buf)
+}
+
+/// `count` random matrices [rows × cols] with unit scales.
+pub fn random_stack(
+    gpu: &Gpu,
+    count: usize,
+    rows: usize,
+    cols: usize,
+    tensor: u64,
+) -> Result<DeviceStack> {
+    let scales = gpu.alloc::<f32>(count * (rows / BLOCK) * (cols / BLOCK), "scales")?;
+    gpu.fill(gpu.ptr(&scales), scales.len(), 1f32.to_bits())?;
+    Ok(DeviceStack {
+        data: random_bytes(gpu, count * rows * cols, tensor)?,
+        scales,
+        count,
+        rows,
+        cols,
+    })
+}
+
+impl Fp8Gemm {
+    /// A one-group GEMM over `w` with nothing else set (the fields a launch fills in).
+    pub fn blank(gpu: &Gpu, w: &DeviceStack) -> Fp8Gemm {
+        Fp8Gemm {
+            a: DevPtr::NULL,
+            a_scales: DevPtr::NULL,
+            a_mode: GemmRows::Direct,
+            a_map: DevPtr::NULL,
+            a_div: 1,
+            b0: DevPtr::NULL,
+            b1: DevPtr::NULL,
+            bs0: DevPtr::NULL,
+            bs1: DevPtr::NULL,
+            n_first: 0,
+            b_stride: 0,
+            bs_stride: 0,
+            c: DevPtr::NULL,
+            offsets: DevPtr::NULL,
+            tiles: DevPtr::NULL,
+            groups: 1,
+            n: w.rows,
+            k: w.cols,
+            rows: 0,
+            tile: Tile::M64,
+            k_splits: 1,
+            c_split: 0,
+        }
+        .weights(gpu, w)
+    }
+}
+
+/// TFLOP/s of one dense GEMM [8192 × 7168] · [4096 × 7168]ᵀ with this kernel (the median of
+/// `repeats` event-timed runs): the dense FP8 rate grouped GEMMs are measured against.
+pub fn dense_tflops(gpu: &Gpu, ready: &Fp8Ready, repeats: usize) -> Result<f64> {
+    let (m, n, k) = (8192usize, 4096usize, 7168usize);
+    let w = random_stack(gpu, 1, n, k, 3)?;
+    let a = random_bytes(gpu, m * k, 4)?;
+    let sa = gpu.alloc::<f32>(m * k / BLOCK, "A scales")?;
+    gpu.fill(gpu.ptr(&sa), sa.len(), 1f32.to_bits())?;
+    let c = gpu.alloc::<f32>(m * n, "C")?;
+    let off = gpu.upload(&[0i32, m as i32], "offsets")?;
+    let tiles = gpu.alloc::<i32>(2, "tiles")?;
+    tile_scan(gpu, gpu.ptr(&off), 1, Tile::M64, gpu.ptr(&tiles))?;
+    let g = Fp8Gemm {
+        a: gpu.ptr(&a),
+        a_scales: gpu.ptr(&sa),
+        c: gpu.ptr(&c),
+        offsets: gpu.ptr(&off),
+        tiles: gpu.ptr(&tiles),
+        rows: m,
+        ..Fp8Gemm::blank(gpu, &w)
+    };
+    let us = super::timing::median_us(gpu, repeats, || gemm(gpu, ready, &g))?;
+    Ok(2.0 * (m * n * k) as f64 / us / 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
