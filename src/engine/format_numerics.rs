@@ -13,6 +13,7 @@ use super::weights::fp8::TokenGroups;
 use super::weights::{round_bf16, ExpertWeights};
 use super::{Backend, BackendStep, PathRun, StepInput};
 use anyhow::{ensure, Result};
+use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -168,7 +169,10 @@ pub fn mlp_as(w: &ExpertWeights, x: &[f64], format: ExpertFormat) -> Vec<f64> {
     let (h, i) = (w.hidden, w.intermediate);
     let dot =
         |row: &[f32], v: &[f64]| -> f64 { row.iter().zip(v).map(|(a, b)| f64::from(*a) * b).sum() };
+    // Rows in parallel, as `compare::mlp_f64`: a full-size expert per sampled token.
     let act: Vec<f32> = (0..i)
+        .into_par_iter()
+        .with_min_len(64)
         .map(|r| {
             let g = dot(&w.gate[r * h..(r + 1) * h], &xq) as f32;
             let u = dot(&w.up[r * h..(r + 1) * h], &xq) as f32;
@@ -177,6 +181,8 @@ pub fn mlp_as(w: &ExpertWeights, x: &[f64], format: ExpertFormat) -> Vec<f64> {
         .collect();
     let aq = quant(act);
     (0..h)
+        .into_par_iter()
+        .with_min_len(64)
         .map(|r| dot(&w.down[r * i..(r + 1) * i], &aq))
         .collect()
 }

@@ -106,12 +106,19 @@ impl BlockScaled {
     /// q · s per element, in f32 (exact where the product fits f32, as for every DeepSeek-V3
     /// scale and code).
     pub fn dequantize(&self) -> Vec<f32> {
-        (0..self.rows * self.cols)
-            .map(|k| {
-                let (r, c) = (k / self.cols, k % self.cols);
-                e4m3_to_f32(self.data[k]) * self.scale(r, c)
-            })
-            .collect()
+        // Rows in parallel: a full-size expert is tens of millions of values, and the FP8
+        // paths' host reference dequantizes several a step.
+        use rayon::prelude::*;
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols.max(1))
+            .zip(self.data.par_chunks(self.cols.max(1)))
+            .enumerate()
+            .for_each(|(r, (o, q))| {
+                for (c, (o, &q)) in o.iter_mut().zip(q).enumerate() {
+                    *o = e4m3_to_f32(q) * self.scale(r, c);
+                }
+            });
+        out
     }
 }
 
