@@ -592,14 +592,10 @@ pub fn assemble_given(
     backend_kind: BackendKind,
     given: Option<&Routing>,
 ) -> Result<StepRecord> {
-    let mut numerics = match &out.numerics {
+    let numerics = match &out.numerics {
         Some(n) if given.is_none() => n.clone(),
         _ => host_numerics(cfg, backend, input, paths, out, given)?,
     };
-    if numerics.comparison.expert_formats.is_empty() {
-        numerics.comparison.expert_formats =
-            super::format_numerics::expert_formats(backend, input, paths, out)?;
-    }
     ensure!(
         numerics.paths.len() == paths.len() && out.paths.len() == paths.len(),
         "numerics of {} paths and {} runs, expected {}",

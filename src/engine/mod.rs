@@ -418,6 +418,11 @@ impl Engine {
             info.kind,
             given.as_ref().map(|b| b.to_routing()).as_ref(),
         )?;
+        // FP8 paths' errors (against the FP8 math and bf16), where the backend left them out.
+        if record.comparison.expert_formats.is_empty() {
+            record.comparison.expert_formats =
+                format_numerics::expert_formats(self.backend.as_ref(), &input, &self.paths, &out)?;
+        }
         if let Some(tracker) = &mut self.ep {
             let backend = &mut self.backend;
             record.ep = Some(tracker.step(&routing.ids, routing.k, &mut |slots| {

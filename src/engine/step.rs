@@ -1,5 +1,7 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
 //! session writer stores and the exporters read, so it is plain serde data.
+//!
+//! Longer than most files: every type a StepRecord holds is here, so its shape reads in one place.
 
 use super::finite::{FiniteCheck, FiniteStage, Verdict};
 use super::paths::{PathId, PathSpec};

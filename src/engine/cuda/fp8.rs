@@ -3,6 +3,10 @@
 //!
 //! A GEMM needs an [`Fp8Ready`], which raising the kernels' shared-memory limit returns: the
 //! type keeps a launch from running before the limit is set.
+//!
+//! Longer than most files: every launch of kernels/fp8.cu has its wrapper here, beside the weight
+//! stacks and buffers they take, and the benchmark helpers (dense rate, timing data) that the
+//! bench command and `benches/fp8_gemm.rs` share.
 
 use super::gpu::{Gpu, Timer};
 use super::kernels::{

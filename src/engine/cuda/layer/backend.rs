@@ -1,6 +1,9 @@
 //! `CudaBackend`: the engine's `Backend` on the device. Per step: the workspace, the inputs
 //! (hidden states, shared gates), then per path an instrumented run (per-stage events), the
 //! readback, and a clean run under one event pair.
+//!
+//! Longer than most files: the step's sequence (inputs, FP8 weights where a path runs them, the
+//! paths, the device reference, the counters) reads in one place, as the CPU backend's does.
 
 use super::super::gpu::{cuda_err, Gpu, Timer};
 use super::super::kernels::{DevPtr, InitHiddenArgs, SharedGateArgs, ToBf16Args};
