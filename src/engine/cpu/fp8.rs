@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 /// The FP8 weights of the layer, dequantized (what the FP8 GEMMs multiply).
 pub struct Fp8Weights {
+    /// E: slots below it are routed experts.
+    pub n_routed: usize,
     pub experts: Vec<Arc<ExpertWeights>>,
     pub shared_slots: Vec<Arc<ExpertWeights>>,
     /// The shared slots as one dense MLP (the separate path); quantizing each slot is
@@ -29,8 +31,12 @@ impl Fp8Weights {
         experts: &[Arc<ExpertWeights>],
         shared: &[Arc<ExpertWeights>],
     ) -> Result<Fp8Weights> {
+        // Only what fits the blocks is made: a path needing the rest was refused (`check_path`).
         let cfg = source.config();
-        check_sizes(cfg, true, true)?;
+        check_sizes(cfg, false, false)?;
+        let fits = |routed: bool| check_sizes(cfg, routed, !routed).is_ok();
+        let experts = if fits(true) { experts } else { &[] };
+        let shared = if fits(false) { shared } else { &[] };
         let experts = experts
             .par_iter()
             .enumerate()
@@ -57,6 +63,7 @@ impl Fp8Weights {
             .context("FP8 shared experts")?;
         let shared_dense = concat_mlps(&shared_slots);
         Ok(Fp8Weights {
+            n_routed: cfg.n_routed_experts,
             experts,
             shared_slots,
             shared_dense,
@@ -65,7 +72,7 @@ impl Fp8Weights {
 
     /// Slot `slot`'s dequantized MLP (routed below E, then shared slots).
     pub fn slot(&self, slot: usize) -> &Arc<ExpertWeights> {
-        let e = self.experts.len();
+        let e = self.n_routed;
         if slot < e {
             &self.experts[slot]
         } else {
