@@ -208,19 +208,77 @@ extern "C" __global__ void ref_fill(const RefFillArgs a) {
     }
 }
 
+// bf16 and e4m3 codes to f64 in 4 integer operations: the code's bits are placed in the f64
+// exponent and mantissa fields without rebiasing, which is exact (subnormal codes become f64
+// subnormals) and yields value · 2^-896 (bf16) or value · 2^-1016 (e4m3). The GEMM multiplies
+// the scale back in once per output (ldexp by a power of two: exact). A full conversion costs ~14
+// operations per value and bounded the GEMM by the integer pipe. e4m3 codes are brought to the
+// bf16 codes' 2^-896 by 2^120 in the A operand. Infinities and NaNs come out
+// finite; the Weights stage of the finite checks has already made such a step's verdict invalid.
+__device__ __forceinline__ double ref_hi_word(u32 hi) { return __hiloint2double((int)hi, 0); }
+// bf16 in the low (j = 0) or high (j = 1) half of w.
+__device__ __forceinline__ double ref_bf16_scaled(u32 w, int j) {
+    return j == 0 ? ref_hi_word(((w << 13) & 0x0fffe000u) | ((w << 16) & 0x80000000u))
+                  : ref_hi_word(((w >> 3) & 0x0fffe000u) | (w & 0x80000000u));
+}
+// e4m3 byte j of w.
+__device__ __forceinline__ double ref_e4m3_scaled(u32 w, int j) {
+    const u32 c = w >> (8 * j);
+    return ref_hi_word(((c << 17) & 0x00fe0000u) | ((c << 24) & 0x80000000u));
+}
+// D (16×8) += A (16×16) · B (16×8) on the FP64 tensor cores (sm_90's full-rate shape; m8n8k4
+// runs at half the rate). With g = lane/4 and t = lane%4: a[i] is A[g + 8(i&1)][t + 4(i>>1)],
+// b[j] is B[t + 4j][g], d[i] is D[g + 8(i>>1)][2t + (i&1)].
+__device__ __forceinline__ void ref_dmma(double (&d)[4], const double (&a)[8], const double (&b)[4]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f64.f64.f64.f64 {%0,%1,%2,%3}, "
+        "{%4,%5,%6,%7,%8,%9,%10,%11}, {%12,%13,%14,%15}, {%0,%1,%2,%3};"
+        : "+d"(d[0]), "+d"(d[1]), "+d"(d[2]), "+d"(d[3])
+        : "d"(a[0]), "d"(a[1]), "d"(a[2]), "d"(a[3]), "d"(a[4]), "d"(a[5]), "d"(a[6]), "d"(a[7]),
+          "d"(b[0]), "d"(b[1]), "d"(b[2]), "d"(b[3]));
+}
+
 // Grouped GEMM in f64: out[p, n] = Σ_k A[p, k] · B_slot[n, k] for the positions p of each slot.
-// A is the bf16 hidden state of the row's token (mode 0) or an f64 row by position (mode 1).
-// Tiles of REF_BM positions × REF_BN columns, REF_BK deep; each thread 4 rows × 4 columns (32
-// apart: conflict-free shared loads, coalesced stores), and a warp whose rows are all past the
-// slot's end skips the arithmetic (small slots are the rule at small T). Each k is accumulated in
-// order with FMA: deterministic.
+// A is the bf16 hidden state of the row's token (mode 0) or an f64 row by position (mode 1). B is
+// bf16, or e4m3 with one f32 scale per 128×128 block (DeepSeek-V3's format), decoded exactly.
+// Computed transposed, out^T = B · A^T: the MMA's 16 rows are weight rows (always plenty) and its
+// 8 columns are positions, because a slot holds about 8 positions at T = 256. A block is REF_BM
+// positions × REF_BN weight rows; each of its 4 warps owns 32 weight rows (inside one 128-row
+// scale block) and every 8-position fragment of the tile that holds a position. No shared
+// memory: a lane reads 8 consecutive k of its two weight rows and of its position, and the k
+// order inside an MMA is a permutation both operands share. Products are exact; the sums are f64
+// in a fixed order: deterministic.
 #define REF_BM 32
 #define REF_BN 128
-#define REF_BK 16
-extern "C" __global__ void __launch_bounds__(256) ref_gemm(const RefGemmArgs a) {
-    __shared__ double As[REF_BK][REF_BM];
-    __shared__ double Bs[REF_BK][REF_BN + 2];
-    const int tid = threadIdx.x, tx = tid & 31, ty = tid >> 5;
+#define REF_WF 2  // 16-row weight fragments per warp
+#define REF_MF 4  // 8-position fragments per tile
+#define REF_KC 32 // k per chunk: 4 lanes × 8
+struct RefBRaw {
+    uint4 v;  // 8 bf16, or 8 e4m3 in .x/.y
+};
+__device__ __forceinline__ RefBRaw ref_load_b(const void* base, bool fp8, bool in, u64 off) {
+    RefBRaw r;
+    r.v = make_uint4(0u, 0u, 0u, 0u);
+    if (in) {
+        if (fp8) {
+            uint2 q = *(const uint2*)((const unsigned char*)base + off);
+            r.v.x = q.x;
+            r.v.y = q.y;
+        } else {
+            r.v = *(const uint4*)((const bf16_t*)base + off);
+        }
+    }
+    return r;
+}
+// B value j of 8 (bf16 or e4m3 code), scaled as above.
+__device__ __forceinline__ double ref_b_value(const RefBRaw& r, bool fp8, int j) {
+    if (fp8) return ref_e4m3_scaled(j < 4 ? r.v.x : r.v.y, j & 3);
+    return ref_bf16_scaled(j < 2 ? r.v.x : j < 4 ? r.v.y : j < 6 ? r.v.z : r.v.w, j & 1);
+}
+
+extern "C" __global__ void __launch_bounds__(128, 3) ref_gemm(const RefGemmArgs a) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
     const int bx = blockIdx.x;
     if (bx >= a.tiles[a.slots]) return;
     int lo = 0, hi = a.slots - 1;  // the slot whose tiles hold bx
@@ -235,71 +293,127 @@ extern "C" __global__ void __launch_bounds__(256) ref_gemm(const RefGemmArgs a) 
     const bool routed = s < a.e;
     const int N = routed ? a.n_routed : a.n_shared;
     const int K = routed ? a.k_routed : a.k_shared;
-    const int n0 = blockIdx.y * REF_BN;
-    if (n0 >= N || rows <= 0) return;
-    const bf16_t* B = routed ? a.b_routed + (u64)s * N * K : a.b_shared + (u64)(s - a.e) * N * K;
+    const int n0 = blockIdx.y * REF_BN + warp * (REF_WF * 16);
+    if (n0 >= N || rows <= 0) return;  // no block-wide synchronisation below
+    const int slot = routed ? s : s - a.e;
+    const bool fp8 = routed ? a.fp8_routed != 0 : a.fp8_shared != 0;
+    const void* B = fp8 ? (const void*)((routed ? a.bq_routed : a.bq_shared) + (u64)slot * N * K)
+                        : (const void*)((routed ? a.b_routed : a.b_shared) + (u64)slot * N * K);
+    const int kblocks = (K + 127) / 128;
+    const float* scales = fp8 ? (routed ? a.bs_routed : a.bs_shared) +
+                                    (u64)slot * ((N + 127) / 128) * kblocks + (u64)(n0 / 128) * kblocks
+                              : nullptr;
+    const int mfa = min(REF_MF, (rows + 7) >> 3);
 
-    double acc[4][4];
+    // This lane's position in each fragment (position g of it); null past the slot's end.
+    const bf16_t* ax[REF_MF];
+    const double* af[REF_MF];
 #pragma unroll
-    for (int i = 0; i < 4; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) acc[i][j] = 0.0;
-    const bool active = ty * 4 < rows;
-
-    for (int k0 = 0; k0 < K; k0 += REF_BK) {
-        for (int q = tid; q < REF_BM * REF_BK; q += 256) {
-            int m = q / REF_BK, kk = q % REF_BK;
-            double v = 0.0;
-            if (m < rows) {
-                int p = row0 + m;
-                if (a.mode == 0) {
-                    u64 r = (u64)a.row_of[p];
-                    u64 tok = a.tok[r / a.kps];
-                    v = (double)bf16_to_f32(a.x[tok * a.lda + k0 + kk]);
-                } else {
-                    v = a.act[(u64)p * a.lda + k0 + kk];
-                }
-            }
-            As[kk][m] = v;
+    for (int m = 0; m < REF_MF; m++) {
+        ax[m] = nullptr;
+        af[m] = nullptr;
+        const int r = m * 8 + g;
+        if (r < rows) {
+            const int p = row0 + r;
+            if (a.mode == 0) ax[m] = a.x + (u64)a.tok[(u64)a.row_of[p] / a.kps] * a.lda;
+            else af[m] = a.act + (u64)p * a.lda;
         }
-        {
-            // 8 consecutive bf16 (16 bytes) per thread: 128 columns × 16 deep.
-            int n = tid >> 1, kk0 = (tid & 1) * 8;
-            uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-            if (n0 + n < N) raw = *(const uint4*)(B + (u64)(n0 + n) * K + k0 + kk0);
-            u32 words[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                Bs[kk0 + 2 * q][n] = (double)bf16_to_f32((bf16_t)(words[q] & 0xffffu));
-                Bs[kk0 + 2 * q + 1][n] = (double)bf16_to_f32((bf16_t)(words[q] >> 16));
-            }
-        }
-        __syncthreads();
-        if (active) {
-#pragma unroll
-            for (int kk = 0; kk < REF_BK; kk++) {
-                double av[4], bv[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) av[i] = As[kk][ty * 4 + i];
-#pragma unroll
-                for (int j = 0; j < 4; j++) bv[j] = Bs[kk][tx + 32 * j];
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-            }
-        }
-        __syncthreads();
     }
-    if (!active) return;
+    double acc[REF_WF][REF_MF][4];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        int m = ty * 4 + i;
-        if (m >= rows) continue;
+    for (int f = 0; f < REF_WF; f++)
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            int n = n0 + tx + 32 * j;
-            if (n < N) a.out[(u64)(row0 + m) * a.ldo + n] = acc[i][j];
+        for (int m = 0; m < REF_MF; m++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[f][m][i] = 0.0;
+
+    // Weight rows g and g + 8 of each fragment; the chunk ahead loads while this one multiplies.
+    RefBRaw next[REF_WF][2];
+#pragma unroll
+    for (int f = 0; f < REF_WF; f++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int n = n0 + 16 * f + 8 * h + g;
+            next[f][h] = ref_load_b(B, fp8, n < N && 8 * t < K, (u64)n * K + 8 * t);
+        }
+    for (int k0 = 0; k0 < K; k0 += REF_KC) {
+        const int kl = k0 + 8 * t;  // this lane's 8 consecutive k
+        const bool kin = kl < K;
+        RefBRaw cur[REF_WF][2];
+#pragma unroll
+        for (int f = 0; f < REF_WF; f++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                cur[f][h] = next[f][h];
+                const int n = n0 + 16 * f + 8 * h + g;
+                next[f][h] =
+                    ref_load_b(B, fp8, n < N && kl + REF_KC < K, (u64)n * K + kl + REF_KC);
+            }
+        // One scale per (128-row, 128-k) block: the warp's 32 rows and the chunk share it, so it
+        // multiplies the positions' values instead of every weight, with the difference of the
+        // two codes' shifts (2^120: far from overflow; the products stay normal).
+        const double scale = fp8 ? (double)scales[k0 / 128] * 0x1p120 : 1.0;
+        uint4 xr[REF_MF];
+        if (a.mode == 0) {
+#pragma unroll
+            for (int m = 0; m < REF_MF; m++) {
+                xr[m] = make_uint4(0u, 0u, 0u, 0u);
+                if (m < mfa && ax[m] != nullptr && kin) xr[m] = *(const uint4*)(ax[m] + kl);
+            }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {  // k = kl + 4·half + j, j < 4: one MMA step
+            double wv[REF_WF][8];
+#pragma unroll
+            for (int f = 0; f < REF_WF; f++)
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    wv[f][i] = ref_b_value(cur[f][i & 1], fp8, 4 * half + (i >> 1));
+#pragma unroll
+            for (int m = 0; m < REF_MF; m++) {
+                if (m >= mfa) continue;
+                double xv[4];
+                if (a.mode == 0) {
+                    // Back to the value (times the scale where FP8): exact products.
+                    const u32 w0 = half ? xr[m].z : xr[m].x, w1 = half ? xr[m].w : xr[m].y;
+                    xv[0] = ref_bf16_scaled(w0, 0) * 0x1p896;
+                    xv[1] = ref_bf16_scaled(w0, 1) * 0x1p896;
+                    xv[2] = ref_bf16_scaled(w1, 0) * 0x1p896;
+                    xv[3] = ref_bf16_scaled(w1, 1) * 0x1p896;
+                    if (fp8) {
+#pragma unroll
+                        for (int q = 0; q < 4; q++) xv[q] *= scale;
+                    }
+                } else {
+                    double2 p0 = make_double2(0.0, 0.0), p1 = p0;
+                    if (af[m] != nullptr && kin) {
+                        p0 = *(const double2*)(af[m] + kl + 4 * half);
+                        p1 = *(const double2*)(af[m] + kl + 4 * half + 2);
+                    }
+                    xv[0] = p0.x * scale;
+                    xv[1] = p0.y * scale;
+                    xv[2] = p1.x * scale;
+                    xv[3] = p1.y * scale;
+                }
+#pragma unroll
+                for (int f = 0; f < REF_WF; f++) ref_dmma(acc[f][m], wv[f], xv);
+            }
+        }
+    }
+    const double up = 0x1p896;  // the weights' codes were value · 2^-896
+#pragma unroll
+    for (int m = 0; m < REF_MF; m++) {
+        if (m >= mfa) continue;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = m * 8 + 2 * t + (i & 1);
+            if (r >= rows) continue;
+            double* o = a.out + (u64)(row0 + r) * a.ldo;
+#pragma unroll
+            for (int f = 0; f < REF_WF; f++) {
+                const int n = n0 + 16 * f + 8 * (i >> 1) + g;
+                if (n < N) o[n] = acc[f][m][i] * up;
+            }
         }
     }
 }

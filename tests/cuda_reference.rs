@@ -5,14 +5,17 @@
 
 use moescope::engine::config::MoeConfig;
 use moescope::engine::cpu::CpuBackend;
+use moescope::engine::cuda::fp8::Fp8Slots;
 use moescope::engine::cuda::gpu::Gpu;
 use moescope::engine::cuda::layer::DeviceLayer;
-use moescope::engine::cuda::reference::{DeviceReference, PathOutputs};
+use moescope::engine::cuda::reference::{DeviceReference, PathOutputs, RefWeights};
 use moescope::engine::cuda::{self, kernels::DevPtr};
 use moescope::engine::numerics::StepNumerics;
 use moescope::engine::paths::{PathSpec, Variant, VARIANTS};
+use moescope::engine::weights::fp8::{self, Fp8Mlp};
 use moescope::engine::weights::synthetic::SyntheticWeights;
 use moescope::engine::{compare, routing, Backend, BackendKind, BackendStep, StepInput};
+use std::sync::Arc;
 
 const SEED: u64 = 5;
 const SKEW: f32 = 0.5;
@@ -63,6 +66,17 @@ fn device_numerics(
     t: usize,
     out: &BackendStep,
 ) -> (StepNumerics, Vec<f64>) {
+    device_numerics_on(gpu, cfg, t, out, RefWeights::Bf16)
+}
+
+/// As `device_numerics`, the reference multiplying `weights`.
+fn device_numerics_on(
+    gpu: &Gpu,
+    cfg: &MoeConfig,
+    t: usize,
+    out: &BackendStep,
+    weights: RefWeights<'_>,
+) -> (StepNumerics, Vec<f64>) {
     let layer = DeviceLayer::new(gpu, &SyntheticWeights::new(cfg.clone(), SEED, SKEW)).unwrap();
     let x: Vec<u16> = out
         .sample_hidden
@@ -76,7 +90,7 @@ fn device_numerics(
     let spt_max = out.paths.iter().map(|p| p.slots_per_token).max().unwrap();
     let mut r = DeviceReference::new(gpu, cfg, t, out.paths.len(), spt_max).unwrap();
     assert_eq!(r.tokens().len(), t, "every token compared");
-    r.run(gpu, &layer, gpu.ptr(&d_x), gpu.ptr(&d_logits), 2)
+    r.run(gpu, &layer, gpu.ptr(&d_x), gpu.ptr(&d_logits), weights, 2)
         .unwrap();
     let mut keep = Vec::new();
     for (i, run) in out.paths.iter().enumerate() {
@@ -104,6 +118,17 @@ fn device_numerics(
 
 /// The host's f64 reference rows, token by token.
 fn host_rows(cfg: &MoeConfig, cpu: &CpuBackend, out: &BackendStep, t: usize) -> Vec<f64> {
+    host_rows_on(cfg, cpu, out, t, |s| cpu.reference_slot(s))
+}
+
+/// As `host_rows`, with the MLP of each slot from `slot`.
+fn host_rows_on(
+    cfg: &MoeConfig,
+    cpu: &CpuBackend,
+    out: &BackendStep,
+    t: usize,
+    mut slot: impl FnMut(usize) -> anyhow::Result<Arc<moescope::engine::weights::ExpertWeights>>,
+) -> Vec<f64> {
     let (e, h) = (cfg.n_routed_experts, cfg.hidden_size);
     let bias = cpu.weights().router_bias().unwrap();
     let gate_w = cpu.weights().shared_gate().unwrap();
@@ -120,9 +145,7 @@ fn host_rows(cfg: &MoeConfig, cpu: &CpuBackend, out: &BackendStep, t: usize) -> 
             .map(|&v| v as f64)
             .collect();
         let g = compare::shared_gate_f64(gate_w.as_deref(), &x);
-        rows.extend(
-            compare::reference_output(cfg, &route, &x, g, |s| cpu.reference_slot(s)).unwrap(),
-        );
+        rows.extend(compare::reference_output(cfg, &route, &x, g, &mut slot).unwrap());
     }
     rows
 }
@@ -202,7 +225,7 @@ fn device_reference_matches_the_host_reference_on_small_shapes() {
         "deepseek-v2",
     ] {
         let cfg = small(preset);
-        for t in [1, 77] {
+        for t in [1, 77, 300] {
             let what = format!("{preset} T={t}");
             let (cpu, input, paths, out) = cpu_step(&cfg, t, Variant::Correct);
             let host = compare::host_numerics(&cfg, &cpu, &input, &paths, &out, None).unwrap();
@@ -309,4 +332,55 @@ fn a_perturbed_path_shows_up_in_the_worst_tokens() {
         dev.details.iter().any(|d| d.token == bad),
         "the worst token is in the drill-down"
     );
+}
+
+fn rel_l2(a: &[f64], b: &[f64]) -> f64 {
+    let (mut d2, mut n2) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        d2 += (x - y) * (x - y);
+        n2 += y * y;
+    }
+    (d2 / n2).sqrt()
+}
+
+/// On FP8 weights the reference decodes e4m3 codes and block scales exactly: it equals the host's
+/// f64 MLP over the dequantized weights (dequantized to f32 there, hence 1e-6 and not 1e-12), and
+/// it is not the bf16 reference (the mode really switched).
+#[test]
+fn the_reference_on_fp8_weights_is_the_dequantized_math() {
+    let Some(gpu) = gpu() else { return };
+    for preset in ["deepseek-v3", "mixtral-8x7b"] {
+        let mut cfg = MoeConfig::preset(preset).unwrap();
+        cfg.hidden_size = 256;
+        cfg.moe_intermediate_size = 128;
+        cfg.shared_intermediate_size = 128 * cfg.n_shared_experts;
+        let (e, s) = (cfg.n_routed_experts, cfg.n_shared_experts);
+        let t = 150;
+        let (cpu, _, _, out) = cpu_step(&cfg, t, Variant::Correct);
+        let src = SyntheticWeights::new(cfg.clone(), SEED, SKEW);
+        let mlps: Vec<Fp8Mlp> = (0..e)
+            .map(|i| fp8::expert(&src, i).unwrap())
+            .chain((0..s).map(|j| fp8::shared_slot(&src, j).unwrap()))
+            .collect();
+        let routed = Fp8Slots::upload(&gpu, &mlps[..e], "routed").unwrap();
+        let shared = (s > 0).then(|| Fp8Slots::upload(&gpu, &mlps[e..], "shared").unwrap());
+        let weights = RefWeights::Fp8 {
+            routed: &routed,
+            shared: shared.as_ref(),
+        };
+        let (_, rows) = device_numerics_on(&gpu, &cfg, t, &out, weights);
+        let deq: Vec<_> = mlps.iter().map(|m| Arc::new(m.dequantize())).collect();
+        let want = host_rows_on(&cfg, &cpu, &out, t, |slot| Ok(deq[slot].clone()));
+        let rel = rel_l2(&rows, &want);
+        assert!(
+            rel <= 1e-6,
+            "{preset}: FP8 reference vs dequantized host, rel L2 {rel:e}"
+        );
+        let bf16 = host_rows(&cfg, &cpu, &out, t);
+        let format = rel_l2(&rows, &bf16);
+        assert!(
+            format > 1e-4,
+            "{preset}: FP8 reference equals the bf16 one ({format:e})"
+        );
+    }
 }

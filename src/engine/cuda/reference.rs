@@ -12,6 +12,7 @@
 //! evenly spread sample of as many tokens as fit, moving with the step (`sampled_tokens` says
 //! how many).
 
+use super::fp8::{DeviceStack, Fp8Slots};
 use super::gpu::Gpu;
 use super::kernels::{
     DevPtr, RefCombineArgs, RefCompareArgs, RefCopyArgs, RefCopyRowsArgs, RefCountArgs,
@@ -85,6 +86,37 @@ pub fn bytes_per_token(cfg: &MoeConfig) -> usize {
 /// Tokens of a `t`-token step the reference compares: every one where they fit the budget.
 pub fn compared_tokens(cfg: &MoeConfig, t: usize) -> usize {
     (MEMORY_BUDGET / bytes_per_token(cfg)).clamp(1, t.max(1))
+}
+
+/// The expert weights the reference multiplies: the bf16 ones of the layer, or the block-scaled
+/// FP8 ones an FP8 path runs (decoded exactly, so the comparison measures that path's kernel and
+/// not the format). `shared: None` keeps the shared slots in bf16.
+#[derive(Clone, Copy)]
+pub enum RefWeights<'a> {
+    Bf16,
+    Fp8 {
+        routed: &'a Fp8Slots,
+        shared: Option<&'a Fp8Slots>,
+    },
+}
+
+impl<'a> RefWeights<'a> {
+    /// (gate/up, down) stacks of the routed and of the shared slots where they are FP8.
+    #[allow(clippy::type_complexity)]
+    fn fp8_stacks(
+        self,
+    ) -> (
+        Option<(&'a DeviceStack, &'a DeviceStack)>,
+        Option<(&'a DeviceStack, &'a DeviceStack)>,
+    ) {
+        match self {
+            RefWeights::Bf16 => (None, None),
+            RefWeights::Fp8 { routed, shared } => (
+                Some((&routed.w13, &routed.w2)),
+                shared.map(|s| (&s.w13, &s.w2)),
+            ),
+        }
+    }
 }
 
 /// The device buffers of the reference for one step size.
@@ -225,6 +257,7 @@ impl DeviceReference {
         layer: &DeviceLayer,
         x: DevPtr<u16>,
         logits: DevPtr<f32>,
+        weights: RefWeights<'_>,
         step: u64,
     ) -> Result<()> {
         self.runs.iter_mut().for_each(|r| *r = None);
@@ -241,7 +274,7 @@ impl DeviceReference {
         }
         let start = gpu.event()?;
         self.route(gpu, layer, logits)?;
-        self.mlp(gpu, layer, x)?;
+        self.mlp(gpu, layer, x, weights)?;
         let end = gpu.event()?;
         self.timing.push((start, end));
         Ok(())
@@ -271,7 +304,13 @@ impl DeviceReference {
     }
 
     /// The grouped f64 MLP of the compared tokens and their weighted sum.
-    fn mlp(&self, gpu: &Gpu, layer: &DeviceLayer, x: DevPtr<u16>) -> Result<()> {
+    fn mlp(
+        &self,
+        gpu: &Gpu,
+        layer: &DeviceLayer,
+        x: DevPtr<u16>,
+        weights: RefWeights<'_>,
+    ) -> Result<()> {
         let cfg = &self.cfg;
         let (e, h, k, s) = (
             cfg.n_routed_experts,
@@ -336,7 +375,17 @@ impl DeviceReference {
         let max_tiles = (rows.div_ceil(REF_GEMM_BM) + slots) as u32;
         let shared13 = layer.sw13.as_ref().unwrap_or(&layer.w13);
         let shared2 = layer.sw2.as_ref().unwrap_or(&layer.w2);
+        let (fp8_routed, fp8_shared) = weights.fp8_stacks();
         let gemm = |mode: i32, b: (DevPtr<u16>, DevPtr<u16>), out: DevPtr<f64>, nk: [usize; 4]| {
+            let q8 = |stacks: Option<(&DeviceStack, &DeviceStack)>| match stacks {
+                Some((w13, w2)) => {
+                    let w = if mode == 0 { w13 } else { w2 };
+                    (gpu.ptr(&w.data), gpu.ptr(&w.scales), 1)
+                }
+                None => (DevPtr::NULL, DevPtr::NULL, 0),
+            };
+            let (bq_routed, bs_routed, fp8_r) = q8(fp8_routed);
+            let (bq_shared, bs_shared, fp8_s) = q8(fp8_shared);
             let (lda, ldo) = if mode == 0 {
                 (h, 2 * inter)
             } else {
@@ -351,6 +400,10 @@ impl DeviceReference {
                 tiles: gpu.ptr(&self.tiles),
                 b_routed: b.0,
                 b_shared: b.1,
+                bq_routed,
+                bs_routed,
+                bq_shared,
+                bs_shared,
                 out,
                 lda: lda as u64,
                 ldo: ldo as u64,
@@ -363,6 +416,8 @@ impl DeviceReference {
                 k_routed: nk[2] as i32,
                 k_shared: nk[3] as i32,
                 max_tiles: max_tiles as i32,
+                fp8_routed: fp8_r,
+                fp8_shared: fp8_s,
             })
         };
         let b13 = (gpu.ptr(&layer.w13), gpu.ptr(shared13));

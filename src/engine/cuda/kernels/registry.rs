@@ -294,16 +294,19 @@ kernels! {
     grid(a, sms) { Grid::stride(a.n as usize * a.kps as usize, 256, sms) }
     fn RefFill = ref_fill;
 
-    /// Grouped GEMM in f64 over bf16 weights; `max_tiles` bounds the row tiles of all slots.
+    /// Grouped GEMM in f64 (FP64 tensor cores) over bf16 or block-scaled e4m3 weights;
+    /// `max_tiles` bounds the row tiles of all slots.
     Reference::RefGemmArgs {
         x: DevPtr<u16>, act: DevPtr<f64>, tok: DevPtr<u32>, row_of: DevPtr<i32>,
         offsets: DevPtr<i32>, tiles: DevPtr<i32>, b_routed: DevPtr<u16>, b_shared: DevPtr<u16>,
-        out: DevPtr<f64>, lda: u64, ldo: u64, mode: i32, kps: i32, slots: i32, e: i32,
-        n_routed: i32, n_shared: i32, k_routed: i32, k_shared: i32, max_tiles: i32,
+        bq_routed: DevPtr<u8>, bs_routed: DevPtr<f32>, bq_shared: DevPtr<u8>,
+        bs_shared: DevPtr<f32>, out: DevPtr<f64>, lda: u64, ldo: u64, mode: i32, kps: i32,
+        slots: i32, e: i32, n_routed: i32, n_shared: i32, k_routed: i32, k_shared: i32,
+        max_tiles: i32, fp8_routed: i32, fp8_shared: i32,
     }
     grid(a, sms) {
         let cols = a.n_routed.max(a.n_shared) as usize;
-        Grid::xy(a.max_tiles as u32, cols.div_ceil(REF_GEMM_BN) as u32, 256)
+        Grid::xy(a.max_tiles as u32, cols.div_ceil(REF_GEMM_BN) as u32, 128)
     }
     fn RefGemm = ref_gemm;
 

@@ -7,7 +7,7 @@
 
 use super::super::gpu::{cuda_err, Gpu, Timer};
 use super::super::kernels::{DevPtr, InitHiddenArgs, SharedGateArgs, ToBf16Args};
-use super::super::reference::{self, DeviceReference};
+use super::super::reference::{self, DeviceReference, RefWeights};
 use super::super::router::RouterShape;
 use super::device::{bf16_value, DeviceLayer, DeviceWeights};
 use super::finite::Values;
@@ -372,7 +372,7 @@ impl CudaBackend {
             .context("device reference missing")?;
         if idx == 0 {
             let (x, logits) = (gpu.ptr(&ws.inputs.x), gpu.ptr(&ws.gate.logits));
-            r.run(&gpu, &self.layer, x, logits, step)?;
+            r.run(&gpu, &self.layer, x, logits, RefWeights::Bf16, step)?;
         }
         let shared = self.cfg.n_shared_experts > 0;
         let outputs = reference::PathOutputs {
