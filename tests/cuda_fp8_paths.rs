@@ -166,6 +166,65 @@ fn the_tiny_fp8_checkpoint_runs_as_stored_on_the_gpu() {
     );
 }
 
+fn engine_spec(paths: Vec<PathSpec>) -> RunSpec {
+    RunSpec {
+        layer: LayerSpec {
+            source: LayerSource::Preset("deepseek-v3".into()),
+            hidden: Some(1024),
+            intermediate: Some(256),
+            backend: BackendChoice::Cuda,
+            ..LayerSpec::default()
+        },
+        tokens: 64,
+        paths,
+        hidden_states: None,
+        trace: Default::default(),
+        kernel: None,
+    }
+}
+
+/// A and B alone, one of them bf16: the device compares the FP8 path itself, every token,
+/// against the reference on its FP8 weights (activations exact, so the activations'
+/// quantization shows) and against the bf16 path (the A-against-B comparison).
+#[test]
+fn the_device_compares_an_fp8_path_on_every_token() {
+    if !has_gpu() {
+        return;
+    }
+    let pairs = [
+        vec![
+            PathSpec::unfused_baseline(),
+            PathSpec::fused(Variant::Correct).with_formats(FP8, FP8),
+        ],
+        vec![
+            PathSpec::unfused_baseline().with_formats(FP8, BF16),
+            PathSpec::fused(Variant::Correct).with_formats(FP8, FP8),
+        ],
+    ];
+    for paths in pairs {
+        let (mut engine, _) = engine_spec(paths.clone()).build_engine().unwrap();
+        let r = engine.step().unwrap();
+        for (p, e) in r.comparison.expert_formats.iter().enumerate() {
+            let Some(e) = e else {
+                assert!(!paths[p].uses_fp8());
+                continue;
+            };
+            println!("path {p}: {e:?}");
+            assert!(
+                e.on_device && !e.activations_quantized && e.tokens == 64,
+                "{e:?}"
+            );
+            assert!(e.dequant_rel_l2 > 1e-4 && e.dequant_rel_l2 < 0.1, "{e:?}");
+            match paths.iter().any(|s| !s.uses_fp8()) {
+                true => assert!(e.bf16_rel_l2.unwrap() > 1e-3 && e.bf16_rel_l2.unwrap() < 0.1),
+                false => assert_eq!(e.bf16_path, None),
+            }
+        }
+        assert!(r.paths.iter().all(|p| p.contract.ok));
+    }
+}
+
+/// Three paths: the FP8 figures come from the host's sample, against the FP8 math in f64.
 #[test]
 fn an_fp8_engine_step_records_the_kernels_and_the_formats_error() {
     if !has_gpu() {
@@ -192,7 +251,7 @@ fn an_fp8_engine_step_records_the_kernels_and_the_formats_error() {
         assert!(f[0].is_none() && f.len() == 3);
         for e in f.iter().skip(1).flatten() {
             println!("{e:?}");
-            assert!(e.tokens >= 1);
+            assert!(e.tokens >= 1 && !e.on_device && e.activations_quantized);
             assert!(e.dequant_rel_l2 < 1e-3, "kernels' error {e:?}");
             let fmt = e.bf16_rel_l2.unwrap();
             assert!(fmt > 1e-3 && fmt < 0.1, "format error {fmt}");

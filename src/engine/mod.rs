@@ -156,7 +156,8 @@ pub trait Backend: Send {
     }
     /// Whether the backend's own numerics include the FP8 paths' `expert_formats` (else the
     /// engine computes them on the host from sampled rows).
-    fn compares_fp8_on_device(&self) -> bool {
+    fn compares_fp8_on_device(&self, paths: &[PathSpec]) -> bool {
+        let _ = paths;
         false
     }
     /// Slot `slot`'s MLP (routed < E, then shared slots) for the f64 reference. Backends that
@@ -377,8 +378,8 @@ impl Engine {
         let t0 = Instant::now();
         let cfg = self.config().clone();
         // FP8 paths are compared on the host (format_numerics) where the device does not.
-        let fp8_on_host =
-            self.paths.iter().any(|p| p.uses_fp8()) && !self.backend.compares_fp8_on_device();
+        let fp8_on_host = self.paths.iter().any(|p| p.uses_fp8())
+            && !self.backend.compares_fp8_on_device(&self.paths);
         let sample_tokens = if self.backend.compares_on_device() && !fp8_on_host {
             Vec::new()
         } else {

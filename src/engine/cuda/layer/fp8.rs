@@ -9,10 +9,11 @@ use super::super::fp8::{
 };
 use super::super::gpu::{Gpu, Timer};
 use super::super::kernels::{DevPtr, GemmRows};
+use super::super::reference::{DeviceReference, PathOutputs, RefWeights};
 use super::device::DeviceLayer;
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
-use crate::engine::step::Stage;
+use crate::engine::step::{FormatErrors, Stage};
 use crate::engine::weights::fp8::{check_sizes, Fp8Mlp};
 use crate::engine::weights::{ExpertWeights, WeightSource};
 use anyhow::{Context, Result};
@@ -259,4 +260,55 @@ pub fn shared_mlp(
 pub struct Fp8Stage<'a> {
     pub layer: &'a Fp8Layer,
     pub bufs: &'a Fp8Buffers,
+}
+
+/// An FP8 path against the device reference on the FP8 weights it multiplied (`reference`: one
+/// path's reference, run again for each FP8 path): every compared token, the reference routing
+/// and contract, the weights' codes and block scales decoded exactly, the activations exact.
+/// The format's error (against a bf16 path) is filled in by the caller.
+#[allow(clippy::too_many_arguments)]
+pub fn device_errors(
+    gpu: &Gpu,
+    reference: &mut DeviceReference,
+    layer: &DeviceLayer,
+    w: &Fp8Layer,
+    ws: &Workspace,
+    out: PathOutputs,
+    shared_fp8: bool,
+    step: u64,
+) -> Result<FormatErrors> {
+    let routed = w
+        .routed
+        .as_ref()
+        .context("the FP8 routed experts are not on the device")?;
+    let shared = match shared_fp8 {
+        true => Some(
+            w.shared
+                .as_ref()
+                .context("the FP8 shared slots are not on the device")?,
+        ),
+        false => None,
+    };
+    let (x, logits) = (gpu.ptr(&ws.inputs.x), gpu.ptr(&ws.gate.logits));
+    reference.run(
+        gpu,
+        layer,
+        x,
+        logits,
+        RefWeights::Fp8 { routed, shared },
+        step,
+    )?;
+    reference.compare_path(gpu, 0, out)?;
+    let n = reference.finish(gpu, step)?;
+    let c = &n.comparison;
+    Ok(FormatErrors {
+        tokens: c.sampled_tokens,
+        on_device: true,
+        activations_quantized: false,
+        dequant_rel_l2: c.output_rel_l2_ref.first().copied().unwrap_or(f64::NAN),
+        dequant: c.token_errors_ref.first().cloned().unwrap_or_default(),
+        bf16_path: None,
+        bf16_rel_l2: None,
+        bf16: None,
+    })
 }
