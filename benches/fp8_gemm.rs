@@ -11,7 +11,7 @@ use anyhow::Result;
 use moescope::engine::cuda;
 use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Fp8Ready, Tile};
 use moescope::engine::cuda::gpu::Gpu;
-use moescope::engine::cuda::kernels::{DevPtr, GemmRows, InitUniformArgs};
+use moescope::engine::cuda::kernels::GemmRows;
 use moescope::engine::cuda::timing;
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
@@ -43,10 +43,10 @@ fn main() -> Result<()> {
     println!("device: {}", gpu.describe());
     let copy_gbs = timing::copy_bandwidth(&gpu, REPEATS)?;
     println!("copy bandwidth: {copy_gbs:.0} GB/s (read + write)");
-    let dense = dense_rate(&gpu, &ready)?;
+    let dense = dfp8::dense_tflops(&gpu, &ready, REPEATS)?;
     println!("dense FP8 (this kernel, 8192 x 4096 x 7168): {dense:.0} TFLOP/s");
-    let w13 = random_stack(&gpu, E + 1, 2 * I, H, 1)?;
-    let w2 = random_stack(&gpu, E + 1, H, I, 2)?;
+    let w13 = dfp8::random_stack(&gpu, E + 1, 2 * I, H, 1)?;
+    let w2 = dfp8::random_stack(&gpu, E + 1, H, I, 2)?;
     println!(
         "{:>6} {:>5} {:>4} {:>4} {:>9} {:>9} {:>7} {:>9} {:>8}",
         "T", "gemm", "tile", "splt", "us", "floor us", "% floor", "TFLOP/s", "% dense"
@@ -60,90 +60,6 @@ fn main() -> Result<()> {
 /// Median device time of `f` in µs over REPEATS event-timed calls, after a warm-up.
 fn time_us(gpu: &Gpu, f: impl FnMut() -> Result<()>) -> Result<f64> {
     timing::median_us(gpu, REPEATS, f)
-}
-
-/// Random bytes (bf16 uniform bit patterns read as e4m3 codes) and unit scales: timing needs
-/// non-zero data, not meaningful values.
-fn random_bytes(gpu: &Gpu, n: usize, tensor: u64) -> Result<cudarc::driver::CudaSlice<u8>> {
-    let buf = gpu.alloc::<u8>(n.next_multiple_of(2), "random bytes")?;
-    gpu.launch(InitUniformArgs {
-        out: gpu.ptr(&buf).cast::<u16>(),
-        n: (n / 2) as u64,
-        seed: 7,
-        tensor,
-        amp: 1.0,
-    })?;
-    Ok(buf)
-}
-
-fn random_stack(
-    gpu: &Gpu,
-    count: usize,
-    rows: usize,
-    cols: usize,
-    tensor: u64,
-) -> Result<DeviceStack> {
-    let scales = gpu.alloc::<f32>(count * (rows / 128) * (cols / 128), "scales")?;
-    gpu.fill(gpu.ptr(&scales), scales.len(), 1f32.to_bits())?;
-    Ok(DeviceStack {
-        data: random_bytes(gpu, count * rows * cols, tensor)?,
-        scales,
-        count,
-        rows,
-        cols,
-    })
-}
-
-fn blank(gpu: &Gpu, w: &DeviceStack) -> Fp8Gemm {
-    Fp8Gemm {
-        a: DevPtr::NULL,
-        a_scales: DevPtr::NULL,
-        a_mode: GemmRows::Direct,
-        a_map: DevPtr::NULL,
-        a_div: 1,
-        b0: DevPtr::NULL,
-        b1: DevPtr::NULL,
-        bs0: DevPtr::NULL,
-        bs1: DevPtr::NULL,
-        n_first: 0,
-        b_stride: 0,
-        bs_stride: 0,
-        c: DevPtr::NULL,
-        offsets: DevPtr::NULL,
-        tiles: DevPtr::NULL,
-        groups: 1,
-        n: w.rows,
-        k: w.cols,
-        rows: 0,
-        tile: Tile::M64,
-        k_splits: 1,
-        c_split: 0,
-    }
-    .weights(gpu, w)
-}
-
-/// TFLOP/s of one dense GEMM [8192 × 7168] · [4096 × 7168]ᵀ with this kernel.
-fn dense_rate(gpu: &Gpu, ready: &Fp8Ready) -> Result<f64> {
-    let (m, n, k) = (8192usize, 4096usize, 7168usize);
-    let w = random_stack(gpu, 1, n, k, 3)?;
-    let a = random_bytes(gpu, m * k, 4)?;
-    let sa = gpu.alloc::<f32>(m * k / 128, "A scales")?;
-    gpu.fill(gpu.ptr(&sa), sa.len(), 1f32.to_bits())?;
-    let c = gpu.alloc::<f32>(m * n, "C")?;
-    let off = gpu.upload(&[0i32, m as i32], "offsets")?;
-    let tiles = gpu.alloc::<i32>(2, "tiles")?;
-    dfp8::tile_scan(gpu, gpu.ptr(&off), 1, Tile::M64, gpu.ptr(&tiles))?;
-    let g = Fp8Gemm {
-        a: gpu.ptr(&a),
-        a_scales: gpu.ptr(&sa),
-        c: gpu.ptr(&c),
-        offsets: gpu.ptr(&off),
-        tiles: gpu.ptr(&tiles),
-        rows: m,
-        ..blank(gpu, &w)
-    };
-    let us = time_us(gpu, || dfp8::gemm(gpu, ready, &g))?;
-    Ok(2.0 * (m * n * k) as f64 / us / 1e6)
 }
 
 /// Routes T tokens to 8 distinct random experts and the shared slot 256; returns the order
@@ -184,10 +100,10 @@ fn bench_tokens(
     let m_tiles: usize = (0..groups)
         .map(|g| ((offsets[g + 1] - offsets[g] + bm - 1) / bm) as usize)
         .sum();
-    let x = random_bytes(gpu, t * H, 5)?;
+    let x = dfp8::random_bytes(gpu, t * H, 5)?;
     let sx = gpu.alloc::<f32>(t * H / 128, "x scales")?;
     gpu.fill(gpu.ptr(&sx), sx.len(), 1f32.to_bits())?;
-    let act = random_bytes(gpu, rows * I, 6)?;
+    let act = dfp8::random_bytes(gpu, rows * I, 6)?;
     let sact = gpu.alloc::<f32>(rows * I / 128, "act scales")?;
     gpu.fill(gpu.ptr(&sact), sact.len(), 1f32.to_bits())?;
     let d_order = gpu.upload(&order, "order")?;
@@ -209,7 +125,7 @@ fn bench_tokens(
         groups,
         rows,
         tile,
-        ..blank(gpu, w)
+        ..Fp8Gemm::blank(gpu, w)
     };
     let up = Fp8Gemm {
         a: gpu.ptr(&x),

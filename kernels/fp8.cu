@@ -43,6 +43,51 @@ extern "C" __global__ void fp8_quant_rows(const Fp8QuantArgs a) {
     quant_group(v, a.out + at, a.scales + w);
 }
 
+// bf16 matrices [mats x rows x cols] -> e4m3 (the same layout) + scales [mats x rows/128 x
+// cols/128]: the bits of weights::fp8 BlockScaled::quantize. One block of 256 threads per 128x128
+// block; thread t takes row t / 2 of it, 64 columns from (t % 2) * 64.
+extern "C" __global__ void fp8_quant_blocks(const Fp8BlocksArgs a) {
+    __shared__ float wmax[8];
+    const u64 bc = a.cols / F8_BK, br = a.rows / F8_BK;
+    const u64 b = blockIdx.x;
+    const u64 m = b / (br * bc), rb = (b / bc) % br, cb = b % bc;
+    const int t = threadIdx.x;
+    const u64 at = m * a.rows * a.cols + (rb * F8_BK + (t >> 1)) * a.cols + cb * F8_BK + (t & 1) * 64;
+    float v[64];
+    float amax = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const uint4 raw = *(const uint4*)(a.input + at + i * 8);
+        const u32 w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            v[i * 8 + 2 * j] = bf16_to_f32((bf16_t)(w[j] & 0xffffu));
+            v[i * 8 + 2 * j + 1] = bf16_to_f32((bf16_t)(w[j] >> 16));
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) amax = fmaxf(amax, fabsf(v[i * 8 + j]));
+    }
+    amax = warp_max_f(amax);
+    if ((t & 31) == 0) wmax[t >> 5] = amax;
+    __syncthreads();
+    amax = wmax[0];
+#pragma unroll
+    for (int i = 1; i < 8; i++) amax = fmaxf(amax, wmax[i]);
+    const float s = amax > 0.f ? __fdiv_rn(amax, 448.f) : 1.f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 q[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float* x = v + i * 16 + j * 4;
+            q[j] = e4m3x2(__fdiv_rn(x[0], s), __fdiv_rn(x[1], s)) |
+                   (e4m3x2(__fdiv_rn(x[2], s), __fdiv_rn(x[3], s)) << 16);
+        }
+        *(uint4*)(a.out + at + i * 16) = make_uint4(q[0], q[1], q[2], q[3]);
+    }
+    if (t == 0) a.scales[b] = s;
+}
+
 // act = bf16(silu(h[r, j]) * h[r, I + j]) (as silu_mul rounds it), quantized like fp8_quant_rows:
 // h f32 [rows x 2I] -> e4m3 [rows x I] + scales [rows x I/128].
 extern "C" __global__ void fp8_silu_mul_quant(const Fp8SiluArgs a) {

@@ -316,6 +316,7 @@ fn tiny_fp8_checkpoint_experts_run_as_stored() {
     gpu.fill(gpu.ptr(&d_eo), t * spt * h, 0x7fc0_0000).unwrap();
     let io = dfp8::ExpertInputs {
         x: gpu.ptr(&d_x),
+        rows_mode: GemmRows::Mapped,
         order: gpu.ptr(&d_order),
         offsets: gpu.ptr(&d_off),
         spt,

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod check;
 pub mod check_kernel;
 pub mod driver;
+pub mod experts;
 pub mod export;
 pub mod inspect;
 pub mod replay;

@@ -43,6 +43,14 @@ pub struct RunArgs {
     /// Where path B applies the routed scaling factor.
     #[arg(long, value_enum, default_value_t = RsfArg::OnOutput)]
     pub b_rsf: RsfArg,
+    /// Expert weight format: bf16 or fp8 (e4m3, 128×128 block scales) for paths A and B, or
+    /// per path, e.g. A=bf16,B=fp8 (a path not named runs bf16).
+    #[arg(long, value_name = "FORMATS", default_value = "bf16", value_parser = super::experts::parse)]
+    pub experts: super::experts::PathFormats,
+    /// The shared experts' format (A's separate shared MLP, B's fused slot), as --experts;
+    /// a path not named takes its --experts format.
+    #[arg(long, value_name = "FORMATS", value_parser = super::experts::parse)]
+    pub shared_experts: Option<super::experts::PathFormats>,
     /// Captured hidden states (safetensors with `hidden_states` [T, H]) instead of synthetic ones.
     #[arg(long)]
     pub hidden_states: Option<PathBuf>,
@@ -134,14 +142,16 @@ impl TraceArgs {
 }
 
 impl RunArgs {
-    /// Path A (the unfused baseline) and path B (fused, with the chosen variant).
-    pub fn paths(&self) -> Vec<PathSpec> {
+    /// Path A (the unfused baseline) and path B (fused, with the chosen variant), in the
+    /// expert formats --experts and --shared-experts give them.
+    pub fn paths(&self) -> Result<Vec<PathSpec>> {
         let mut b = PathSpec::fused(self.variant);
         b.rsf = match self.b_rsf {
             RsfArg::InRouter => RsfPlacement::InRouter,
             RsfArg::OnOutput => RsfPlacement::OnOutput,
         };
-        vec![PathSpec::unfused_baseline(), b]
+        let paths = vec![PathSpec::unfused_baseline(), b];
+        super::experts::apply(paths, &self.experts, self.shared_experts.as_ref())
     }
 
     /// The engine's description of the run these options ask for.
@@ -149,7 +159,7 @@ impl RunArgs {
         Ok(RunSpec {
             layer: self.layer.spec(),
             tokens: self.tokens,
-            paths: self.paths(),
+            paths: self.paths()?,
             hidden_states: self.hidden_states.clone(),
             trace: self.trace.spec()?,
             kernel: self.kernel.clone(),

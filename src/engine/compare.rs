@@ -164,7 +164,7 @@ impl Effective {
 }
 
 /// Relative L2 of `a` against `b`.
-fn rel_l2(a: impl Iterator<Item = f64>, b: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn rel_l2(a: impl Iterator<Item = f64>, b: impl Iterator<Item = f64>) -> f64 {
     let (mut diff, mut norm) = (0.0, 0.0);
     for (x, y) in a.zip(b) {
         diff += (x - y) * (x - y);
@@ -191,7 +191,7 @@ fn max_abs(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Per-token errors of `rows` against `want` ([n × h] each).
-fn token_errors(rows: &[f64], want: &[f64], h: usize, tokens: &[usize]) -> TokenErrors {
+pub(crate) fn token_errors(rows: &[f64], want: &[f64], h: usize, tokens: &[usize]) -> TokenErrors {
     let (mut rel, mut abs) = (Vec::new(), Vec::new());
     for (r, w) in rows.chunks(h.max(1)).zip(want.chunks(h.max(1))) {
         let m = max_abs(r, w);

@@ -67,6 +67,29 @@ impl WeightDtype {
     }
 }
 
+/// The FP8 copies of the experts a run holds beside the bf16 weights (`--experts fp8`): the
+/// routed experts' where a path runs them in FP8, the shared experts' likewise. Every run keeps
+/// the bf16 weights (the router, the bf16 paths and the f64 reference read them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fp8Copies {
+    pub routed: bool,
+    pub shared: bool,
+}
+
+impl Fp8Copies {
+    /// The copies `paths` need.
+    pub fn of(paths: &[super::paths::PathSpec]) -> Fp8Copies {
+        Fp8Copies {
+            routed: paths.iter().any(|p| p.experts.is_fp8()),
+            shared: paths.iter().any(|p| p.shared_experts.is_fp8()),
+        }
+    }
+
+    fn any(self) -> bool {
+        self.routed || self.shared
+    }
+}
+
 /// Sizes of the layer, as u64.
 struct Dims {
     e: u64,
@@ -119,8 +142,58 @@ impl Dims {
     }
 }
 
-/// The footprint of `cfg` on `backend` with expert weights stored as `dtype` on the device.
-pub fn estimate(cfg: &MoeConfig, backend: BackendKind, dtype: WeightDtype) -> MemoryEstimate {
+/// The footprint of `cfg` on `backend` with expert weights stored as `dtype` on the device,
+/// and the FP8 copies `fp8` beside them.
+pub fn estimate(
+    cfg: &MoeConfig,
+    backend: BackendKind,
+    dtype: WeightDtype,
+    fp8: Fp8Copies,
+) -> MemoryEstimate {
+    let mut est = estimate_bf16(cfg, backend, dtype);
+    if fp8.any() {
+        add_fp8(&mut est, &Dims::of(cfg), backend, fp8);
+    }
+    est
+}
+
+/// The FP8 copies: weights (dequantized f32 on the host, e4m3 and scales on the device), the
+/// FP8 stage's buffers per token, and the f64 reference's second expert cache.
+fn add_fp8(est: &mut MemoryEstimate, d: &Dims, backend: BackendKind, fp8: Fp8Copies) {
+    let routed = if fp8.routed { d.expert_params } else { 0 };
+    let shared = if fp8.shared { d.shared_params } else { 0 };
+    est.host.fixed = est.host.fixed.saturating_add(d.reference_cache());
+    match backend {
+        BackendKind::Cpu => {
+            // The dequantized weights (shared twice, as slots and as the dense MLP) and the
+            // quantized tokens.
+            let w = (routed + 2 * shared).saturating_mul(4);
+            est.host.weights = est.host.weights.saturating_add(w);
+            est.host.per_token += 4 * d.h;
+        }
+        BackendKind::Cuda => {
+            let wb = WeightDtype::Fp8.bytes_per_weight();
+            if let Some(dev) = est.device.as_mut() {
+                dev.weights = dev
+                    .weights
+                    .saturating_add(((routed + shared) as f64 * wb) as u64);
+                // Tokens in e4m3 (+ scales), per slot the up projection f32, the activation in
+                // e4m3 (+ scales) and K-split partials; the dense shared MLP alike.
+                let slots = d.k + d.s;
+                let per_slot = 8 * d.i + 2 * d.i + 4 * d.h.max(2 * d.i);
+                let dense = if fp8.shared {
+                    d.s * (10 * d.is + 4 * d.h.max(2 * d.is))
+                } else {
+                    0
+                };
+                dev.per_token += 2 * d.h + slots * per_slot + dense;
+            }
+        }
+    }
+}
+
+/// The footprint without FP8 copies.
+fn estimate_bf16(cfg: &MoeConfig, backend: BackendKind, dtype: WeightDtype) -> MemoryEstimate {
     let d = Dims::of(cfg);
     let slots = d.k + d.s;
     match backend {
@@ -262,17 +335,63 @@ mod tests {
 
     #[test]
     fn the_full_deepseek_v3_layer_in_bf16_is_about_21_gib() {
-        let est = estimate(&v3(), BackendKind::Cuda, WeightDtype::Bf16);
+        let none = Fp8Copies::default();
+        let est = estimate(&v3(), BackendKind::Cuda, WeightDtype::Bf16, none);
         let w = est.device.unwrap().weights as f64 / (1u64 << 30) as f64;
         // 257 × 3 × 7168 × 2048 bf16 weights + the gate.
         assert!((w - 21.1).abs() < 0.2, "{w}");
-        let fp8 = estimate(&v3(), BackendKind::Cuda, WeightDtype::Fp8);
+        let fp8 = estimate(&v3(), BackendKind::Cuda, WeightDtype::Fp8, none);
         assert!(fp8.device.unwrap().weights < est.device.unwrap().weights / 2 + (1 << 28));
     }
 
     #[test]
+    fn fp8_copies_add_half_the_bf16_weights_and_refuse_what_does_not_fit() {
+        let (v3, cuda) = (v3(), BackendKind::Cuda);
+        let bf16 = estimate(&v3, cuda, WeightDtype::Bf16, Fp8Copies::default());
+        let all = Fp8Copies {
+            routed: true,
+            shared: true,
+        };
+        let both = estimate(&v3, cuda, WeightDtype::Bf16, all);
+        let (a, b) = (bf16.device.unwrap(), both.device.unwrap());
+        let extra = (b.weights - a.weights) as f64 / (1u64 << 30) as f64;
+        // 257 × 3 × 7168 × 2048 e4m3 weights and their block scales.
+        assert!((extra - 10.55).abs() < 0.1, "{extra}");
+        assert!(b.per_token > a.per_token && both.host.fixed > bf16.host.fixed);
+        // 32 GiB holds the bf16 layer and not both copies: refused before allocating.
+        let limits = MemoryLimits {
+            host: None,
+            device: Some(32 << 30),
+        };
+        assert!(check(&bf16, 256, &limits).is_ok());
+        let err = check(&both, 256, &limits).unwrap_err().to_string();
+        assert!(err.contains("device memory"), "{err}");
+        // Only the shared expert in FP8: a small addition.
+        let shared = Fp8Copies {
+            routed: false,
+            shared: true,
+        };
+        let s = estimate(&v3, cuda, WeightDtype::Bf16, shared)
+            .device
+            .unwrap();
+        assert!(s.weights - a.weights < 64 << 20);
+        // The CPU holds them dequantized, as f32.
+        let cpu = |f| {
+            estimate(&v3, BackendKind::Cpu, WeightDtype::Bf16, f)
+                .host
+                .weights
+        };
+        assert!(cpu(all) > cpu(Fp8Copies::default()) * 3 / 2);
+    }
+
+    #[test]
     fn refuses_with_the_limit_and_the_largest_t_that_fits() {
-        let est = estimate(&v3(), BackendKind::Cuda, WeightDtype::Bf16);
+        let est = estimate(
+            &v3(),
+            BackendKind::Cuda,
+            WeightDtype::Bf16,
+            Fp8Copies::default(),
+        );
         let limits = MemoryLimits {
             host: Some(64 << 30),
             device: Some(80 << 30),

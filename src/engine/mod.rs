@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod ep;
 mod ep_eplb;
 pub mod finite;
+pub mod format_numerics;
 pub mod inputs;
 pub mod kernel_check;
 pub mod memory;
@@ -153,6 +154,12 @@ pub trait Backend: Send {
     fn compares_on_device(&self) -> bool {
         false
     }
+    /// Whether the backend's own numerics include the FP8 paths' `expert_formats` (else the
+    /// engine computes them on the host from sampled rows).
+    fn compares_fp8_on_device(&self, paths: &[PathSpec]) -> bool {
+        let _ = paths;
+        false
+    }
     /// Slot `slot`'s MLP (routed < E, then shared slots) for the f64 reference. Backends that
     /// already hold the weights on the host override this to skip regenerating or re-reading.
     fn reference_slot(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
@@ -163,6 +170,18 @@ pub trait Backend: Send {
         } else {
             w.shared_slot(slot - e)?
         }))
+    }
+    /// Slot `slot`'s MLP as an FP8 path multiplies it (dequantized), for the f64 reference of
+    /// FP8 paths. Backends that hold the FP8 weights override this to return exactly those.
+    fn reference_slot_fp8(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
+        let w = self.weights();
+        let e = w.config().n_routed_experts;
+        let m = if slot < e {
+            weights::fp8::expert(w, slot)?
+        } else {
+            weights::fp8::shared_slot(w, slot - e)?
+        };
+        Ok(Arc::new(m.dequantize()))
     }
 }
 
@@ -358,7 +377,10 @@ impl Engine {
     pub fn step(&mut self) -> Result<StepRecord> {
         let t0 = Instant::now();
         let cfg = self.config().clone();
-        let sample_tokens = if self.backend.compares_on_device() {
+        // FP8 paths are compared on the host (format_numerics) where the device does not.
+        let fp8_on_host = self.paths.iter().any(|p| p.uses_fp8())
+            && !self.backend.compares_fp8_on_device(&self.paths);
+        let sample_tokens = if self.backend.compares_on_device() && !fp8_on_host {
             Vec::new()
         } else {
             compare::sample_tokens(&cfg, self.tokens, self.next_step)
@@ -397,6 +419,11 @@ impl Engine {
             info.kind,
             given.as_ref().map(|b| b.to_routing()).as_ref(),
         )?;
+        // FP8 paths' errors (against the FP8 math and bf16), where the backend left them out.
+        if record.comparison.expert_formats.is_empty() {
+            record.comparison.expert_formats =
+                format_numerics::expert_formats(self.backend.as_ref(), &input, &self.paths, &out)?;
+        }
         if let Some(tracker) = &mut self.ep {
             let backend = &mut self.backend;
             record.ep = Some(tracker.step(&routing.ids, routing.k, &mut |slots| {

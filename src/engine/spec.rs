@@ -5,7 +5,7 @@
 
 use super::config::MoeConfig;
 use super::ep::{EpSpec, EpTracker};
-use super::memory::{self, WeightDtype};
+use super::memory::{self, Fp8Copies, WeightDtype};
 use super::paths::{PathId, PathLogits, PathSpec};
 use super::trace::RoutingTrace;
 use super::weights::synthetic::SyntheticWeights;
@@ -131,6 +131,15 @@ impl LayerSpec {
     /// Opens the backend for `tokens` per step, after checking that they fit this machine's
     /// memory (refused before anything is allocated). Also returns the most tokens that fit.
     pub fn open_for(&self, tokens: usize) -> Result<(Box<dyn Backend>, usize, Vec<String>)> {
+        self.open_with(tokens, Fp8Copies::default())
+    }
+
+    /// `open_for`, the memory check counting the FP8 copies of the experts `fp8` asks for.
+    pub fn open_with(
+        &self,
+        tokens: usize,
+        fp8: Fp8Copies,
+    ) -> Result<(Box<dyn Backend>, usize, Vec<String>)> {
         let (choice, fallback) = resolve_backend(self.backend);
         let (weights, mut notices) = self.weights(choice == BackendChoice::Cpu)?;
         notices.splice(0..0, fallback);
@@ -138,7 +147,7 @@ impl LayerSpec {
             BackendChoice::Cuda => BackendKind::Cuda,
             _ => BackendKind::Cpu,
         };
-        let max_tokens = check_memory(weights.config(), kind, tokens)?;
+        let max_tokens = check_memory(weights.config(), kind, tokens, fp8)?;
         let (backend, _) = open_backend(choice, weights)?;
         Ok((backend, max_tokens, notices))
     }
@@ -157,8 +166,13 @@ impl LayerSpec {
 }
 
 /// Refuses `tokens` where the estimate does not fit this machine; returns the most that fit.
-fn check_memory(cfg: &MoeConfig, kind: BackendKind, tokens: usize) -> Result<usize> {
-    let est = memory::estimate(cfg, kind, WeightDtype::Bf16);
+fn check_memory(
+    cfg: &MoeConfig,
+    kind: BackendKind,
+    tokens: usize,
+    fp8: Fp8Copies,
+) -> Result<usize> {
+    let est = memory::estimate(cfg, kind, WeightDtype::Bf16, fp8);
     let limits = memory::limits(kind == BackendKind::Cuda);
     memory::check(&est, tokens, &limits)?;
     Ok(memory::max_tokens(&est, &limits)
@@ -205,7 +219,8 @@ impl RunSpec {
     /// kernel declares).
     fn open_backend(&self) -> Result<OpenedBackend> {
         let Some(path) = &self.kernel else {
-            let (backend, max_tokens, notices) = self.layer.open_for(self.tokens)?;
+            let fp8 = Fp8Copies::of(&self.paths);
+            let (backend, max_tokens, notices) = self.layer.open_with(self.tokens, fp8)?;
             return Ok((backend, max_tokens, notices, None));
         };
         let file = crate::engine::cuda::user_kernel::KernelFile::new(path)?;
@@ -216,7 +231,8 @@ impl RunSpec {
             );
         }
         let (weights, notices) = self.layer.weights(false)?;
-        let max_tokens = check_memory(weights.config(), BackendKind::Cuda, self.tokens)?;
+        let fp8 = Fp8Copies::of(&self.paths);
+        let max_tokens = check_memory(weights.config(), BackendKind::Cuda, self.tokens, fp8)?;
         let logits = self.router_logits.of(PathId::C);
         let name = file.name();
         let (backend, conv) = crate::engine::cuda::open_with_kernel(weights, file, logits)?;

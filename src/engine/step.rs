@@ -1,5 +1,7 @@
 //! `StepRecord`: what one engine step produces. It is the one data model that the UI draws, the
 //! session writer stores and the exporters read, so it is plain serde data.
+//!
+//! Longer than most files: every type a StepRecord holds is here, so its shape reads in one place.
 
 use super::finite::{FiniteCheck, FiniteStage, Verdict};
 use super::paths::{PathId, PathSpec};
@@ -219,6 +221,8 @@ pub enum Stage {
     RouterScale,
     /// Tokens grouped by slot (counts, offsets, permutation).
     MoeAlign,
+    /// FP8 experts: the tokens quantized per group of 128 (and the GEMM's tile offsets).
+    Fp8Quant,
     /// Grouped expert GEMM, gate and up projections.
     ExpertGemmUp,
     SiluMul,
@@ -248,6 +252,7 @@ impl Stage {
         Stage::RouterRenormalize,
         Stage::RouterScale,
         Stage::MoeAlign,
+        Stage::Fp8Quant,
         Stage::ExpertGemmUp,
         Stage::SiluMul,
         Stage::ExpertGemmDown,
@@ -272,6 +277,7 @@ impl Stage {
             Stage::RouterRenormalize => "router_renormalize",
             Stage::RouterScale => "router_scale",
             Stage::MoeAlign => "moe_align",
+            Stage::Fp8Quant => "fp8_quant",
             Stage::ExpertGemmUp => "expert_gemm_up",
             Stage::SiluMul => "silu_mul",
             Stage::ExpertGemmDown => "expert_gemm_down",
@@ -357,6 +363,36 @@ pub struct Comparison {
     /// Device time of the reference and the comparisons, µs, where measured.
     #[serde(default)]
     pub reference_us: Option<f64>,
+    /// Per path, where some path runs FP8 experts (`--experts fp8`): that path's errors of
+    /// the format (None for a bf16 path); empty when every path runs bf16, and in older
+    /// sessions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expert_formats: Vec<Option<FormatErrors>>,
+}
+
+/// The numerics of a path that runs FP8 experts, over the tokens compared this step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FormatErrors {
+    /// Tokens compared.
+    pub tokens: usize,
+    /// Where the f64 reference ran: on the device (every token) or the host (a sample).
+    pub on_device: bool,
+    /// Whether that reference quantizes the activations per token and group of 128.
+    pub activations_quantized: bool,
+    /// Against the f64 layer of the same slots and weights the path applied, through the
+    /// dequantized FP8 weights it multiplied (relative L2 over the tokens): with
+    /// `activations_quantized`, the activations quantized as the kernels quantize them (the
+    /// kernels' own error); else exact (the activations' quantization included).
+    #[serde(deserialize_with = "nan_as_null::f64")]
+    pub dequant_rel_l2: f64,
+    pub dequant: TokenErrors,
+    /// The first path running bf16 experts, where one runs: this path's output against its
+    /// output on the same tokens, the format's whole error as a user sees it.
+    pub bf16_path: Option<PathId>,
+    /// (A NaN is written as `null` and reads back as None.)
+    #[serde(default)]
+    pub bf16_rel_l2: Option<f64>,
+    pub bf16: Option<TokenErrors>,
 }
 
 // The all-token numerics; their rules and constructors are in the numerics module.

@@ -492,7 +492,7 @@ fn eplb_matrix(
 }
 
 /// CSV header of the timing export: one row per step, path and kernel, in launch order.
-pub const CSV_HEADER: &str = "step,t_ms,tokens,path,kernel,index,us,bytes,gb_per_s";
+pub const CSV_HEADER: &str = "step,t_ms,tokens,path,kernel,index,us,bytes,gb_per_s,experts";
 
 fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Write) -> Result<()> {
     use std::fmt::Write as _;
@@ -510,13 +510,14 @@ fn kernel_csv(steps: impl Iterator<Item = Result<StepRecord>>, out: &mut dyn Wri
                     .map_or(String::new(), |g| g.to_string());
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{i},{},{bytes},{bw}",
+                    "{},{},{},{},{},{i},{},{bytes},{bw},{}",
                     r.step,
                     r.t_ms,
                     r.tokens,
                     csv_field(p.name.name()),
                     csv_field(t.stage.name()),
-                    t.us
+                    t.us,
+                    p.spec.experts
                 );
             }
         }

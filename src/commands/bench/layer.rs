@@ -1,19 +1,27 @@
 //! The whole layer through both paths, per token count: clean vs instrumented step time, and the
-//! expert GEMMs against the floor of streaming the active experts' weights once.
+//! expert GEMMs against the floor of streaming the active experts' weights once; then the same
+//! paths with FP8 experts (A: FP8 routed beside the bf16 shared expert, B: all FP8), against
+//! their own (halved) floor and the dense FP8 rate of the same kernel measured in this run.
 
 use super::report::PathRow;
 use super::BenchArgs;
+use crate::engine::cuda::fp8 as dfp8;
 use crate::engine::cuda::gpu::Gpu;
 use crate::engine::cuda::layer::CudaBackend;
-use crate::engine::paths::{PathId, PathSpec};
+use crate::engine::paths::{ExpertFormat, PathId, PathSpec};
 use crate::engine::stats::gb_per_s;
 use crate::engine::step::Stage;
 use crate::engine::{Backend, BackendChoice, PathRun, StepInput};
 use anyhow::Result;
 use std::sync::Arc;
 
-/// The full layer through both paths: clean vs instrumented, and the expert GEMMs.
-pub fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<Vec<PathRow>> {
+/// The full layer through both paths: clean vs instrumented, and the expert GEMMs; with FP8
+/// rows where the layer's sizes allow them (their dense FP8 rate is returned beside the rows).
+pub fn bench_paths(
+    gpu: &Arc<Gpu>,
+    args: &BenchArgs,
+    copy_gbs: f64,
+) -> Result<(Vec<PathRow>, Option<f64>)> {
     let (weights, _) = args.layer.spec().on(BackendChoice::Cuda).weights(false)?;
     let cfg = weights.config().clone();
     let started = std::time::Instant::now();
@@ -32,8 +40,25 @@ pub fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<Ve
         PathSpec::unfused_baseline(),
         PathSpec::fused(crate::engine::paths::Variant::Correct),
     ];
+    let (fp8, bf16) = (ExpertFormat::Fp8, ExpertFormat::Bf16);
+    let fp8_paths = vec![
+        paths[0].clone().with_formats(fp8, bf16),
+        paths[1].clone().with_formats(fp8, fp8),
+    ];
+    let dense = match crate::engine::weights::fp8::check_sizes(&cfg, true, true) {
+        Ok(()) => {
+            let ready = dfp8::prepare(gpu)?;
+            let tflops = dfp8::dense_tflops(gpu, &ready, super::REPEATS)?;
+            println!("dense FP8 GEMM (the FP8 kernel, 8192 × 4096 × 7168): {tflops:.0} TFLOP/s");
+            Some(tflops)
+        }
+        Err(why) => {
+            println!("no FP8 rows: {why:#}");
+            None
+        }
+    };
     println!(
-        "{:>6}  {:>4}  {:>11}  {:>11}  {:>6}  {:>10}  {:>10}  {:>7}  {:>10}",
+        "{:>6}  {:>6}  {:>11}  {:>11}  {:>6}  {:>10}  {:>10}  {:>7}  {:>9}  {:>8}",
         "tokens",
         "path",
         "clean µs",
@@ -42,7 +67,8 @@ pub fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<Ve
         "gemm up µs",
         "gemm dn µs",
         "GB/s",
-        "of floor"
+        "of floor",
+        "of dense"
     );
     let mut rows = Vec::new();
     for &t in args.path_tokens.iter().filter(|&&t| t > 0) {
@@ -56,9 +82,18 @@ pub fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<Ve
         backend.step(&input, &paths)?; // warm-up: workspace, first launches
         let out = backend.step(&input, &paths)?;
         for (&path, run) in PathId::ALL.iter().zip(&out.paths) {
-            let row = path_row(t, path, run, copy_gbs);
+            let row = path_row(t, path, run, copy_gbs, None);
             print_row(&row);
             rows.push(row);
+        }
+        if let Some(dense) = dense {
+            backend.step(&input, &fp8_paths)?; // warm-up: the FP8 weights and buffers
+            let out = backend.step(&input, &fp8_paths)?;
+            for (&path, run) in PathId::ALL.iter().zip(&out.paths) {
+                let row = path_row(t, path, run, copy_gbs, Some((&cfg, dense)));
+                print_row(&row);
+                rows.push(row);
+            }
         }
         let b = &out.paths[1];
         let detail: Vec<String> = b
@@ -69,7 +104,7 @@ pub fn bench_paths(gpu: &Arc<Gpu>, args: &BenchArgs, copy_gbs: f64) -> Result<Ve
         println!("        B stages (µs): {}", detail.join(", "));
         live_row(&mut backend, &paths, t)?;
     }
-    Ok(rows)
+    Ok((rows, dense))
 }
 
 /// Live steps as `run` makes them (every token against the device reference, the clean timing
@@ -108,13 +143,33 @@ fn live_row(backend: &mut CudaBackend, paths: &[PathSpec], t: usize) -> Result<(
     Ok(())
 }
 
-fn path_row(t: usize, path: PathId, run: &PathRun, copy_gbs: f64) -> PathRow {
+/// One path's row; `fp8` (the layer and the dense FP8 rate) for a path with FP8 experts.
+fn path_row(
+    t: usize,
+    path: PathId,
+    run: &PathRun,
+    copy_gbs: f64,
+    fp8: Option<(&crate::engine::config::MoeConfig, f64)>,
+) -> PathRow {
     let find = |st: Stage| run.timings.iter().find(|k| k.stage == st);
     let (up, down) = (find(Stage::ExpertGemmUp), find(Stage::ExpertGemmDown));
     let us = |k: Option<&crate::engine::step::KernelTiming>| k.map_or(0.0, |k| k.us);
     let bytes = up.and_then(|k| k.bytes).unwrap_or(0) + down.and_then(|k| k.bytes).unwrap_or(0);
-    let gemm_gb_s = gb_per_s(bytes, us(up) + us(down));
+    let gemm_us = us(up) + us(down);
+    let gemm_gb_s = gb_per_s(bytes, gemm_us);
+    // Multiply-adds of the up (2I × H) and down (H × I) GEMMs over every assignment.
+    let gemm_of_dense = fp8.map(|(cfg, dense)| {
+        let (h, i) = (cfg.hidden_size as f64, cfg.moe_intermediate_size as f64);
+        let tflops = 2.0 * run.slot_ids.len() as f64 * 3.0 * i * h / gemm_us / 1e6;
+        tflops / dense
+    });
     PathRow {
+        experts: if fp8.is_some() {
+            ExpertFormat::Fp8
+        } else {
+            ExpertFormat::Bf16
+        },
+        gemm_of_dense,
         tokens: t,
         path,
         clean_us: run.clean_us,
@@ -128,10 +183,13 @@ fn path_row(t: usize, path: PathId, run: &PathRun, copy_gbs: f64) -> PathRow {
 
 fn print_row(r: &PathRow) {
     let clean = r.clean_us.unwrap_or(f64::NAN);
+    let dense = r
+        .gemm_of_dense
+        .map_or_else(String::new, |d| format!("{:>7.1}%", 100.0 * d));
     println!(
-        "{:>6}  {:>4}  {clean:>11.1}  {:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {:>7.0}  {:>9.0}%",
+        "{:>6}  {:>6}  {clean:>11.1}  {:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {:>7.0}  {:>8.0}%  {dense:>8}",
         r.tokens,
-        r.path.name(),
+        format!("{}·{}", r.path.name(), r.experts),
         r.instrumented_us,
         r.instrumented_us / clean,
         r.gemm_up_us,

@@ -4,7 +4,8 @@
 //! larger than L2 where the batch allows), replayed several times, the median taken after a
 //! warm-up; each router against the device copy bandwidth measured in the same run. Paths: the
 //! full layer's clean and instrumented times per token count, and the expert GEMMs against the
-//! floor of streaming the active weights. `--json` writes every figure with the card, driver and
+//! floor of streaming the active weights, in bf16 and in FP8 (against the dense FP8 rate of the
+//! same kernel, same run). `--json` writes every figure with the card, driver and
 //! commit; `--compare` prints the ratios to an earlier run's JSON.
 
 mod layer;
@@ -82,7 +83,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     report.routers = routers::bench_routers(&gpu, &cfg, &args.router_tokens, copy_gbs)?;
     if !args.router_only && !args.path_tokens.iter().all(|&t| t == 0) {
-        report.paths = layer::bench_paths(&gpu, &args, copy_gbs)?;
+        (report.paths, report.fp8_dense_tflops) = layer::bench_paths(&gpu, &args, copy_gbs)?;
     }
     if let Some(old) = &old {
         report.print_comparison(old);

@@ -3,7 +3,7 @@
 
 use crate::commands::route::write_atomically;
 use crate::engine::cuda::gpu::Gpu;
-use crate::engine::paths::PathId;
+use crate::engine::paths::{ExpertFormat, PathId};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -71,6 +71,13 @@ pub struct PathRow {
     /// of the copy bandwidth (the weight-streaming floor).
     pub gemm_gb_s: Option<f64>,
     pub gemm_of_copy: Option<f64>,
+    /// The routed experts' format (reports before FP8 were all bf16).
+    #[serde(default)]
+    pub experts: ExpertFormat,
+    /// FP8 rows: the expert GEMMs' TFLOP/s as a fraction of the dense FP8 rate of the same
+    /// kernel in the same run (`BenchReport::fp8_dense_tflops`).
+    #[serde(default)]
+    pub gemm_of_dense: Option<f64>,
 }
 
 /// Everything one `bench` run measured.
@@ -93,6 +100,9 @@ pub struct BenchReport {
     pub launch_floor_us: f64,
     pub routers: Vec<RouterRow>,
     pub paths: Vec<PathRow>,
+    /// One dense 8192 × 4096 × 7168 GEMM of the FP8 kernel, TFLOP/s (where FP8 rows ran).
+    #[serde(default)]
+    pub fp8_dense_tflops: Option<f64>,
 }
 
 impl BenchReport {
@@ -110,6 +120,7 @@ impl BenchReport {
             launch_floor_us: f64::NAN,
             routers: Vec::new(),
             paths: Vec::new(),
+            fp8_dense_tflops: None,
         }
     }
 
@@ -160,13 +171,13 @@ impl BenchReport {
             let before = old
                 .paths
                 .iter()
-                .find(|o| o.tokens == p.tokens && o.path == p.path);
+                .find(|o| o.tokens == p.tokens && o.path == p.path && o.experts == p.experts);
             if let (Some(o), Some(new), Some(was)) =
                 (before, p.clean_us, before.and_then(|o| o.clean_us))
             {
                 println!(
-                    "path {} T={:<7} clean {:>9.1} µs  was {:>9.1}  {:.3}×  (gemm up {:.3}×, down {:.3}×)",
-                    p.path.name(),
+                    "path {:<6} T={:<7} clean {:>9.1} µs  was {:>9.1}  {:.3}×  (gemm up {:.3}×, down {:.3}×)",
+                    format!("{}·{}", p.path.name(), p.experts),
                     p.tokens,
                     new,
                     was,
@@ -223,7 +234,10 @@ mod tests {
                 gemm_down_us: 10.0,
                 gemm_gb_s: None,
                 gemm_of_copy: None,
+                experts: ExpertFormat::Fp8,
+                gemm_of_dense: Some(0.5),
             }],
+            fp8_dense_tflops: Some(900.0),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench.json");
@@ -233,6 +247,13 @@ mod tests {
         let back = BenchReport::read(&path).unwrap();
         assert_eq!(back.routers[0].kernel, RouterKernel::General);
         assert_eq!(back.paths[0].path, PathId::B);
+        assert_eq!(back.paths[0].experts, ExpertFormat::Fp8);
+        // A report written before FP8 rows reads as bf16.
+        let old = text
+            .replace("\"experts\": \"fp8\",", "")
+            .replace("\"fp8_dense_tflops\": 900.0", "\"_\": 0");
+        let old: BenchReport = serde_json::from_str(&old).unwrap();
+        assert_eq!(old.paths[0].experts, ExpertFormat::Bf16);
         // An existing file is refused without force; a file that is not a report names itself.
         assert!(report.write(&path, false).is_err());
         std::fs::write(&path, "{}").unwrap();

@@ -3,6 +3,7 @@
 //! three runs at 1 and at `PROBE_TOKENS` tokens).
 
 use super::mlp_rows;
+use crate::engine::paths::ExpertFormat;
 use crate::engine::weights::ExpertWeights;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ impl ExpertCost {
             (0..3)
                 .map(|_| {
                     let start = Instant::now();
-                    mlp_rows(w, &rows, &mut out);
+                    mlp_rows(w, &rows, &mut out, ExpertFormat::Bf16);
                     start.elapsed().as_secs_f64() * 1e6
                 })
                 .fold(f64::INFINITY, f64::min)

@@ -6,12 +6,13 @@
 //! align, experts, combine, shared MLP) read top to bottom as the kernels' launch sequence does.
 
 mod cost;
+mod fp8;
 
 use super::compare::output_stats;
 use super::config::MoeConfig;
 use super::ep::{GemmSource, GemmTime};
 use super::finite::{count_nonfinite, FiniteCounts, FiniteStage};
-use super::paths::{Contract, LogitsDtype, PathSpec, RouterImpl, SharedMode};
+use super::paths::{Contract, ExpertFormat, LogitsDtype, PathSpec, RouterImpl, SharedMode};
 use super::routing::{self, top_k};
 use super::step::{KernelTiming, Stage};
 use super::trace::RoutedBatch;
@@ -40,6 +41,8 @@ pub struct CpuBackend {
     cost: Option<cost::ExpertCost>,
     /// Non-finite values in the weights, counted once when they were loaded.
     weights_nonfinite: u64,
+    /// The FP8 experts, made at the first step of a path that runs them.
+    fp8: Option<fp8::Fp8Weights>,
 }
 
 impl CpuBackend {
@@ -76,6 +79,7 @@ impl CpuBackend {
             shared_gate,
             weights_nonfinite,
             cost: None,
+            fp8: None,
             experts,
             shared_slots,
             shared_dense,
@@ -106,6 +110,26 @@ impl CpuBackend {
         } else {
             &self.shared_slots[slot - e]
         }
+    }
+
+    /// Slot `slot`'s MLP as a path in `format` multiplies it.
+    fn slot_mlp_as(&self, slot: usize, format: ExpertFormat) -> &Arc<ExpertWeights> {
+        match (format, &self.fp8) {
+            (ExpertFormat::Fp8, Some(w)) => w.slot(slot),
+            _ => self.slot_mlp(slot),
+        }
+    }
+
+    /// Makes the FP8 weights where a path runs them and they are not made yet.
+    fn ensure_fp8(&mut self, paths: &[PathSpec]) -> Result<()> {
+        for spec in paths.iter().filter(|p| p.uses_fp8()) {
+            fp8::check_path(&self.cfg, spec)?;
+        }
+        if self.fp8.is_none() && paths.iter().any(|p| p.uses_fp8()) {
+            let w = fp8::Fp8Weights::new(self.source.as_ref(), &self.experts, &self.shared_slots)?;
+            self.fp8 = Some(w);
+        }
+        Ok(())
     }
 
     fn run_path(
@@ -257,8 +281,11 @@ impl CpuBackend {
         }
         timed(&mut timings, Stage::MoeAlign, start);
 
-        // Grouped expert MLPs, one slot at a time in parallel, outputs in slot order.
+        // Grouped expert MLPs, one slot at a time in parallel, outputs in slot order; an FP8
+        // slot multiplies the tokens quantized per group of 128.
         let start = Instant::now();
+        let xq = spec.uses_fp8().then(|| fp8::quantize_rows(x, h));
+        let e = cfg.n_routed_experts;
         let mut expert_out = vec![0.0f32; slot_ids.len() * h];
         let mut chunks: Vec<(usize, &mut [f32])> = Vec::with_capacity(slots);
         let mut rest: &mut [f32] = &mut expert_out;
@@ -271,11 +298,16 @@ impl CpuBackend {
             if out.is_empty() {
                 return;
             }
+            let format = spec.slot_format(slot, e);
+            let src = match (&xq, format) {
+                (Some(q), ExpertFormat::Fp8) => q.as_slice(),
+                _ => x,
+            };
             let rows: Vec<&[f32]> = order[offsets[slot]..offsets[slot + 1]]
                 .iter()
-                .map(|&a| &x[(a / per_token) * h..(a / per_token + 1) * h])
+                .map(|&a| &src[(a / per_token) * h..(a / per_token + 1) * h])
                 .collect();
-            mlp_rows(self.slot_mlp(slot), &rows, out);
+            mlp_rows(self.slot_mlp_as(slot, format), &rows, out, format);
         });
         timed(&mut timings, Stage::ExpertMlp, start);
         finite.count(FiniteStage::Experts, &expert_out);
@@ -296,8 +328,12 @@ impl CpuBackend {
 
         // The separate shared MLP, added after the scale.
         let mut separate = Vec::new();
+        let (dense, src) = match (spec.shared_experts, &self.fp8, &xq) {
+            (ExpertFormat::Fp8, Some(w), Some(q)) => (w.shared_dense.as_ref(), q.as_slice()),
+            _ => (self.shared_dense.as_ref(), x),
+        };
         if spec.shared == SharedMode::Separate && contract.separate_shared_weight != 0.0 {
-            if let Some(mlp) = &self.shared_dense {
+            if let Some(mlp) = dense {
                 let start = Instant::now();
                 separate = gates
                     .iter()
@@ -308,7 +344,8 @@ impl CpuBackend {
                     .par_chunks_mut(h)
                     .enumerate()
                     .for_each(|(tok, out)| {
-                        mlp_rows(mlp, &[&x[tok * h..(tok + 1) * h]], out);
+                        let row = &src[tok * h..(tok + 1) * h];
+                        mlp_rows(mlp, &[row], out, spec.shared_experts);
                     });
                 finite.count(FiniteStage::Experts, &shared_out);
                 y.par_chunks_mut(h)
@@ -490,8 +527,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// SwiGLU MLP on rows of x, writing [rows × H] to `out`; the activation is rounded to bf16 as
-/// the GPU's down-projection input is.
-fn mlp_rows(w: &ExpertWeights, rows: &[&[f32]], out: &mut [f32]) {
+/// the GPU's down-projection input is, and in FP8 then quantized per group of 128.
+fn mlp_rows(w: &ExpertWeights, rows: &[&[f32]], out: &mut [f32], format: ExpertFormat) {
     let (h, i) = (w.hidden, w.intermediate);
     let mut act = vec![0.0f32; i];
     for (r, x) in rows.iter().enumerate() {
@@ -499,6 +536,9 @@ fn mlp_rows(w: &ExpertWeights, rows: &[&[f32]], out: &mut [f32]) {
             let g = dot(x, &w.gate[j * h..(j + 1) * h]);
             let u = dot(x, &w.up[j * h..(j + 1) * h]);
             *a = round_bf16(g / (1.0 + (-g).exp()) * u);
+        }
+        if format == ExpertFormat::Fp8 {
+            act = crate::engine::weights::fp8::TokenGroups::quantize(&act, 1, i).dequantize();
         }
         for (c, o) in out[r * h..(r + 1) * h].iter_mut().enumerate() {
             *o = dot(&act, &w.down[c * i..(c + 1) * i]);
@@ -545,6 +585,13 @@ impl Backend for CpuBackend {
         Ok(self.slot_mlp(slot).clone())
     }
 
+    fn reference_slot_fp8(&self, slot: usize) -> Result<Arc<ExpertWeights>> {
+        match &self.fp8 {
+            Some(w) => Ok(w.slot(slot).clone()),
+            None => anyhow::bail!("no path runs FP8 experts"),
+        }
+    }
+
     fn step(&mut self, input: &StepInput, paths: &[PathSpec]) -> Result<BackendStep> {
         anyhow::ensure!(
             paths.iter().all(|p| p.router != RouterImpl::User),
@@ -587,6 +634,7 @@ impl CpuBackend {
         paths: &[PathSpec],
         given: Option<&RoutedBatch>,
     ) -> Result<BackendStep> {
+        self.ensure_fp8(paths)?;
         let (t, h) = (input.tokens, self.cfg.hidden_size);
         let x: Vec<f32> = match &input.hidden {
             Some(states) => {

@@ -3,12 +3,17 @@
 //!
 //! A GEMM needs an [`Fp8Ready`], which raising the kernels' shared-memory limit returns: the
 //! type keeps a launch from running before the limit is set.
+//!
+//! Longer than most files: every launch of kernels/fp8.cu has its wrapper here, beside the weight
+//! stacks and buffers they take, and the benchmark helpers (dense rate, timing data) that the
+//! bench command and `benches/fp8_gemm.rs` share.
 
-use super::gpu::Gpu;
+use super::gpu::{Gpu, Timer};
 use super::kernels::{
-    fp8_shared_bytes, DevPtr, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs, GemmRows,
-    KernelId, SplitkReduceArgs,
+    fp8_shared_bytes, DevPtr, Fp8BlocksArgs, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs,
+    GemmRows, KernelId, SplitkReduceArgs,
 };
+use crate::engine::step::Stage;
 use crate::engine::weights::fp8::{BlockScaled, Fp8Mlp, BLOCK};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
@@ -107,6 +112,53 @@ impl DeviceStack {
         })
     }
 
+    /// Block-quantizes `count` bf16 matrices [rows × cols] at `input` on the device (the bits
+    /// of `BlockScaled::quantize`).
+    pub fn quantize(
+        gpu: &Gpu,
+        input: DevPtr<u16>,
+        count: usize,
+        rows: usize,
+        cols: usize,
+        what: &str,
+    ) -> Result<DeviceStack> {
+        ensure!(
+            rows.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK) && count > 0,
+            "{what}: {count} FP8 matrices of shape [{rows}, {cols}]; the FP8 GEMM needs both dimensions multiples of {BLOCK}"
+        );
+        let stack = DeviceStack {
+            data: gpu.alloc(count * rows * cols, what)?,
+            scales: gpu.alloc(count * (rows / BLOCK) * (cols / BLOCK), what)?,
+            count,
+            rows,
+            cols,
+        };
+        gpu.launch(Fp8BlocksArgs {
+            input,
+            out: gpu.ptr(&stack.data),
+            scales: gpu.ptr(&stack.scales),
+            mats: count as u64,
+            rows: rows as u64,
+            cols: cols as u64,
+        })?;
+        Ok(stack)
+    }
+
+    /// Matrix `idx` copied back from the device, as stored there.
+    pub fn download(&self, gpu: &Gpu, idx: usize) -> Result<BlockScaled> {
+        ensure!(idx < self.count, "FP8 matrix {idx} of {}", self.count);
+        let (n, ns) = (
+            self.rows * self.cols,
+            (self.rows / BLOCK) * (self.cols / BLOCK),
+        );
+        Ok(BlockScaled {
+            rows: self.rows,
+            cols: self.cols,
+            data: gpu.download_at(&self.data, idx * n, n, "FP8 weights")?,
+            scale_inv: gpu.download_at(&self.scales, idx * ns, ns, "FP8 weight scales")?,
+        })
+    }
+
     /// Bytes per matrix (e4m3 codes and scales): what one group of a GEMM streams.
     pub fn bytes_per_matrix(&self) -> usize {
         self.rows * self.cols + 4 * (self.rows / BLOCK) * (self.cols / BLOCK)
@@ -121,6 +173,30 @@ pub struct Fp8Slots {
 }
 
 impl Fp8Slots {
+    /// Slot `idx` copied back from the device: gate and up split again.
+    pub fn download(&self, gpu: &Gpu, idx: usize) -> Result<Fp8Mlp> {
+        let w13 = self.w13.download(gpu, idx)?;
+        let inter = w13.rows / 2;
+        let (h, split, split_s) = (
+            w13.cols,
+            inter * w13.cols,
+            (inter / BLOCK) * (w13.cols / BLOCK),
+        );
+        let half = |data: &[u8], scales: &[f32]| BlockScaled {
+            rows: inter,
+            cols: h,
+            data: data.to_vec(),
+            scale_inv: scales.to_vec(),
+        };
+        Ok(Fp8Mlp {
+            hidden: h,
+            intermediate: inter,
+            gate: half(&w13.data[..split], &w13.scale_inv[..split_s]),
+            up: half(&w13.data[split..], &w13.scale_inv[split_s..]),
+            down: self.w2.download(gpu, idx)?,
+        })
+    }
+
     pub fn upload(gpu: &Gpu, mlps: &[Fp8Mlp], what: &str) -> Result<Fp8Slots> {
         let w13: Vec<BlockScaled> = mlps
             .iter()
@@ -388,9 +464,20 @@ pub struct ExpertBuffers {
 
 impl ExpertBuffers {
     pub fn new(gpu: &Gpu, w: &Fp8Experts, tokens: usize, spt: usize) -> Result<ExpertBuffers> {
-        let (h, i2) = (w.routed.w13.cols, w.routed.w13.rows);
+        ExpertBuffers::for_slots(gpu, &w.routed, w.groups(), tokens, spt)
+    }
+
+    /// Buffers for `groups` groups of slots shaped as `like`, `tokens` × `spt` rows.
+    pub fn for_slots(
+        gpu: &Gpu,
+        like: &Fp8Slots,
+        groups: usize,
+        tokens: usize,
+        spt: usize,
+    ) -> Result<ExpertBuffers> {
+        let (h, i2) = (like.w13.cols, like.w13.rows);
         let i = i2 / 2;
-        let (rows, groups) = (tokens * spt, w.groups());
+        let rows = tokens * spt;
         let tile = Tile::for_rows(rows, groups);
         let m_tiles = rows.min(rows.div_ceil(tile.rows()) + groups);
         let up_splits = k_splits(gpu.sms, m_tiles, i2, h);
@@ -421,6 +508,9 @@ impl ExpertBuffers {
 #[derive(Clone, Copy, Debug)]
 pub struct ExpertInputs {
     pub x: DevPtr<u16>,
+    /// How rows find their token: `Mapped` (order[row] / spt, the routed experts) or
+    /// `PerGroup` (row − offsets[group], the separate shared MLP: every group all tokens).
+    pub rows_mode: GemmRows,
     pub order: DevPtr<i32>,
     pub offsets: DevPtr<i32>,
     pub spt: usize,
@@ -437,8 +527,24 @@ pub fn run_experts(
     b: &ExpertBuffers,
     io: &ExpertInputs,
 ) -> Result<()> {
-    let (h, i2) = (w.routed.w13.cols, w.routed.w13.rows);
-    if let Some(s) = &w.shared {
+    let mut off = Timer::new(false);
+    run_slots(gpu, ready, &w.routed, w.shared.as_ref(), b, io, &mut off)
+}
+
+/// `run_experts` over `routed` slots and, as extra groups after them, `shared` ones, each
+/// launch timed by `timer` as a stage of the layer (the GEMMs' bytes are filled in later, as
+/// the bf16 GEMMs' are).
+pub fn run_slots(
+    gpu: &Gpu,
+    ready: &Fp8Ready,
+    routed: &Fp8Slots,
+    shared: Option<&Fp8Slots>,
+    b: &ExpertBuffers,
+    io: &ExpertInputs,
+    timer: &mut Timer,
+) -> Result<()> {
+    let (h, i2) = (routed.w13.cols, routed.w13.rows);
+    if let Some(s) = shared {
         ensure!(
             (s.w13.rows, s.w13.cols) == (i2, h),
             "FP8 shared slots of [{}, {}] beside routed experts of [{i2}, {h}]: a fused slot must have the routed experts' shape",
@@ -446,9 +552,12 @@ pub fn run_experts(
             s.w13.cols
         );
     }
-    let groups = w.groups();
+    let groups = routed.w13.count + shared.map_or(0, |s| s.w13.count);
+    timer.start(gpu)?;
     quant_rows(gpu, io.x, b.tokens, h, gpu.ptr(&b.xq), gpu.ptr(&b.xs))?;
     tile_scan(gpu, io.offsets, groups, b.tile, gpu.ptr(&b.tiles))?;
+    let quant_bytes = (b.tokens * h * 3 + 4 * b.tokens * h / BLOCK) as u64;
+    timer.stop(gpu, Stage::Fp8Quant, Some(quant_bytes))?;
     let gemm_of = |stack: &DeviceStack, shared: Option<&DeviceStack>| {
         let g = Fp8Gemm {
             a: DevPtr::NULL,
@@ -484,16 +593,18 @@ pub fn run_experts(
             None => g,
         }
     };
-    let shared = w.shared.as_ref();
     let up = Fp8Gemm {
         a: gpu.ptr(&b.xq),
         a_scales: gpu.ptr(&b.xs),
-        a_mode: GemmRows::Mapped,
+        a_mode: io.rows_mode,
         c: gpu.ptr(&b.h1),
-        ..gemm_of(&w.routed.w13, shared.map(|s| &s.w13))
+        ..gemm_of(&routed.w13, shared.map(|s| &s.w13))
     };
     let parts = gpu.ptr(&b.parts);
+    timer.start(gpu)?;
     gemm_split(gpu, ready, &up, b.up_splits, parts)?;
+    timer.stop(gpu, Stage::ExpertGemmUp, None)?;
+    timer.start(gpu)?;
     silu_mul_quant(
         gpu,
         gpu.ptr(&b.h1),
@@ -502,13 +613,108 @@ pub fn run_experts(
         gpu.ptr(&b.aq),
         gpu.ptr(&b.a_s),
     )?;
+    let silu_bytes = (b.rows * i2 * 4 + b.rows * i2 / 2 + 4 * b.rows * i2 / 2 / BLOCK) as u64;
+    timer.stop(gpu, Stage::SiluMul, Some(silu_bytes))?;
     let down = Fp8Gemm {
         a: gpu.ptr(&b.aq),
         a_scales: gpu.ptr(&b.a_s),
         c: io.eo,
-        ..gemm_of(&w.routed.w2, shared.map(|s| &s.w2))
+        ..gemm_of(&routed.w2, shared.map(|s| &s.w2))
     };
-    gemm_split(gpu, ready, &down, b.down_splits, parts)
+    timer.start(gpu)?;
+    gemm_split(gpu, ready, &down, b.down_splits, parts)?;
+    timer.stop(gpu, Stage::ExpertGemmDown, None)
+}
+
+// --- for benchmarks: data that only has to be there, and a dense rate of the same kernel ---
+
+/// `n` random bytes (bf16 uniform bit patterns read as e4m3 codes): timing needs non-zero
+/// data, not meaningful values.
+pub fn random_bytes(gpu: &Gpu, n: usize, tensor: u64) -> Result<CudaSlice<u8>> {
+    let buf = gpu.alloc::<u8>(n.next_multiple_of(2), "random bytes")?;
+    gpu.launch(super::kernels::InitUniformArgs {
+        out: gpu.ptr(&buf).cast::<u16>(),
+        n: (n / 2) as u64,
+        seed: 7,
+        tensor,
+        amp: 1.0,
+    })?;
+    Ok(buf)
+}
+
+/// `count` random matrices [rows × cols] with unit scales.
+pub fn random_stack(
+    gpu: &Gpu,
+    count: usize,
+    rows: usize,
+    cols: usize,
+    tensor: u64,
+) -> Result<DeviceStack> {
+    let scales = gpu.alloc::<f32>(count * (rows / BLOCK) * (cols / BLOCK), "scales")?;
+    gpu.fill(gpu.ptr(&scales), scales.len(), 1f32.to_bits())?;
+    Ok(DeviceStack {
+        data: random_bytes(gpu, count * rows * cols, tensor)?,
+        scales,
+        count,
+        rows,
+        cols,
+    })
+}
+
+impl Fp8Gemm {
+    /// A one-group GEMM over `w` with nothing else set (the fields a launch fills in).
+    pub fn blank(gpu: &Gpu, w: &DeviceStack) -> Fp8Gemm {
+        Fp8Gemm {
+            a: DevPtr::NULL,
+            a_scales: DevPtr::NULL,
+            a_mode: GemmRows::Direct,
+            a_map: DevPtr::NULL,
+            a_div: 1,
+            b0: DevPtr::NULL,
+            b1: DevPtr::NULL,
+            bs0: DevPtr::NULL,
+            bs1: DevPtr::NULL,
+            n_first: 0,
+            b_stride: 0,
+            bs_stride: 0,
+            c: DevPtr::NULL,
+            offsets: DevPtr::NULL,
+            tiles: DevPtr::NULL,
+            groups: 1,
+            n: w.rows,
+            k: w.cols,
+            rows: 0,
+            tile: Tile::M64,
+            k_splits: 1,
+            c_split: 0,
+        }
+        .weights(gpu, w)
+    }
+}
+
+/// TFLOP/s of one dense GEMM [8192 × 7168] · [4096 × 7168]ᵀ with this kernel (the median of
+/// `repeats` event-timed runs): the dense FP8 rate grouped GEMMs are measured against.
+pub fn dense_tflops(gpu: &Gpu, ready: &Fp8Ready, repeats: usize) -> Result<f64> {
+    let (m, n, k) = (8192usize, 4096usize, 7168usize);
+    let w = random_stack(gpu, 1, n, k, 3)?;
+    let a = random_bytes(gpu, m * k, 4)?;
+    let sa = gpu.alloc::<f32>(m * k / BLOCK, "A scales")?;
+    gpu.fill(gpu.ptr(&sa), sa.len(), 1f32.to_bits())?;
+    let c = gpu.alloc::<f32>(m * n, "C")?;
+    let off = gpu.upload(&[0i32, m as i32], "offsets")?;
+    let tiles = gpu.alloc::<i32>(2, "tiles")?;
+    tile_scan(gpu, gpu.ptr(&off), 1, Tile::M64, gpu.ptr(&tiles))?;
+    let g = Fp8Gemm {
+        a: gpu.ptr(&a),
+        a_scales: gpu.ptr(&sa),
+        c: gpu.ptr(&c),
+        offsets: gpu.ptr(&off),
+        tiles: gpu.ptr(&tiles),
+        rows: m,
+        ..Fp8Gemm::blank(gpu, &w)
+    };
+    let us = super::timing::median_us(gpu, repeats, || gemm(gpu, ready, &g))?;
+    Ok(2.0 * (m * n * k) as f64 / us / 1e6)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 use super::checkpoint::files::{e4m3_to_f32, Files};
 use super::{ExpertWeights, WeightSource};
+use crate::engine::config::MoeConfig;
 use crate::engine::inputs::tensor_to_f32;
 use anyhow::{bail, ensure, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
@@ -25,26 +26,27 @@ pub fn f32_to_e4m3(x: f32) -> u8 {
     if x.is_nan() {
         return 0x7F;
     }
-    let a = f64::from(x.abs());
-    if a >= f64::from(E4M3_MAX) {
+    let a = x.abs();
+    if a >= E4M3_MAX {
         return sign | 0x7E;
     }
     // Below the smallest normal (2^-6) the step is 2^-9; code 8 is then the smallest normal.
     if a < 1.0 / 64.0 {
-        return sign | (a * 512.0).round_ties_even() as u8;
+        return sign | (f64::from(a) * 512.0).round_ties_even() as u8;
     }
-    let e = a.log2().floor() as i32;
-    // log2 may land one off at exact powers of two: settle the exponent exactly.
-    let e = if a < 2f64.powi(e) {
-        e - 1
-    } else if a >= 2f64.powi(e + 1) {
-        e + 1
-    } else {
-        e
-    };
-    let m = ((a / 2f64.powi(e) - 1.0) * 8.0).round_ties_even() as i32;
-    let (e, m) = if m == 8 { (e + 1, 0) } else { (e, m) };
-    sign | (((e + 7) as u8) << 3) | m as u8
+    // A normal f32 in [2^-6, 448): keep 3 of its 23 mantissa bits, rounding to nearest even
+    // (a carry out of the mantissa moves to the next exponent, as the encoding does).
+    let bits = a.to_bits();
+    let mut e = ((bits >> 23) & 0xFF) as i32 - 127;
+    let m = bits & 0x7F_FFFF;
+    let (mut q, rest) = (m >> 20, m & 0xF_FFFF);
+    if rest > 0x8_0000 || (rest == 0x8_0000 && q & 1 == 1) {
+        q += 1;
+    }
+    if q == 8 {
+        (e, q) = (e + 1, 0);
+    }
+    sign | (((e + 7) as u8) << 3) | q as u8
 }
 
 /// The scale of one block or group from its largest magnitude (1 for an all-zero block).
@@ -105,12 +107,19 @@ impl BlockScaled {
     /// q · s per element, in f32 (exact where the product fits f32, as for every DeepSeek-V3
     /// scale and code).
     pub fn dequantize(&self) -> Vec<f32> {
-        (0..self.rows * self.cols)
-            .map(|k| {
-                let (r, c) = (k / self.cols, k % self.cols);
-                e4m3_to_f32(self.data[k]) * self.scale(r, c)
-            })
-            .collect()
+        // Rows in parallel: a full-size expert is tens of millions of values, and the FP8
+        // paths' host reference dequantizes several a step.
+        use rayon::prelude::*;
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols.max(1))
+            .zip(self.data.par_chunks(self.cols.max(1)))
+            .enumerate()
+            .for_each(|(r, (o, q))| {
+                for (c, (o, &q)) in o.iter_mut().zip(q).enumerate() {
+                    *o = e4m3_to_f32(q) * self.scale(r, c);
+                }
+            });
+        out
     }
 }
 
@@ -227,6 +236,30 @@ impl Fp8Mlp {
     }
 }
 
+/// Refuses a layer whose FP8 matrices would cut 128×128 blocks: the hidden size, and the
+/// intermediate size of the routed experts (`routed`) or of a shared slot (`shared`), must be
+/// multiples of 128.
+pub fn check_sizes(cfg: &MoeConfig, routed: bool, shared: bool) -> Result<()> {
+    let mut sizes = vec![("hidden_size", cfg.hidden_size)];
+    if routed {
+        sizes.push(("moe_intermediate_size", cfg.moe_intermediate_size));
+    }
+    if shared && cfg.n_shared_experts > 0 {
+        sizes.push((
+            "shared slot intermediate size",
+            cfg.shared_slot_intermediate(),
+        ));
+    }
+    for (what, v) in sizes {
+        ensure!(
+            v.is_multiple_of(BLOCK),
+            "--experts fp8 needs {what} to be a multiple of {BLOCK} (the FP8 block edge); {} has {v}",
+            cfg.name
+        );
+    }
+    Ok(())
+}
+
 /// Routed expert `e` in FP8: as the checkpoint stores it where it is FP8, else block-quantized.
 pub fn expert(source: &dyn WeightSource, e: usize) -> Result<Fp8Mlp> {
     match source.expert_fp8(e)? {
@@ -325,6 +358,50 @@ mod tests {
             }
             // Negative zero keeps its sign bit.
             assert_eq!(f32_to_e4m3(v), b, "code {b:#04x} = {v}");
+        }
+    }
+
+    /// The encoding by arithmetic on the value (log2 and powers of two), written apart from
+    /// the bit-level encoder it checks.
+    fn e4m3_by_arithmetic(x: f32) -> u8 {
+        let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+        if x.is_nan() {
+            return 0x7F;
+        }
+        let a = f64::from(x.abs());
+        if a >= f64::from(E4M3_MAX) {
+            return sign | 0x7E;
+        }
+        if a < 1.0 / 64.0 {
+            return sign | (a * 512.0).round_ties_even() as u8;
+        }
+        let e = a.log2().floor() as i32;
+        let e = if a < 2f64.powi(e) {
+            e - 1
+        } else if a >= 2f64.powi(e + 1) {
+            e + 1
+        } else {
+            e
+        };
+        let m = ((a / 2f64.powi(e) - 1.0) * 8.0).round_ties_even() as i32;
+        let (e, m) = if m == 8 { (e + 1, 0) } else { (e, m) };
+        sign | (((e + 7) as u8) << 3) | m as u8
+    }
+
+    #[test]
+    fn the_bit_level_encoder_is_the_arithmetic_one() {
+        // Every f32 exponent of the normal range, with mantissas around each rounding boundary
+        // and a spread of others; both signs.
+        for exp in 100u32..140 {
+            for m in (0..(1u32 << 23)).step_by(4093).chain((0..8).flat_map(|q| {
+                let mid = (q << 20) | 0x8_0000;
+                [mid - 1, mid, mid + 1]
+            })) {
+                for sign in [0u32, 1 << 31] {
+                    let x = f32::from_bits(sign | (exp << 23) | m);
+                    assert_eq!(f32_to_e4m3(x), e4m3_by_arithmetic(x), "{x:e}");
+                }
+            }
         }
     }
 

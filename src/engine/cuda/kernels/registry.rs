@@ -378,6 +378,14 @@ kernels! {
     grid(a, sms) { Grid::per_warp((a.rows * a.cols / 128) as usize) }
     fn Fp8QuantRows = fp8_quant_rows;
 
+    /// bf16 matrices [mats × rows × cols] → e4m3 in the same layout and f32 scales
+    /// [mats × rows/128 × cols/128], per 128×128 block (weights::fp8), a block of 256 each.
+    Fp8::Fp8BlocksArgs {
+        input: DevPtr<u16>, out: DevPtr<u8>, scales: DevPtr<f32>, mats: u64, rows: u64, cols: u64,
+    }
+    grid(a, sms) { Grid::x((a.mats * (a.rows / 128) * (a.cols / 128)) as u32, 256) }
+    fn Fp8QuantBlocks = fp8_quant_blocks;
+
     /// SiLU·mul of h f32 [rows × 2·inter], rounded to bf16, quantized as `Fp8QuantArgs`.
     Fp8::Fp8SiluArgs {
         h: DevPtr<f32>, out: DevPtr<u8>, scales: DevPtr<f32>, rows: u64, inter: u64,

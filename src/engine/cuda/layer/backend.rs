@@ -1,6 +1,9 @@
 //! `CudaBackend`: the engine's `Backend` on the device. Per step: the workspace, the inputs
 //! (hidden states, shared gates), then per path an instrumented run (per-stage events), the
 //! readback, and a clean run under one event pair.
+//!
+//! Longer than most files: the step's sequence (inputs, FP8 weights where a path runs them, the
+//! paths, the device reference, the counters) reads in one place, as the CPU backend's does.
 
 use super::super::gpu::{cuda_err, Gpu, Timer};
 use super::super::kernels::{DevPtr, InitHiddenArgs, SharedGateArgs, ToBf16Args};
@@ -8,6 +11,7 @@ use super::super::reference::{self, DeviceReference, RefWeights};
 use super::super::router::RouterShape;
 use super::device::{bf16_value, DeviceLayer, DeviceWeights};
 use super::finite::Values;
+use super::fp8::{Fp8Buffers, Fp8Layer, Fp8Stage};
 use super::readback::{self, PathOutputs};
 use super::stages::{PathLaunch, Plan};
 use super::workspace::Workspace;
@@ -15,7 +19,8 @@ use crate::engine::config::MoeConfig;
 use crate::engine::cuda::user_kernel::{Conventions, KernelFile, LogitsDtype, UserKernel};
 use crate::engine::ep::{GemmSource, GemmTime};
 use crate::engine::finite::{FiniteCounts, FiniteStage};
-use crate::engine::paths::{PathSpec, RouterImpl};
+use crate::engine::paths::{PathId, PathSpec, RouterImpl};
+use crate::engine::step::FormatErrors;
 use crate::engine::trace::RoutedBatch;
 use crate::engine::weights::synthetic::tensor_id;
 use crate::engine::weights::WeightSource;
@@ -44,6 +49,11 @@ pub struct CudaBackend {
     user: Option<UserKernel>,
     /// This step's shared gates on the host (path C appends shared slots with them).
     step_gates: Vec<f32>,
+    /// FP8 expert weights and their buffers, made at the first step of a path that runs them.
+    fp8: Option<Fp8Layer>,
+    fp8_bufs: Option<Fp8Buffers>,
+    /// The device reference on FP8 weights, one FP8 path at a time.
+    fp8_reference: Option<DeviceReference>,
 }
 
 /// The clean (uninstrumented) timing of each path runs on every CLEAN_EVERY-th step only, so a
@@ -67,6 +77,9 @@ impl CudaBackend {
             ep_ws: None,
             user: None,
             step_gates: Vec::new(),
+            fp8: None,
+            fp8_bufs: None,
+            fp8_reference: None,
             poison: false,
             device_numerics: false,
             keep_logits: false,
@@ -161,6 +174,40 @@ impl CudaBackend {
         Ok((self, conv))
     }
 
+    /// The FP8 weights the paths need (made or widened where they are not there yet) and the
+    /// FP8 stage's buffers for `t` tokens of `spt` slots. Nothing where no path runs FP8.
+    fn ensure_fp8(&mut self, paths: &[PathSpec], t: usize, spt: usize) -> Result<()> {
+        let routed = paths.iter().any(|p| p.experts.is_fp8());
+        let shared =
+            paths.iter().any(|p| p.shared_experts.is_fp8()) && self.cfg.n_shared_experts > 0;
+        if !routed && !shared {
+            return Ok(());
+        }
+        if !self.fp8.as_ref().is_some_and(|w| w.covers(routed, shared)) {
+            let (r, s) = match &self.fp8 {
+                Some(w) => (routed || w.routed.is_some(), shared || w.shared.is_some()),
+                None => (routed, shared),
+            };
+            (self.fp8, self.fp8_bufs) = (None, None); // free first
+            let w = Fp8Layer::new(&self.gpu, &self.layer, self.weights.source.as_ref(), r, s)?;
+            self.fp8 = Some(w);
+        }
+        let w = self.fp8.as_ref().context("FP8 weights missing")?;
+        if !self.fp8_bufs.as_ref().is_some_and(|b| b.fits(w, t, spt)) {
+            self.fp8_bufs = None;
+            self.fp8_bufs = Some(Fp8Buffers::new(&self.gpu, &self.cfg, w, t, spt)?);
+        }
+        Ok(())
+    }
+
+    /// The FP8 stage's weights and buffers, where they are made.
+    fn fp8_stage(&self) -> Option<Fp8Stage<'_>> {
+        match (&self.fp8, &self.fp8_bufs) {
+            (Some(layer), Some(bufs)) => Some(Fp8Stage { layer, bufs }),
+            _ => None,
+        }
+    }
+
     /// Launches one path's kernels for `t` tokens.
     fn launch_path(&self, plan: &Plan, t: usize, routed: bool, timer: &mut Timer) -> Result<()> {
         PathLaunch {
@@ -173,6 +220,7 @@ impl CudaBackend {
             routed,
             user: self.user.as_ref(),
             gates: &self.step_gates,
+            fp8: self.fp8_stage(),
         }
         .run(timer)
     }
@@ -288,7 +336,7 @@ impl CudaBackend {
         self.count_path(row, plan, t, routed)?;
         let out: PathOutputs =
             readback::path_outputs(&gpu, self.ws()?, h, t, spt, &input.sample_tokens)?;
-        readback::fill_weight_bytes(&self.cfg, &out.slot_ids, &mut timings);
+        readback::fill_weight_bytes(&self.cfg, &out.slot_ids, plan.experts, &mut timings);
         Ok(PathRun {
             slots_per_token: spt,
             slot_ids: out.slot_ids,
@@ -325,6 +373,7 @@ impl CudaBackend {
     /// (whose gate GEMM wrote the logits every path shares), then the path's comparison.
     fn compare_on_device(&mut self, idx: usize, plan: &Plan, step: u64) -> Result<()> {
         let gpu = self.gpu.clone();
+        let outputs = self.path_outputs(plan)?;
         let ws = self.ws.as_ref().context("workspace missing")?;
         let r = self
             .reference
@@ -334,8 +383,14 @@ impl CudaBackend {
             let (x, logits) = (gpu.ptr(&ws.inputs.x), gpu.ptr(&ws.gate.logits));
             r.run(&gpu, &self.layer, x, logits, RefWeights::Bf16, step)?;
         }
+        r.compare_path(&gpu, idx, outputs)
+    }
+
+    /// What path `plan` left in the workspace, for a comparison on the device.
+    fn path_outputs(&self, plan: &Plan) -> Result<reference::PathOutputs> {
+        let (gpu, ws) = (&self.gpu, self.ws()?);
         let shared = self.cfg.n_shared_experts > 0;
-        let outputs = reference::PathOutputs {
+        Ok(reference::PathOutputs {
             ids: gpu.ptr(&ws.router.ids),
             weights: gpu.ptr(&ws.router.weights),
             spt: plan.shape.spt(),
@@ -351,8 +406,48 @@ impl CudaBackend {
                 DevPtr::NULL
             },
             y: gpu.ptr(&ws.out.y),
-        };
-        r.compare_path(&gpu, idx, outputs)
+        })
+    }
+
+    /// Whether the device compares the FP8 paths among `paths` itself: with device numerics,
+    /// every FP8 path's routed experts in FP8 (the reference's FP8 mode), and the format's error
+    /// from the A-against-B comparison (no bf16 path, or A and B alone with one of them bf16).
+    fn fp8_on_device(&self, paths: &[PathSpec]) -> bool {
+        let fp8: Vec<bool> = paths.iter().map(|p| p.uses_fp8()).collect();
+        let bf16 = fp8.iter().filter(|&&f| !f).count();
+        self.device_numerics
+            && paths.iter().all(|p| !p.uses_fp8() || p.experts.is_fp8())
+            && (bf16 == 0 || (paths.len() == 2 && bf16 == 1))
+    }
+
+    /// Path `idx` (FP8) against the device reference on its FP8 weights.
+    fn compare_fp8_on_device(
+        &mut self,
+        plan: &Plan,
+        spec: &PathSpec,
+        step: u64,
+    ) -> Result<FormatErrors> {
+        let (t, spt) = (self.ws()?.t, plan.shape.spt());
+        if !self
+            .fp8_reference
+            .as_ref()
+            .is_some_and(|r| r.fits(t, 1, spt))
+        {
+            self.fp8_reference = None; // free first
+            self.fp8_reference = Some(DeviceReference::new(&self.gpu, &self.cfg, t, 1, spt)?);
+        }
+        let outputs = self.path_outputs(plan)?;
+        let (gpu, ws) = (
+            self.gpu.clone(),
+            self.ws.as_ref().context("workspace missing")?,
+        );
+        let w = self.fp8.as_ref().context("FP8 weights missing")?;
+        let r = self
+            .fp8_reference
+            .as_mut()
+            .context("FP8 reference missing")?;
+        let shared_fp8 = spec.shared_experts.is_fp8() && self.cfg.n_shared_experts > 0;
+        super::fp8::device_errors(&gpu, r, &self.layer, w, ws, outputs, shared_fp8, step)
     }
 
     /// Whole-output download for checks: [t × H].
@@ -379,6 +474,10 @@ impl Backend for CudaBackend {
         self.device_numerics
     }
 
+    fn compares_fp8_on_device(&self, paths: &[PathSpec]) -> bool {
+        self.fp8_on_device(paths)
+    }
+
     fn keep_router_logits(&mut self) {
         self.keep_logits = true;
     }
@@ -398,6 +497,15 @@ impl Backend for CudaBackend {
 
     fn rank_gemm_time(&mut self, slots: &[(u32, u32)]) -> Result<Option<GemmTime>> {
         self.time_rank_gemm(slots).map(Some)
+    }
+
+    /// Exactly the FP8 weights the kernels multiply, copied back from the device.
+    fn reference_slot_fp8(
+        &self,
+        slot: usize,
+    ) -> Result<Arc<crate::engine::weights::ExpertWeights>> {
+        let w = self.fp8.as_ref().context("no path runs FP8 experts")?;
+        Ok(Arc::new(w.slot_from_device(&self.gpu, &self.cfg, slot)?))
     }
 }
 
@@ -426,6 +534,7 @@ impl CudaBackend {
         let gpu = self.gpu.clone();
         let rows = 1 + plans.len();
         self.ensure_workspace(t, spt, k)?.finite.reset(&gpu, rows)?;
+        self.ensure_fp8(paths, t, spt)?;
         let gates = self.prepare_inputs(input)?;
         self.step_gates = gates.clone();
         self.count_inputs(t)?;
@@ -433,6 +542,9 @@ impl CudaBackend {
         let mut runs = Vec::with_capacity(plans.len());
         let mut router_logits = Vec::new();
         let on_device = self.device_numerics && given.is_none();
+        let fp8_device =
+            on_device && self.fp8_on_device(paths) && paths.iter().any(|p| p.uses_fp8());
+        let mut fp8_errors: Vec<Option<FormatErrors>> = vec![None; paths.len()];
         if on_device
             && !self
                 .reference
@@ -455,16 +567,23 @@ impl CudaBackend {
             if on_device {
                 self.compare_on_device(idx, plan, input.step)?;
             }
+            if fp8_device && paths[idx].uses_fp8() {
+                fp8_errors[idx] =
+                    Some(self.compare_fp8_on_device(plan, &paths[idx], input.step)?);
+            }
             if idx == 0 && given.is_none() && (!self.device_numerics || self.keep_logits) {
                 // Every path computes the same logits: the first's are kept.
                 router_logits = gpu.download(&self.ws()?.gate.logits, t * e, "router logits")?;
             }
             runs.push(run);
         }
-        let numerics = match self.reference.as_mut() {
+        let mut numerics = match self.reference.as_mut() {
             Some(r) if on_device => Some(r.finish(&gpu, input.step)?),
             _ => None,
         };
+        if let (true, Some(n)) = (fp8_device, numerics.as_mut()) {
+            n.comparison.expert_formats = with_format_errors(paths, fp8_errors, &n.comparison);
+        }
         let ws = self.ws()?;
         let counts = ws.finite.read(&gpu, rows)?;
         let mut finite = counts.first().copied().unwrap_or_default();
@@ -487,6 +606,24 @@ impl CudaBackend {
             numerics,
         })
     }
+}
+
+/// The FP8 paths' device errors with the format's error from the A-against-B comparison, where
+/// one of A and B is bf16 (B against A: the same figure either way round, up to the norm).
+fn with_format_errors(
+    paths: &[PathSpec],
+    mut errors: Vec<Option<FormatErrors>>,
+    c: &crate::engine::step::Comparison,
+) -> Vec<Option<FormatErrors>> {
+    let bf16 = paths.iter().position(|p| !p.uses_fp8());
+    if let (Some(b), 2) = (bf16, paths.len()) {
+        for e in errors.iter_mut().flatten() {
+            e.bf16_path = PathId::nth(b);
+            e.bf16_rel_l2 = Some(c.output_rel_l2_ab);
+            e.bf16 = c.token_errors_ab.clone();
+        }
+    }
+    errors
 }
 
 /// Runs of an EP rank's share of the grouped GEMM; the median is reported.
@@ -516,6 +653,8 @@ impl CudaBackend {
             separate: false,
             separate_weight: 0.0,
             logits: LogitsDtype::F32,
+            experts: crate::engine::paths::ExpertFormat::Bf16,
+            shared_experts: crate::engine::paths::ExpertFormat::Bf16,
         };
         let gpu = self.gpu.clone();
         if !self.ep_ws.as_ref().is_some_and(|w| w.fits(a, 1, 1)) {
@@ -546,6 +685,7 @@ impl CudaBackend {
             routed: true,
             user: None,
             gates: &[],
+            fp8: None,
         };
         let mut times = Vec::with_capacity(RANK_GEMM_RUNS);
         for _ in 0..RANK_GEMM_RUNS {

@@ -347,6 +347,12 @@ impl WeightSource for DeviceWeights {
     fn shared_gate(&self) -> Result<Option<Vec<f32>>> {
         self.source.shared_gate()
     }
+    fn expert_fp8(&self, e: usize) -> Result<Option<crate::engine::weights::fp8::Fp8Mlp>> {
+        self.source.expert_fp8(e)
+    }
+    fn shared_slot_fp8(&self, j: usize) -> Result<Option<crate::engine::weights::fp8::Fp8Mlp>> {
+        self.source.shared_slot_fp8(j)
+    }
     fn describe(&self) -> String {
         self.source.describe()
     }

@@ -6,12 +6,14 @@
 //! - `stages`: one path's launch sequence, a method per stage (where a new stage goes);
 //! - `readback`: what comes back to the host after a path;
 //! - `finite`: non-finite values counted on the device, per stage as the CPU backend counts them;
+//! - `fp8`: the FP8 expert weights (`--experts fp8`), their buffers and the FP8 expert stages;
 //! - `backend`: `CudaBackend`, the engine's `Backend`, which runs each path as the CPU backend
 //!   runs its stages (src/engine/cpu is the reference).
 
 mod backend;
 mod device;
 pub mod finite;
+pub mod fp8;
 pub mod gemm;
 pub mod readback;
 pub mod stages;

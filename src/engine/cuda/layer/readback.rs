@@ -5,6 +5,7 @@ use super::super::gpu::Gpu;
 use super::super::kernels::{OutputStatsArgs, STATS_BLOCKS};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
+use crate::engine::paths::ExpertFormat;
 use crate::engine::step::{KernelTiming, OutputStats, Stage};
 use anyhow::{ensure, Result};
 
@@ -86,7 +87,12 @@ pub fn poison_outputs(
 }
 
 /// Fills in the bytes of the expert GEMMs: the active slots' weights, read once, plus activations.
-pub fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], timings: &mut [KernelTiming]) {
+pub fn fill_weight_bytes(
+    cfg: &MoeConfig,
+    ids: &[u32],
+    format: ExpertFormat,
+    timings: &mut [KernelTiming],
+) {
     let mut seen = vec![false; cfg.total_slots()];
     for &id in ids {
         if let Some(s) = seen.get_mut(id as usize) {
@@ -96,12 +102,17 @@ pub fn fill_weight_bytes(cfg: &MoeConfig, ids: &[u32], timings: &mut [KernelTimi
     let active = seen.iter().filter(|&&s| s).count();
     let (h, i) = (cfg.hidden_size, cfg.moe_intermediate_size);
     let a = ids.len();
+    // Bytes of a weight and of an activation element: e4m3 and its block and group scales.
+    let (w, x) = match format {
+        ExpertFormat::Bf16 => (2.0, 2.0),
+        ExpertFormat::Fp8 => (1.0 + 4.0 / (128.0 * 128.0), 1.0 + 4.0 / 128.0),
+    };
+    let up = (active * 2 * i * h) as f64 * w + (a * h) as f64 * x + (a * 2 * i * 4) as f64;
+    let down = (active * h * i) as f64 * w + (a * i) as f64 * x + (a * h * 4) as f64;
     for t in timings.iter_mut() {
         t.bytes = match t.stage {
-            Stage::ExpertGemmUp => {
-                Some((active * 2 * i * h * 2 + a * h * 2 + a * 2 * i * 4) as u64)
-            }
-            Stage::ExpertGemmDown => Some((active * h * i * 2 + a * i * 2 + a * h * 4) as u64),
+            Stage::ExpertGemmUp => Some(up as u64),
+            Stage::ExpertGemmDown => Some(down as u64),
             _ => t.bytes,
         };
     }

@@ -11,10 +11,11 @@ use super::super::kernels::{
 use super::super::router::{self, RouterIo, RouterShape};
 use super::super::user_kernel::{self, UserKernel};
 use super::device::DeviceLayer;
+use super::fp8::{self, Fp8Stage};
 use super::gemm::{self, Groups, Weights};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
-use crate::engine::paths::{LogitsDtype, PathSpec, RouterImpl, SharedMode};
+use crate::engine::paths::{ExpertFormat, LogitsDtype, PathSpec, RouterImpl, SharedMode};
 use crate::engine::step::Stage;
 use anyhow::{bail, ensure, Result};
 
@@ -29,6 +30,9 @@ pub struct Plan {
     pub separate_weight: f64,
     /// What the router reads: the gate GEMM's f32 output, or it rounded to bf16.
     pub logits: LogitsDtype,
+    /// The routed experts' and the shared experts' formats.
+    pub experts: ExpertFormat,
+    pub shared_experts: ExpertFormat,
 }
 
 impl Plan {
@@ -47,6 +51,12 @@ impl Plan {
                 cfg.moe_intermediate_size
             );
         }
+        ensure!(
+            spec.shared != SharedMode::FusedSlot || s == 0 || spec.experts == spec.shared_experts,
+            "a fused shared slot runs in its routed experts' format ({}), not {}",
+            spec.experts,
+            spec.shared_experts
+        );
         let shape = RouterShape::new(
             cfg,
             k,
@@ -63,6 +73,8 @@ impl Plan {
                 && has_shared,
             separate_weight: contract.separate_shared_weight,
             logits: spec.logits,
+            experts: spec.experts,
+            shared_experts: spec.shared_experts,
         })
     }
 }
@@ -81,6 +93,8 @@ pub struct PathLaunch<'a> {
     pub user: Option<&'a UserKernel>,
     /// The step's shared gate on the host, for a user kernel's shared slots.
     pub gates: &'a [f32],
+    /// The FP8 weights and buffers, where some path runs FP8 experts.
+    pub fp8: Option<Fp8Stage<'a>>,
 }
 
 impl PathLaunch<'_> {
@@ -103,6 +117,13 @@ impl PathLaunch<'_> {
     pub fn experts_only(&self, timer: &mut Timer) -> Result<()> {
         self.align(timer)?;
         self.experts(timer)
+    }
+
+    /// The FP8 weights and buffers (made before a path that runs FP8 experts).
+    fn fp8_stage(&self) -> Result<Fp8Stage<'_>> {
+        self.fp8.ok_or_else(|| {
+            anyhow::anyhow!("a path runs FP8 experts, but no FP8 weights are on the device")
+        })
     }
 
     /// Assignments of the step: tokens × slots per token.
@@ -250,6 +271,12 @@ impl PathLaunch<'_> {
     /// The grouped expert MLP over every slot: up GEMM, SiLU·mul, down GEMM. The GEMMs' bytes
     /// are filled in once the step's active slots are known (`readback::fill_weight_bytes`).
     fn experts(&self, timer: &mut Timer) -> Result<()> {
+        if self.plan.experts == ExpertFormat::Fp8 {
+            let f = self.fp8_stage()?;
+            let fused = self.plan.shape.spt() > self.plan.shape.k;
+            let spt = self.plan.shape.spt();
+            return fp8::experts(self.gpu, f.layer, f.bufs, self.ws, spt, fused, timer);
+        }
         let (gpu, ws, l, cfg) = (self.gpu, self.ws, self.layer, self.cfg);
         let (e, h, i) = (
             cfg.n_routed_experts,
@@ -300,6 +327,10 @@ impl PathLaunch<'_> {
 
     /// The shared experts as one dense MLP over all tokens, S groups of T rows.
     fn shared_mlp(&self, timer: &mut Timer) -> Result<()> {
+        if self.plan.shared_experts == ExpertFormat::Fp8 {
+            let f = self.fp8_stage()?;
+            return fp8::shared_mlp(self.gpu, f.layer, f.bufs, self.ws, self.cfg, timer);
+        }
         let (gpu, ws, l, cfg, t) = (self.gpu, self.ws, self.layer, self.cfg, self.t);
         let (h, s, is) = (
             cfg.hidden_size,
