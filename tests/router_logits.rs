@@ -171,3 +171,18 @@ fn a_bad_value_is_an_error_naming_the_flag_and_what_it_takes() {
         }
     }
 }
+
+#[test]
+fn a_routing_trace_leaves_no_router_to_set() {
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/routing/deepseek-v3-skew.safetensors"
+    );
+    let out = moescope(&[SMALL, &["--routing", trace, "--router-logits", "bf16"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--routing") && err.contains("--router-logits"),
+        "{err}"
+    );
+}
