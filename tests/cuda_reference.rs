@@ -107,6 +107,7 @@ fn device_numerics_on(
             sep: sep.as_ref().map(|b| gpu.ptr(b)).unwrap_or(DevPtr::NULL),
             gate: d_gate.as_ref().map(|b| gpu.ptr(b)).unwrap_or(DevPtr::NULL),
             y: gpu.ptr(&y),
+            near_ulps: moescope::engine::numerics::NEAR_TIE_ULPS,
         };
         r.compare_path(gpu, i, p).unwrap();
         keep.push((ids, w, y, sep));

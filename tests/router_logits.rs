@@ -64,6 +64,13 @@ fn bf16_logits_change_some_tokens_experts_and_f32_none() {
         (ab - b).abs() < 0.5,
         "A-B disagreement {ab}, B-reference {b}"
     );
+    // Those tokens are near ties in the units of what B read (bf16): rounding, not a bug.
+    let near: usize = recs.iter().map(|r| r.comparison.ties_ref[1].near).sum();
+    let real: usize = recs.iter().map(|r| r.comparison.ties_ref[1].real).sum();
+    assert!(
+        real == 0 && near as f64 >= b - 0.5,
+        "B's moved tokens: {near} near, {real} real, of {b}"
+    );
     // Every step says which precision each path read.
     for r in &recs {
         assert_eq!(r.paths[0].spec.logits, LogitsDtype::F32);

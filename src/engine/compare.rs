@@ -8,10 +8,10 @@
 use super::config::MoeConfig;
 use super::finite::{FiniteCounts, FiniteStage};
 use super::numerics::{
-    detail_tokens, MarginSummary, PathNumerics, RefToken, RouteClass, StepNumerics, TieCounts,
-    TokenDist, TokenErrors, TokenMargins, WORST_TOKENS,
+    detail_tokens, near_tie_ulps, MarginSummary, PathNumerics, RefToken, RouteClass, StepNumerics,
+    TieCounts, TokenDist, TokenErrors, TokenMargins, WORST_TOKENS,
 };
-use super::paths::{PathId, PathSpec};
+use super::paths::{LogitsDtype, PathId, PathSpec};
 use super::routing::{self, Routing, TokenRoute};
 use super::step::{
     Comparison, ContractCheck, OutputStats, PathRecord, SlotWeights, Stats, StepRecord, TokenDetail,
@@ -395,9 +395,11 @@ pub fn host_numerics(
             };
             let classes = effectives
                 .iter()
-                .map(|eff| {
+                .enumerate()
+                .map(|(i, eff)| {
                     let ids: Vec<u32> = eff[t].routed.iter().map(|x| x.0).collect();
-                    rt.classify(cfg, &ids)
+                    let logits = paths.get(i).map_or(LogitsDtype::F32, |p| p.logits);
+                    rt.classify(cfg, &ids, near_tie_ulps(logits))
                 })
                 .collect();
             (rt.margins(cfg), classes)

@@ -5,6 +5,7 @@
 
 use super::config::MoeConfig;
 use super::finite::FiniteCounts;
+use super::paths::LogitsDtype;
 use super::step::{Comparison, Stats, TokenDetail};
 pub use super::step::{MarginSummary, RouteClass, TieCounts, TokenDist, TokenErrors, TokenMargins};
 
@@ -14,6 +15,16 @@ pub const WORST_TOKENS: usize = 8;
 /// A disagreement within this many ulps (of the f32 selection value at the boundary) is a near
 /// tie: rounding, not a different rule or a bug.
 pub const NEAR_TIE_ULPS: u32 = 4;
+
+/// The near-tie width, in f32 ulps at the boundary, for a path whose router read logits of
+/// `logits`: NEAR_TIE_ULPS ulps of that type. A bf16 ulp is 2^16 f32 ulps (7 mantissa bits, not
+/// 23), so a token that bf16 rounding moved to another expert is a near tie, not a real error.
+pub fn near_tie_ulps(logits: LogitsDtype) -> u32 {
+    match logits {
+        LogitsDtype::F32 => NEAR_TIE_ULPS,
+        LogitsDtype::Bf16 => NEAR_TIE_ULPS << 16,
+    }
+}
 
 impl RouteClass {
     /// The device's encoding (kernels/reference.cu `ref_compare_routes`).
@@ -179,7 +190,8 @@ impl RefToken<'_> {
 
     /// How a path's routed ids for this token compare with the reference's (the device's
     /// `ref_compare_routes` follows the same rule).
-    pub fn classify(&self, cfg: &MoeConfig, path_ids: &[u32]) -> RouteClass {
+    /// `near_ulps`: the near-tie width in f32 ulps (`near_tie_ulps`).
+    pub fn classify(&self, cfg: &MoeConfig, path_ids: &[u32], near_ulps: u32) -> RouteClass {
         let mut distinct: Vec<u32> = path_ids.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
@@ -214,7 +226,7 @@ impl RefToken<'_> {
             let ulp = (f32::from_bits(at.to_bits() + 1) - at) as f64;
             let c = if g == 0.0 {
                 RouteClass::ExactTie
-            } else if g.is_finite() && ulp.is_finite() && g <= NEAR_TIE_ULPS as f64 * ulp {
+            } else if g.is_finite() && ulp.is_finite() && g <= near_ulps as f64 * ulp {
                 RouteClass::NearTie
             } else {
                 RouteClass::Real
@@ -323,12 +335,31 @@ mod tests {
         let m = r.margins(&cfg);
         assert_eq!(m.expert, Some(0.0));
         assert!((m.group.unwrap() - 1.2).abs() < 1e-6);
-        assert_eq!(r.classify(&cfg, &[1, 0]), RouteClass::Agree);
-        assert_eq!(r.classify(&cfg, &[0, 2]), RouteClass::ExactTie);
-        assert_eq!(r.classify(&cfg, &[0, 3]), RouteClass::NearTie);
-        assert_eq!(r.classify(&cfg, &[0, 4]), RouteClass::Real);
-        assert_eq!(r.classify(&cfg, &[0]), RouteClass::Real);
-        assert_eq!(r.classify(&cfg, &[0, 1, 2]), RouteClass::Real);
+        assert_eq!(r.classify(&cfg, &[1, 0], NEAR_TIE_ULPS), RouteClass::Agree);
+        assert_eq!(
+            r.classify(&cfg, &[0, 2], NEAR_TIE_ULPS),
+            RouteClass::ExactTie
+        );
+        assert_eq!(
+            r.classify(&cfg, &[0, 3], NEAR_TIE_ULPS),
+            RouteClass::NearTie
+        );
+        assert_eq!(r.classify(&cfg, &[0, 4], NEAR_TIE_ULPS), RouteClass::Real);
+        assert_eq!(r.classify(&cfg, &[0], NEAR_TIE_ULPS), RouteClass::Real);
+        assert_eq!(
+            r.classify(&cfg, &[0, 1, 2], NEAR_TIE_ULPS),
+            RouteClass::Real
+        );
+        // 0.01 under a boundary of 0.5: a real divergence in f32, within 4 bf16 ulps (2^-8 each).
+        let sel = [0.9, one, 0.49, 0.1, 0.1, 0.1, 0.1, 0.1];
+        let r = RefToken { sel: &sel, ..r };
+        let (f32_near, bf16_near) = (
+            near_tie_ulps(LogitsDtype::F32),
+            near_tie_ulps(LogitsDtype::Bf16),
+        );
+        assert_eq!(r.classify(&cfg, &[0, 2], f32_near), RouteClass::Real);
+        assert_eq!(r.classify(&cfg, &[0, 2], bf16_near), RouteClass::NearTie);
+        assert_eq!(r.classify(&cfg, &[0, 4], bf16_near), RouteClass::Real);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::kernels::{
 use super::layer::DeviceLayer;
 use crate::engine::compare::DETAIL_TOKENS;
 use crate::engine::config::{MoeConfig, ScoringFunc};
-use crate::engine::numerics::{detail_tokens, StepNumerics, NEAR_TIE_ULPS, WORST_TOKENS};
+use crate::engine::numerics::{detail_tokens, StepNumerics, WORST_TOKENS};
 use anyhow::{ensure, Context, Result};
 use cudarc::driver::{CudaEvent, CudaSlice};
 
@@ -72,6 +72,8 @@ pub struct PathOutputs {
     pub gate: DevPtr<f32>,
     /// [T × H] the layer output.
     pub y: DevPtr<f32>,
+    /// The near-tie width in f32 ulps for this path's router input (`numerics::near_tie_ulps`).
+    pub near_ulps: u32,
 }
 
 /// f64 bytes the reference holds per compared token.
@@ -511,7 +513,7 @@ impl DeviceReference {
             s: cfg.n_shared_experts as i32,
             n_group: cfg.n_group as i32,
             topk_group: cfg.topk_group as i32,
-            near_ulps: NEAR_TIE_ULPS as i32,
+            near_ulps: p.near_ulps as i32,
         })?;
         let rows = |y: DevPtr<f32>, mode: i32, cols: usize| {
             gpu.launch(RefRowsArgs {

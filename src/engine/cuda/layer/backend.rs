@@ -406,6 +406,7 @@ impl CudaBackend {
                 DevPtr::NULL
             },
             y: gpu.ptr(&ws.out.y),
+            near_ulps: crate::engine::numerics::near_tie_ulps(plan.logits),
         })
     }
 
