@@ -29,6 +29,7 @@ fn generate(path: &Path) -> u64 {
         hidden_states: None,
         trace: Default::default(),
         kernel: None,
+        router_logits: Default::default(),
     };
     let (mut engine, _) = spec.build_engine().expect("a CPU engine");
     let header = SessionHeader::new(&engine);

@@ -32,6 +32,7 @@ fn spec(hidden: usize, intermediate: usize, ep: Option<EpSpec>) -> RunSpec {
             ..TraceSpec::default()
         },
         kernel: None,
+        router_logits: Default::default(),
     }
 }
 

@@ -32,6 +32,7 @@ fn run(ep: Option<EpSpec>) -> (SessionHeader, Vec<StepRecord>) {
             ..TraceSpec::default()
         },
         kernel: None,
+        router_logits: Default::default(),
     };
     let (mut engine, _) = spec.build_engine().unwrap();
     let header = SessionHeader::new(&engine);

@@ -152,6 +152,7 @@ fn session() -> &'static Vec<u8> {
             hidden_states: None,
             trace: Default::default(),
             kernel: None,
+            router_logits: Default::default(),
         };
         let (mut engine, _) = spec.build_engine().unwrap();
         let dir = tempfile::tempdir().unwrap();

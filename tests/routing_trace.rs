@@ -335,6 +335,7 @@ fn a_run_through_a_trace_routes_exactly_its_tokens() {
         paths: PathSpec::default_pair(),
         hidden_states: None,
         kernel: None,
+        router_logits: Default::default(),
         trace: TraceSpec {
             routing: Some(sample("safetensors")),
             keep_routing: true,

@@ -230,6 +230,7 @@ fn tiny_cpu_plan() -> LivePlan {
             hidden_states: None,
             trace: Default::default(),
             kernel: None,
+            router_logits: Default::default(),
         },
         telemetry_hz: 0.0,
         record: None,

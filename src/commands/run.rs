@@ -5,7 +5,7 @@
 use super::driver::{self, Driver, LivePlan};
 use super::{named, parse_variant, LayerArgs};
 use crate::engine::ep::EpSpec;
-use crate::engine::paths::{PathSpec, RsfPlacement, Variant};
+use crate::engine::paths::{PathLogits, PathSpec, RsfPlacement, Variant};
 use crate::engine::spec::{RunSpec, TraceSpec};
 use crate::engine::step::StepRecord;
 use crate::engine::trace::{RoutingTrace, TraceFormat};
@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// Your router kernel (.cu for NVRTC or .so; docs/kernel-abi.md) as path C (CUDA only).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
+    /// Router logits precision: `f32` or `bf16` for every path, or per path as `A=bf16,B=f32`
+    /// (C is the --kernel path; a path not named reads f32). The gate GEMM sums in f32 either
+    /// way; bf16 rounds its output before the router reads it. The f64 reference routes the
+    /// f32 logits, so the numerics view counts the tokens whose experts bf16 changes.
+    #[arg(long, default_value = "f32", value_name = "f32|bf16|PATH=f32|bf16,...",
+          value_parser = PathLogits::parse)]
+    pub router_logits: PathLogits,
     /// Print StepRecords as JSON lines instead of opening the TUI.
     #[arg(long)]
     pub headless: bool,
@@ -156,6 +163,7 @@ impl RunArgs {
             hidden_states: self.hidden_states.clone(),
             trace: self.trace.spec()?,
             kernel: self.kernel.clone(),
+            router_logits: self.router_logits,
         })
     }
 }

@@ -626,7 +626,7 @@ pub fn assemble_given(
                     PathId::ALL.len()
                 )
             })?,
-            spec: *spec,
+            spec: spec.clone(),
             load: num.load.clone(),
             routed_weight_sum: num.routed_sum,
             shared_weight: if has_shared { num.shared } else { None },

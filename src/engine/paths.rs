@@ -101,51 +101,6 @@ impl fmt::Display for Variant {
     }
 }
 
-/// How a path stores and multiplies its expert weights (`--experts`, `--shared-experts`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExpertFormat {
-    /// bf16 weights and activations, f32 accumulation (what sessions before FP8 ran).
-    #[default]
-    Bf16,
-    /// e4m3 weights with one f32 scale per 128×128 block (as DeepSeek-V3 stores them),
-    /// activations quantized per token in groups of 128, f32 accumulation.
-    Fp8,
-}
-
-impl ExpertFormat {
-    pub const ALL: [ExpertFormat; 2] = [ExpertFormat::Bf16, ExpertFormat::Fp8];
-    /// The names `FromStr` takes (the command line's and the sessions').
-    pub const NAMES: &'static [&'static str] = &["bf16", "fp8"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExpertFormat::Bf16 => "bf16",
-            ExpertFormat::Fp8 => "fp8",
-        }
-    }
-
-    pub fn is_fp8(self) -> bool {
-        self == ExpertFormat::Fp8
-    }
-}
-
-impl fmt::Display for ExpertFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for ExpertFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        ExpertFormat::ALL
-            .into_iter()
-            .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown expert format `{s}`; expected bf16 or fp8"))
-    }
-}
-
 /// Which path a record belongs to: A and B as `run` compares them by default, C a kernel the
 /// user brings. Serialised as "A", "B", "C", as sessions have always named them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -184,18 +139,172 @@ impl fmt::Display for PathId {
     }
 }
 
+/// The router logits' precision: the gate GEMM accumulates in f32 either way; `Bf16` rounds
+/// its output to bf16 before the router reads it (what a bf16 router GEMM writes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogitsDtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl LogitsDtype {
+    /// The name used on the command line (`--router-logits`) and in sessions.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogitsDtype::F32 => "f32",
+            LogitsDtype::Bf16 => "bf16",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<LogitsDtype> {
+        [LogitsDtype::F32, LogitsDtype::Bf16]
+            .into_iter()
+            .find(|d| d.name() == name)
+    }
+
+    fn is_f32(&self) -> bool {
+        *self == LogitsDtype::F32
+    }
+}
+
+impl fmt::Display for LogitsDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+/// Each path's logits precision, as `--router-logits` gives it: one precision for every path
+/// (`bf16`) or per path by name (`A=bf16,C=f32`; a path not named reads f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathLogits {
+    per_path: [Option<LogitsDtype>; 3],
+    /// Whether paths were named (so naming path C without a kernel is an error).
+    named: bool,
+}
+
+impl PathLogits {
+    /// Every path in `dtype`.
+    pub fn all(dtype: LogitsDtype) -> PathLogits {
+        PathLogits {
+            per_path: [Some(dtype); 3],
+            named: false,
+        }
+    }
+
+    /// The precision of path `id`.
+    pub fn of(&self, id: PathId) -> LogitsDtype {
+        self.per_path[id.index()].unwrap_or_default()
+    }
+
+    /// Whether path `id` was named explicitly (`C=bf16`).
+    pub fn names(&self, id: PathId) -> bool {
+        self.named && self.per_path[id.index()].is_some()
+    }
+
+    /// `f32`, `bf16`, or a comma list of `PATH=f32|bf16` with PATH one of A, B, C.
+    pub fn parse(s: &str) -> Result<PathLogits, String> {
+        let dtype = |v: &str| {
+            LogitsDtype::from_name(v.trim()).ok_or_else(|| {
+                format!(
+                    "unknown logits precision `{}`; expected f32 or bf16",
+                    v.trim()
+                )
+            })
+        };
+        if !s.contains('=') {
+            return dtype(s).map(PathLogits::all);
+        }
+        let mut out = PathLogits {
+            named: true,
+            ..PathLogits::default()
+        };
+        for item in s.split(',') {
+            let (name, value) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` is not PATH=PRECISION (e.g. A=bf16)"))?;
+            let id = PathId::ALL
+                .into_iter()
+                .find(|p| p.name().eq_ignore_ascii_case(name.trim()))
+                .ok_or_else(|| format!("unknown path `{}`; expected A, B or C", name.trim()))?;
+            let slot = &mut out.per_path[id.index()];
+            if slot.is_some() {
+                return Err(format!("path {id} is given twice"));
+            }
+            *slot = Some(dtype(value)?);
+        }
+        Ok(out)
+    }
+}
+
+/// How a path stores and multiplies its expert weights (`--experts`, `--shared-experts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertFormat {
+    /// bf16 weights and activations, f32 accumulation (what sessions before FP8 ran).
+    #[default]
+    Bf16,
+    /// e4m3 weights with one f32 scale per 128×128 block (as DeepSeek-V3 stores them),
+    /// activations quantized per token in groups of 128, f32 accumulation.
+    Fp8,
+}
+
+impl ExpertFormat {
+    pub const ALL: [ExpertFormat; 2] = [ExpertFormat::Bf16, ExpertFormat::Fp8];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpertFormat::Bf16 => "bf16",
+            ExpertFormat::Fp8 => "fp8",
+        }
+    }
+
+    pub fn is_fp8(self) -> bool {
+        self == ExpertFormat::Fp8
+    }
+
+    fn is_bf16(&self) -> bool {
+        *self == ExpertFormat::Bf16
+    }
+}
+
+impl fmt::Display for ExpertFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.name())
+    }
+}
+
+impl std::str::FromStr for ExpertFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ExpertFormat::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown expert format `{s}`; expected bf16 or fp8"))
+    }
+}
+
 /// One of the paths run side by side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathSpec {
     pub router: RouterImpl,
     pub shared: SharedMode,
     pub rsf: RsfPlacement,
     pub variant: Variant,
-    /// The routed experts' format (sessions recorded before FP8 read as bf16).
-    #[serde(default)]
+    /// What the router reads: the gate GEMM's output as f32 or rounded to bf16 (f32 in
+    /// sessions recorded before it was an option).
+    #[serde(default, skip_serializing_if = "LogitsDtype::is_f32")]
+    pub logits: LogitsDtype,
+    /// Path C: the user kernel's file name ("fused_router.cu"); None on moescope's own paths
+    /// and in sessions recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// The routed experts' format (bf16 in sessions recorded before FP8; not written for bf16).
+    #[serde(default, skip_serializing_if = "ExpertFormat::is_bf16")]
     pub experts: ExpertFormat,
     /// The shared experts' format: the separate shared MLP, or the fused shared slots.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "ExpertFormat::is_bf16")]
     pub shared_experts: ExpertFormat,
 }
 
@@ -207,6 +316,8 @@ impl PathSpec {
             shared: SharedMode::Separate,
             rsf: RsfPlacement::InRouter,
             variant: Variant::Correct,
+            logits: LogitsDtype::F32,
+            kernel: None,
             experts: ExpertFormat::Bf16,
             shared_experts: ExpertFormat::Bf16,
         }
@@ -219,13 +330,16 @@ impl PathSpec {
             shared: SharedMode::FusedSlot,
             rsf: RsfPlacement::OnOutput,
             variant,
+            logits: LogitsDtype::F32,
+            kernel: None,
             experts: ExpertFormat::Bf16,
             shared_experts: ExpertFormat::Bf16,
         }
     }
 
-    /// Path C: a user's router kernel; its declared rsf placement decides the output scale.
-    pub fn user(rsf_in_router: bool) -> PathSpec {
+    /// Path C: the user's router kernel in file `kernel` (its name, e.g. "fused_router.cu");
+    /// its declared rsf placement decides the output scale.
+    pub fn user(kernel: &str, rsf_in_router: bool) -> PathSpec {
         PathSpec {
             router: RouterImpl::User,
             shared: SharedMode::FusedSlot,
@@ -235,6 +349,8 @@ impl PathSpec {
                 RsfPlacement::OnOutput
             },
             variant: Variant::Correct,
+            logits: LogitsDtype::F32,
+            kernel: Some(kernel.to_string()),
             experts: ExpertFormat::Bf16,
             shared_experts: ExpertFormat::Bf16,
         }
@@ -296,12 +412,38 @@ impl PathSpec {
             RsfPlacement::InRouter => "rsf in-router",
             RsfPlacement::OnOutput => "rsf on-output",
         };
-        let mut s = format!("{router} + {shared}, {rsf}");
+        let mut s = match &self.kernel {
+            Some(file) => format!("{router} {file} + {shared}, {rsf}"),
+            None => format!("{router} + {shared}, {rsf}"),
+        };
+        if self.logits == LogitsDtype::Bf16 {
+            s.push_str(", bf16 logits");
+        }
         if self.variant != Variant::Correct {
             s.push_str(&format!(" [{}]", self.variant));
         }
         if let Some(f) = self.formats_label() {
             s.push_str(&format!(" · {f}"));
+        }
+        s
+    }
+
+    /// The path's name in the views: its letter, the user kernel's file, "bf16" where the
+    /// router reads bf16 logits (e.g. `C fused_router.cu`, `B bf16`).
+    pub fn title(&self, id: PathId) -> String {
+        let mut s = id.name().to_string();
+        if let Some(file) = &self.kernel {
+            s.push(' ');
+            s.push_str(file);
+        }
+        if self.logits == LogitsDtype::Bf16 {
+            s.push_str(" bf16");
+        }
+        // FP8 experts: "B · fp8"; FP8 routed beside bf16 shared experts: "A · fp8/bf16".
+        match (self.experts, self.shared_experts) {
+            (ExpertFormat::Bf16, ExpertFormat::Bf16) => {}
+            (a, b) if a == b => s.push_str(&format!(" · {a}")),
+            (a, b) => s.push_str(&format!(" · {a}/{b}")),
         }
         s
     }
@@ -394,8 +536,8 @@ mod tests {
         for shared in [SharedMode::Separate, SharedMode::FusedSlot] {
             for rsf_at in [RsfPlacement::InRouter, RsfPlacement::OnOutput] {
                 let spec = PathSpec {
-                    rsf: rsf_at,
                     shared,
+                    rsf: rsf_at,
                     ..PathSpec::fused(Variant::Correct)
                 };
                 let c = spec.contract(2.827, true);
@@ -434,9 +576,29 @@ mod tests {
     }
 
     #[test]
+    fn router_logits_parse_one_precision_or_one_per_path() {
+        let all = PathLogits::parse("bf16").unwrap();
+        assert!(PathId::ALL.iter().all(|&p| all.of(p) == LogitsDtype::Bf16));
+        assert!(!all.names(PathId::C));
+        let some = PathLogits::parse("A=bf16, c=f32").unwrap();
+        assert_eq!(some.of(PathId::A), LogitsDtype::Bf16);
+        assert_eq!(some.of(PathId::B), LogitsDtype::F32);
+        assert!(some.names(PathId::C) && !some.names(PathId::B));
+        for (bad, says) in [
+            ("fp16", "unknown logits precision `fp16`"),
+            ("A=bf16,D=f32", "unknown path `D`"),
+            ("A=bf16,A=f32", "path A is given twice"),
+            ("A=bf16,B", "`B` is not PATH=PRECISION"),
+            ("B=half", "unknown logits precision `half`"),
+        ] {
+            let err = PathLogits::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn specs_of_older_sessions_read_as_bf16_and_fp8_shows_in_the_label() {
-        let old =
-            r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
+        let old = r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
         let spec: PathSpec = serde_json::from_str(old).unwrap();
         assert_eq!(spec, PathSpec::fused(Variant::Correct));
         assert!(!spec.uses_fp8() && !spec.label().contains("fp8"));
@@ -445,19 +607,32 @@ mod tests {
         assert!(json.contains(r#""experts":"fp8""#), "{json}");
         assert_eq!(serde_json::from_str::<PathSpec>(&json).unwrap(), fp8);
         assert!(fp8.label().ends_with(" · fp8"), "{}", fp8.label());
+        assert_eq!(fp8.title(PathId::B), "B · fp8");
         let a = PathSpec::unfused_baseline().with_formats(ExpertFormat::Fp8, ExpertFormat::Bf16);
-        assert!(
-            a.label().ends_with(" · fp8 routed, bf16 shared"),
-            "{}",
-            a.label()
-        );
+        assert!(a.label().ends_with(" · fp8 routed, bf16 shared"), "{}", a.label());
+        assert_eq!(a.title(PathId::A), "A · fp8/bf16");
         assert_eq!(a.slot_format(3, 4), ExpertFormat::Fp8);
         assert_eq!(a.slot_format(4, 4), ExpertFormat::Bf16);
         assert_eq!("fp8".parse::<ExpertFormat>(), Ok(ExpertFormat::Fp8));
-        assert!("fp16"
-            .parse::<ExpertFormat>()
-            .unwrap_err()
-            .contains("bf16 or fp8"));
+        assert!("fp16".parse::<ExpertFormat>().unwrap_err().contains("bf16 or fp8"));
+    }
+
+    #[test]
+    fn specs_without_logits_or_kernel_read_as_f32_and_none() {
+        let old =
+            r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
+        let spec: PathSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec, PathSpec::fused(Variant::Correct));
+        // Written back as it was: the defaults are not serialised.
+        assert_eq!(serde_json::to_string(&spec).unwrap(), old);
+        let c = PathSpec {
+            logits: LogitsDtype::Bf16,
+            ..PathSpec::user("fused_router.cu", false)
+        };
+        let back: PathSpec = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        assert_eq!(c.title(PathId::C), "C fused_router.cu bf16");
+        assert!(c.label().contains("fused_router.cu"), "{}", c.label());
     }
 
     #[test]

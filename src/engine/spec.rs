@@ -6,7 +6,7 @@
 use super::config::MoeConfig;
 use super::ep::{EpSpec, EpTracker};
 use super::memory::{self, Fp8Copies, WeightDtype};
-use super::paths::PathSpec;
+use super::paths::{PathId, PathLogits, PathSpec};
 use super::trace::RoutingTrace;
 use super::weights::synthetic::SyntheticWeights;
 use super::weights::{checkpoint, WeightSource};
@@ -197,6 +197,8 @@ pub struct RunSpec {
     pub trace: TraceSpec,
     /// A user's router kernel (.cu or .so), run as path C (CUDA only).
     pub kernel: Option<PathBuf>,
+    /// Each path's router logits precision (`--router-logits`).
+    pub router_logits: PathLogits,
 }
 
 /// A routing trace to step through, expert-parallel placements to evaluate, and whether to keep
@@ -231,12 +233,14 @@ impl RunSpec {
         let (weights, notices) = self.layer.weights(false)?;
         let fp8 = Fp8Copies::of(&self.paths);
         let max_tokens = check_memory(weights.config(), BackendKind::Cuda, self.tokens, fp8)?;
-        let (backend, conv) = crate::engine::cuda::open_with_kernel(weights, file)?;
+        let logits = self.router_logits.of(PathId::C);
+        let name = file.name();
+        let (backend, conv) = crate::engine::cuda::open_with_kernel(weights, file, logits)?;
         Ok((
             backend,
             max_tokens,
             notices,
-            Some(PathSpec::user(conv.rsf_in_router)),
+            Some(PathSpec::user(&name, conv.rsf_in_router)),
         ))
     }
 
@@ -244,6 +248,9 @@ impl RunSpec {
     pub fn build_engine(&self) -> Result<(Engine, Vec<String>)> {
         if self.tokens == 0 {
             bail!("--tokens must be at least 1");
+        }
+        if self.kernel.is_none() && self.router_logits.names(PathId::C) {
+            bail!("--router-logits names path C, which runs only with --kernel FILE");
         }
         let (backend, max_tokens, notices, user_path) = self.open_backend()?;
         let hidden = match &self.hidden_states {
@@ -292,6 +299,9 @@ impl RunSpec {
         };
         let mut paths = self.paths.clone();
         paths.extend(user_path);
+        for (spec, id) in paths.iter_mut().zip(PathId::ALL) {
+            spec.logits = self.router_logits.of(id);
+        }
         let mut engine = Engine::new(backend, paths, self.tokens, self.layer.seed, hidden)
             .described_as(description)
             .with_max_tokens(max_tokens);

@@ -107,10 +107,10 @@ impl App {
         self.history.back()
     }
 
-    /// The path pair of the latest step, or the one the source started with.
+    /// The paths of the latest step, or the ones the source started with.
     pub fn paths(&self) -> Vec<PathSpec> {
         match (self.latest(), &self.meta) {
-            (Some(r), _) => r.paths.iter().map(|p| p.spec).collect(),
+            (Some(r), _) => r.paths.iter().map(|p| p.spec.clone()).collect(),
             (None, Some(m)) => m.paths.clone(),
             (None, None) => Vec::new(),
         }
@@ -121,7 +121,7 @@ impl App {
         match ev {
             SourceEvent::Ready(meta) => {
                 self.tokens = meta.tokens;
-                if let Some(b) = meta.paths.last() {
+                if let Some(b) = path_b(&meta.paths) {
                     self.variant = b.variant;
                 }
                 self.meta = Some(*meta);
@@ -469,4 +469,10 @@ impl App {
         }
         out
     }
+}
+
+/// Path B, whose variant the variant menu sets (the second path; a user kernel, path C, may
+/// follow it), as `Engine::set_variant` picks it.
+pub fn path_b(paths: &[PathSpec]) -> Option<&PathSpec> {
+    paths.get(paths.len().min(2).saturating_sub(1))
 }

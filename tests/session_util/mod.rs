@@ -28,6 +28,7 @@ pub fn small_spec(variant: Variant) -> RunSpec {
         hidden_states: None,
         trace: Default::default(),
         kernel: None,
+        router_logits: Default::default(),
     }
 }
 

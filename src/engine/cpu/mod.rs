@@ -12,7 +12,7 @@ use super::compare::output_stats;
 use super::config::MoeConfig;
 use super::ep::{GemmSource, GemmTime};
 use super::finite::{count_nonfinite, FiniteCounts, FiniteStage};
-use super::paths::{Contract, ExpertFormat, PathSpec, RouterImpl, SharedMode};
+use super::paths::{Contract, ExpertFormat, LogitsDtype, PathSpec, RouterImpl, SharedMode};
 use super::routing::{self, top_k};
 use super::step::{KernelTiming, Stage};
 use super::trace::RoutedBatch;
@@ -158,8 +158,13 @@ impl CpuBackend {
                 timed(&mut timings, Stage::GateGemm, start);
                 finite.count(FiniteStage::Router, &logits);
                 let k = spec.routed_per_token(cfg.num_experts_per_tok, cfg.n_shared_experts);
-                let slots =
-                    self.route_slots(spec, &contract, &logits, t, k, s, gates, &mut timings);
+                // A bf16 router GEMM's output: the f32 sum rounded once. The f32 logits are
+                // what the reference routes, so they are the ones returned.
+                let read: std::borrow::Cow<[f32]> = match spec.logits {
+                    LogitsDtype::F32 => (&logits[..]).into(),
+                    LogitsDtype::Bf16 => logits.iter().map(|&l| round_bf16(l)).collect(),
+                };
+                let slots = self.route_slots(spec, &contract, &read, t, k, s, gates, &mut timings);
                 (slots, logits)
             }
         };

@@ -55,15 +55,17 @@ pub fn open(weights: Box<dyn WeightSource>) -> Result<Box<dyn Backend>> {
     Ok(Box::new(backend))
 }
 
-/// Opens the CUDA backend with a user's router kernel for path C; returns its conventions.
+/// Opens the CUDA backend with a user's router kernel for path C (reading `logits`); returns
+/// its conventions. Path C is compared on the device like A and B.
 pub fn open_with_kernel(
     weights: Box<dyn WeightSource>,
     file: user_kernel::KernelFile,
+    logits: user_kernel::LogitsDtype,
 ) -> Result<(Box<dyn Backend>, user_kernel::Conventions)> {
     let gpu = Arc::new(gpu::Gpu::open()?);
-    // Compared on the host (a sample of tokens): the device reference has not yet been run
-    // on the GPU with a user's path beside A and B.
-    let (backend, conv) = layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file)?;
+    let (mut backend, conv) =
+        layer::CudaBackend::new(gpu, weights)?.with_user_kernel(file, logits)?;
+    backend.device_numerics = true;
     Ok((Box::new(backend), conv))
 }
 

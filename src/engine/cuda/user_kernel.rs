@@ -73,20 +73,14 @@ pub struct RouterInfo {
     pub tokens_per_block: u32,
 }
 
-/// Logits as the kernel reads them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogitsDtype {
-    F32,
-    Bf16,
-}
+/// Logits as the kernel reads them: a path's router logits precision.
+pub use crate::engine::paths::LogitsDtype;
 
-impl LogitsDtype {
-    fn code(self) -> i32 {
-        match self {
-            LogitsDtype::F32 => 0,
-            LogitsDtype::Bf16 => 1,
-        }
+/// The ABI's code of a logits precision (`MOESCOPE_DTYPE_*`).
+fn dtype_code(dtype: LogitsDtype) -> i32 {
+    match dtype {
+        LogitsDtype::F32 => 0,
+        LogitsDtype::Bf16 => 1,
     }
 }
 
@@ -142,7 +136,7 @@ pub fn args_for(cfg: &MoeConfig, tokens: usize, dtype: LogitsDtype) -> RouterArg
         abi_version: ABI_VERSION,
         struct_size: std::mem::size_of::<RouterArgs>() as u32,
         tokens: tokens as i64,
-        logits_dtype: dtype.code(),
+        logits_dtype: dtype_code(dtype),
         n_experts: cfg.n_routed_experts as i32,
         n_group: cfg.n_group as i32,
         topk_group: cfg.topk_group as i32,

@@ -84,7 +84,7 @@ fn draw_compact(f: &mut Frame, area: Rect, r: &crate::engine::step::StepRecord) 
     let mut lines = Vec::new();
     for p in &r.paths {
         let name = Span::styled(
-            format!("{} ", p.name),
+            format!("{} ", p.spec.title(p.name)),
             Style::new().fg(path_color(p.name)).bold(),
         );
         // The verdict's words go one by one, so a long one continues on the next row.
@@ -176,8 +176,11 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     for (i, p) in r.paths.iter().enumerate() {
         f.render_widget(
             // No wrapping: a narrow terminal cuts lines rather than pushing rows out of the box.
-            Paragraph::new(path_lines(p))
-                .block(block(format!("path {} · step {}", p.name, r.step))),
+            Paragraph::new(path_lines(p)).block(block(format!(
+                "path {} · step {}",
+                p.spec.title(p.name),
+                r.step
+            ))),
             rows[i],
         );
     }
@@ -186,7 +189,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let inner = outer.inner(hist);
     f.render_widget(outer, hist);
     let cols = Layout::horizontal(vec![Constraint::Ratio(1, n as u32); n]).split(inner);
-    for (i, id) in r.paths.iter().map(|p| p.name).enumerate() {
+    for (i, (id, title)) in r
+        .paths
+        .iter()
+        .map(|p| (p.name, p.spec.title(p.name)))
+        .enumerate()
+    {
         // The verdict strip first; the charts get what is left, if anything.
         let [strip, charts] =
             Layout::vertical([Constraint::Length(2), Constraint::Min(0)]).areas(cols[i]);
@@ -203,14 +211,16 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             .iter()
             .map(|ok| Span::styled("▮", Style::new().fg(if *ok { OK } else { BAD })))
             .collect();
+        // The short form where a long title (a user kernel's file) leaves no room.
+        let mut words = format!("verdict per step: {broken} of {} broken", recent.len());
+        if title.chars().count() + 1 + words.chars().count() > w {
+            words = format!("{broken}/{} broken", recent.len());
+        }
         f.render_widget(
             Paragraph::new(vec![
                 Line::from(vec![
-                    Span::styled(format!("{id} "), Style::new().fg(path_color(id)).bold()),
-                    Span::styled(
-                        format!("verdict per step: {broken} of {} broken", recent.len()),
-                        Style::new().fg(DIM),
-                    ),
+                    Span::styled(format!("{title} "), Style::new().fg(path_color(id)).bold()),
+                    Span::styled(words, Style::new().fg(DIM)),
                 ]),
                 Line::from(cells),
             ]),

@@ -227,7 +227,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         } else {
             Style::new().fg(path_color(p.name))
         };
-        sel.push(Span::styled(format!(" {} ", p.name), style));
+        sel.push(Span::styled(format!(" {} ", p.spec.title(p.name)), style));
         sel.push(Span::raw(" "));
     }
     sel.push(Span::styled(

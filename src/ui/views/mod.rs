@@ -13,7 +13,7 @@ mod timings;
 use super::app::{App, Mode, Popup};
 use super::keys;
 use super::tabs::{tab_label, tab_ranges, View};
-use crate::engine::paths::VARIANTS;
+use crate::engine::paths::{PathId, PathSpec, RouterImpl, Variant, VARIANTS};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
 use ratatui::text::{Line, Span};
@@ -113,8 +113,8 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
         top.push(Span::raw(format!("{mode} · {} · {}", m.backend, m.device)));
     }
     // The variant first: it is what users change, and the path labels may not fit.
-    let shown = app.paths().last().map(|p| p.variant);
-    let variant_style = if app.variant == crate::engine::paths::Variant::Correct {
+    let shown = crate::ui::app::path_b(&app.paths()).map(|p| p.variant);
+    let variant_style = if app.variant == Variant::Correct {
         Style::new().fg(OK)
     } else {
         Style::new().fg(BAD).bold()
@@ -126,14 +126,8 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
     if shown.is_some_and(|v| v != app.variant) {
         paths.push(Span::styled(" (from the next step)", Style::new().fg(DIM)));
     }
-    let specs = app.paths();
-    for (id, spec) in path_ids(specs.len()).zip(&specs) {
-        paths.push(Span::styled(
-            format!("  {id}: "),
-            Style::new().fg(path_color(id)).bold(),
-        ));
-        paths.push(Span::raw(spec.label()));
-    }
+    let w = area.width as usize;
+    paths.extend(path_labels(&app.paths(), w.saturating_sub(width(&paths))));
     // What does not fit is left out whole: a field after a separator, a path after its label.
     let groups = |spans: Vec<Span<'static>>, starts: &dyn Fn(&str) -> bool| {
         let mut out: Vec<Vec<Span<'static>>> = Vec::new();
@@ -145,13 +139,40 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App) {
         }
         out
     };
-    let w = area.width as usize;
     let (top, _) = fit_groups(groups(top, &|c| c == " │ " || c.starts_with(" · ")), w);
-    let (paths, _) = fit_groups(
-        groups(paths, &|c| c.starts_with("  ") && c.ends_with(": ")),
-        w,
-    );
+    let (paths, _) = fit_groups(groups(paths, &|c| c.starts_with("  ")), w);
     f.render_widget(Paragraph::new(vec![top, paths]), area);
+}
+
+fn width(spans: &[Span]) -> usize {
+    spans.iter().map(|s| s.width()).sum()
+}
+
+/// Each path with its whole label (`A: unfused router + separate shared, rsf in-router`)
+/// where all of them fit `room`, else each by its title and router only (`A unfused`,
+/// `B fused`, `C fused_router.cu`; the variant is the line's first field), so every path
+/// keeps its name.
+fn path_labels(specs: &[PathSpec], room: usize) -> Vec<Span<'static>> {
+    let name =
+        |id: PathId, text: String| Span::styled(text, Style::new().fg(path_color(id)).bold());
+    let full: Vec<Span<'static>> = path_ids(specs.len())
+        .zip(specs)
+        .flat_map(|(id, spec)| [name(id, format!("  {id}: ")), Span::raw(spec.label())])
+        .collect();
+    if width(&full) <= room {
+        return full;
+    }
+    path_ids(specs.len())
+        .zip(specs)
+        .flat_map(|(id, spec)| {
+            let router = match spec.router {
+                RouterImpl::Unfused => " unfused",
+                RouterImpl::Fused => " fused",
+                RouterImpl::User => "",
+            };
+            [name(id, format!("  {}", spec.title(id))), Span::raw(router)]
+        })
+        .collect()
 }
 
 fn draw_tabs(f: &mut Frame, area: Rect, app: &App) {

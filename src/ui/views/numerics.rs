@@ -20,36 +20,102 @@ fn pct(x: f64) -> Span<'static> {
     )
 }
 
-/// The step's figures, with as many path columns as fit `width` (the rest left out whole).
-fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
-    let n = r.paths.len().min(width.saturating_sub(24) / 10);
-    let c = &r.comparison;
-    let dim = Style::new().fg(DIM);
-    let label = |s: &str| Span::styled(format!("{s:<24}"), dim);
-    let per_path = |name: &str, f: &dyn Fn(usize) -> Span<'static>| {
+/// A number column's width for a path: 10, or its title and a space where that is longer
+/// (`C fused_router.cu`).
+fn column_width(title: &str) -> usize {
+    (title.chars().count() + 1).max(10)
+}
+
+/// `cell` right-aligned in `w` columns (cells come at least 10 wide); one that fills them
+/// keeps a space before it, so it never runs into the column on its left.
+fn pad(cell: Span<'static>, w: usize) -> Span<'static> {
+    let content = Span::raw(cell.content.trim_start().to_string());
+    let fill = w.saturating_sub(content.width()).max(1);
+    Span::styled(
+        format!("{}{}", " ".repeat(fill), content.content),
+        cell.style,
+    )
+}
+
+fn label(s: &str) -> Span<'static> {
+    Span::styled(format!("{s:<24}"), Style::new().fg(DIM))
+}
+
+fn num(v: Option<f64>) -> Span<'static> {
+    Span::raw(format!(
+        "{:>10}",
+        v.map(fmt_small).unwrap_or_else(|| "—".into())
+    ))
+}
+
+/// A count, green at 0 and red above.
+fn count(n: usize) -> Span<'static> {
+    Span::styled(
+        format!("{n:>10}"),
+        Style::new().fg(if n == 0 { OK } else { BAD }),
+    )
+}
+
+/// The step panel's path columns: each path's title and width, as many as fit (the rest left
+/// out whole).
+struct Columns {
+    titles: Vec<String>,
+    widths: Vec<usize>,
+    n: usize,
+}
+
+impl Columns {
+    fn of(r: &StepRecord, width: usize) -> Columns {
+        let titles: Vec<String> = r.paths.iter().map(|p| p.spec.title(p.name)).collect();
+        let widths: Vec<usize> = titles.iter().map(|t| column_width(t)).collect();
+        let mut used = 24;
+        let n = widths
+            .iter()
+            .take_while(|w| {
+                used += *w;
+                used <= width
+            })
+            .count();
+        Columns { titles, widths, n }
+    }
+
+    /// A row: its label, then one cell per shown path.
+    fn row(&self, name: &str, f: &dyn Fn(usize) -> Span<'static>) -> Line<'static> {
         let mut l = vec![label(name)];
-        for i in 0..n {
-            l.push(f(i));
+        for (i, &w) in self.widths.iter().enumerate().take(self.n) {
+            l.push(pad(f(i), w));
         }
         Line::from(l)
-    };
-    let num = |v: Option<f64>| {
-        Span::raw(format!(
-            "{:>10}",
-            v.map(fmt_small).unwrap_or_else(|| "—".into())
-        ))
-    };
-    let mut head = vec![label("")];
-    for p in &r.paths[..n] {
-        head.push(Span::styled(
-            format!("{:>10}", p.name),
-            Style::new().fg(path_color(p.name)).bold(),
-        ));
     }
-    if n < r.paths.len() && width >= 24 + 10 * n + 7 {
-        head.push(Span::styled(format!(" {MORE}"), dim));
+
+    /// The paths' titles, and "more →" where some are left out and there is room to say so.
+    fn head(&self, r: &StepRecord, width: usize) -> Line<'static> {
+        let mut head = vec![label("")];
+        let shown = r
+            .paths
+            .iter()
+            .zip(&self.titles)
+            .zip(&self.widths)
+            .take(self.n);
+        for ((p, t), &w) in shown {
+            head.push(Span::styled(
+                format!("{t:>w$}"),
+                Style::new().fg(path_color(p.name)).bold(),
+            ));
+        }
+        let shown = 24 + self.widths[..self.n].iter().sum::<usize>();
+        if self.n < r.paths.len() && width >= shown + 7 {
+            head.push(Span::styled(format!(" {MORE}"), Style::new().fg(DIM)));
+        }
+        Line::from(head)
     }
-    vec![
+}
+
+/// The step's figures, with as many path columns as fit `width`.
+fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
+    let c = &r.comparison;
+    let cols = Columns::of(r, width);
+    let mut lines = vec![
         Line::from(vec![
             label("routing agreement A = B"),
             pct(c.routing_agreement_ab),
@@ -58,123 +124,114 @@ fn now_lines(r: &StepRecord, width: usize) -> Vec<Line<'static>> {
             label("output rel L2 A vs B"),
             num(Some(c.output_rel_l2_ab)),
         ]),
-        Line::from(head),
-        per_path("routing = reference", &|i| {
+        cols.head(r, width),
+        cols.row("routing = reference", &|i| {
             c.routing_agreement_ref
                 .get(i)
                 .map(|&x| pct(x))
                 .unwrap_or_else(|| num(None))
         }),
-        per_path("weight max |Δ| vs ref", &|i| {
+        // The same as a count: how many tokens route to other experts (what bf16 logits do).
+        cols.row("tokens ≠ reference", &|i| {
+            let moved = |x: &f64| ((1.0 - x) * r.tokens as f64).round() as usize;
+            c.routing_agreement_ref
+                .get(i)
+                .map_or_else(|| num(None), |x| count(moved(x)))
+        }),
+        cols.row("weight max |Δ| vs ref", &|i| {
             num(c.weight_max_diff_ref.get(i).copied())
         }),
-        per_path("output rel L2 vs ref", &|i| {
+        cols.row("output rel L2 vs ref", &|i| {
             num(c.output_rel_l2_ref.get(i).copied())
         }),
-        per_path("output rms", &|i| num(r.paths.get(i).map(|p| p.output.rms))),
-        per_path("output max |y|", &|i| {
+        cols.row("output rms", &|i| num(r.paths.get(i).map(|p| p.output.rms))),
+        cols.row("output max |y|", &|i| {
             num(r.paths.get(i).map(|p| p.output.max_abs))
         }),
-        per_path("non-finite outputs", &|i| {
-            let n = r.paths.get(i).map(|p| p.output.nonfinite).unwrap_or(0);
-            Span::styled(
-                format!("{n:>10}"),
-                Style::new().fg(if n == 0 { OK } else { BAD }),
-            )
+        cols.row("non-finite outputs", &|i| {
+            count(r.paths.get(i).map_or(0, |p| p.output.nonfinite as usize))
         }),
-    ]
-    .into_iter()
-    .chain(tie_lines(r, &label))
-    .chain(format_lines(r, n, &label))
-    .chain([Line::from(vec![
+    ];
+    lines.extend(tie_lines(r, &cols));
+    lines.extend(format_lines(r, &cols));
+    lines.push(Line::from(vec![
         label("compared vs f64 ref"),
         Span::raw(format!("{:>10} of {} tokens", c.sampled_tokens, r.tokens)),
-    ])])
-    .collect()
+    ]));
+    lines
 }
 
 /// Disagreements with the reference by class (exact tie / near tie / real) and the worst
 /// token's output error, where the step carries them (all-token numerics).
-fn tie_lines(r: &StepRecord, label: &dyn Fn(&str) -> Span<'static>) -> Vec<Line<'static>> {
+fn tie_lines(r: &StepRecord, cols: &Columns) -> Vec<Line<'static>> {
     let c = &r.comparison;
     if c.ties_ref.is_empty() {
         return Vec::new();
     }
-    let mut ties = vec![label("tie · near · real")];
-    for t in &c.ties_ref {
-        let bad = t.real > 0;
-        ties.push(Span::styled(
+    let ties = cols.row("tie · near · real", &|i| match c.ties_ref.get(i) {
+        Some(t) => Span::styled(
             format!("{:>10}", format!("{}·{}·{}", t.exact, t.near, t.real)),
-            Style::new().fg(if bad { BAD } else { OK }),
-        ));
-    }
-    let mut worst = vec![label("worst token rel L2 (t)")];
-    for e in &c.token_errors_ref {
+            Style::new().fg(if t.real > 0 { BAD } else { OK }),
+        ),
+        None => num(None),
+    });
+    let worst = cols.row("worst token rel L2 (t)", &|i| {
+        let Some(e) = c.token_errors_ref.get(i) else {
+            return num(None);
+        };
         let at = e
             .rel_l2
             .worst
             .first()
             .map(|t| format!("({t})"))
             .unwrap_or_default();
-        worst.push(Span::raw(format!(
+        Span::raw(format!(
             "{:>10}",
             format!("{}{at}", fmt_small(e.rel_l2.max))
-        )));
-    }
-    vec![Line::from(ties), Line::from(worst)]
+        ))
+    });
+    vec![ties, worst]
 }
 
-/// Where some path runs FP8 experts: each path's format, its error against the FP8 math in f64
-/// (the kernels') and against the bf16 path (the format's), and how many tokens were compared.
-fn format_lines(
-    r: &StepRecord,
-    n: usize,
-    label: &dyn Fn(&str) -> Span<'static>,
-) -> Vec<Line<'static>> {
+/// Where some path runs FP8 experts: each path's format, its error against the FP8 weights
+/// (the kernels') and against the bf16 path (the format's), and where they were compared.
+fn format_lines(r: &StepRecord, cols: &Columns) -> Vec<Line<'static>> {
     let f = &r.comparison.expert_formats;
     if f.is_empty() {
         return Vec::new();
     }
     let cell = |s: String| Span::raw(format!("{s:>10}"));
-    let row = |name: &str, get: &dyn Fn(usize) -> String| {
-        let mut l = vec![label(name)];
-        l.extend((0..n).map(|i| cell(get(i))));
-        Line::from(l)
-    };
     let errors = |i: usize| f.get(i).and_then(|e| e.as_ref());
     let on_device = f.iter().flatten().any(|e| e.on_device);
-    let dash = || "—".to_string();
     let mut lines = vec![
-        row("expert format", &|i| {
-            r.paths.get(i).map_or_else(dash, |p| {
-                let (a, b) = (p.spec.experts, p.spec.shared_experts);
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}·{b}")
-                }
-            })
+        cols.row("expert format", &|i| {
+            r.paths.get(i).map_or_else(
+                || num(None),
+                |p| match (p.spec.experts, p.spec.shared_experts) {
+                    (a, b) if a == b => cell(a.to_string()),
+                    (a, b) => cell(format!("{a}/{b}")),
+                },
+            )
         }),
         // On the device the reference decodes the FP8 weights exactly but keeps the
         // activations exact; on the host it quantizes them as the kernels do.
-        row(
+        cols.row(
             if on_device {
                 "fp8 vs fp8 weights (t)"
             } else {
                 "fp8 vs fp8 math (t)"
             },
-            &|i| {
-                errors(i).map_or_else(dash, |e| {
+            &|i| match errors(i) {
+                Some(e) => {
                     let at = e.dequant.rel_l2.worst.first();
                     let at = at.map(|t| format!("({t})")).unwrap_or_default();
-                    format!("{}{at}", fmt_small(e.dequant_rel_l2))
-                })
+                    cell(format!("{}{at}", fmt_small(e.dequant_rel_l2)))
+                }
+                None => num(None),
             },
         ),
-        row("fp8 vs bf16 path", &|i| {
-            errors(i)
-                .and_then(|e| e.bf16_rel_l2)
-                .map_or_else(dash, fmt_small)
+        cols.row("fp8 vs bf16 path", &|i| {
+            num(errors(i).and_then(|e| e.bf16_rel_l2))
         }),
     ];
     if let Some(e) = f.iter().flatten().find(|e| !e.on_device) {
@@ -237,6 +294,37 @@ fn slot_column(
     out
 }
 
+/// Each path's drill-down column for token `sel`: its heading (title and the token's class)
+/// and width, at least 15 (the reference's); and how many fit `width` after the reference's.
+fn drill_heads(r: &StepRecord, sel: usize, width: u16) -> (Vec<(String, u16)>, usize) {
+    let classes = r.token_details.get(sel).map(|d| d.classes.as_slice());
+    let heads: Vec<(String, u16)> = r
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let class = match classes.and_then(|c| c.get(i)) {
+                Some(RouteClass::ExactTie) => " tie",
+                Some(RouteClass::NearTie) => " near",
+                Some(RouteClass::Real) => " real",
+                _ => "",
+            };
+            let head = format!("  path {}{class}", p.spec.title(p.name));
+            let w = (head.chars().count() as u16 + 1).max(15);
+            (head, w)
+        })
+        .collect();
+    let mut used = 15;
+    let n = heads
+        .iter()
+        .take_while(|(_, w)| {
+            used += w;
+            used <= width
+        })
+        .count();
+    (heads, n)
+}
+
 fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
     let e = app
         .meta
@@ -259,18 +347,14 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
     let sel = app.token_sel.min(r.token_details.len() - 1);
     // Panels by priority where the width runs out: the slot columns (reference first), then
     // the token list, then the group scores; what is left out is named on the last row.
-    let all = r.paths.len();
     let w = inner.width;
-    let n = ((w / 15) as usize).saturating_sub(1).min(all);
-    let list_w = if w >= 10 + 15 * (n as u16 + 1) { 10 } else { 0 };
-    let groups_w = if w >= list_w + 34 + 15 * (n as u16 + 1) {
-        34
-    } else {
-        0
-    };
+    let (heads, n) = drill_heads(r, sel, w);
+    let cols_w = 15 + heads[..n].iter().map(|h| h.1).sum::<u16>();
+    let list_w = if w >= 10 + cols_w { 10 } else { 0 };
+    let groups_w = if w >= list_w + 34 + cols_w { 34 } else { 0 };
     let mut left_out: Vec<String> = r.paths[n..]
         .iter()
-        .map(|p| format!("path {}", p.name))
+        .map(|p| format!("path {}", p.spec.title(p.name)))
         .collect();
     if groups_w == 0 {
         left_out.push("group scores".into());
@@ -353,7 +437,8 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         ]));
     }
     f.render_widget(Paragraph::new(gl), groups);
-    let cols = Layout::horizontal(vec![Constraint::Length(15); n + 1]).split(slots);
+    let widths = std::iter::once(15).chain(heads[..n].iter().map(|h| h.1));
+    let cols = Layout::horizontal(widths.map(Constraint::Length)).split(slots);
     f.render_widget(
         Paragraph::new(slot_column(
             Span::styled("  reference", Style::new().bold()),
@@ -370,16 +455,7 @@ fn drill_down(f: &mut Frame, area: Rect, app: &App, r: &StepRecord) {
         .enumerate()
         .take(n)
     {
-        let class = match d.classes.get(i) {
-            Some(RouteClass::ExactTie) => " tie",
-            Some(RouteClass::NearTie) => " near",
-            Some(RouteClass::Real) => " real",
-            _ => "",
-        };
-        let title = Span::styled(
-            format!("  path {id}{class}"),
-            Style::new().fg(path_color(id)).bold(),
-        );
+        let title = Span::styled(heads[i].0.clone(), Style::new().fg(path_color(id)).bold());
         f.render_widget(
             Paragraph::new(slot_column(title, s, Some(&d.reference), e)),
             cols[i + 1],
@@ -404,17 +480,18 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         );
         return;
     }
-    // FP8 paths add their rows to the step's figures: the box then grows to hold them all.
-    let top_h = if r.comparison.expert_formats.is_empty() {
-        12
-    } else {
-        (now_lines(r, 48).len() as u16 + 2).clamp(12, area.height.saturating_sub(6))
-    };
+    // Wide enough for every path's column (50 holds two) and a worst token's cell that fills
+    // its column, as high as its rows (the tie rows come with all-token numerics).
+    let titles = r.paths.iter().map(|p| column_width(&p.spec.title(p.name)));
+    let now_w = (28 + titles.sum::<usize>()).max(50) as u16;
+    let rows = now_lines(r, now_w as usize - 2).len() as u16;
     let [top, bottom] =
-        Layout::vertical([Constraint::Length(top_h), Constraint::Min(6)]).areas(area);
-    let [now, hist] = Layout::horizontal([Constraint::Length(50), Constraint::Min(20)]).areas(top);
+        Layout::vertical([Constraint::Length(rows + 2), Constraint::Min(6)]).areas(area);
+    let [now, hist] =
+        Layout::horizontal([Constraint::Length(now_w), Constraint::Min(14)]).areas(top);
+    let lines = now_lines(r, now.width.saturating_sub(2) as usize);
     f.render_widget(
-        Paragraph::new(now_lines(r, now.width.saturating_sub(2) as usize))
+        Paragraph::new(fit_rows(lines, now.height.saturating_sub(2) as usize))
             .block(block(format!("step {}", r.step))),
         now,
     );
@@ -435,9 +512,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         h.iter().map(|r| r.comparison.output_rel_l2_ab).collect(),
         ACCENT,
     ));
-    for (i, id) in r.paths.iter().map(|p| p.name).enumerate() {
+    for (i, p) in r.paths.iter().enumerate() {
+        let id = p.name;
         series.push((
-            format!("{id} output rel L2 vs ref"),
+            format!("{} output rel L2 vs ref", p.spec.title(id)),
             h.iter()
                 .filter_map(|r| r.comparison.output_rel_l2_ref.get(i).copied())
                 .collect(),

@@ -1,7 +1,8 @@
 //! View 1, overview: the layer, the run, the headline numbers and the telemetry gauges.
 
 use super::style::{block, fmt_small, fmt_us, path_color, path_ids, step_rate, BAD, DIM, MORE, OK};
-use super::timings::{path_means, speedup_spans};
+use super::timings::{path_means, speedup_spans, PathMean};
+use crate::engine::step::StepRecord;
 use crate::ui::app::App;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -115,6 +116,36 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     );
 }
 
+/// Per path its name (a user kernel's with its file), mean time and contract verdict; the
+/// names padded to one width where the rows have room for it.
+fn time_lines(r: &StepRecord, means: &[PathMean], width: u16) -> Vec<Line<'static>> {
+    let titles: Vec<String> = r.paths.iter().map(|p| p.spec.title(p.name)).collect();
+    let name_w = match width {
+        80.. => titles.iter().map(|t| t.chars().count()).max().unwrap_or(1),
+        _ => 1,
+    };
+    r.paths
+        .iter()
+        .zip(&titles)
+        .map(|(p, title)| {
+            let m = means.iter().find(|m| m.id == p.name);
+            let total = m.map_or(p.total_us, |m| m.total);
+            let clean = m
+                .map_or(p.clean_us, |m| m.clean)
+                .map(|c| format!(", clean {}", fmt_us(c)))
+                .unwrap_or_default();
+            Line::from(vec![
+                Span::styled(
+                    format!("{title:<name_w$} "),
+                    Style::new().fg(path_color(p.name)).bold(),
+                ),
+                Span::raw(format!("{:>10}{clean}  ", fmt_us(total))),
+                verdict(&p.contract),
+            ])
+        })
+        .collect()
+}
+
 fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     let Some(r) = app.latest() else {
         f.render_widget(
@@ -123,24 +154,8 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
         );
         return;
     };
-    let mut lines = Vec::new();
     let means = path_means(app);
-    for p in &r.paths {
-        let m = means.iter().find(|m| m.id == p.name);
-        let total = m.map_or(p.total_us, |m| m.total);
-        let clean = m
-            .map_or(p.clean_us, |m| m.clean)
-            .map(|c| format!(", clean {}", fmt_us(c)))
-            .unwrap_or_default();
-        lines.push(Line::from(vec![
-            Span::styled(
-                format!("{} ", p.name),
-                Style::new().fg(path_color(p.name)).bold(),
-            ),
-            Span::raw(format!("{:>10}{clean}  ", fmt_us(total))),
-            verdict(&p.contract),
-        ]));
-    }
+    let mut lines = time_lines(r, &means, area.width);
     let speedups = speedup_spans(&means);
     if !speedups.is_empty() {
         let mut l = speedups;
@@ -154,6 +169,7 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
         lines.push(Line::from(l));
     }
     lines.push(Line::raw(""));
+    // The lines above named each path; these keep to its letter, so they fit one row.
     for p in &r.paths {
         let c = &p.contract;
         let mut l = vec![
@@ -183,7 +199,11 @@ fn draw_headline(f: &mut Frame, area: Rect, app: &App) {
     lines.push(agreement_line("routing A = B", cmp.routing_agreement_ab));
     let per_path = path_ids(cmp.routing_agreement_ref.len());
     for (id, a) in per_path.zip(&cmp.routing_agreement_ref) {
-        lines.push(agreement_line(&format!("routing {id} = ref"), *a));
+        let title = r
+            .paths
+            .get(id.index())
+            .map_or_else(|| id.to_string(), |p| p.spec.title(id));
+        lines.push(agreement_line(&format!("routing {title} = ref"), *a));
     }
     lines.push(Line::from(vec![
         Span::styled(format!("{:<16}", "output A vs B"), Style::new().fg(DIM)),
@@ -215,8 +235,10 @@ pub fn verdict(c: &crate::engine::step::ContractCheck) -> Span<'static> {
 
 fn agreement_line(label: &str, frac: f64) -> Line<'static> {
     let color = if frac >= 1.0 { OK } else { BAD };
+    // A user kernel's longer label keeps a space before its figure.
+    let w = (label.chars().count() + 1).max(16);
     Line::from(vec![
-        Span::styled(format!("{label:<16}"), Style::new().fg(DIM)),
+        Span::styled(format!("{label:<w$}"), Style::new().fg(DIM)),
         Span::styled(format!("{:.1}%", frac * 100.0), Style::new().fg(color)),
     ])
 }

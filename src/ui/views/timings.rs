@@ -172,9 +172,9 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         Style::new().fg(DIM),
     ));
     let mut times = vec![Span::raw(" ")];
-    for m in &means {
+    for (m, p) in means.iter().zip(&r.paths) {
         times.push(Span::styled(
-            format!("{} ", m.id),
+            format!("{} ", p.spec.title(m.id)),
             Style::new().fg(path_color(m.id)).bold(),
         ));
         let clean = m
@@ -192,7 +192,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     // left out whole, and the line above says so.
     let fit = n.min((tables.width / 28).max(1) as usize);
     if fit < n && tables.height > 0 {
-        let hidden: Vec<String> = r.paths[fit..].iter().map(|p| p.name.to_string()).collect();
+        let hidden: Vec<String> = r.paths[fit..]
+            .iter()
+            .map(|p| p.spec.title(p.name))
+            .collect();
         let hint = Line::from(Span::styled(
             format!(
                 " {MORE} path {} (a wider terminal shows it)",
@@ -287,12 +290,14 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let inner = outer.inner(timeline);
     f.render_widget(outer, timeline);
     let max_total = r.paths.iter().map(|p| p.total_us).fold(0.0, f64::max);
-    // Room for the path label before the bar and the total after it.
-    let width = inner.width.saturating_sub(3 + 12) as f64;
+    let titles: Vec<String> = r.paths.iter().map(|p| p.spec.title(p.name)).collect();
+    let name_w = titles.iter().map(|t| t.chars().count()).max().unwrap_or(1);
+    // Room for the path's name before the bar and the total after it.
+    let width = inner.width.saturating_sub(name_w as u16 + 2 + 12) as f64;
     let mut lines = Vec::new();
-    for p in &r.paths {
+    for (p, title) in r.paths.iter().zip(&titles) {
         let mut spans = vec![Span::styled(
-            format!("{}  ", p.name),
+            format!("{title:<name_w$}  "),
             Style::new().fg(path_color(p.name)).bold(),
         )];
         let mut used = 0usize;

@@ -161,10 +161,14 @@ impl CudaBackend {
         gpu.download(&b.gates, t, "shared gates")
     }
 
-    /// Adds path C's kernel (compiled or loaded for this device and layer); returns what it
-    /// declares, for its PathSpec.
-    pub fn with_user_kernel(mut self, file: KernelFile) -> Result<(CudaBackend, Conventions)> {
-        let k = UserKernel::open(&self.gpu, file, &self.cfg, LogitsDtype::F32)?;
+    /// Adds path C's kernel (compiled or loaded for this device and layer, reading `logits`);
+    /// returns what it declares, for its PathSpec.
+    pub fn with_user_kernel(
+        mut self,
+        file: KernelFile,
+        logits: LogitsDtype,
+    ) -> Result<(CudaBackend, Conventions)> {
+        let k = UserKernel::open(&self.gpu, file, &self.cfg, logits)?;
         let conv = k.conventions;
         self.user = Some(k);
         Ok((self, conv))
@@ -650,6 +654,7 @@ impl CudaBackend {
             separate_weight: 0.0,
             experts: crate::engine::paths::ExpertFormat::Bf16,
             shared_experts: crate::engine::paths::ExpertFormat::Bf16,
+            logits: LogitsDtype::F32,
         };
         let gpu = self.gpu.clone();
         if !self.ep_ws.as_ref().is_some_and(|w| w.fits(a, 1, 1)) {

@@ -6,7 +6,7 @@
 use super::super::gpu::{Gpu, Timer};
 use super::super::kernels::{
     AlignCountArgs, AlignFillArgs, AlignScanArgs, CombineArgs, DevPtr, GemmRows, SiluMulArgs,
-    GEMM_BM,
+    ToBf16Args, GEMM_BM,
 };
 use super::super::router::{self, RouterIo, RouterShape};
 use super::super::user_kernel::{self, UserKernel};
@@ -15,7 +15,7 @@ use super::fp8::{self, Fp8Stage};
 use super::gemm::{self, Groups, Weights};
 use super::workspace::Workspace;
 use crate::engine::config::MoeConfig;
-use crate::engine::paths::{ExpertFormat, PathSpec, RouterImpl, SharedMode};
+use crate::engine::paths::{ExpertFormat, LogitsDtype, PathSpec, RouterImpl, SharedMode};
 use crate::engine::step::Stage;
 use anyhow::{bail, ensure, Result};
 
@@ -31,6 +31,8 @@ pub struct Plan {
     /// The routed experts' and the shared experts' formats.
     pub experts: ExpertFormat,
     pub shared_experts: ExpertFormat,
+    /// What the router reads: the gate GEMM's f32 output, or it rounded to bf16.
+    pub logits: LogitsDtype,
 }
 
 impl Plan {
@@ -72,6 +74,7 @@ impl Plan {
             separate_weight: contract.separate_shared_weight,
             experts: spec.experts,
             shared_experts: spec.shared_experts,
+            logits: spec.logits,
         })
     }
 }
@@ -128,7 +131,8 @@ impl PathLaunch<'_> {
         self.t * self.plan.shape.spt()
     }
 
-    /// logits [T × E] = x · gate^T + logit offset.
+    /// logits [T × E] = x · gate^T + logit offset; rounded to bf16 as well where the path's
+    /// router reads bf16 (a bf16 router GEMM's output: the same f32 sum, rounded once).
     fn gate_gemm(&self, timer: &mut Timer) -> Result<()> {
         let (gpu, ws, l, t) = (self.gpu, self.ws, self.layer, self.t);
         let (e, h) = (self.cfg.n_routed_experts, self.cfg.hidden_size);
@@ -152,16 +156,29 @@ impl PathLaunch<'_> {
         );
         timer.start(gpu)?;
         gemm::run_split(gpu, g, ws.gate.splits, t, gpu.ptr(&ws.gate.parts))?;
-        let bytes = (2 * t * h + 2 * e * h + 4 * t * e) as u64;
+        let mut bytes = (2 * t * h + 2 * e * h + 4 * t * e) as u64;
+        if self.plan.logits == LogitsDtype::Bf16 {
+            gpu.launch(ToBf16Args {
+                input: gpu.ptr(&ws.gate.logits),
+                out: gpu.ptr(&ws.gate.logits_bf16),
+                n: (t * e) as u64,
+            })?;
+            bytes += (6 * t * e) as u64;
+        }
         timer.stop(gpu, Stage::GateGemm, Some(bytes))
     }
 
     /// The buffers the router reads and writes.
     pub fn router_io(&self) -> RouterIo {
         let (gpu, ws, l) = (self.gpu, self.ws, self.layer);
+        let bf16 = self.plan.logits == LogitsDtype::Bf16;
         RouterIo {
-            logits: gpu.ptr(&ws.gate.logits).cast(),
-            logits_bf16: false,
+            logits: if bf16 {
+                gpu.ptr(&ws.gate.logits_bf16).cast()
+            } else {
+                gpu.ptr(&ws.gate.logits).cast()
+            },
+            logits_bf16: bf16,
             bias: gpu.ptr_opt(l.bias.as_ref()),
             gate: if self.cfg.n_shared_experts > 0 {
                 gpu.ptr(&ws.inputs.gates)
@@ -182,7 +199,8 @@ impl PathLaunch<'_> {
             RouterImpl::Fused => {
                 timer.start(gpu)?;
                 router::fused(gpu, sh, &io, t)?;
-                let bytes = (4 * t * sh.e + 8 * self.assignments()) as u64;
+                let logit_bytes = if io.logits_bf16 { 2 } else { 4 };
+                let bytes = (logit_bytes * t * sh.e + 8 * self.assignments()) as u64;
                 timer.stop(gpu, Stage::RouterFused, Some(bytes))
             }
             RouterImpl::Unfused => router::unfused(gpu, sh, &io, t, &self.ws.router.unfused, timer),
@@ -202,11 +220,12 @@ impl PathLaunch<'_> {
             shared_gate: io.gate.addr(),
             ids: io.ids.addr(),
             weights: io.weights.addr(),
-            ..user_kernel::args_for(self.cfg, t, user_kernel::LogitsDtype::F32)
+            ..user_kernel::args_for(self.cfg, t, self.plan.logits)
         };
         timer.start(gpu)?;
         user.launch(gpu, &args)?;
-        let bytes = (4 * t * self.plan.shape.e + 8 * self.assignments()) as u64;
+        let logit_bytes = if io.logits_bf16 { 2 } else { 4 };
+        let bytes = (logit_bytes * t * self.plan.shape.e + 8 * self.assignments()) as u64;
         timer.stop(gpu, Stage::RouterUser, Some(bytes))?;
         let gates = (self.cfg.shared_expert_gate && !self.gates.is_empty()).then_some(self.gates);
         user.finish_in_layer(

@@ -41,6 +41,8 @@ pub struct InputBufs {
 pub struct GateBufs {
     /// [T × E] router logits (+ logit offset).
     pub logits: CudaSlice<f32>,
+    /// [T × E] the same rounded to bf16, for a path whose router reads bf16 logits.
+    pub logits_bf16: CudaSlice<u16>,
     /// K-split partials [splits × T × E] (empty without splits).
     pub parts: CudaSlice<f32>,
     pub splits: usize,
@@ -151,6 +153,7 @@ impl GateBufs {
         let parts = if splits > 1 { splits * t * e } else { 0 };
         Ok(GateBufs {
             logits: gpu.alloc(t * e, "router logits")?,
+            logits_bf16: gpu.alloc(t * e, "router logits (bf16)")?,
             parts: gpu.alloc(parts, "gate GEMM partials")?,
             splits,
             offsets: gpu.upload(&[0, t as i32], "gate GEMM offsets")?,
