@@ -180,6 +180,7 @@ fn engine_spec(paths: Vec<PathSpec>) -> RunSpec {
         hidden_states: None,
         trace: Default::default(),
         kernel: None,
+        router_logits: Default::default(),
     }
 }
 
@@ -243,6 +244,7 @@ fn an_fp8_engine_step_records_the_kernels_and_the_formats_error() {
         hidden_states: None,
         trace: Default::default(),
         kernel: None,
+        router_logits: Default::default(),
     };
     let (mut engine, _) = spec.build_engine().unwrap();
     for _ in 0..2 {

@@ -38,6 +38,7 @@ fn the_header_and_the_numerics_view_show_the_expert_formats() {
         hidden_states: None,
         trace: Default::default(),
         kernel: None,
+        router_logits: Default::default(),
     };
     let (mut engine, _) = spec.build_engine().unwrap();
     let mut app = App::new(Mode::Live);
@@ -60,7 +61,7 @@ fn the_header_and_the_numerics_view_show_the_expert_formats() {
     assert!(s.contains("rsf on-output · fp8"), "{s}");
     for needle in [
         "expert format",
-        "fp8·bf16",
+        "fp8/bf16",
         "fp8 vs fp8 math",
         "fp8 vs bf16 path",
         "fp8 compared on host",

@@ -598,7 +598,8 @@ mod tests {
 
     #[test]
     fn specs_of_older_sessions_read_as_bf16_and_fp8_shows_in_the_label() {
-        let old = r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
+        let old =
+            r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
         let spec: PathSpec = serde_json::from_str(old).unwrap();
         assert_eq!(spec, PathSpec::fused(Variant::Correct));
         assert!(!spec.uses_fp8() && !spec.label().contains("fp8"));
@@ -609,12 +610,19 @@ mod tests {
         assert!(fp8.label().ends_with(" · fp8"), "{}", fp8.label());
         assert_eq!(fp8.title(PathId::B), "B · fp8");
         let a = PathSpec::unfused_baseline().with_formats(ExpertFormat::Fp8, ExpertFormat::Bf16);
-        assert!(a.label().ends_with(" · fp8 routed, bf16 shared"), "{}", a.label());
+        assert!(
+            a.label().ends_with(" · fp8 routed, bf16 shared"),
+            "{}",
+            a.label()
+        );
         assert_eq!(a.title(PathId::A), "A · fp8/bf16");
         assert_eq!(a.slot_format(3, 4), ExpertFormat::Fp8);
         assert_eq!(a.slot_format(4, 4), ExpertFormat::Bf16);
         assert_eq!("fp8".parse::<ExpertFormat>(), Ok(ExpertFormat::Fp8));
-        assert!("fp16".parse::<ExpertFormat>().unwrap_err().contains("bf16 or fp8"));
+        assert!("fp16"
+            .parse::<ExpertFormat>()
+            .unwrap_err()
+            .contains("bf16 or fp8"));
     }
 
     #[test]

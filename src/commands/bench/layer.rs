@@ -42,8 +42,8 @@ pub fn bench_paths(
     ];
     let (fp8, bf16) = (ExpertFormat::Fp8, ExpertFormat::Bf16);
     let fp8_paths = vec![
-        paths[0].with_formats(fp8, bf16),
-        paths[1].with_formats(fp8, fp8),
+        paths[0].clone().with_formats(fp8, bf16),
+        paths[1].clone().with_formats(fp8, fp8),
     ];
     let dense = match crate::engine::weights::fp8::check_sizes(&cfg, true, true) {
         Ok(()) => {
