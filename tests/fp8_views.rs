@@ -61,7 +61,7 @@ fn the_header_and_the_numerics_view_show_the_expert_formats() {
     assert!(s.contains("rsf on-output · fp8"), "{s}");
     for needle in [
         "expert format",
-        "fp8/bf16",
+        "fp8·bf16",
         "fp8 vs fp8 math",
         "fp8 vs bf16 path",
         "fp8 compared on host",

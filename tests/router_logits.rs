@@ -171,3 +171,35 @@ fn a_bad_value_is_an_error_naming_the_flag_and_what_it_takes() {
         }
     }
 }
+
+#[test]
+fn a_routing_trace_leaves_no_router_to_set() {
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/routing/deepseek-v3-skew.safetensors"
+    );
+    let out = moescope(&[SMALL, &["--routing", trace, "--router-logits", "bf16"]].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("--routing") && err.contains("--router-logits"),
+        "{err}"
+    );
+}
+
+/// Three paths on the CPU (a third fused path stands in for a user kernel): C on bf16 moves
+/// tokens, A and B on f32 none.
+#[test]
+fn a_third_path_on_the_cpu_takes_its_own_precision() {
+    let mut s = spec("C=bf16");
+    s.paths.push(PathSpec::fused(Variant::Correct));
+    let (mut engine, _) = s.build_engine().unwrap();
+    let r = engine.step().unwrap();
+    assert_eq!(r.paths.len(), 3);
+    assert_eq!(r.paths[2].name, PathId::C);
+    assert_eq!(r.paths[2].spec.logits, LogitsDtype::Bf16);
+    let agree = &r.comparison.routing_agreement_ref;
+    assert_eq!((agree[0], agree[1]), (1.0, 1.0));
+    assert!(agree[2] < 1.0, "{agree:?}");
+    assert_eq!(r.comparison.routing_agreement_ab, 1.0);
+}

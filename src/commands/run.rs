@@ -60,9 +60,10 @@ pub struct RunArgs {
     /// Router logits precision: `f32` or `bf16` for every path, or per path as `A=bf16,B=f32`
     /// (C is the --kernel path; a path not named reads f32). The gate GEMM sums in f32 either
     /// way; bf16 rounds its output before the router reads it. The f64 reference routes the
-    /// f32 logits, so the numerics view counts the tokens whose experts bf16 changes.
+    /// f32 logits, so the numerics view counts the tokens whose experts bf16 changes. Not with
+    /// --routing (a trace replaces the router).
     #[arg(long, default_value = "f32", value_name = "f32|bf16|PATH=f32|bf16,...",
-          value_parser = PathLogits::parse)]
+          value_parser = PathLogits::parse, conflicts_with = "routing")]
     pub router_logits: PathLogits,
     /// Print StepRecords as JSON lines instead of opening the TUI.
     #[arg(long)]

@@ -101,6 +101,56 @@ impl fmt::Display for Variant {
     }
 }
 
+/// How a path stores and multiplies its expert weights (`--experts`, `--shared-experts`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExpertFormat {
+    /// bf16 weights and activations, f32 accumulation (what sessions before FP8 ran).
+    #[default]
+    Bf16,
+    /// e4m3 weights with one f32 scale per 128×128 block (as DeepSeek-V3 stores them),
+    /// activations quantized per token in groups of 128, f32 accumulation.
+    Fp8,
+}
+
+impl ExpertFormat {
+    pub const ALL: [ExpertFormat; 2] = [ExpertFormat::Bf16, ExpertFormat::Fp8];
+    /// The names `FromStr` takes (the command line's and the sessions').
+    pub const NAMES: &'static [&'static str] = &["bf16", "fp8"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExpertFormat::Bf16 => "bf16",
+            ExpertFormat::Fp8 => "fp8",
+        }
+    }
+
+    pub fn is_fp8(self) -> bool {
+        self == ExpertFormat::Fp8
+    }
+
+    /// bf16 is not written into sessions: a bf16 path reads back as sessions before FP8 wrote it.
+    pub fn is_bf16(&self) -> bool {
+        *self == ExpertFormat::Bf16
+    }
+}
+
+impl fmt::Display for ExpertFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ExpertFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ExpertFormat::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| format!("unknown expert format `{s}`; expected bf16 or fp8"))
+    }
+}
+
 /// Which path a record belongs to: A and B as `run` compares them by default, C a kernel the
 /// user brings. Serialised as "A", "B", "C", as sessions have always named them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -238,53 +288,6 @@ impl PathLogits {
     }
 }
 
-/// How a path stores and multiplies its expert weights (`--experts`, `--shared-experts`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExpertFormat {
-    /// bf16 weights and activations, f32 accumulation (what sessions before FP8 ran).
-    #[default]
-    Bf16,
-    /// e4m3 weights with one f32 scale per 128×128 block (as DeepSeek-V3 stores them),
-    /// activations quantized per token in groups of 128, f32 accumulation.
-    Fp8,
-}
-
-impl ExpertFormat {
-    pub const ALL: [ExpertFormat; 2] = [ExpertFormat::Bf16, ExpertFormat::Fp8];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ExpertFormat::Bf16 => "bf16",
-            ExpertFormat::Fp8 => "fp8",
-        }
-    }
-
-    pub fn is_fp8(self) -> bool {
-        self == ExpertFormat::Fp8
-    }
-
-    fn is_bf16(&self) -> bool {
-        *self == ExpertFormat::Bf16
-    }
-}
-
-impl fmt::Display for ExpertFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.pad(self.name())
-    }
-}
-
-impl std::str::FromStr for ExpertFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        ExpertFormat::ALL
-            .into_iter()
-            .find(|x| x.name() == s)
-            .ok_or_else(|| format!("unknown expert format `{s}`; expected bf16 or fp8"))
-    }
-}
-
 /// One of the paths run side by side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PathSpec {
@@ -300,7 +303,7 @@ pub struct PathSpec {
     /// and in sessions recorded before it was kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
-    /// The routed experts' format (bf16 in sessions recorded before FP8; not written for bf16).
+    /// The routed experts' format (sessions recorded before FP8 read as bf16).
     #[serde(default, skip_serializing_if = "ExpertFormat::is_bf16")]
     pub experts: ExpertFormat,
     /// The shared experts' format: the separate shared MLP, or the fused shared slots.
@@ -439,11 +442,8 @@ impl PathSpec {
         if self.logits == LogitsDtype::Bf16 {
             s.push_str(" bf16");
         }
-        // FP8 experts: "B · fp8"; FP8 routed beside bf16 shared experts: "A · fp8/bf16".
-        match (self.experts, self.shared_experts) {
-            (ExpertFormat::Bf16, ExpertFormat::Bf16) => {}
-            (a, b) if a == b => s.push_str(&format!(" · {a}")),
-            (a, b) => s.push_str(&format!(" · {a}/{b}")),
+        if self.uses_fp8() {
+            s.push_str(" fp8");
         }
         s
     }
@@ -597,36 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn specs_of_older_sessions_read_as_bf16_and_fp8_shows_in_the_label() {
-        let old =
-            r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
-        let spec: PathSpec = serde_json::from_str(old).unwrap();
-        assert_eq!(spec, PathSpec::fused(Variant::Correct));
-        assert!(!spec.uses_fp8() && !spec.label().contains("fp8"));
-        let fp8 = spec.with_formats(ExpertFormat::Fp8, ExpertFormat::Fp8);
-        let json = serde_json::to_string(&fp8).unwrap();
-        assert!(json.contains(r#""experts":"fp8""#), "{json}");
-        assert_eq!(serde_json::from_str::<PathSpec>(&json).unwrap(), fp8);
-        assert!(fp8.label().ends_with(" · fp8"), "{}", fp8.label());
-        assert_eq!(fp8.title(PathId::B), "B · fp8");
-        let a = PathSpec::unfused_baseline().with_formats(ExpertFormat::Fp8, ExpertFormat::Bf16);
-        assert!(
-            a.label().ends_with(" · fp8 routed, bf16 shared"),
-            "{}",
-            a.label()
-        );
-        assert_eq!(a.title(PathId::A), "A · fp8/bf16");
-        assert_eq!(a.slot_format(3, 4), ExpertFormat::Fp8);
-        assert_eq!(a.slot_format(4, 4), ExpertFormat::Bf16);
-        assert_eq!("fp8".parse::<ExpertFormat>(), Ok(ExpertFormat::Fp8));
-        assert!("fp16"
-            .parse::<ExpertFormat>()
-            .unwrap_err()
-            .contains("bf16 or fp8"));
-    }
-
-    #[test]
-    fn specs_without_logits_or_kernel_read_as_f32_and_none() {
+    fn specs_of_older_sessions_read_with_the_defaults_and_labels_say_what_differs() {
         let old =
             r#"{"router":"fused","shared":"fused-slot","rsf":"on-output","variant":"correct"}"#;
         let spec: PathSpec = serde_json::from_str(old).unwrap();
@@ -641,6 +612,25 @@ mod tests {
         assert_eq!(back, c);
         assert_eq!(c.title(PathId::C), "C fused_router.cu bf16");
         assert!(c.label().contains("fused_router.cu"), "{}", c.label());
+        assert!(!spec.uses_fp8() && !spec.label().contains("fp8"));
+        let fp8 = spec.with_formats(ExpertFormat::Fp8, ExpertFormat::Fp8);
+        let json = serde_json::to_string(&fp8).unwrap();
+        assert!(json.contains(r#""experts":"fp8""#), "{json}");
+        assert_eq!(serde_json::from_str::<PathSpec>(&json).unwrap(), fp8);
+        assert!(fp8.label().ends_with(" · fp8"), "{}", fp8.label());
+        let a = PathSpec::unfused_baseline().with_formats(ExpertFormat::Fp8, ExpertFormat::Bf16);
+        assert!(
+            a.label().ends_with(" · fp8 routed, bf16 shared"),
+            "{}",
+            a.label()
+        );
+        assert_eq!(a.slot_format(3, 4), ExpertFormat::Fp8);
+        assert_eq!(a.slot_format(4, 4), ExpertFormat::Bf16);
+        assert_eq!("fp8".parse::<ExpertFormat>(), Ok(ExpertFormat::Fp8));
+        assert!("fp16"
+            .parse::<ExpertFormat>()
+            .unwrap_err()
+            .contains("bf16 or fp8"));
     }
 
     #[test]

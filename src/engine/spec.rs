@@ -249,7 +249,8 @@ impl RunSpec {
         if self.tokens == 0 {
             bail!("--tokens must be at least 1");
         }
-        if self.kernel.is_none() && self.router_logits.names(PathId::C) {
+        // Path C is the user kernel's (or a third path given here).
+        if self.kernel.is_none() && self.paths.len() < 3 && self.router_logits.names(PathId::C) {
             bail!("--router-logits names path C, which runs only with --kernel FILE");
         }
         let (backend, max_tokens, notices, user_path) = self.open_backend()?;

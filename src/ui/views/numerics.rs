@@ -193,45 +193,48 @@ fn tie_lines(r: &StepRecord, cols: &Columns) -> Vec<Line<'static>> {
     vec![ties, worst]
 }
 
-/// Where some path runs FP8 experts: each path's format, its error against the FP8 weights
-/// (the kernels') and against the bf16 path (the format's), and where they were compared.
+/// Where some path runs FP8 experts: each path's format, its error against the FP8 math in f64
+/// (the kernels') and against the bf16 path (the format's), and how many tokens were compared.
 fn format_lines(r: &StepRecord, cols: &Columns) -> Vec<Line<'static>> {
     let f = &r.comparison.expert_formats;
     if f.is_empty() {
         return Vec::new();
     }
-    let cell = |s: String| Span::raw(format!("{s:>10}"));
+    let row = |name: &str, get: &dyn Fn(usize) -> String| cols.row(name, &|i| Span::raw(get(i)));
     let errors = |i: usize| f.get(i).and_then(|e| e.as_ref());
     let on_device = f.iter().flatten().any(|e| e.on_device);
+    let dash = || "—".to_string();
     let mut lines = vec![
-        cols.row("expert format", &|i| {
-            r.paths.get(i).map_or_else(
-                || num(None),
-                |p| match (p.spec.experts, p.spec.shared_experts) {
-                    (a, b) if a == b => cell(a.to_string()),
-                    (a, b) => cell(format!("{a}/{b}")),
-                },
-            )
+        row("expert format", &|i| {
+            r.paths.get(i).map_or_else(dash, |p| {
+                let (a, b) = (p.spec.experts, p.spec.shared_experts);
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}·{b}")
+                }
+            })
         }),
         // On the device the reference decodes the FP8 weights exactly but keeps the
         // activations exact; on the host it quantizes them as the kernels do.
-        cols.row(
+        row(
             if on_device {
                 "fp8 vs fp8 weights (t)"
             } else {
                 "fp8 vs fp8 math (t)"
             },
-            &|i| match errors(i) {
-                Some(e) => {
+            &|i| {
+                errors(i).map_or_else(dash, |e| {
                     let at = e.dequant.rel_l2.worst.first();
                     let at = at.map(|t| format!("({t})")).unwrap_or_default();
-                    cell(format!("{}{at}", fmt_small(e.dequant_rel_l2)))
-                }
-                None => num(None),
+                    format!("{}{at}", fmt_small(e.dequant_rel_l2))
+                })
             },
         ),
-        cols.row("fp8 vs bf16 path", &|i| {
-            num(errors(i).and_then(|e| e.bf16_rel_l2))
+        row("fp8 vs bf16 path", &|i| {
+            errors(i)
+                .and_then(|e| e.bf16_rel_l2)
+                .map_or_else(dash, fmt_small)
         }),
     ];
     if let Some(e) = f.iter().flatten().find(|e| !e.on_device) {

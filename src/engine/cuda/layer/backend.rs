@@ -652,9 +652,9 @@ impl CudaBackend {
             out_scale: 1.0,
             separate: false,
             separate_weight: 0.0,
+            logits: LogitsDtype::F32,
             experts: crate::engine::paths::ExpertFormat::Bf16,
             shared_experts: crate::engine::paths::ExpertFormat::Bf16,
-            logits: LogitsDtype::F32,
         };
         let gpu = self.gpu.clone();
         if !self.ep_ws.as_ref().is_some_and(|w| w.fits(a, 1, 1)) {

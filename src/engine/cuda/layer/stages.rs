@@ -28,11 +28,11 @@ pub struct Plan {
     /// The shared experts run as a separate dense MLP (not as slots).
     pub separate: bool,
     pub separate_weight: f64,
+    /// What the router reads: the gate GEMM's f32 output, or it rounded to bf16.
+    pub logits: LogitsDtype,
     /// The routed experts' and the shared experts' formats.
     pub experts: ExpertFormat,
     pub shared_experts: ExpertFormat,
-    /// What the router reads: the gate GEMM's f32 output, or it rounded to bf16.
-    pub logits: LogitsDtype,
 }
 
 impl Plan {
@@ -72,9 +72,9 @@ impl Plan {
                 && contract.separate_shared_weight != 0.0
                 && has_shared,
             separate_weight: contract.separate_shared_weight,
+            logits: spec.logits,
             experts: spec.experts,
             shared_experts: spec.shared_experts,
-            logits: spec.logits,
         })
     }
 }
