@@ -120,12 +120,19 @@ fn sizes_that_cut_fp8_blocks_are_refused() {
         Some((192, 128)),
         paths,
     );
-    let (mut engine, _) = spec.build_engine().unwrap();
-    let err = format!("{:#}", engine.step().unwrap_err());
+    // Refused before the engine runs a step (the TUI shows it at once).
+    let err = format!("{:#}", spec.build_engine().err().unwrap());
     assert!(
         err.contains("hidden_size") && err.contains("multiple of 128"),
         "{err}"
     );
+    // Only the shared expert in FP8: its own size is the one named.
+    let mut shared = spec.clone();
+    shared.layer.hidden = Some(256);
+    shared.layer.intermediate = Some(192);
+    shared.paths = vec![PathSpec::unfused_baseline().with_formats(BF16, FP8)];
+    let err = format!("{:#}", shared.build_engine().err().unwrap());
+    assert!(err.contains("shared slot intermediate size"), "{err}");
 }
 
 #[test]

@@ -152,14 +152,21 @@ pub fn estimate(
 ) -> MemoryEstimate {
     let mut est = estimate_bf16(cfg, backend, dtype);
     if fp8.any() {
-        add_fp8(&mut est, &Dims::of(cfg), backend, fp8);
+        add_fp8(&mut est, cfg, &Dims::of(cfg), backend, fp8);
     }
     est
 }
 
 /// The FP8 copies: weights (dequantized f32 on the host, e4m3 and scales on the device), the
-/// FP8 stage's buffers per token, and the f64 reference's second expert cache.
-fn add_fp8(est: &mut MemoryEstimate, d: &Dims, backend: BackendKind, fp8: Fp8Copies) {
+/// FP8 stage's buffers per token, and the f64 references' second set (the host's expert cache,
+/// the device reference on FP8 weights).
+fn add_fp8(
+    est: &mut MemoryEstimate,
+    cfg: &MoeConfig,
+    d: &Dims,
+    backend: BackendKind,
+    fp8: Fp8Copies,
+) {
     let routed = if fp8.routed { d.expert_params } else { 0 };
     let shared = if fp8.shared { d.shared_params } else { 0 };
     est.host.fixed = est.host.fixed.saturating_add(d.reference_cache());
@@ -186,7 +193,10 @@ fn add_fp8(est: &mut MemoryEstimate, d: &Dims, backend: BackendKind, fp8: Fp8Cop
                 } else {
                     0
                 };
-                dev.per_token += 2 * d.h + slots * per_slot + dense;
+                // The device reference on FP8 weights keeps its own f64 buffers (per compared
+                // token; counted for every token, on the large side past its budget).
+                let reference = super::cuda::reference::bytes_per_token(cfg) as u64;
+                dev.per_token += 2 * d.h + slots * per_slot + dense + reference;
             }
         }
     }

@@ -300,6 +300,11 @@ impl RunSpec {
         };
         let mut paths = self.paths.clone();
         paths.extend(user_path);
+        // FP8 paths on a layer whose sizes cut the 128×128 blocks: refused before the first step.
+        for p in paths.iter().filter(|p| p.uses_fp8()) {
+            let (routed, shared) = (p.experts.is_fp8(), p.shared_experts.is_fp8());
+            super::weights::fp8::check_sizes(&cfg, routed, shared)?;
+        }
         for (spec, id) in paths.iter_mut().zip(PathId::ALL) {
             spec.logits = self.router_logits.of(id);
         }
