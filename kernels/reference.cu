@@ -524,6 +524,17 @@ extern "C" __global__ void ref_compare_routes(const RefCompareArgs a) {
         const float* sel = a.sel + t * a.e;
         float last_sel = sel[rid[a.k - 1]];
         float last_gs = G > 1 ? a.gscore[t * G + a.kept[t * a.topk_group + a.topk_group - 1]] : 0.0f;
+        // The first cause decides (as numerics::RefToken::classify): where the path chose from
+        // a group the reference did not keep, only the groups' scores count.
+        bool swapped = false;
+        for (int q = 0; q < np; q++) {
+            bool in = false;
+            for (int j = 0; j < a.k; j++) in |= rid[j] == pid[q];
+            bool kept = G == 1;
+            for (int z = 0; z < a.topk_group && !kept; z++)
+                kept = a.kept[t * a.topk_group + z] == (u32)(pid[q] / per);
+            swapped |= !in && !kept;
+        }
         cls = 1;
         for (int q = 0; q < np; q++) {
             bool in = false;
@@ -532,6 +543,7 @@ extern "C" __global__ void ref_compare_routes(const RefCompareArgs a) {
             int g = pid[q] / per;
             bool kept = G == 1;
             for (int z = 0; z < a.topk_group && !kept; z++) kept = a.kept[t * a.topk_group + z] == (u32)g;
+            if (swapped && kept) continue;
             float thr = kept ? last_sel : last_gs;
             float v = kept ? sel[pid[q]] : a.gscore[t * G + g];
             double gap = ref_gap(thr, v);

@@ -87,3 +87,61 @@ fn new_records_carry_violations_and_no_message() {
     assert!(back.get("message").is_none(), "{back}");
     assert_eq!(back["violations"][0]["kind"], "routed_sum");
 }
+
+/// The format-2 samples recorded on an H200 with path C (bf16 logits) and with FP8 experts keep
+/// opening with what they recorded: three paths with C named by its file, the formats of each
+/// path, every token compared, and the FP8 numerics.
+#[test]
+fn h200_samples_open_with_path_c_and_fp8_as_recorded() {
+    use moescope::engine::paths::{ExpertFormat, LogitsDtype, PathId};
+    let open = |name: &str| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("sessions")
+            .join(name);
+        let (reader, warnings) = SessionReader::open(&path).unwrap();
+        assert!(warnings.is_empty(), "{name}: {warnings:?}");
+        assert_eq!(reader.header().version, SESSION_VERSION, "{name}");
+        assert_eq!(reader.len(), 30, "{name}");
+        reader
+    };
+    let mut three = open("h200-deepseek-v3-t256-three-paths.jsonl");
+    let c = &three.header().paths[2];
+    assert_eq!(c.kernel.as_deref(), Some("fused_router.cu"));
+    assert_eq!(c.logits, LogitsDtype::Bf16);
+    assert_eq!(c.title(PathId::C), "C fused_router.cu bf16");
+    for i in 0..three.len() {
+        let r = three.read(i).unwrap();
+        assert_eq!(r.paths.len(), 3);
+        assert_eq!(
+            r.comparison.sampled_tokens, 256,
+            "every token compared on the device"
+        );
+        assert!(r.paths.iter().all(|p| p.contract.ok), "step {i}");
+        // bf16 logits move a few tokens, as near ties; A and B route as the reference.
+        assert_eq!(r.comparison.routing_agreement_ref[0], 1.0);
+        assert_eq!(r.comparison.ties_ref[2].real, 0, "step {i}");
+    }
+    let mut fp8 = open("h200-deepseek-v3-t256-fp8.jsonl");
+    let [a, b] = [&fp8.header().paths[0], &fp8.header().paths[1]];
+    assert_eq!(
+        (a.experts, a.shared_experts),
+        (ExpertFormat::Fp8, ExpertFormat::Bf16)
+    );
+    assert_eq!(
+        (b.experts, b.shared_experts),
+        (ExpertFormat::Fp8, ExpertFormat::Fp8)
+    );
+    for i in 0..fp8.len() {
+        let r = fp8.read(i).unwrap();
+        let f = r.comparison.expert_formats[1]
+            .as_ref()
+            .expect("B's FP8 numerics");
+        assert!(f.on_device && f.tokens == 256, "step {i}");
+        // e4m3 weights and activations against f64 on the same FP8 weights: a few percent.
+        assert!(
+            f.dequant_rel_l2 > 1e-3 && f.dequant_rel_l2 < 0.1,
+            "{}",
+            f.dequant_rel_l2
+        );
+    }
+}

@@ -210,9 +210,21 @@ impl RefToken<'_> {
             .kept_groups
             .last()
             .and_then(|&g| self.group_scores.get(g as usize).copied());
+        // The first cause decides: where the path chose from a group the reference did not
+        // keep, the groups' scores do (the experts it displaced follow from the group swap);
+        // otherwise the experts' selection values.
+        let extra: Vec<u32> = path_ids
+            .iter()
+            .copied()
+            .filter(|p| !self.ids.contains(p))
+            .collect();
+        let swapped = extra.iter().any(|&p| !self.candidate(cfg, p as usize));
         let mut class = RouteClass::ExactTie;
-        for &p in path_ids.iter().filter(|p| !self.ids.contains(p)) {
+        for &p in &extra {
             let kept = self.candidate(cfg, p as usize);
+            if swapped && kept {
+                continue;
+            }
             let (thr, v) = if kept {
                 (last_sel, self.sel.get(p as usize).copied())
             } else {
@@ -317,6 +329,40 @@ mod tests {
             num_experts_per_tok: 2,
             ..MoeConfig::preset("deepseek-v3").unwrap()
         }
+    }
+
+    /// A path that kept another group than the reference, by a near tie of the group scores,
+    /// is a near tie even where the experts it then took are far below the reference's boundary.
+    #[test]
+    fn a_group_swap_is_classed_by_the_groups() {
+        let cfg = MoeConfig {
+            n_routed_experts: 12,
+            n_group: 3,
+            topk_group: 2,
+            ..cfg()
+        };
+        let gs_near = f32::from_bits(1.0f32.to_bits() - 1);
+        // Reference: groups 0 and 1 kept (1.0 each), group 2 just below; experts 0 and 4.
+        let sel = [0.9, 0.1, 0.1, 0.1, 0.8, 0.2, 0.1, 0.1, 0.7, 0.1, 0.1, 0.1];
+        let gs = [1.0, 1.0, gs_near];
+        let r = RefToken {
+            sel: &sel,
+            group_scores: &gs,
+            kept_groups: &[0, 1],
+            ids: &[0, 4],
+        };
+        // The path kept groups 0 and 2: it took 8 (group 2) and, displaced, expert 1 of group 0
+        // whose value is far below the boundary.
+        assert_eq!(
+            r.classify(&cfg, &[0, 8], NEAR_TIE_ULPS),
+            RouteClass::NearTie
+        );
+        assert_eq!(
+            r.classify(&cfg, &[1, 8], NEAR_TIE_ULPS),
+            RouteClass::NearTie
+        );
+        // Without a group swap the experts' values decide.
+        assert_eq!(r.classify(&cfg, &[0, 1], NEAR_TIE_ULPS), RouteClass::Real);
     }
 
     #[test]
