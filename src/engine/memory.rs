@@ -228,11 +228,12 @@ fn estimate_bf16(cfg: &MoeConfig, backend: BackendKind, dtype: WeightDtype) -> M
             let weights = ((d.expert_params + d.shared_params) as f64 * wb) as u64
                 + d.gate_params * 2
                 + (3 * d.e + d.h) * 4;
-            // Hidden states (bf16 and captured f32), logits and the unfused router's
-            // intermediates, slot ids/weights/permutation, the expert activations (gate and up
-            // f32, SiLU·up bf16), the down projection (f32 partial sums), the output.
+            // Hidden states (bf16 and captured f32), logits (f32 and their bf16 copy for
+            // `--router-logits bf16`) and the unfused router's intermediates, slot
+            // ids/weights/permutation, the expert activations (gate and up f32, SiLU·up bf16),
+            // the down projection (f32 partial sums), the output.
             let per_slot = 16 + 8 * d.i + 2 * d.i + 8 * d.h + 4 * d.is.max(d.i);
-            let per_token = 6 * d.h + 20 * d.e + slots * per_slot + 8 * d.h;
+            let per_token = 6 * d.h + 22 * d.e + slots * per_slot + 8 * d.h;
             MemoryEstimate {
                 host: Footprint {
                     weights: 0,
