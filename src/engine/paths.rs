@@ -2,6 +2,10 @@
 //! known-bug variant, which weight each slot carries and what scales the output — the scaling
 //! contract — so every backend applies exactly the same arithmetic and the engine can report the
 //! *effective* weight on every routed expert and shared slot.
+//!
+//! Longer than most files: a path's whole description lives here (router, shared mode, rsf
+//! placement, variant, router-logits precision, expert formats, path C's file) with the
+//! contract it implies and its words for labels, and the tests of all of it (~140 lines).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

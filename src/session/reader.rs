@@ -5,6 +5,9 @@
 //! that does not parse as a step when read, is skipped and reported by its line number (see
 //! [`Damage`]); steps out of order are flagged, a repeated step number is kept once. Only a file
 //! with no valid step left (or a broken header) is refused.
+//!
+//! Just over 600 lines: the index, the damage report and the repair write-out belong together
+//! (one reading of a file), and their tests are at the end.
 
 use super::{SessionHeader, SESSION_FORMAT, SESSION_VERSION, SESSION_VERSION_MIN};
 use crate::engine::step::StepRecord;
