@@ -197,19 +197,23 @@ impl Speedup {
     }
 }
 
-impl fmt::Display for Speedup {
-    /// "B 1.10× faster than A"; "A and B the same (1.00×)" where the ratio rounds to 1.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Speedup {
+    /// "B 1.10× faster than A"; "A and B the same (1.00×)" where the ratio rounds to 1; each
+    /// path called by `name` (the views pass "C fused_router.cu").
+    pub fn phrase(&self, name: &dyn Fn(PathId) -> String) -> String {
         if self.ratio < 1.005 {
             let (a, b) = (self.faster.min(self.slower), self.faster.max(self.slower));
-            write!(f, "{a} and {b} the same (1.00×)")
+            format!("{} and {} the same (1.00×)", name(a), name(b))
         } else {
-            write!(
-                f,
-                "{} {:.2}× faster than {}",
-                self.faster, self.ratio, self.slower
-            )
+            let (fast, slow) = (name(self.faster), name(self.slower));
+            format!("{fast} {:.2}× faster than {slow}", self.ratio)
         }
+    }
+}
+
+impl fmt::Display for Speedup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.phrase(&|id| id.to_string()))
     }
 }
 

@@ -30,9 +30,11 @@ fn window(app: &App) -> impl Iterator<Item = &crate::engine::step::StepRecord> {
 }
 
 /// A path's mean times over the window.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PathMean {
     pub id: PathId,
+    /// The path's name in the views ("C fused_router.cu").
+    pub title: String,
     /// Instrumented (sum of the kernel times), µs.
     pub total: f64,
     /// One event pair, where measured, µs.
@@ -44,11 +46,12 @@ pub fn path_means(app: &App) -> Vec<PathMean> {
     let Some(latest) = app.latest() else {
         return Vec::new();
     };
-    let ids = latest.paths.iter().map(|p| p.name);
-    ids.map(|id| {
+    let ids = latest.paths.iter().map(|p| (p.name, p.spec.title(p.name)));
+    ids.map(|(id, title)| {
         let mine = || window(app).flat_map(|r| r.paths.iter().filter(move |p| p.name == id));
         PathMean {
             id,
+            title,
             total: Dist::of(mine().map(|p| p.total_us)).mean,
             clean: Some(Dist::of(mine().filter_map(|p| p.clean_us)))
                 .filter(|d| d.n > 0)
@@ -64,6 +67,12 @@ pub fn speedup_spans(means: &[PathMean]) -> Vec<Span<'static>> {
     let Some(base) = means.iter().find(|m| m.id == PathId::A) else {
         return Vec::new();
     };
+    let title = |id: PathId| {
+        means
+            .iter()
+            .find(|m| m.id == id)
+            .map_or_else(|| id.to_string(), |m| m.title.clone())
+    };
     let mut out = Vec::new();
     for m in means.iter().filter(|m| m.id != PathId::A) {
         let Some(s) = Speedup::of((base.id, base.total), (m.id, m.total)) else {
@@ -74,7 +83,7 @@ pub fn speedup_spans(means: &[PathMean]) -> Vec<Span<'static>> {
         }
         let good = s.faster == m.id || s.ratio < 1.005;
         out.push(Span::styled(
-            s.to_string(),
+            s.phrase(&title),
             Style::new().fg(if good { OK } else { BAD }).bold(),
         ));
         let clean = base.clean.zip(m.clean);
@@ -83,7 +92,7 @@ pub fn speedup_spans(means: &[PathMean]) -> Vec<Span<'static>> {
             let text = if c.faster == s.faster {
                 format!(" · clean {:.2}×", c.ratio)
             } else {
-                format!(" · clean: {c}")
+                format!(" · clean: {}", c.phrase(&title))
             };
             out.push(Span::styled(text, Style::new().fg(DIM)));
         }
