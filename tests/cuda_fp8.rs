@@ -5,7 +5,7 @@
 use moescope::engine::cuda;
 use moescope::engine::cuda::fp8::{self as dfp8, Fp8Gemm, Tile};
 use moescope::engine::cuda::gpu::Gpu;
-use moescope::engine::cuda::kernels::{DevPtr, GemmRows};
+use moescope::engine::cuda::kernels::GemmRows;
 use moescope::engine::weights::fp8::{gemm_reference, BlockScaled, TokenGroups};
 use moescope::engine::weights::round_bf16;
 use rand::rngs::StdRng;
@@ -182,9 +182,8 @@ fn grouped_gemm_matches_the_dequantized_reference() {
                 tile,
                 k_splits: 1,
                 c_split: 0,
-                ..blank()
-            }
-            .weights(&gpu, &first);
+                ..Fp8Gemm::blank(&gpu, &first)
+            };
             let g = Fp8Gemm {
                 b1: gpu.ptr(&last.data),
                 bs1: gpu.ptr(&last.scales),
@@ -233,33 +232,6 @@ fn check(
     println!("{what}: rel-L2 {rel:.2e}, max err {max_err:.2e} of max |ref| {max_ref:.2e}");
     assert!(rel <= 1e-5, "{what}: rel-L2 {rel:.3e}");
     assert!(max_err <= 1e-4 * max_ref, "{what}: max err {max_err:.3e}");
-}
-
-fn blank() -> Fp8Gemm {
-    Fp8Gemm {
-        a: DevPtr::NULL,
-        a_scales: DevPtr::NULL,
-        a_mode: GemmRows::Direct,
-        a_map: DevPtr::NULL,
-        a_div: 1,
-        b0: DevPtr::NULL,
-        b1: DevPtr::NULL,
-        bs0: DevPtr::NULL,
-        bs1: DevPtr::NULL,
-        n_first: 0,
-        b_stride: 0,
-        bs_stride: 0,
-        c: DevPtr::NULL,
-        offsets: DevPtr::NULL,
-        tiles: DevPtr::NULL,
-        groups: 0,
-        n: 0,
-        k: 0,
-        rows: 0,
-        tile: Tile::M16,
-        k_splits: 1,
-        c_split: 0,
-    }
 }
 
 /// The tiny FP8 checkpoint's experts, uploaded as stored (no re-quantization), with the shared

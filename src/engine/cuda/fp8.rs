@@ -560,30 +560,15 @@ pub fn run_slots(
     timer.stop(gpu, Stage::Fp8Quant, Some(quant_bytes))?;
     let gemm_of = |stack: &DeviceStack, shared: Option<&DeviceStack>| {
         let g = Fp8Gemm {
-            a: DevPtr::NULL,
-            a_scales: DevPtr::NULL,
-            a_mode: GemmRows::Direct,
             a_map: io.order,
             a_div: io.spt as i32,
-            b0: DevPtr::NULL,
-            b1: DevPtr::NULL,
-            bs0: DevPtr::NULL,
-            bs1: DevPtr::NULL,
-            n_first: 0,
-            b_stride: 0,
-            bs_stride: 0,
-            c: DevPtr::NULL,
             offsets: io.offsets,
             tiles: gpu.ptr(&b.tiles),
             groups,
-            n: stack.rows,
-            k: stack.cols,
             rows: b.rows,
             tile: b.tile,
-            k_splits: 1,
-            c_split: 0,
-        }
-        .weights(gpu, stack);
+            ..Fp8Gemm::blank(gpu, stack)
+        };
         match shared {
             Some(s) => Fp8Gemm {
                 b1: gpu.ptr(&s.data),
