@@ -225,6 +225,33 @@ fn the_device_compares_an_fp8_path_on_every_token() {
     }
 }
 
+/// Two paths on the same FP8 weights (routed and shared): the second reuses the step's FP8
+/// reference instead of computing it again, and is judged against the same numbers as the first.
+#[test]
+fn two_fp8_paths_on_the_same_weights_share_one_reference_run() {
+    if !has_gpu() {
+        return;
+    }
+    let paths = vec![
+        PathSpec::unfused_baseline().with_formats(FP8, FP8),
+        PathSpec::fused(Variant::Correct).with_formats(FP8, FP8),
+    ];
+    let (mut engine, _) = engine_spec(paths).build_engine().unwrap();
+    for step in 0..3 {
+        let r = engine.step().unwrap();
+        let [a, b] = [0, 1].map(|p| r.comparison.expert_formats[p].clone().unwrap());
+        println!(
+            "step {step}: A {:.4e}, B {:.4e}",
+            a.dequant_rel_l2, b.dequant_rel_l2
+        );
+        assert!(a.on_device && b.on_device && a.tokens == 64 && b.tokens == 64);
+        assert!(a.dequant_rel_l2 > 1e-4 && a.dequant_rel_l2 < 0.1, "{a:?}");
+        // The same weights and routing: the two kernels' outputs, and so their errors, agree.
+        let gap = (a.dequant_rel_l2 - b.dequant_rel_l2).abs() / a.dequant_rel_l2;
+        assert!(gap < 0.02, "step {step}: A {a:?} vs B {b:?}");
+    }
+}
+
 /// Three paths: the FP8 figures come from the host's sample, against the FP8 math in f64.
 #[test]
 fn an_fp8_engine_step_records_the_kernels_and_the_formats_error() {

@@ -262,8 +262,7 @@ impl DeviceReference {
         weights: RefWeights<'_>,
         step: u64,
     ) -> Result<()> {
-        self.runs.iter_mut().for_each(|r| *r = None);
-        self.timing.clear();
+        self.clear_comparisons();
         if self.n < self.t {
             // A spread sample that moves with the step, so every token gets its turn.
             let stride = self.t / self.n;
@@ -553,6 +552,13 @@ impl DeviceReference {
         let end = gpu.event()?;
         self.timing.push((start, end));
         Ok(())
+    }
+
+    /// Forgets the compared paths and the times, keeping this step's reference (routing and
+    /// output): another path on the same weights is compared without computing it again.
+    pub fn clear_comparisons(&mut self) {
+        self.runs.iter_mut().for_each(|r| *r = None);
+        self.timing.clear();
     }
 
     /// Summarizes every column on the device, reads the summaries, the loads and the drill-down

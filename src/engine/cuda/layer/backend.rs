@@ -421,11 +421,14 @@ impl CudaBackend {
             && (bf16 == 0 || (paths.len() == 2 && bf16 == 1))
     }
 
-    /// Path `idx` (FP8) against the device reference on its FP8 weights.
+    /// Path `idx` (FP8) against the device reference on its FP8 weights. `last`: whether this
+    /// step's previous FP8 path ran with FP8 shared slots, where one ran: a path on the same
+    /// weights reuses that reference.
     fn compare_fp8_on_device(
         &mut self,
         plan: &Plan,
         spec: &PathSpec,
+        last: &mut Option<bool>,
         step: u64,
     ) -> Result<FormatErrors> {
         let (t, spt) = (self.ws()?.t, plan.shape.spt());
@@ -436,6 +439,7 @@ impl CudaBackend {
         {
             self.fp8_reference = None; // free first
             self.fp8_reference = Some(DeviceReference::new(&self.gpu, &self.cfg, t, 1, spt)?);
+            *last = None; // a new reference holds nothing to reuse
         }
         let outputs = self.path_outputs(plan)?;
         let (gpu, ws) = (
@@ -448,7 +452,18 @@ impl CudaBackend {
             .as_mut()
             .context("FP8 reference missing")?;
         let shared_fp8 = spec.shared_experts.is_fp8() && self.cfg.n_shared_experts > 0;
-        super::fp8::device_errors(&gpu, r, &self.layer, w, ws, outputs, shared_fp8, step)
+        let reuse = last.replace(shared_fp8) == Some(shared_fp8);
+        super::fp8::device_errors(
+            &gpu,
+            r,
+            &self.layer,
+            w,
+            ws,
+            outputs,
+            shared_fp8,
+            reuse,
+            step,
+        )
     }
 
     /// Whole-output download for checks: [t × H].
@@ -555,6 +570,7 @@ impl CudaBackend {
             self.reference = None; // free first
             self.reference = Some(DeviceReference::new(&gpu, &self.cfg, t, plans.len(), spt)?);
         }
+        let mut fp8_reference_shared = None;
         for (idx, plan) in plans.iter().enumerate() {
             if let Some(batch) = given {
                 self.upload_slots(plan, &paths[idx], batch, &gates)
@@ -569,8 +585,12 @@ impl CudaBackend {
                 self.compare_on_device(idx, plan, input.step)?;
             }
             if fp8_device && paths[idx].uses_fp8() {
-                fp8_errors[idx] =
-                    Some(self.compare_fp8_on_device(plan, &paths[idx], input.step)?);
+                fp8_errors[idx] = Some(self.compare_fp8_on_device(
+                    plan,
+                    &paths[idx],
+                    &mut fp8_reference_shared,
+                    input.step,
+                )?);
             }
             if idx == 0 && given.is_none() && (!self.device_numerics || self.keep_logits) {
                 // Every path computes the same logits: the first's are kept.

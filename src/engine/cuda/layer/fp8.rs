@@ -263,9 +263,10 @@ pub struct Fp8Stage<'a> {
 }
 
 /// An FP8 path against the device reference on the FP8 weights it multiplied (`reference`: one
-/// path's reference, run again for each FP8 path): every compared token, the reference routing
-/// and contract, the weights' codes and block scales decoded exactly, the activations exact.
-/// The format's error (against a bf16 path) is filled in by the caller.
+/// path's reference, run for each FP8 path unless `reuse`: this step's previous FP8 path had the
+/// same weights): every compared token, the reference routing and contract, the weights' codes
+/// and block scales decoded exactly, the activations exact. The format's error (against a bf16
+/// path) is filled in by the caller.
 #[allow(clippy::too_many_arguments)]
 pub fn device_errors(
     gpu: &Gpu,
@@ -275,6 +276,7 @@ pub fn device_errors(
     ws: &Workspace,
     out: PathOutputs,
     shared_fp8: bool,
+    reuse: bool,
     step: u64,
 ) -> Result<FormatErrors> {
     let routed = w
@@ -289,15 +291,13 @@ pub fn device_errors(
         ),
         false => None,
     };
-    let (x, logits) = (gpu.ptr(&ws.inputs.x), gpu.ptr(&ws.gate.logits));
-    reference.run(
-        gpu,
-        layer,
-        x,
-        logits,
-        RefWeights::Fp8 { routed, shared },
-        step,
-    )?;
+    if reuse {
+        reference.clear_comparisons();
+    } else {
+        let (x, logits) = (gpu.ptr(&ws.inputs.x), gpu.ptr(&ws.gate.logits));
+        let weights = RefWeights::Fp8 { routed, shared };
+        reference.run(gpu, layer, x, logits, weights, step)?;
+    }
     reference.compare_path(gpu, 0, out)?;
     let n = reference.finish(gpu, step)?;
     let c = &n.comparison;
