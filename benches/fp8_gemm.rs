@@ -9,7 +9,7 @@
 
 use anyhow::Result;
 use moescope::engine::cuda;
-use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Fp8Ready, Tile};
+use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Tile};
 use moescope::engine::cuda::gpu::Gpu;
 use moescope::engine::cuda::kernels::GemmRows;
 use moescope::engine::cuda::timing;
@@ -39,11 +39,10 @@ fn main() -> Result<()> {
         tokens
     };
     let gpu = Gpu::open()?;
-    let ready = dfp8::prepare(&gpu)?;
     println!("device: {}", gpu.describe());
     let copy_gbs = timing::copy_bandwidth(&gpu, REPEATS)?;
     println!("copy bandwidth: {copy_gbs:.0} GB/s (read + write)");
-    let dense = dfp8::dense_tflops(&gpu, &ready, REPEATS)?;
+    let dense = dfp8::dense_tflops(&gpu, REPEATS)?;
     println!("dense FP8 (this kernel, 8192 x 4096 x 7168): {dense:.0} TFLOP/s");
     let w13 = dfp8::random_stack(&gpu, E + 1, 2 * I, H, 1)?;
     let w2 = dfp8::random_stack(&gpu, E + 1, H, I, 2)?;
@@ -52,7 +51,7 @@ fn main() -> Result<()> {
         "T", "gemm", "tile", "splt", "us", "floor us", "% floor", "TFLOP/s", "% dense"
     );
     for &t in &tokens {
-        bench_tokens(&gpu, &ready, &w13, &w2, t, copy_gbs, dense)?;
+        bench_tokens(&gpu, &w13, &w2, t, copy_gbs, dense)?;
     }
     Ok(())
 }
@@ -84,7 +83,6 @@ fn route(t: usize, seed: u64) -> (Vec<i32>, Vec<i32>) {
 
 fn bench_tokens(
     gpu: &Gpu,
-    ready: &Fp8Ready,
     w13: &DeviceStack,
     w2: &DeviceStack,
     t: usize,
@@ -142,9 +140,7 @@ fn bench_tokens(
         ..common(w2)
     };
     for (name, g, splits, w) in [("up", up, up_splits, w13), ("down", down, down_splits, w2)] {
-        let us = time_us(gpu, || {
-            dfp8::gemm_split(gpu, ready, &g, splits, gpu.ptr(&parts))
-        })?;
+        let us = time_us(gpu, || dfp8::gemm_split(gpu, &g, splits, gpu.ptr(&parts)))?;
         let bytes = active * w.bytes_per_matrix();
         let floor = bytes as f64 / (copy_gbs * 1e3);
         let tflops = 2.0 * (rows * g.n * g.k) as f64 / us / 1e6;

@@ -3,11 +3,6 @@
 // shared gate and output statistics. Argument structs and launch geometry:
 // src/engine/cuda/kernels/registry.rs.
 
-#define GM_BM 64
-#define GM_BN 128
-#define GM_BK 32
-#define GM_LD (GM_BK + 8) // padded row: conflict-free 32-bit fragment loads
-
 // --- moe_align: counts (memset to zero first), then offsets, then the permutation -----------------
 
 extern "C" __global__ void align_count(const AlignCountArgs a) {
@@ -64,163 +59,16 @@ extern "C" __global__ void align_fill(const AlignFillArgs a) {
     position[i] = p;
 }
 
-// --- grouped GEMM ------------------------------------------------------------------------------
-// For each group g, rows offsets[g]..offsets[g+1]: C[row, 0..N) = A[a_row(row)] . B_g^T (+ bias),
-// A bf16 [* x K], B_g bf16 [N x K] (checkpoint layout), C f32 [rows x N], fp32 accumulation.
-// a_mode 0: a_row = row; 1: a_map[row] / a_div (token of an assignment); 2: row - offsets[g].
-// B_g = g < n_first ? B0 + g * b_stride : B1 + (g - n_first) * b_stride.
-// Grid: x = an upper bound of the M tiles (blocks past tiles[groups] exit), y = N / 128 tiles,
-// z = K splits: split z sums its K / k_splits slice into C + z * c_split (reduced by
-// splitk_reduce, in a fixed order, so results are deterministic); the bias only without splits.
-// 256 threads: 8 warps as 2 (M) x 4 (N), each 32 x 32 with mma.m16n8k16; tiles stream through a
-// 3-stage cp.async pipeline (rows past the group or N are zero-filled).
+// --- grouped GEMM (kernels/grouped_gemm.cuh, with the bf16 MMA) --------------------------------
 
-#define GM_STAGES 3
-
-__device__ __forceinline__ void mma_bf16(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+// 16-row tiles: decode and small batches, where most rows of a 64-row tile would be empty.
+extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m16(const GemmArgs a) {
+    grouped_gemm_tiles<Bf16Mma, 1, 1, 2>(a);
 }
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-    u32 s = (u32)__cvta_generic_to_shared(smem);
-    int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-extern "C" __global__ void __launch_bounds__(256, 2)
-grouped_gemm_bf16(const GemmArgs a) {
-    const bf16_t *A = a.a, *B0 = a.b0, *B1 = a.b1;
-    const int a_mode = a.a_mode, a_div = a.a_div, n_first = a.n_first;
-    const int* a_map = a.a_map;
-    const i64 b_stride = a.b_stride, c_split = a.c_split;
-    float* C = a.c;
-    const float* col_bias = a.col_bias;
-    const int *offsets = a.offsets, *tiles = a.tiles;
-    const int groups = a.groups, N = a.n, K = a.k, k_splits = a.k_splits;
-    __shared__ __align__(16) bf16_t As[GM_STAGES][GM_BM][GM_LD];
-    __shared__ __align__(16) bf16_t Bs[GM_STAGES][GM_BN][GM_LD];
-    const int tile = blockIdx.x;
-    if (tile >= tiles[groups]) return;
-    int lo = 0, hi = groups - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (tiles[mid] <= tile) lo = mid; else hi = mid - 1;
-    }
-    const int g = lo;
-    const int row0 = offsets[g] + (tile - tiles[g]) * GM_BM;
-    const int row_end = offsets[g + 1];
-    const int n0 = blockIdx.y * GM_BN;
-    const bf16_t* B = g < n_first ? B0 + (i64)g * b_stride : B1 + (i64)(g - n_first) * b_stride;
-    const int k_len = K / k_splits;
-    const int k_begin = blockIdx.z * k_len;
-    C += (i64)blockIdx.z * c_split;
-
-    const int tid = threadIdx.x;
-    // Each thread copies one 16-byte chunk of the A tile and two of the B tile per K step.
-    const int ar = tid >> 2, ac = (tid & 3) * 8;
-    bool a_ok = false;
-    const bf16_t* a_src = A;
-    {
-        int r = row0 + ar;
-        if (r < row_end) {
-            i64 phys = a_mode == 0 ? r : a_mode == 1 ? a_map[r] / a_div : r - offsets[g];
-            a_src = A + phys * K + k_begin + ac;
-            a_ok = true;
-        }
-    }
-    const bf16_t* b_src[2];
-    bool b_ok[2];
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-        int n = n0 + ar + 64 * j;
-        b_ok[j] = n < N;
-        b_src[j] = b_ok[j] ? B + (i64)n * K + k_begin + ac : B;
-    }
-    const int KT = k_len / GM_BK;
-    auto issue = [&](int kt) {
-        const int st = kt % GM_STAGES;
-        const int k0 = kt * GM_BK;
-        cp_async16(&As[st][ar][ac], a_ok ? a_src + k0 : A, a_ok);
-#pragma unroll
-        for (int j = 0; j < 2; j++) cp_async16(&Bs[st][ar + 64 * j][ac], b_ok[j] ? b_src[j] + k0 : B, b_ok[j]);
-    };
-#pragma unroll
-    for (int s = 0; s < GM_STAGES - 1; s++) {
-        if (s < KT) issue(s);
-        cp_async_commit();
-    }
-
-    const int warp = tid >> 5, lane = tid & 31;
-    const int wm = warp >> 2, wn = warp & 3;
-    const int gid = lane >> 2, tig = lane & 3;
-    float acc[2][4][4];
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
-
-    for (int kt = 0; kt < KT; kt++) {
-        cp_async_wait<GM_STAGES - 2>();
-        __syncthreads();
-        // The stage refilled here was read in iteration kt - 1, which every warp has finished.
-        if (kt + GM_STAGES - 1 < KT) issue(kt + GM_STAGES - 1);
-        cp_async_commit();
-        const int cur = kt % GM_STAGES;
-#pragma unroll
-        for (int kk = 0; kk < GM_BK; kk += 16) {
-            u32 af[2][4], bfr[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 2; mi++) {
-                const int r = wm * 32 + mi * 16 + gid;
-                af[mi][0] = *(const u32*)&As[cur][r][kk + tig * 2];
-                af[mi][1] = *(const u32*)&As[cur][r + 8][kk + tig * 2];
-                af[mi][2] = *(const u32*)&As[cur][r][kk + tig * 2 + 8];
-                af[mi][3] = *(const u32*)&As[cur][r + 8][kk + tig * 2 + 8];
-            }
-#pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-                const int n = wn * 32 + ni * 8 + gid;
-                bfr[ni][0] = *(const u32*)&Bs[cur][n][kk + tig * 2];
-                bfr[ni][1] = *(const u32*)&Bs[cur][n][kk + tig * 2 + 8];
-            }
-#pragma unroll
-            for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++)
-                    mma_bf16(acc[mi][ni], af[mi][0], af[mi][1], af[mi][2], af[mi][3], bfr[ni][0], bfr[ni][1]);
-        }
-    }
-    cp_async_wait<0>();
-
-#pragma unroll
-    for (int mi = 0; mi < 2; mi++) {
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int r = row0 + wm * 32 + mi * 16 + gid + half * 8;
-            if (r >= row_end) continue;
-#pragma unroll
-            for (int ni = 0; ni < 4; ni++) {
-#pragma unroll
-                for (int q = 0; q < 2; q++) {
-                    const int n = n0 + wn * 32 + ni * 8 + tig * 2 + q;
-                    if (n < N) {
-                        float v = acc[mi][ni][half * 2 + q];
-                        if (col_bias != 0) v += col_bias[n];
-                        C[(i64)r * N + n] = v;
-                    }
-                }
-            }
-        }
-    }
+// 64-row tiles: larger batches (warps 2 x 4, each 32 x 32).
+extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m64(const GemmArgs a) {
+    grouped_gemm_tiles<Bf16Mma, 2, 2, 4>(a);
 }
 
 // Sums the K-split partials in split order (deterministic) and adds the column bias.

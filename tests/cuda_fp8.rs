@@ -128,7 +128,6 @@ fn weights(rng: &mut StdRng, n: usize, k: usize) -> BlockScaled {
 #[test]
 fn grouped_gemm_matches_the_dequantized_reference() {
     let Some(gpu) = gpu() else { return };
-    let ready = dfp8::prepare(&gpu).unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     let (t, spt, n, k, groups) = (100usize, 2usize, 256usize, 384usize, 4usize);
     let x = activations(&mut rng, t, k);
@@ -189,7 +188,7 @@ fn grouped_gemm_matches_the_dequantized_reference() {
                 bs1: gpu.ptr(&last.scales),
                 ..g
             };
-            dfp8::gemm_split(&gpu, &ready, &g, splits, gpu.ptr(&d_parts)).unwrap();
+            dfp8::gemm_split(&gpu, &g, splits, gpu.ptr(&d_parts)).unwrap();
             let c = gpu.download(&d_c, rows * n, "C").unwrap();
             check(
                 &c,
@@ -244,7 +243,6 @@ fn tiny_fp8_checkpoint_experts_run_as_stored() {
     use moescope::engine::weights::fp8::Fp8Mlp;
     use moescope::engine::weights::WeightSource;
     let Some(gpu) = gpu() else { return };
-    let ready = dfp8::prepare(&gpu).unwrap();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fp8-tiny");
     let layer = open_layer(&dir, None, 1).unwrap();
     let cfg = layer.config().clone();
@@ -294,7 +292,7 @@ fn tiny_fp8_checkpoint_experts_run_as_stored() {
         spt,
         eo: gpu.ptr(&d_eo),
     };
-    dfp8::run_experts(&gpu, &ready, &w, &b, &io).unwrap();
+    dfp8::run_experts(&gpu, &w, &b, &io).unwrap();
     let eo = gpu.download(&d_eo, t * spt * h, "eo").unwrap();
 
     let xq = TokenGroups::quantize(&x, t, h);

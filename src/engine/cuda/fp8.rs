@@ -1,74 +1,20 @@
 //! FP8 experts on the device: block-scaled e4m3 weight stacks, and the launches of
 //! kernels/fp8.cu (activation quantization, tile scan, the FP8 grouped GEMM and its K splits).
 //!
-//! A GEMM needs an [`Fp8Ready`], which raising the kernels' shared-memory limit returns: the
-//! type keeps a launch from running before the limit is set.
-//!
 //! Longer than most files: every launch of kernels/fp8.cu has its wrapper here, beside the weight
 //! stacks and buffers they take, and the benchmark helpers (dense rate, timing data) that the
 //! bench command and `benches/fp8_gemm.rs` share.
 
 use super::gpu::{Gpu, Timer};
+pub use super::kernels::Tile;
 use super::kernels::{
-    fp8_shared_bytes, DevPtr, Fp8BlocksArgs, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs,
-    GemmRows, KernelId, SplitkReduceArgs,
+    DevPtr, Fp8BlocksArgs, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs, GemmRows,
+    SplitkReduceArgs,
 };
 use crate::engine::step::Stage;
 use crate::engine::weights::fp8::{BlockScaled, Fp8Mlp, BLOCK};
 use anyhow::{ensure, Result};
 use cudarc::driver::CudaSlice;
-
-/// The tile height of an FP8 GEMM launch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Tile {
-    /// 16 rows: decode and small batches, where most rows of a 64-row tile would be empty.
-    M16,
-    M64,
-}
-
-impl Tile {
-    pub fn rows(self) -> usize {
-        match self {
-            Tile::M16 => 16,
-            Tile::M64 => 64,
-        }
-    }
-
-    /// The tile for `rows` rows over `groups` groups: 16 rows while groups average fewer
-    /// than 32 rows (the rows of a 64-row tile would mostly be zero fill).
-    pub fn for_rows(rows: usize, groups: usize) -> Tile {
-        if rows < 32 * groups.max(1) {
-            Tile::M16
-        } else {
-            Tile::M64
-        }
-    }
-
-    /// Dynamic shared memory of one block: the pipeline's stages of A tile, B tile, A scales
-    /// and B scale.
-    pub fn shared_bytes(self) -> u32 {
-        fp8_shared_bytes(self.rows())
-    }
-
-    fn function(self) -> KernelId {
-        match self {
-            Tile::M16 => KernelId::GroupedGemmFp8M16,
-            Tile::M64 => KernelId::GroupedGemmFp8M64,
-        }
-    }
-}
-
-/// Proof that the FP8 kernels may take their shared memory on this device.
-#[derive(Clone, Copy, Debug)]
-pub struct Fp8Ready(());
-
-/// Raises the GEMM kernels' dynamic shared-memory limit (once per device).
-pub fn prepare(gpu: &Gpu) -> Result<Fp8Ready> {
-    for t in [Tile::M16, Tile::M64] {
-        gpu.allow_shared(t.function(), t.shared_bytes())?;
-    }
-    Ok(Fp8Ready(()))
-}
 
 /// Equal-shape block-scaled matrices on the device, one after the other: bytes
 /// [count × rows × cols], scales [count × rows/128 × cols/128].
@@ -339,7 +285,7 @@ impl Fp8Gemm {
 }
 
 /// Launches one FP8 grouped GEMM.
-pub fn gemm(gpu: &Gpu, _ready: &Fp8Ready, g: &Fp8Gemm) -> Result<()> {
+pub fn gemm(gpu: &Gpu, g: &Fp8Gemm) -> Result<()> {
     ensure!(
         g.n.is_multiple_of(BLOCK) && g.k.is_multiple_of(BLOCK),
         "FP8 GEMM of N {} and K {}; both must be multiples of {BLOCK}",
@@ -352,9 +298,7 @@ pub fn gemm(gpu: &Gpu, _ready: &Fp8Ready, g: &Fp8Gemm) -> Result<()> {
         g.k_splits,
         g.k / BLOCK
     );
-    // Every tile holds at least one row: at decode sizes this bound, not rows / bm + groups,
-    // keeps the grid from launching hundreds of blocks per column tile that exit at once.
-    let max_tiles = g.rows.min(g.rows.div_ceil(g.tile.rows()) + g.groups);
+    let max_tiles = g.tile.max_tiles(g.rows, g.groups);
     let args = Fp8GemmArgs {
         a: g.a,
         a_scales: g.a_scales,
@@ -379,7 +323,7 @@ pub fn gemm(gpu: &Gpu, _ready: &Fp8Ready, g: &Fp8Gemm) -> Result<()> {
         bm: g.tile.rows() as i32,
         max_tiles: max_tiles as i32,
     };
-    gpu.launch_fn(g.tile.function(), args)
+    gpu.launch_fn(g.tile.fp8_function(), args)
 }
 
 /// Sums `splits` partial [rows × n] products at `parts` into `out` in split order
@@ -404,15 +348,9 @@ pub fn splitk_reduce(
 
 /// `gemm` with `splits` K splits into `parts` (at least splits × rows × n floats), reduced
 /// into `g.c`; or straight into `g.c` when `splits` is 1.
-pub fn gemm_split(
-    gpu: &Gpu,
-    ready: &Fp8Ready,
-    g: &Fp8Gemm,
-    splits: usize,
-    parts: DevPtr<f32>,
-) -> Result<()> {
+pub fn gemm_split(gpu: &Gpu, g: &Fp8Gemm, splits: usize, parts: DevPtr<f32>) -> Result<()> {
     if splits <= 1 {
-        return gemm(gpu, ready, &Fp8Gemm { k_splits: 1, ..*g });
+        return gemm(gpu, &Fp8Gemm { k_splits: 1, ..*g });
     }
     let split = Fp8Gemm {
         c: parts,
@@ -420,7 +358,7 @@ pub fn gemm_split(
         c_split: g.rows * g.n,
         ..*g
     };
-    gemm(gpu, ready, &split)?;
+    gemm(gpu, &split)?;
     splitk_reduce(gpu, parts, splits, g.rows, g.n, g.c)
 }
 
@@ -520,15 +458,9 @@ pub struct ExpertInputs {
 
 /// The FP8 expert MLP over every slot, as the bf16 `experts` stage: quantize the tokens, up
 /// GEMM, SiLU·mul quantized, down GEMM.
-pub fn run_experts(
-    gpu: &Gpu,
-    ready: &Fp8Ready,
-    w: &Fp8Experts,
-    b: &ExpertBuffers,
-    io: &ExpertInputs,
-) -> Result<()> {
+pub fn run_experts(gpu: &Gpu, w: &Fp8Experts, b: &ExpertBuffers, io: &ExpertInputs) -> Result<()> {
     let mut off = Timer::new(false);
-    run_slots(gpu, ready, &w.routed, w.shared.as_ref(), b, io, &mut off)
+    run_slots(gpu, &w.routed, w.shared.as_ref(), b, io, &mut off)
 }
 
 /// `run_experts` over `routed` slots and, as extra groups after them, `shared` ones, each
@@ -536,7 +468,6 @@ pub fn run_experts(
 /// the bf16 GEMMs' are).
 pub fn run_slots(
     gpu: &Gpu,
-    ready: &Fp8Ready,
     routed: &Fp8Slots,
     shared: Option<&Fp8Slots>,
     b: &ExpertBuffers,
@@ -587,7 +518,7 @@ pub fn run_slots(
     };
     let parts = gpu.ptr(&b.parts);
     timer.start(gpu)?;
-    gemm_split(gpu, ready, &up, b.up_splits, parts)?;
+    gemm_split(gpu, &up, b.up_splits, parts)?;
     timer.stop(gpu, Stage::ExpertGemmUp, None)?;
     timer.start(gpu)?;
     silu_mul_quant(
@@ -607,7 +538,7 @@ pub fn run_slots(
         ..gemm_of(&routed.w2, shared.map(|s| &s.w2))
     };
     timer.start(gpu)?;
-    gemm_split(gpu, ready, &down, b.down_splits, parts)?;
+    gemm_split(gpu, &down, b.down_splits, parts)?;
     timer.stop(gpu, Stage::ExpertGemmDown, None)
 }
 
@@ -679,7 +610,7 @@ impl Fp8Gemm {
 
 /// TFLOP/s of one dense GEMM [8192 × 7168] · [4096 × 7168]ᵀ with this kernel (the median of
 /// `repeats` event-timed runs): the dense FP8 rate grouped GEMMs are measured against.
-pub fn dense_tflops(gpu: &Gpu, ready: &Fp8Ready, repeats: usize) -> Result<f64> {
+pub fn dense_tflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
     let (m, n, k) = (8192usize, 4096usize, 7168usize);
     let w = random_stack(gpu, 1, n, k, 3)?;
     let a = random_bytes(gpu, m * k, 4)?;
@@ -698,7 +629,7 @@ pub fn dense_tflops(gpu: &Gpu, ready: &Fp8Ready, repeats: usize) -> Result<f64> 
         rows: m,
         ..Fp8Gemm::blank(gpu, &w)
     };
-    let us = super::timing::median_us(gpu, repeats, || gemm(gpu, ready, &g))?;
+    let us = super::timing::median_us(gpu, repeats, || gemm(gpu, &g))?;
     Ok(2.0 * (m * n * k) as f64 / us / 1e6)
 }
 

@@ -5,7 +5,7 @@
 //! (`kernels::DevPtr`) inside their argument structs.
 
 pub use super::kernels::Grid;
-use super::kernels::{DevPtr, FillArgs, Kernel, KernelId, Module, KERNELS};
+use super::kernels::{DevPtr, FillArgs, Kernel, KernelId, Module, Tile, KERNELS};
 use super::loader;
 use crate::engine::step::{KernelTiming, Stage};
 use anyhow::{anyhow, bail, Context, Result};
@@ -77,7 +77,7 @@ impl Gpu {
             .zip(KERNELS)
             .map(|(f, k)| f.ok_or_else(|| anyhow!("kernel {} was not loaded", k.function)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Gpu {
+        let gpu = Gpu {
             ctx,
             stream,
             name,
@@ -85,7 +85,12 @@ impl Gpu {
             sms,
             kernels,
             _modules: modules,
-        })
+        };
+        // The grouped GEMMs' pipelines take more than the default 48 KiB of shared memory.
+        for (id, bytes) in Tile::large_shared() {
+            gpu.allow_shared(id, bytes)?;
+        }
+        Ok(gpu)
     }
 
     /// The driver's CUDA version, e.g. "13.0"; None where the driver does not say.
@@ -139,7 +144,7 @@ impl Gpu {
 
     /// Lets a registered kernel take `bytes` of dynamic shared memory (above 48 KB a kernel
     /// must be allowed explicitly).
-    pub fn allow_shared(&self, id: KernelId, bytes: u32) -> Result<()> {
+    fn allow_shared(&self, id: KernelId, bytes: u32) -> Result<()> {
         use cudarc::driver::sys::CUfunction_attribute_enum as A;
         self.kernels[id as usize]
             .set_attribute(

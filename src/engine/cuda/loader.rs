@@ -14,11 +14,13 @@ use super::kernels::Module;
 /// kernels/common.cu, prepended to every module.
 pub const COMMON: &str = include_str!("../../../kernels/common.cu");
 
-/// The text NVRTC compiles for a module: common.cu, the module's argument structs, the module.
+/// The text NVRTC compiles for a module: common.cu, the module's argument structs, its shared
+/// prelude (the grouped GEMM template, where it uses one), the module.
 pub fn full_source(module: Module) -> String {
     format!(
-        "{COMMON}\n// ---- argument structs (src/engine/cuda/kernels/registry.rs) ----\n{}\n// ---- {}.cu ----\n{}",
+        "{COMMON}\n// ---- argument structs (src/engine/cuda/kernels/registry.rs) ----\n{}\n{}\n// ---- {}.cu ----\n{}",
         module.arg_structs(),
+        module.prelude(),
         module.name(),
         module.source()
     )

@@ -213,6 +213,15 @@ impl Module {
         }
     }
 
+    /// Shared device code compiled ahead of this module: the grouped GEMM's tile loop for the
+    /// two modules whose kernels instantiate it.
+    pub fn prelude(self) -> &'static str {
+        match self {
+            Module::Moe | Module::Fp8 => include_str!("../../../../kernels/grouped_gemm.cuh"),
+            _ => "",
+        }
+    }
+
     /// The C structs of this module's kernels, as `kernels!` declares them, each with the
     /// assertions of its Rust layout.
     pub fn arg_structs(self) -> String {

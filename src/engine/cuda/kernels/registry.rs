@@ -6,15 +6,81 @@ use super::{AnyPtr, ArgsInfo, CType, DevPtr, Field, Grid, Kernel, KernelInfo, Mo
 
 /// Blocks of the output-statistics reduction (one partial each, summed on the host).
 pub const STATS_BLOCKS: usize = 512;
-/// Rows per grouped-GEMM tile (kernels/moe.cu GM_BM) and columns (GM_BN).
-pub const GEMM_BM: usize = 64;
+/// Grouped GEMM (kernels/grouped_gemm.cuh): columns per tile (GG_BN), bytes of each row's K
+/// slice per pipeline stage (GG_ROW: 64 bf16 or 128 e4m3 values), pipeline stages (GG_STAGES),
+/// the padded shared row (GG_LD), and the dynamic shared memory of one block of `bm`-row tiles.
 pub const GEMM_BN: usize = 128;
-/// FP8 GEMM (kernels/fp8.cu): pipeline stages (F8_STAGES), the padded shared row of a 128-deep
-/// K block (F8_LD), and the dynamic shared memory of one block of `bm`-row tiles.
-pub const FP8_STAGES: usize = 4;
-pub const FP8_LD: usize = 128 + 16;
-pub const fn fp8_shared_bytes(bm: usize) -> u32 {
-    (FP8_STAGES * (bm * FP8_LD + 128 * FP8_LD + 4 * bm + 16)) as u32
+pub const GEMM_ROW_BYTES: usize = 128;
+pub const GEMM_STAGES: usize = 4;
+pub const GEMM_LD: usize = GEMM_ROW_BYTES + 16;
+pub const fn gemm_shared_bytes(bm: usize) -> u32 {
+    (GEMM_STAGES * (bm * GEMM_LD + GEMM_BN * GEMM_LD + 4 * bm + 16)) as u32
+}
+
+/// The tile height of a grouped-GEMM launch (the same two for bf16 and FP8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// 16 rows: decode and small batches, where most rows of a 64-row tile would be empty.
+    M16,
+    M64,
+}
+
+impl Tile {
+    pub const ALL: [Tile; 2] = [Tile::M16, Tile::M64];
+
+    pub fn rows(self) -> usize {
+        match self {
+            Tile::M16 => 16,
+            Tile::M64 => 64,
+        }
+    }
+
+    /// The tile for `rows` rows over `groups` groups: 16 rows while groups average fewer
+    /// than 32 rows (the rows of a 64-row tile would mostly be zero fill).
+    pub fn for_rows(rows: usize, groups: usize) -> Tile {
+        if rows < 32 * groups.max(1) {
+            Tile::M16
+        } else {
+            Tile::M64
+        }
+    }
+
+    /// An upper bound of the tiles over `rows` rows in `groups` groups: every tile holds at
+    /// least one row, so at decode sizes the bound is the rows (a grid of blocks that exit at
+    /// once costs launch time), else rows / bm + one partial tile per group.
+    pub fn max_tiles(self, rows: usize, groups: usize) -> usize {
+        rows.min(rows.div_ceil(self.rows()) + groups)
+    }
+
+    /// Dynamic shared memory of one block.
+    pub fn shared_bytes(self) -> u32 {
+        gemm_shared_bytes(self.rows())
+    }
+
+    pub fn bf16_function(self) -> KernelId {
+        match self {
+            Tile::M16 => KernelId::GroupedGemmBf16M16,
+            Tile::M64 => KernelId::GroupedGemmBf16M64,
+        }
+    }
+
+    pub fn fp8_function(self) -> KernelId {
+        match self {
+            Tile::M16 => KernelId::GroupedGemmFp8M16,
+            Tile::M64 => KernelId::GroupedGemmFp8M64,
+        }
+    }
+
+    /// The kernels of more than the default 48 KiB of dynamic shared memory, and how much they
+    /// take (`Gpu::open` raises their limits).
+    pub fn large_shared() -> impl Iterator<Item = (KernelId, u32)> {
+        Tile::ALL.into_iter().flat_map(|t| {
+            [
+                (t.bf16_function(), t.shared_bytes()),
+                (t.fp8_function(), t.shared_bytes()),
+            ]
+        })
+    }
 }
 /// Tokens per block of the fused router (one warp each; kernels/router_fused.cu RF_WARPS).
 pub const FUSED_WARPS: usize = 4;
@@ -195,7 +261,10 @@ kernels! {
         col_bias: DevPtr<f32>,
         offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, n: i32, k: i32,
         k_splits: i32, c_split: i64,
-        /// Grid x: an upper bound of the M tiles (rows / 64 + groups); blocks past
+        /// The tile height of the function launched (16 or 64; checked by the kernel); the
+        /// tile offsets are of `bm`-row tiles.
+        bm: i32,
+        /// Grid x: an upper bound of the M tiles (`Tile::max_tiles`); blocks past
         /// tiles[groups] exit.
         max_tiles: i32,
     }
@@ -206,8 +275,9 @@ kernels! {
             a.k_splits as u32,
             256,
         )
+        .with_shared(gemm_shared_bytes(a.bm as usize))
     }
-    fn GroupedGemmBf16 = grouped_gemm_bf16;
+    fn GroupedGemmBf16M16 = grouped_gemm_bf16_m16, GroupedGemmBf16M64 = grouped_gemm_bf16_m64;
 
     /// out [n] = the sum of `splits` partials (in order) + bias per column of `cols`.
     Moe::SplitkReduceArgs {
@@ -420,7 +490,7 @@ kernels! {
     }
     grid(a, sms) {
         Grid::xyz(a.max_tiles as u32, (a.n as usize / 128) as u32, a.k_splits as u32, 256)
-            .with_shared(fp8_shared_bytes(a.bm as usize))
+            .with_shared(gemm_shared_bytes(a.bm as usize))
     }
     fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M64 = grouped_gemm_fp8_m64;
 }

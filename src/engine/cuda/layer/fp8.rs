@@ -4,9 +4,7 @@
 //! first step of a path that runs them; the buffers of the FP8 expert stage; and its launches
 //! (the grouped expert MLP, and the separate shared MLP as S dense groups).
 
-use super::super::fp8::{
-    self as dfp8, DeviceStack, ExpertBuffers, ExpertInputs, Fp8Ready, Fp8Slots,
-};
+use super::super::fp8::{self as dfp8, DeviceStack, ExpertBuffers, ExpertInputs, Fp8Slots};
 use super::super::gpu::{Gpu, Timer};
 use super::super::kernels::{DevPtr, GemmRows};
 use super::super::reference::{DeviceReference, PathOutputs, RefWeights};
@@ -20,7 +18,6 @@ use anyhow::{Context, Result};
 
 /// The layer's FP8 weights: routed experts and shared slots, each where some path runs them.
 pub struct Fp8Layer {
-    pub ready: Fp8Ready,
     pub routed: Option<Fp8Slots>,
     pub shared: Option<Fp8Slots>,
     /// The checkpoint's stored FP8 (else quantized on the device from bf16).
@@ -38,7 +35,6 @@ impl Fp8Layer {
     ) -> Result<Fp8Layer> {
         let cfg = &layer.cfg;
         check_sizes(cfg, routed, shared)?;
-        let ready = dfp8::prepare(gpu)?;
         let (e, h, i) = (
             cfg.n_routed_experts,
             cfg.hidden_size,
@@ -90,7 +86,6 @@ impl Fp8Layer {
         };
         gpu.sync("making the FP8 expert weights")?;
         Ok(Fp8Layer {
-            ready,
             routed,
             shared,
             stored,
@@ -213,7 +208,7 @@ pub fn experts(
         spt,
         eo: gpu.ptr(&ws.experts.eo),
     };
-    dfp8::run_slots(gpu, &w.ready, routed, shared, rb, &io, timer)
+    dfp8::run_slots(gpu, routed, shared, rb, &io, timer)
 }
 
 /// The separate shared MLP in FP8: S dense groups over all T tokens into `ws.shared.out`,
@@ -249,7 +244,7 @@ pub fn shared_mlp(
         eo: gpu.ptr(&ws.shared.out),
     };
     timer.start(gpu)?;
-    dfp8::run_slots(gpu, &w.ready, sl, None, sb, &io, &mut Timer::new(false))?;
+    dfp8::run_slots(gpu, sl, None, sb, &io, &mut Timer::new(false))?;
     let weights = s * (sl.w13.bytes_per_matrix() + sl.w2.bytes_per_matrix());
     let bytes = weights + t * h * 2 + 4 * s * t * h + 2 * s * t * is;
     timer.stop(gpu, Stage::SharedMlp, Some(bytes as u64))

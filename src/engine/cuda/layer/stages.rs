@@ -5,8 +5,8 @@
 
 use super::super::gpu::{Gpu, Timer};
 use super::super::kernels::{
-    AlignCountArgs, AlignFillArgs, AlignScanArgs, CombineArgs, DevPtr, GemmRows, SiluMulArgs,
-    ToBf16Args, GEMM_BM,
+    AlignCountArgs, AlignFillArgs, AlignScanArgs, CombineArgs, DevPtr, GemmRows, SiluMulArgs, Tile,
+    ToBf16Args,
 };
 use super::super::router::{self, RouterIo, RouterShape};
 use super::super::user_kernel::{self, UserKernel};
@@ -131,6 +131,11 @@ impl PathLaunch<'_> {
         self.t * self.plan.shape.spt()
     }
 
+    /// The tile height of the grouped expert GEMMs (and of moe_align's tile offsets).
+    fn expert_tile(&self) -> Tile {
+        Tile::for_rows(self.assignments(), self.cfg.total_slots())
+    }
+
     /// logits [T × E] = x · gate^T + logit offset; rounded to bf16 as well where the path's
     /// router reads bf16 (a bf16 router GEMM's output: the same f32 sum, rounded once).
     fn gate_gemm(&self, timer: &mut Timer) -> Result<()> {
@@ -140,7 +145,8 @@ impl PathLaunch<'_> {
             offsets: gpu.ptr(&ws.gate.offsets),
             tiles: gpu.ptr(&ws.gate.tiles),
             count: 1,
-            max_tiles: t.div_ceil(GEMM_BM),
+            rows: t,
+            tile: ws.gate.tile,
         };
         let g = gemm::args(
             gpu.ptr(&ws.inputs.x),
@@ -253,7 +259,7 @@ impl PathLaunch<'_> {
         gpu.launch(AlignScanArgs {
             counts: gpu.ptr(&b.counts),
             slots: slots as i32,
-            bm: GEMM_BM as i32,
+            bm: self.expert_tile().rows() as i32,
             offsets: gpu.ptr(&b.offsets),
             tiles: gpu.ptr(&b.tiles),
             cursor: gpu.ptr(&b.cursor),
@@ -289,7 +295,8 @@ impl PathLaunch<'_> {
             offsets: gpu.ptr(&ws.align.offsets),
             tiles: gpu.ptr(&ws.align.tiles),
             count: slots,
-            max_tiles: gemm::max_tiles(a, slots),
+            rows: a,
+            tile: self.expert_tile(),
         };
         // Routed experts, then the shared slots (in their own tensors, or none).
         let weights = |routed: DevPtr<u16>, shared: DevPtr<u16>, stride: usize| Weights {
@@ -346,7 +353,8 @@ impl PathLaunch<'_> {
             offsets: gpu.ptr(&b.offsets),
             tiles: gpu.ptr(&b.tiles),
             count: s,
-            max_tiles: s * t.div_ceil(GEMM_BM),
+            rows: s * t,
+            tile: b.tile,
         };
         let dense = |x: DevPtr<u16>, rows: GemmRows, w: DevPtr<u16>, stride, c, n, k| {
             let w = Weights::one(w, s, stride);

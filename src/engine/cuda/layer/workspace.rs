@@ -2,7 +2,7 @@
 //! the GEMMs (chosen once per workspace: they depend on the token count and the device only).
 
 use super::super::gpu::Gpu;
-use super::super::kernels::{GEMM_BM, GEMM_BN, STATS_BLOCKS};
+use super::super::kernels::{Tile, GEMM_BN, GEMM_ROW_BYTES, STATS_BLOCKS};
 use super::super::router::UnfusedBufs;
 use super::finite::FiniteCounters;
 use crate::engine::config::MoeConfig;
@@ -46,9 +46,10 @@ pub struct GateBufs {
     /// K-split partials [splits × T × E] (empty without splits).
     pub parts: CudaSlice<f32>,
     pub splits: usize,
-    /// Dense row offsets [0, T] and tile offsets [0, tiles] (one group).
+    /// Dense row offsets [0, T] and tile offsets [0, tiles] (one group of `tile`-row tiles).
     pub offsets: CudaSlice<i32>,
     pub tiles: CudaSlice<i32>,
+    pub tile: Tile,
 }
 
 /// The router's outputs (and the unfused router's intermediates).
@@ -91,9 +92,10 @@ pub struct SharedBufs {
     pub h1: CudaSlice<f32>,
     pub act: CudaSlice<u16>,
     pub out: CudaSlice<f32>,
-    /// Row offsets [j · T] and tile offsets of the S dense groups.
+    /// Row offsets [j · T] and tile offsets of the S dense groups (`tile`-row tiles).
     pub offsets: CudaSlice<i32>,
     pub tiles: CudaSlice<i32>,
+    pub tile: Tile,
     /// K splits of the up and down GEMMs.
     pub splits: (usize, usize),
 }
@@ -149,7 +151,8 @@ impl GateBufs {
     fn new(gpu: &Gpu, cfg: &MoeConfig, t: usize) -> Result<GateBufs> {
         let e = cfg.n_routed_experts;
         let splits = gate_splits(gpu.sms, t, e, cfg.hidden_size);
-        let tiles = t.div_ceil(GEMM_BM) as i32;
+        let tile = Tile::for_rows(t, 1);
+        let tiles = t.div_ceil(tile.rows()) as i32;
         let parts = if splits > 1 { splits * t * e } else { 0 };
         Ok(GateBufs {
             logits: gpu.alloc(t * e, "router logits")?,
@@ -158,6 +161,7 @@ impl GateBufs {
             splits,
             offsets: gpu.upload(&[0, t as i32], "gate GEMM offsets")?,
             tiles: gpu.upload(&[0, tiles], "gate GEMM tiles")?,
+            tile,
         })
     }
 }
@@ -221,7 +225,8 @@ impl SharedBufs {
             cfg.n_shared_experts,
             cfg.shared_slot_intermediate(),
         );
-        let tiles = t.div_ceil(GEMM_BM) as i32;
+        let tile = Tile::for_rows(s * t, s);
+        let tiles = t.div_ceil(tile.rows()) as i32;
         let offsets: Vec<i32> = (0..=s).map(|j| (j * t) as i32).collect();
         let tile_offsets: Vec<i32> = (0..=s).map(|j| j as i32 * tiles).collect();
         Ok(SharedBufs {
@@ -230,6 +235,7 @@ impl SharedBufs {
             out: gpu.alloc(s * t * h, "shared outputs")?,
             offsets: gpu.upload(&offsets, "shared MLP offsets")?,
             tiles: gpu.upload(&tile_offsets, "shared MLP tiles")?,
+            tile,
             splits: shared_splits(gpu.sms, cfg, t),
         })
     }
@@ -237,11 +243,11 @@ impl SharedBufs {
 
 /// K splits of a GEMM with `tiles` M tiles, N columns and K depth: where the output has few
 /// tiles, enough splits for `waves` full waves of the device (two blocks per SM), so an uneven
-/// last wave costs little; each split a whole number of 32-wide K steps.
+/// last wave costs little; each split a whole number of pipeline stages (64 values of K).
 fn k_splits(sms: u32, tiles: usize, n: usize, k: usize, waves: usize) -> usize {
     let blocks = tiles * n.div_ceil(GEMM_BN);
     let want = (waves * 2 * sms as usize).div_ceil(blocks.max(1)).max(1);
-    let steps = k / 32;
+    let steps = k * 2 / GEMM_ROW_BYTES;
     (1..=want.min(steps).min(64))
         .rev()
         .find(|d| steps.is_multiple_of(*d))
@@ -250,14 +256,14 @@ fn k_splits(sms: u32, tiles: usize, n: usize, k: usize, waves: usize) -> usize {
 
 /// K splits of the gate GEMM ([T × E] has few tiles at small T).
 pub(super) fn gate_splits(sms: u32, t: usize, e: usize, h: usize) -> usize {
-    k_splits(sms, t.div_ceil(GEMM_BM), e, h, 1)
+    k_splits(sms, Tile::for_rows(t, 1).max_tiles(t, 1), e, h, 1)
 }
 
 /// K splits of the expert GEMMs (up: N = 2I, K = H; down: N = H, K = I) for `a` assignments:
 /// at small batches each active expert is one M tile, and an uneven last wave idles most of the
 /// device while the weights stream.
 pub(super) fn expert_splits(sms: u32, a: usize, slots: usize, n: usize, k: usize) -> usize {
-    let tiles = a.min(a.div_ceil(GEMM_BM) + slots);
+    let tiles = Tile::for_rows(a, slots).max_tiles(a, slots);
     if tiles * n.div_ceil(GEMM_BN) >= 8 * sms as usize {
         return 1;
     }

@@ -1,0 +1,250 @@
+// The grouped GEMM's tile loop, one template for the bf16 experts (moe.cu) and the FP8 experts
+// (fp8.cu): the two differ only in the tensor-core instruction and in FP8's block scales, since a
+// pipeline stage holds the same 128 bytes of every row (64 bf16 or 128 e4m3 values of K), and the
+// m16n8k16 bf16 and m16n8k32 e4m3 fragments sit at the same byte offsets.
+//
+// For each group g, rows offsets[g]..offsets[g+1] of C f32 [rows x N]:
+//   bf16: C[row, n] = A[a_row] . B_g[n] (+ col_bias[n])
+//   e4m3: C[row, n] = sum over K blocks kb of sa[a_row, kb] * sb_g[n / 128, kb] * (A[a_row, kb] . B_g[n, kb])
+// A [* x K] (FP8: scales sa [* x K/128]); B_g [N x K] (checkpoint layout; FP8: block scales sb_g
+// [N/128 x K/128]). a_mode 0: a_row = row; 1: a_map[row] / a_div (the token of an assignment);
+// 2: row - offsets[g]. Group g < n_first reads b0 (bs0) + g * stride, else b1 (bs1) + (g - n_first)
+// * stride. Grid: x = an upper bound of the M tiles (tile offsets of this kernel's BM; blocks past
+// tiles[groups] exit), y = ceil(N / 128), z = K splits (split z sums its K stages into C + z *
+// c_split; splitk_reduce adds them in a fixed order, so results are deterministic; the bias only
+// without splits). 256 threads = 8 warps as WARPS_M x (8 / WARPS_M), each warp MI m16 by NI n8
+// MMA tiles; a 4-stage cp.async pipeline (rows past the group or N are zero-filled). K * element
+// size is a multiple of 128 bytes and N is even (checked by the launcher).
+
+#define GG_ROW 128            // bytes of each row's K slice in one stage
+#define GG_LD (GG_ROW + 16)   // padded row (144 bytes): conflict-free 32-bit fragment loads
+#define GG_BN 128
+#define GG_STAGES 4
+
+// bf16 operands: m16n8k16 over 32 bytes of each row.
+struct Bf16Mma {
+    static constexpr bool SCALED = false;
+    static constexpr int ELEM = 2;
+    __device__ static __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+// e4m3 operands with block scales: m16n8k32 over 32 bytes of each row.
+struct E4m3Mma {
+    static constexpr bool SCALED = true;
+    static constexpr int ELEM = 1;
+    __device__ static __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
+        asm volatile(
+            "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+            "{%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+__device__ __forceinline__ void gg_cp16(void* smem, const void* gmem, bool valid) {
+    u32 s = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void gg_cp4(void* smem, const void* gmem, bool valid) {
+    u32 s = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void gg_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void gg_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// Dynamic shared memory of one instantiation: GG_STAGES x (A tile, B tile, A scales, B scale)
+// (registry.rs gemm_shared_bytes; the scales are unused in bf16).
+template <int BM>
+struct GgStage {
+    unsigned char a[BM][GG_LD];
+    unsigned char b[GG_BN][GG_LD];
+    float sa[BM];
+    float sb[4];
+};
+
+// One stage's MMAs of a warp: its MI x NI tiles from rows r0 of A and n0 of B, into sum.
+template <typename F, int MI, int NI, typename Stage>
+__device__ __forceinline__ void gg_stage_mma(const Stage& s, float (&sum)[MI][NI][4], int r0, int n0, int gid, int tig) {
+#pragma unroll
+    for (int kk = 0; kk < GG_ROW; kk += 32) {
+        u32 af[MI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; mi++) {
+            const int r = r0 + mi * 16 + gid;
+            af[mi][0] = *(const u32*)&s.a[r][kk + tig * 4];
+            af[mi][1] = *(const u32*)&s.a[r + 8][kk + tig * 4];
+            af[mi][2] = *(const u32*)&s.a[r][kk + 16 + tig * 4];
+            af[mi][3] = *(const u32*)&s.a[r + 8][kk + 16 + tig * 4];
+        }
+#pragma unroll
+        for (int ni = 0; ni < NI; ni++) {
+            const int n = n0 + ni * 8 + gid;
+            const u32 b0 = *(const u32*)&s.b[n][kk + tig * 4];
+            const u32 b1 = *(const u32*)&s.b[n][kk + 16 + tig * 4];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) F::mma(sum[mi][ni], af[mi], b0, b1);
+        }
+    }
+}
+
+template <typename F, int WARPS_M, int MI, int NI, typename Args>
+__device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
+    constexpr int BM = WARPS_M * MI * 16;
+    constexpr int WARPS_N = 8 / WARPS_M;
+    static_assert(WARPS_N * NI * 8 == GG_BN, "a block covers 128 columns");
+    constexpr int A_CHUNKS = (BM * 8 + 255) / 256; // 16-byte chunks of the A tile per thread
+    extern __shared__ __align__(128) unsigned char gg_smem[];
+    GgStage<BM>* st = (GgStage<BM>*)gg_smem;
+
+    if (p.bm != BM) __trap(); // the launch's geometry was computed for another tile height
+    const int tile = blockIdx.x;
+    if (tile >= p.tiles[p.groups]) return;
+    int lo = 0, hi = p.groups - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (p.tiles[mid] <= tile) lo = mid; else hi = mid - 1;
+    }
+    const int g = lo;
+    const int row0 = p.offsets[g] + (tile - p.tiles[g]) * BM;
+    const int row_end = p.offsets[g + 1];
+    const int n0 = blockIdx.y * GG_BN;
+    const i64 row_bytes = (i64)p.k * F::ELEM;
+    const int KB = (int)(row_bytes / GG_ROW); // pipeline stages over all of K
+    const bool first = g < p.n_first;
+    const int gi = first ? g : g - p.n_first;
+    const unsigned char* A = (const unsigned char*)p.a;
+    const unsigned char* B = (const unsigned char*)(first ? p.b0 : p.b1) + (i64)gi * p.b_stride * F::ELEM;
+    const int kb_len = KB / p.k_splits;
+    const int kb0 = blockIdx.z * kb_len;
+    float* C = p.c + (i64)blockIdx.z * p.c_split;
+    // FP8: this column tile's block scales, one per 128-deep K block (= one stage).
+    const float* SB = 0;
+    if constexpr (F::SCALED)
+        SB = (first ? p.bs0 : p.bs1) + (i64)gi * p.bs_stride + (i64)(n0 / GG_BN) * KB;
+
+    const int tid = threadIdx.x;
+    // The physical A row of each tile row this thread copies (-1: past the group, zero-filled).
+    auto a_row = [&](int r) -> i64 {
+        int row = row0 + r;
+        if (row >= row_end) return -1;
+        return p.a_mode == 0 ? row : p.a_mode == 1 ? p.a_map[row] / p.a_div : row - p.offsets[g];
+    };
+    i64 a_phys[A_CHUNKS];
+#pragma unroll
+    for (int j = 0; j < A_CHUNKS; j++) {
+        int c = tid + 256 * j;
+        a_phys[j] = c < BM * 8 ? a_row(c >> 3) : -1;
+    }
+    const i64 sa_phys = F::SCALED && tid < BM ? a_row(tid) : -1;
+
+    auto issue = [&](int kt) {
+        GgStage<BM>& s = st[kt % GG_STAGES];
+        const int kb = kb0 + kt;
+        const i64 k0 = (i64)kb * GG_ROW;
+#pragma unroll
+        for (int j = 0; j < A_CHUNKS; j++) {
+            int c = tid + 256 * j;
+            if (c < BM * 8) {
+                bool ok = a_phys[j] >= 0;
+                gg_cp16(&s.a[c >> 3][(c & 7) * 16], ok ? A + a_phys[j] * row_bytes + k0 + (c & 7) * 16 : A, ok);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            int c = tid + 256 * j;
+            int n = c >> 3;
+            bool ok = n0 + n < p.n;
+            gg_cp16(&s.b[n][(c & 7) * 16], ok ? B + (i64)(n0 + n) * row_bytes + k0 + (c & 7) * 16 : B, ok);
+        }
+        if constexpr (F::SCALED) {
+            if (tid < BM) {
+                bool ok = sa_phys >= 0;
+                gg_cp4(&s.sa[tid], ok ? p.a_scales + sa_phys * KB + kb : p.a_scales, ok);
+            }
+            if (tid == 255) gg_cp4(&s.sb[0], SB + kb, true);
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < GG_STAGES - 1; s++) {
+        if (s < kb_len) issue(s);
+        gg_commit();
+    }
+
+    const int warp = tid >> 5, lane = tid & 31;
+    const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+    const int gid = lane >> 2, tig = lane & 3;
+    float acc[MI][NI][4];
+#pragma unroll
+    for (int i = 0; i < MI; i++)
+#pragma unroll
+        for (int j = 0; j < NI; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[i][j][q] = 0.f;
+
+    for (int kt = 0; kt < kb_len; kt++) {
+        gg_wait<GG_STAGES - 2>();
+        __syncthreads();
+        // The stage refilled here was read in iteration kt - 1, which every warp has finished.
+        if (kt + GG_STAGES - 1 < kb_len) issue(kt + GG_STAGES - 1);
+        gg_commit();
+        const GgStage<BM>& s = st[kt % GG_STAGES];
+        // FP8 sums each K block apart and scales it; bf16 accumulates straight into acc.
+        if constexpr (F::SCALED) {
+            float part[MI][NI][4];
+#pragma unroll
+            for (int i = 0; i < MI; i++)
+#pragma unroll
+                for (int j = 0; j < NI; j++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) part[i][j][q] = 0.f;
+            gg_stage_mma<F, MI, NI>(s, part, wm * MI * 16, wn * NI * 8, gid, tig);
+            // This K block's scales: per row of A times the one block scale of B.
+            const float sb = s.sb[0];
+#pragma unroll
+            for (int mi = 0; mi < MI; mi++) {
+                const int r = wm * MI * 16 + mi * 16 + gid;
+                const float f0 = s.sa[r] * sb, f1 = s.sa[r + 8] * sb;
+#pragma unroll
+                for (int ni = 0; ni < NI; ni++) {
+                    acc[mi][ni][0] += part[mi][ni][0] * f0;
+                    acc[mi][ni][1] += part[mi][ni][1] * f0;
+                    acc[mi][ni][2] += part[mi][ni][2] * f1;
+                    acc[mi][ni][3] += part[mi][ni][3] * f1;
+                }
+            }
+        } else {
+            gg_stage_mma<F, MI, NI>(s, acc, wm * MI * 16, wn * NI * 8, gid, tig);
+        }
+    }
+    gg_wait<0>();
+
+    const float* bias = 0;
+    if constexpr (!F::SCALED) bias = p.col_bias;
+#pragma unroll
+    for (int mi = 0; mi < MI; mi++) {
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int r = row0 + wm * MI * 16 + mi * 16 + gid + half * 8;
+            if (r >= row_end) continue;
+#pragma unroll
+            for (int ni = 0; ni < NI; ni++) {
+                const int n = n0 + wn * NI * 8 + ni * 8 + tig * 2;
+                if (n < p.n) {
+                    float v0 = acc[mi][ni][half * 2], v1 = acc[mi][ni][half * 2 + 1];
+                    if (bias != 0) {
+                        v0 += bias[n];
+                        v1 += bias[n + 1];
+                    }
+                    *(float2*)&C[(i64)r * p.n + n] = make_float2(v0, v1);
+                }
+            }
+        }
+    }
+}
