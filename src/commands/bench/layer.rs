@@ -4,9 +4,11 @@
 //! their own (halved) floor and the dense FP8 rate of the same kernel measured in this run.
 
 use super::report::PathRow;
-use super::BenchArgs;
+use super::{say, BenchArgs, Progress};
+use crate::engine::config::MoeConfig;
 use crate::engine::cuda::fp8 as dfp8;
 use crate::engine::cuda::gpu::Gpu;
+use crate::engine::cuda::layer::gemm;
 use crate::engine::cuda::layer::CudaBackend;
 use crate::engine::paths::{ExpertFormat, PathId, PathSpec};
 use crate::engine::stats::gb_per_s;
@@ -17,17 +19,27 @@ use std::sync::Arc;
 
 /// The full layer through both paths: clean vs instrumented, and the expert GEMMs; with FP8
 /// rows where the layer's sizes allow them (their dense FP8 rate is returned beside the rows).
+/// The path rows and the dense rates they were measured against.
+pub struct BenchPaths {
+    pub rows: Vec<PathRow>,
+    pub fp8_dense_tflops: Option<f64>,
+    pub bf16_dense_tflops: f64,
+}
+
 pub fn bench_paths(
     gpu: &Arc<Gpu>,
     args: &BenchArgs,
     copy_gbs: f64,
-) -> Result<(Vec<PathRow>, Option<f64>)> {
+    progress: &Progress,
+) -> Result<BenchPaths> {
+    progress.measuring("the layer's weights and the dense rates".to_string());
     let (weights, _) = args.layer.spec().on(BackendChoice::Cuda).weights(false)?;
     let cfg = weights.config().clone();
     let started = std::time::Instant::now();
     let mut backend = CudaBackend::new(gpu.clone(), weights)?;
-    println!();
-    println!(
+    say!(progress, "");
+    say!(
+        progress,
         "layer {} (H={}, I={}, E={}, S={}), weights on the device in {:.1} s",
         cfg.name,
         cfg.hidden_size,
@@ -45,19 +57,27 @@ pub fn bench_paths(
         paths[0].clone().with_formats(fp8, bf16),
         paths[1].clone().with_formats(fp8, fp8),
     ];
+    let bf16_dense = gemm::dense_tflops(gpu, super::REPEATS)?;
+    say!(
+        progress,
+        "dense bf16 GEMM (the grouped kernel, 8192 × 4096 × 7168): {bf16_dense:.0} TFLOP/s"
+    );
     let dense = match crate::engine::weights::fp8::check_sizes(&cfg, true, true) {
         Ok(()) => {
-            let ready = dfp8::prepare(gpu)?;
-            let tflops = dfp8::dense_tflops(gpu, &ready, super::REPEATS)?;
-            println!("dense FP8 GEMM (the FP8 kernel, 8192 × 4096 × 7168): {tflops:.0} TFLOP/s");
+            let tflops = dfp8::dense_tflops(gpu, super::REPEATS)?;
+            say!(
+                progress,
+                "dense FP8 GEMM (the FP8 kernel, 8192 × 4096 × 7168): {tflops:.0} TFLOP/s"
+            );
             Some(tflops)
         }
         Err(why) => {
-            println!("no FP8 rows: {why:#}");
+            say!(progress, "no FP8 rows: {why:#}");
             None
         }
     };
-    println!(
+    say!(
+        progress,
         "{:>6}  {:>6}  {:>11}  {:>11}  {:>6}  {:>10}  {:>10}  {:>7}  {:>9}  {:>8}",
         "tokens",
         "path",
@@ -72,6 +92,7 @@ pub fn bench_paths(
     );
     let mut rows = Vec::new();
     for &t in args.path_tokens.iter().filter(|&&t| t > 0) {
+        progress.measuring(format!("the layer's paths at T={t}"));
         let input = StepInput {
             step: 0,
             tokens: t,
@@ -82,16 +103,16 @@ pub fn bench_paths(
         backend.step(&input, &paths)?; // warm-up: workspace, first launches
         let out = backend.step(&input, &paths)?;
         for (&path, run) in PathId::ALL.iter().zip(&out.paths) {
-            let row = path_row(t, path, run, copy_gbs, None);
-            print_row(&row);
+            let row = path_row(t, path, run, copy_gbs, ExpertFormat::Bf16, &cfg, bf16_dense);
+            print_row(progress, &row);
             rows.push(row);
         }
         if let Some(dense) = dense {
             backend.step(&input, &fp8_paths)?; // warm-up: the FP8 weights and buffers
             let out = backend.step(&input, &fp8_paths)?;
             for (&path, run) in PathId::ALL.iter().zip(&out.paths) {
-                let row = path_row(t, path, run, copy_gbs, Some((&cfg, dense)));
-                print_row(&row);
+                let row = path_row(t, path, run, copy_gbs, ExpertFormat::Fp8, &cfg, dense);
+                print_row(progress, &row);
                 rows.push(row);
             }
         }
@@ -101,15 +122,25 @@ pub fn bench_paths(
             .iter()
             .map(|k| format!("{} {:.1}", k.stage, k.us))
             .collect();
-        println!("        B stages (µs): {}", detail.join(", "));
-        live_row(&mut backend, &paths, t)?;
+        say!(progress, "        B stages (µs): {}", detail.join(", "));
+        live_row(&mut backend, &paths, t, progress)?;
+        progress.measured();
     }
-    Ok((rows, dense))
+    Ok(BenchPaths {
+        rows,
+        fp8_dense_tflops: dense,
+        bf16_dense_tflops: bf16_dense,
+    })
 }
 
 /// Live steps as `run` makes them (every token against the device reference, the clean timing
 /// every CLEAN_EVERY-th step): steps/s, and the reference's device time next to the paths'.
-fn live_row(backend: &mut CudaBackend, paths: &[PathSpec], t: usize) -> Result<()> {
+fn live_row(
+    backend: &mut CudaBackend,
+    paths: &[PathSpec],
+    t: usize,
+    progress: &Progress,
+) -> Result<()> {
     const STEPS: u64 = 16;
     backend.device_numerics = true;
     let input = |step| StepInput {
@@ -133,7 +164,8 @@ fn live_row(backend: &mut CudaBackend, paths: &[PathSpec], t: usize) -> Result<(
             .sum::<f64>();
     }
     let rate = STEPS as f64 / started.elapsed().as_secs_f64();
-    println!(
+    say!(
+        progress,
         "        live step: {rate:.1} steps/s; reference {:.0} µs, paths {:.0} µs (ratio {:.2})",
         ref_us / STEPS as f64,
         path_us / STEPS as f64,
@@ -143,13 +175,15 @@ fn live_row(backend: &mut CudaBackend, paths: &[PathSpec], t: usize) -> Result<(
     Ok(())
 }
 
-/// One path's row; `fp8` (the layer and the dense FP8 rate) for a path with FP8 experts.
+/// One path's row, its expert GEMMs against `dense_tflops`, the dense rate of its format.
 fn path_row(
     t: usize,
     path: PathId,
     run: &PathRun,
     copy_gbs: f64,
-    fp8: Option<(&crate::engine::config::MoeConfig, f64)>,
+    experts: ExpertFormat,
+    cfg: &MoeConfig,
+    dense_tflops: f64,
 ) -> PathRow {
     let find = |st: Stage| run.timings.iter().find(|k| k.stage == st);
     let (up, down) = (find(Stage::ExpertGemmUp), find(Stage::ExpertGemmDown));
@@ -158,18 +192,11 @@ fn path_row(
     let gemm_us = us(up) + us(down);
     let gemm_gb_s = gb_per_s(bytes, gemm_us);
     // Multiply-adds of the up (2I × H) and down (H × I) GEMMs over every assignment.
-    let gemm_of_dense = fp8.map(|(cfg, dense)| {
-        let (h, i) = (cfg.hidden_size as f64, cfg.moe_intermediate_size as f64);
-        let tflops = 2.0 * run.slot_ids.len() as f64 * 3.0 * i * h / gemm_us / 1e6;
-        tflops / dense
-    });
+    let (h, i) = (cfg.hidden_size as f64, cfg.moe_intermediate_size as f64);
+    let tflops = 2.0 * run.slot_ids.len() as f64 * 3.0 * i * h / gemm_us / 1e6;
     PathRow {
-        experts: if fp8.is_some() {
-            ExpertFormat::Fp8
-        } else {
-            ExpertFormat::Bf16
-        },
-        gemm_of_dense,
+        experts,
+        gemm_of_dense: Some(tflops / dense_tflops),
         tokens: t,
         path,
         clean_us: run.clean_us,
@@ -181,12 +208,12 @@ fn path_row(
     }
 }
 
-fn print_row(r: &PathRow) {
+fn print_row(progress: &Progress, r: &PathRow) {
     let clean = r.clean_us.unwrap_or(f64::NAN);
     let dense = r
         .gemm_of_dense
         .map_or_else(String::new, |d| format!("{:>7.1}%", 100.0 * d));
-    println!(
+    say!(progress,
         "{:>6}  {:>6}  {clean:>11.1}  {:>11.1}  {:>6.3}  {:>10.1}  {:>10.1}  {:>7.0}  {:>8.0}%  {dense:>8}",
         r.tokens,
         format!("{}·{}", r.path.name(), r.experts),

@@ -19,6 +19,7 @@ use crate::engine::cuda::timing;
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use indicatif::{ProgressBar, ProgressStyle};
 use report::BenchReport;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +46,47 @@ pub struct BenchArgs {
     /// An earlier run's --json file: print each figure's ratio to it.
     #[arg(long, value_name = "OLD")]
     pub compare: Option<PathBuf>,
+}
+
+/// Prints a table line through the progress bar (so the bar never tears it).
+macro_rules! say {
+    ($progress:expr, $($fmt:tt)*) => { $progress.say(format!($($fmt)*)) };
+}
+use say;
+
+/// A progress bar on stderr while bench measures (indicatif hides it where stderr is not a
+/// terminal); the tables go to stdout through `say`, which lifts the bar for the line.
+pub struct Progress(ProgressBar);
+
+impl Progress {
+    fn new(measurements: u64) -> Progress {
+        let bar = ProgressBar::new(measurements);
+        let style = ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} {msg}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style);
+        Progress(bar)
+    }
+
+    pub fn say(&self, line: String) {
+        self.0.suspend(|| println!("{line}"));
+    }
+
+    /// What is being measured now.
+    pub fn measuring(&self, what: String) {
+        self.0.set_message(what);
+    }
+
+    /// One measurement of the total done.
+    pub fn measured(&self) {
+        self.0.inc(1);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// Timed repetitions of a measurement (the median is taken).
@@ -81,9 +123,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "graph-replay floor per launch (one-word kernel): {:.2} µs",
         report.launch_floor_us
     );
-    report.routers = routers::bench_routers(&gpu, &cfg, &args.router_tokens, copy_gbs)?;
-    if !args.router_only && !args.path_tokens.iter().all(|&t| t == 0) {
-        (report.paths, report.fp8_dense_tflops) = layer::bench_paths(&gpu, &args, copy_gbs)?;
+    let router_tokens = args.router_tokens.iter().filter(|&&t| t > 0).count();
+    let path_tokens = if args.router_only {
+        0
+    } else {
+        args.path_tokens.iter().filter(|&&t| t > 0).count()
+    };
+    let progress = Progress::new((2 * router_tokens + path_tokens) as u64);
+    report.routers = routers::bench_routers(&gpu, &cfg, &args.router_tokens, copy_gbs, &progress)?;
+    if path_tokens > 0 {
+        let paths = layer::bench_paths(&gpu, &args, copy_gbs, &progress)?;
+        report.paths = paths.rows;
+        report.fp8_dense_tflops = paths.fp8_dense_tflops;
+        report.bf16_dense_tflops = Some(paths.bf16_dense_tflops);
     }
     if let Some(old) = &old {
         report.print_comparison(old);

@@ -74,8 +74,9 @@ pub struct PathRow {
     /// The routed experts' format (reports before FP8 were all bf16).
     #[serde(default)]
     pub experts: ExpertFormat,
-    /// FP8 rows: the expert GEMMs' TFLOP/s as a fraction of the dense FP8 rate of the same
-    /// kernel in the same run (`BenchReport::fp8_dense_tflops`).
+    /// The expert GEMMs' TFLOP/s as a fraction of the dense rate of their format, same kernel
+    /// and run (`BenchReport::bf16_dense_tflops`, `fp8_dense_tflops`; bf16 rows before this
+    /// field had none).
     #[serde(default)]
     pub gemm_of_dense: Option<f64>,
 }
@@ -103,6 +104,10 @@ pub struct BenchReport {
     /// One dense 8192 × 4096 × 7168 GEMM of the FP8 kernel, TFLOP/s (where FP8 rows ran).
     #[serde(default)]
     pub fp8_dense_tflops: Option<f64>,
+    /// One dense 8192 × 4096 × 7168 GEMM of the bf16 grouped kernel, TFLOP/s (where path rows
+    /// ran; reports before it had none).
+    #[serde(default)]
+    pub bf16_dense_tflops: Option<f64>,
 }
 
 impl BenchReport {
@@ -121,6 +126,7 @@ impl BenchReport {
             routers: Vec::new(),
             paths: Vec::new(),
             fp8_dense_tflops: None,
+            bf16_dense_tflops: None,
         }
     }
 
@@ -238,6 +244,7 @@ mod tests {
                 gemm_of_dense: Some(0.5),
             }],
             fp8_dense_tflops: Some(900.0),
+            bf16_dense_tflops: Some(600.0),
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bench.json");

@@ -3,7 +3,7 @@
 //! inputs.
 
 use super::report::{Logits, RouterKernel, RouterRow};
-use super::{graph_us, Replay};
+use super::{graph_us, say, Progress, Replay};
 use crate::engine::config::MoeConfig;
 use crate::engine::cuda::gpu::{Gpu, Timer};
 use crate::engine::cuda::kernels::DevPtr;
@@ -60,18 +60,21 @@ pub fn bench_routers(
     cfg: &MoeConfig,
     tokens: &[usize],
     copy_gbs: f64,
+    progress: &Progress,
 ) -> Result<Vec<RouterRow>> {
     let (k, s) = (cfg.num_experts_per_tok, cfg.n_shared_experts);
     // Path B's router: fused shared slots, rsf on the output.
     let sh = RouterShape::new(cfg, k, s, 1.0, 1.0 / cfg.routed_scaling_factor)?;
-    println!();
-    println!(
+    say!(progress, "");
+    say!(
+        progress,
         "router, {} shape, top-{k} + {s} shared slots; fused = the kernel callers get \
          (lane-contiguous where it covers the shape), general = the kernel for every shape; \
          graph replay over rotated inputs; GB/s of logits read + slots written",
         cfg.name
     );
-    println!(
+    say!(
+        progress,
         "{:>7}  {:>6}  {:>10}  {:>10}  {:>11}  {:>8}  {:>10}  {:>8}",
         "tokens",
         "logits",
@@ -86,8 +89,10 @@ pub fn bench_routers(
     let mut rows = Vec::new();
     for &t in tokens.iter().filter(|&&t| t > 0) {
         for logits in [Logits::F32, Logits::Bf16] {
+            progress.measuring(format!("routers at T={t}, {} logits", logits.name()));
             let row = bench_tokens(gpu, cfg, &sh, t, logits, copy_gbs, &mut rng)?;
-            print_row(t, logits, &row);
+            progress.measured();
+            print_row(progress, t, logits, &row);
             rows.extend(row);
         }
     }
@@ -153,7 +158,7 @@ fn bench_tokens(
     ])
 }
 
-fn print_row(t: usize, logits: Logits, rows: &[RouterRow]) {
+fn print_row(progress: &Progress, t: usize, logits: Logits, rows: &[RouterRow]) {
     let us = |k: RouterKernel| {
         rows.iter()
             .find(|r| r.kernel == k)
@@ -167,7 +172,8 @@ fn print_row(t: usize, logits: Logits, rows: &[RouterRow]) {
         us(RouterKernel::General),
         us(RouterKernel::Unfused),
     );
-    println!(
+    say!(
+        progress,
         "{t:>7}  {:>6}  {f:>10.2}  {g:>10.2}  {u:>11.2}  {:>7.1}x  {gbs:>10.0}  {:>7.0}%",
         logits.name(),
         u / f,
