@@ -92,7 +92,7 @@ pub struct BenchReport {
     pub sms: u32,
     /// e.g. "13.0" (the driver's CUDA version); None where it could not be read.
     pub driver: Option<String>,
-    /// `git rev-parse --short HEAD` where run from a checkout.
+    /// `git describe --always --dirty` where run from a checkout.
     pub commit: Option<String>,
     pub layer: String,
     /// Device copy bandwidth, bytes read + written per second.
@@ -196,10 +196,11 @@ impl BenchReport {
     }
 }
 
-/// The checkout's commit, where bench runs from one and git is there.
+/// The checkout's commit (with `-dirty` where the tree has changes), where bench runs from one
+/// and git is there.
 fn git_commit() -> Option<String> {
     let out = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
+        .args(["describe", "--always", "--dirty", "--abbrev=7"])
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
