@@ -6,6 +6,7 @@
 //! bench command and `benches/fp8_gemm.rs` share.
 
 use super::gpu::{Gpu, Timer};
+use super::kernels::wave_splits;
 pub use super::kernels::Tile;
 use super::kernels::{
     DevPtr, Fp8BlocksArgs, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs, GemmRows,
@@ -226,17 +227,10 @@ pub fn tile_scan(
     })
 }
 
-/// K splits of a GEMM with `tiles` M tiles, N columns and K depth: where the output has fewer
-/// blocks than four waves of two blocks per SM, enough splits to get there, each split at
-/// least 4 K blocks deep (the pipeline) and all of equal depth.
+/// K splits of a GEMM with `tiles` M tiles, N columns and K depth (`wave_splits`), each split at
+/// least 4 K blocks deep (the pipeline's stages).
 pub fn k_splits(sms: u32, tiles: usize, n: usize, k: usize) -> usize {
-    let blocks = tiles * n.div_ceil(BLOCK);
-    let want = (8 * sms as usize).div_ceil(blocks.max(1));
-    let kb = k / BLOCK;
-    (1..=want.min(kb / 4).max(1))
-        .rev()
-        .find(|d| kb.is_multiple_of(*d))
-        .unwrap_or(1)
+    wave_splits(sms, tiles * n.div_ceil(BLOCK), k / BLOCK, 4)
 }
 
 /// One FP8 grouped-GEMM launch (kernels/fp8.cu `fp8_gemm`; the fields are its arguments).

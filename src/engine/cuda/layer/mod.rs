@@ -51,6 +51,11 @@ mod tests {
         let s = expert_splits(132, 9, 257, 4096, 7168);
         assert!(s >= 2 && 112 % s == 0, "{s}");
         assert_eq!(expert_splits(132, 4096 * 9, 257, 4096, 7168), 1);
+        // The last wave as full as the divisors allow: 288 tiles × 8 splits = 8.7 waves of 264
+        // block slots (4 splits would leave a fifth wave 36% full).
+        assert_eq!(s, 8);
+        let waves = (288 * s) as f64 / 264.0;
+        assert!(waves / waves.ceil() > 0.95, "{waves}");
     }
 
     #[test]

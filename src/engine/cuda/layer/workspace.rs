@@ -2,7 +2,7 @@
 //! the GEMMs (chosen once per workspace: they depend on the token count and the device only).
 
 use super::super::gpu::Gpu;
-use super::super::kernels::{Tile, GEMM_BN, GEMM_ROW_BYTES, STATS_BLOCKS};
+use super::super::kernels::{wave_splits, Tile, GEMM_BN, GEMM_ROW_BYTES, STATS_BLOCKS};
 use super::super::router::UnfusedBufs;
 use super::finite::FiniteCounters;
 use crate::engine::config::MoeConfig;
@@ -241,22 +241,16 @@ impl SharedBufs {
     }
 }
 
-/// K splits of a GEMM with `tiles` M tiles, N columns and K depth: where the output has few
-/// tiles, enough splits for `waves` full waves of the device (two blocks per SM), so an uneven
-/// last wave costs little; each split a whole number of pipeline stages (64 values of K).
-fn k_splits(sms: u32, tiles: usize, n: usize, k: usize, waves: usize) -> usize {
-    let blocks = tiles * n.div_ceil(GEMM_BN);
-    let want = (waves * 2 * sms as usize).div_ceil(blocks.max(1)).max(1);
-    let steps = k * 2 / GEMM_ROW_BYTES;
-    (1..=want.min(steps).min(64))
-        .rev()
-        .find(|d| steps.is_multiple_of(*d))
-        .unwrap_or(1)
-}
-
-/// K splits of the gate GEMM ([T × E] has few tiles at small T).
+/// K splits of the gate GEMM ([T × E] has few tiles at small T): enough for one wave of the
+/// device (two blocks per SM), each split a whole number of pipeline stages (64 values of K).
 pub(super) fn gate_splits(sms: u32, t: usize, e: usize, h: usize) -> usize {
-    k_splits(sms, Tile::for_rows(t, 1).max_tiles(t, 1), e, h, 1)
+    let blocks = Tile::for_rows(t, 1).max_tiles(t, 1) * e.div_ceil(GEMM_BN);
+    let want = (2 * sms as usize).div_ceil(blocks.max(1)).max(1);
+    let stages = h * 2 / GEMM_ROW_BYTES;
+    (1..=want.min(stages).min(64))
+        .rev()
+        .find(|d| stages.is_multiple_of(*d))
+        .unwrap_or(1)
 }
 
 /// K splits of the expert GEMMs (up: N = 2I, K = H; down: N = H, K = I) for `a` assignments:
@@ -264,10 +258,7 @@ pub(super) fn gate_splits(sms: u32, t: usize, e: usize, h: usize) -> usize {
 /// device while the weights stream.
 pub(super) fn expert_splits(sms: u32, a: usize, slots: usize, n: usize, k: usize) -> usize {
     let tiles = Tile::for_rows(a, slots).max_tiles(a, slots);
-    if tiles * n.div_ceil(GEMM_BN) >= 8 * sms as usize {
-        return 1;
-    }
-    k_splits(sms, tiles, n, k, 4)
+    wave_splits(sms, tiles * n.div_ceil(GEMM_BN), k * 2 / GEMM_ROW_BYTES, 1)
 }
 
 /// K splits of the separate shared MLP's GEMMs (up, down): S dense groups of T rows.
