@@ -131,6 +131,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m16(const 
     grouped_gemm_tiles<E4m3Mma, 1, 1, 2>(a);
 }
 
+// 32-row tiles: groups of a few dozen rows (warps 2 x 4, each 16 x 32).
+extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m32(const Fp8GemmArgs a) {
+    grouped_gemm_tiles<E4m3Mma, 2, 1, 4>(a);
+}
+
 // 64-row tiles: larger batches (warps 2 x 4, each 32 x 32).
 extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m64(const Fp8GemmArgs a) {
     grouped_gemm_tiles<E4m3Mma, 2, 2, 4>(a);

@@ -155,7 +155,7 @@ fn grouped_gemm_matches_the_dequantized_reference() {
     let d_tiles = gpu.alloc::<i32>(groups + 1, "tiles").unwrap();
     let d_c = gpu.alloc::<f32>(rows * n, "C").unwrap();
     let d_parts = gpu.alloc::<f32>(3 * rows * n, "partials").unwrap();
-    for tile in [Tile::M16, Tile::M64] {
+    for tile in Tile::ALL {
         dfp8::tile_scan(&gpu, gpu.ptr(&d_off), groups, tile, gpu.ptr(&d_tiles)).unwrap();
         let tiles = gpu.download(&d_tiles, groups + 1, "tiles").unwrap();
         let bm = tile.rows() as i32;

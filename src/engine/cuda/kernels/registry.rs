@@ -41,24 +41,31 @@ pub fn wave_splits(sms: u32, blocks: usize, stages: usize, min_depth: usize) -> 
 pub enum Tile {
     /// 16 rows: decode and small batches, where most rows of a 64-row tile would be empty.
     M16,
+    /// 32 rows: groups of a few dozen rows (DeepSeek-V3 near T = 512), where 16-row tiles would
+    /// stream each group's weights through L2 twice or more.
+    M32,
     M64,
 }
 
 impl Tile {
-    pub const ALL: [Tile; 2] = [Tile::M16, Tile::M64];
+    pub const ALL: [Tile; 3] = [Tile::M16, Tile::M32, Tile::M64];
 
     pub fn rows(self) -> usize {
         match self {
             Tile::M16 => 16,
+            Tile::M32 => 32,
             Tile::M64 => 64,
         }
     }
 
-    /// The tile for `rows` rows over `groups` groups: 16 rows while groups average fewer
-    /// than 32 rows (the rows of a 64-row tile would mostly be zero fill).
+    /// The tile for `rows` rows over `groups` groups by the groups' average rows: 16 below 12,
+    /// 32 below 32, else 64 (fewer rows of zero fill against fewer passes over the weights).
     pub fn for_rows(rows: usize, groups: usize) -> Tile {
-        if rows < 32 * groups.max(1) {
+        let groups = groups.max(1);
+        if rows < 12 * groups {
             Tile::M16
+        } else if rows < 32 * groups {
+            Tile::M32
         } else {
             Tile::M64
         }
@@ -79,6 +86,7 @@ impl Tile {
     pub fn bf16_function(self) -> KernelId {
         match self {
             Tile::M16 => KernelId::GroupedGemmBf16M16,
+            Tile::M32 => KernelId::GroupedGemmBf16M32,
             Tile::M64 => KernelId::GroupedGemmBf16M64,
         }
     }
@@ -86,6 +94,7 @@ impl Tile {
     pub fn fp8_function(self) -> KernelId {
         match self {
             Tile::M16 => KernelId::GroupedGemmFp8M16,
+            Tile::M32 => KernelId::GroupedGemmFp8M32,
             Tile::M64 => KernelId::GroupedGemmFp8M64,
         }
     }
@@ -280,7 +289,7 @@ kernels! {
         col_bias: DevPtr<f32>,
         offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, n: i32, k: i32,
         k_splits: i32, c_split: i64,
-        /// The tile height of the function launched (16 or 64; checked by the kernel); the
+        /// The tile height of the function launched (16, 32 or 64; checked by the kernel); the
         /// tile offsets are of `bm`-row tiles.
         bm: i32,
         /// Grid x: an upper bound of the M tiles (`Tile::max_tiles`); blocks past
@@ -296,7 +305,8 @@ kernels! {
         )
         .with_shared(gemm_shared_bytes(a.bm as usize))
     }
-    fn GroupedGemmBf16M16 = grouped_gemm_bf16_m16, GroupedGemmBf16M64 = grouped_gemm_bf16_m64;
+    fn GroupedGemmBf16M16 = grouped_gemm_bf16_m16, GroupedGemmBf16M32 = grouped_gemm_bf16_m32,
+        GroupedGemmBf16M64 = grouped_gemm_bf16_m64;
 
     /// out [n] = the sum of `splits` partials (in order) + bias per column of `cols`.
     Moe::SplitkReduceArgs {
@@ -502,7 +512,7 @@ kernels! {
         /// Row offsets [groups + 1]; tile offsets of `bm`-row tiles (fp8_tile_scan).
         offsets: DevPtr<i32>, tiles: DevPtr<i32>, groups: i32, n: i32, k: i32,
         k_splits: i32, c_split: i64,
-        /// The tile height of the function launched (16 or 64; checked by the kernel).
+        /// The tile height of the function launched (16, 32 or 64; checked by the kernel).
         bm: i32,
         /// Grid x: an upper bound of the M tiles (rows / bm + groups).
         max_tiles: i32,
@@ -511,7 +521,8 @@ kernels! {
         Grid::xyz(a.max_tiles as u32, (a.n as usize / 128) as u32, a.k_splits as u32, 256)
             .with_shared(gemm_shared_bytes(a.bm as usize))
     }
-    fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M64 = grouped_gemm_fp8_m64;
+    fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M32 = grouped_gemm_fp8_m32,
+        GroupedGemmFp8M64 = grouped_gemm_fp8_m64;
 }
 
 /// Tokens per block of the reference router (kernels/reference.cu REF_ROUTE_WARPS).
