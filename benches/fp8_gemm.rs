@@ -93,7 +93,7 @@ fn bench_tokens(
     let groups = E + 1;
     let (order, offsets) = route(t, t as u64);
     let active = (0..groups).filter(|&g| offsets[g + 1] > offsets[g]).count();
-    let tile = Tile::for_rows(rows, groups);
+    let tile = Tile::for_fp8_rows(rows, groups);
     let bm = tile.rows() as i32;
     let m_tiles: usize = (0..groups)
         .map(|g| ((offsets[g + 1] - offsets[g] + bm - 1) / bm) as usize)

@@ -410,7 +410,7 @@ impl ExpertBuffers {
         let (h, i2) = (like.w13.cols, like.w13.rows);
         let i = i2 / 2;
         let rows = tokens * spt;
-        let tile = Tile::for_rows(rows, groups);
+        let tile = Tile::for_fp8_rows(rows, groups);
         let m_tiles = rows.min(rows.div_ceil(tile.rows()) + groups);
         let up_splits = k_splits(gpu.sms, m_tiles, i2, h);
         let down_splits = k_splits(gpu.sms, m_tiles, h, i);
@@ -640,6 +640,9 @@ mod tests {
         }
         assert_eq!(Tile::for_rows(8, 8), Tile::M16);
         assert_eq!(Tile::for_rows(4096, 9), Tile::M64);
+        // DeepSeek-V3 at T = 1024 (path B: 10240 rows over 257 groups).
+        assert_eq!(Tile::for_rows(10240, 257), Tile::M64);
+        assert_eq!(Tile::for_fp8_rows(10240, 257), Tile::M32);
     }
 
     #[test]
