@@ -259,10 +259,217 @@ __device__ __forceinline__ void rf_head(const u32 (&key)[PER], u32& hk, int& hj)
     hj = j2[0];
 }
 
+// Screening: the lanes kernel first selects on f32 scores (ex2.approx and rcp.approx: a few
+// instructions an expert where the double formula of routing.rs takes about seventy), with each
+// key's low bits replaced by its position in the lane (and each group score's by its group), so
+// every key is distinct and one redux.max names its owner. The result stands only when every
+// decision that shapes the output is wider than three times the error bound: the weakest kept
+// group against the best dropped one, and each of the k best candidates against the next. Above
+// twice the bound the exact values are in the same order, so the ids are identical. Otherwise
+// (ties, near ties, NaN) the warp routes the token again by the exact path. Weights always come
+// from the double formula.
+// The bound, for a token whose largest |sel| is V >= 1: the f32 sigmoid is within 2.9e-7 of the
+// rounded double one (ex2.approx and rcp.approx within 2 ulp each, the argument's rounding scaled
+// by s(1-s)|x| <= 0.23); the sum with the bias rounds both ways (1 ulp), the position bits move a
+// key by at most POS ulp; a group score adds two such values, its own roundings and the group bits.
+#define RF_SIGMOID_ERR 2.9e-7f
+#define RF_ULP 1.1920928955078125e-7f  // 2^-23: one ulp of a value in [1, 2), relative
+
+__device__ __forceinline__ float rf_fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+
+// hi - lo exceeds the margin; false for NaN.
+__device__ __forceinline__ bool rf_apart(float hi, float lo, float margin) { return hi - lo > margin; }
+
+// Group top-2 (a multiset, as routing.rs) of the lane's two best keys merged over the group's L
+// lanes, and the group's rank among all groups (larger score first, ties to the lower index).
+__device__ __forceinline__ u32 rf_group_key(u32 a1, u32 a2, int L, bool group_top2) {
+    for (int off = 1; off < L; off <<= 1) {
+        u32 b1 = __shfl_xor_sync(0xffffffffu, a1, off);
+        u32 b2 = __shfl_xor_sync(0xffffffffu, a2, off);
+        a2 = max(min(a1, b1), max(a2, b2));
+        a1 = max(a1, b1);
+    }
+    return sort_key(group_top2 ? key_value(a1) + key_value(a2) : key_value(a1));
+}
+// Lanes per group and my group, n_group a power of two (no integer division).
+__device__ __forceinline__ void rf_group_lanes(int n_group, int lane, int& L, int& my_group) {
+    const int lg = __ffs(n_group) - 1;
+    L = 32 >> lg;
+    my_group = lane >> (5 - lg);
+}
+__device__ __forceinline__ int rf_group_rank(u32 gk, int n_group, int L, int my_group) {
+    int rank = 0;
+#pragma unroll 8
+    for (int h = 0; h < n_group; h++) {
+        u32 o = __shfl_sync(0xffffffffu, gk, h * L);
+        rank += (o > gk || (o == gk && h < my_group)) ? 1 : 0;
+    }
+    return rank;
+}
+
+// The screened selection (see above): lane r < k_eff gets the r-th expert in `my_id`; returns
+// whether every decision cleared the margin (the same on every lane).
+template <int PER>
+__device__ __forceinline__ bool rf_screen(const float (&x)[PER], const float (&b)[PER], bool has_bias,
+                                          bool group_top2, int n_group, int topk_group, int k_eff,
+                                          int lane, int& my_id) {
+    constexpr u32 POS = PER <= 8 ? 7u : 15u;  // the position bits, POS - j (lower j: larger key)
+    u32 key[PER];
+    float vmax = 1.0f;  // NaN anywhere makes the margin NaN: no decision clears it
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        float sc = rf_fast_sigmoid(x[j]);
+        float sel = has_bias ? sc + b[j] : sc;
+        vmax = fabsf(sel) > vmax || sel != sel ? fabsf(sel) : vmax;
+        key[j] = (sort_key(sel) & ~POS) | (POS - j);
+    }
+    // |v| as bits orders like the value (NaN above all).
+    const float V = __uint_as_float(warp_umax(__float_as_uint(vmax)));
+    const float err = RF_SIGMOID_ERR + (float)(POS + 1) * RF_ULP * V;
+    // Keys are distinct within a lane, so a plain odd-even transposition sort (descending).
+#pragma unroll
+    for (int r = 0; r < PER; r++)
+#pragma unroll
+        for (int j = r & 1; j + 1 < PER; j += 2) {
+            u32 ka = key[j], kb = key[j + 1];
+            key[j] = max(ka, kb);
+            key[j + 1] = min(ka, kb);
+        }
+    bool groups_apart = true;
+    if (n_group > 1) {
+        int L, my_group;
+        rf_group_lanes(n_group, lane, L, my_group);
+        const u32 gbits = (u32)n_group - 1;
+        u32 gk = (rf_group_key(key[0], key[1], L, group_top2) & ~gbits) | (gbits - (u32)my_group);
+        // Kept groups: topk_group rounds of the best remaining (group keys are distinct).
+        bool kept = false;
+        u32 weakest_kept = 0u;
+        for (int r = 0; r < topk_group; r++) {
+            weakest_kept = warp_umax(kept ? 0u : gk);
+            kept = kept || gk == weakest_kept;
+        }
+        if (topk_group < n_group) {
+            u32 best_dropped = warp_umax(kept ? 0u : gk);
+            const float gerr = 2.0f * err + (float)(n_group + 2) * RF_ULP * 2.0f * V;
+            groups_apart = rf_apart(key_value(weakest_kept), key_value(best_dropped), 3.0f * gerr);
+        }
+        if (!kept) {
+#pragma unroll
+            for (int j = 0; j < PER; j++) key[j] = 0u;
+        }
+    }
+    // Top-k rounds: the warp's best head; the owner pops it. Lane r keeps the r-th key, lane
+    // k_eff the next one, for the gap test.
+    u32 my_key = 0u;
+    for (int r = 0; r < k_eff; r++) {
+        u32 mk = warp_umax(key[0]);
+        int wl = __ffs(__ballot_sync(0xffffffffu, key[0] == mk)) - 1;
+        if (lane == r) {
+            my_id = wl * PER + (int)(POS - (mk & POS));
+            my_key = mk;
+        }
+        if (lane == wl) {
+#pragma unroll
+            for (int j = 0; j + 1 < PER; j++) key[j] = key[j + 1];
+            key[PER - 1] = 0u;
+        }
+    }
+    u32 next = warp_umax(key[0]);
+    if (lane == k_eff) my_key = next;
+    u32 above = __shfl_up_sync(0xffffffffu, my_key, 1);
+    bool apart = lane == 0 || lane > k_eff || my_key == 0u ||
+                 rf_apart(key_value(above), key_value(my_key), 3.0f * err);
+    return __all_sync(0xffffffffu, apart && groups_apart);
+}
+
+// The exact selection on routing.rs's scores: lane r < k_eff gets the r-th expert in `my_id`.
+// SORT: the lane's keys sorted once (descending, equal keys in position order), so the lane's
+// top-2 and each round's head are its first entries and a pop is a shift.
 template <int PER, bool SORT>
+__device__ __forceinline__ void rf_exact(const float (&x)[PER], const float (&b)[PER], bool has_bias,
+                                         bool group_top2, int n_group, int topk_group, int k_eff,
+                                         int lane, int& my_id) {
+    u32 key[PER];
+    int pos[PER];
+#pragma unroll
+    for (int j = 0; j < PER; j++) {
+        float sc = sigmoid_score(x[j]);
+        key[j] = sort_key(has_bias ? sc + b[j] : sc);
+        pos[j] = j;
+    }
+    if (SORT) {
+        // Odd-even transposition sort; swapping only on a strictly larger right key keeps it
+        // stable.
+#pragma unroll
+        for (int r = 0; r < PER; r++)
+#pragma unroll
+            for (int j = r & 1; j + 1 < PER; j += 2) {
+                u32 ka = key[j], kb = key[j + 1];
+                int pa = pos[j], pb = pos[j + 1];
+                bool swap = kb > ka;
+                key[j] = max(ka, kb);
+                key[j + 1] = min(ka, kb);
+                pos[j] = swap ? pb : pa;
+                pos[j + 1] = swap ? pa : pb;
+            }
+    }
+    if (n_group > 1) {
+        u32 a1 = 0u, a2 = 0u;
+        if (SORT) {
+            a1 = key[0];
+            a2 = key[1];
+        } else {
+#pragma unroll
+            for (int j = 0; j < PER; j++) {
+                a2 = max(a2, min(a1, key[j]));
+                a1 = max(a1, key[j]);
+            }
+        }
+        int L, my_group;
+        rf_group_lanes(n_group, lane, L, my_group);
+        u32 gk = rf_group_key(a1, a2, L, group_top2);
+        if (rf_group_rank(gk, n_group, L, my_group) >= topk_group) {
+#pragma unroll
+            for (int j = 0; j < PER; j++) key[j] = 0u;
+        }
+    }
+    u32 hk;
+    int hj;
+    if (SORT) {
+        hk = key[0];
+        hj = pos[0];
+    } else {
+        rf_head<PER>(key, hk, hj);
+    }
+    for (int r = 0; r < k_eff; r++) {
+        u32 mk = warp_umax(hk);
+        int wl = __ffs(__ballot_sync(0xffffffffu, hk == mk)) - 1;
+        int wid = __shfl_sync(0xffffffffu, lane * PER + hj, wl);
+        if (lane == r) my_id = wid;
+        if (lane == wl) {
+            if (SORT) {
+#pragma unroll
+                for (int j = 0; j + 1 < PER; j++) {
+                    key[j] = key[j + 1];
+                    pos[j] = pos[j + 1];
+                }
+                key[PER - 1] = 0u;
+                hk = key[0];
+                hj = pos[0];
+            } else {
+#pragma unroll
+                for (int j = 0; j < PER; j++)
+                    if (j == hj) key[j] = 0u;
+                rf_head<PER>(key, hk, hj);
+            }
+        }
+    }
+}
+
+template <int PER, bool SORT, bool SCREEN>
 __device__ __forceinline__ void router_lanes_body(const RouterFusedArgs& a) {
     const void* logits = a.logits;
-    const bool logits_bf16 = a.logits_bf16, group_top2 = a.group_top2, softmax = a.softmax, norm = a.norm;
+    const bool logits_bf16 = a.logits_bf16, group_top2 = a.group_top2, norm = a.norm;
     const float *bias = a.bias, *gate = a.gate;
     const int T = a.t, E = a.e, n_group = a.n_group, topk_group = a.topk_group, k = a.k;
     const int k_eff = a.k_eff, S = a.s, spt = a.spt;
@@ -270,10 +477,8 @@ __device__ __forceinline__ void router_lanes_body(const RouterFusedArgs& a) {
     u32* ids = a.ids;
     float* weights = a.weights;
     double* probs_out = a.probs;
-    __shared__ float s_score[RF_WARPS][32 * PER];
+    __shared__ float s_logit[RF_WARPS][32 * PER];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int L = 32 / n_group;  // lanes per group
-    const int my_group = lane / L;
     for (int t = blockIdx.x * RF_WARPS + warp; t < T; t += gridDim.x * RF_WARPS) {
         const u64 first = (u64)t * E + (u64)lane * PER;
         float x[PER], b[PER];
@@ -292,111 +497,34 @@ __device__ __forceinline__ void router_lanes_body(const RouterFusedArgs& a) {
         }
         if (bias != 0) {
             load_f32x4<PER>(bias + lane * PER, b);
-        }
-        u32 key[PER];
-#pragma unroll
-        for (int j = 0; j < PER; j++) {
-            float sc = sigmoid_score(x[j]);
-            s_score[warp][j * 32 + lane] = sc;  // [position][lane]: no bank conflicts
-            key[j] = sort_key(bias != 0 ? sc + b[j] : sc);
-        }
-        // SORT: the lane's keys sorted once (descending, equal keys in position order), so the
-        // lane's top-2 and each round's head are its first entries and a pop is a shift.
-        int pos[PER];
-#pragma unroll
-        for (int j = 0; j < PER; j++) pos[j] = j;
-        if (SORT) {
-            // Odd-even transposition sort; swapping only on a strictly larger right key keeps it
-            // stable.
-#pragma unroll
-            for (int r = 0; r < PER; r++)
-#pragma unroll
-                for (int j = r & 1; j + 1 < PER; j += 2) {
-                    u32 ka = key[j], kb = key[j + 1];
-                    int pa = pos[j], pb = pos[j + 1];
-                    bool swap = kb > ka;
-                    key[j] = max(ka, kb);
-                    key[j + 1] = min(ka, kb);
-                    pos[j] = swap ? pb : pa;
-                    pos[j + 1] = swap ? pa : pb;
-                }
-        }
-        if (n_group > 1) {
-            // Top-2 keys of the lane (a multiset, as routing.rs), merged over the group's lanes.
-            u32 a1 = 0u, a2 = 0u;
-            if (SORT) {
-                a1 = key[0];
-                a2 = key[1];
-            } else {
-#pragma unroll
-                for (int j = 0; j < PER; j++) {
-                    a2 = max(a2, min(a1, key[j]));
-                    a1 = max(a1, key[j]);
-                }
-            }
-            for (int off = 1; off < L; off <<= 1) {
-                u32 b1 = __shfl_xor_sync(0xffffffffu, a1, off);
-                u32 b2 = __shfl_xor_sync(0xffffffffu, a2, off);
-                a2 = max(min(a1, b1), max(a2, b2));
-                a1 = max(a1, b1);
-            }
-            u32 gk = sort_key(group_top2 ? key_value(a1) + key_value(a2) : key_value(a1));
-            // Rank of my group: the groups with a larger score, or an equal one and a lower index.
-            int rank = 0;
-#pragma unroll 8
-            for (int h = 0; h < n_group; h++) {
-                u32 o = __shfl_sync(0xffffffffu, gk, h * L);
-                rank += (o > gk || (o == gk && h < my_group)) ? 1 : 0;
-            }
-            if (rank >= topk_group) {
-#pragma unroll
-                for (int j = 0; j < PER; j++) key[j] = 0u;
-            }
-        }
-        u32 hk;
-        int hj;
-        if (SORT) {
-            hk = key[0];
-            hj = pos[0];
         } else {
-            rf_head<PER>(key, hk, hj);
+#pragma unroll
+            for (int j = 0; j < PER; j++) b[j] = 0.f;
         }
+#pragma unroll
+        for (int j = 0; j < PER; j++) s_logit[warp][j * 32 + lane] = x[j];  // [position][lane]: no bank conflicts
         int my_id = 0;
-        for (int r = 0; r < k_eff; r++) {
-            u32 mk = warp_umax(hk);
-            int wl = __ffs(__ballot_sync(0xffffffffu, hk == mk)) - 1;
-            int wid = __shfl_sync(0xffffffffu, lane * PER + hj, wl);
-            if (lane == r) my_id = wid;
-            if (lane == wl) {
-                if (SORT) {
-#pragma unroll
-                    for (int j = 0; j + 1 < PER; j++) {
-                        key[j] = key[j + 1];
-                        pos[j] = pos[j + 1];
-                    }
-                    key[PER - 1] = 0u;
-                    hk = key[0];
-                    hj = pos[0];
-                } else {
-#pragma unroll
-                    for (int j = 0; j < PER; j++)
-                        if (j == hj) key[j] = 0u;
-                    rf_head<PER>(key, hk, hj);
-                }
-            }
-        }
+        if (!SCREEN || !rf_screen<PER>(x, b, bias != 0, group_top2, n_group, topk_group, k_eff, lane, my_id))
+            rf_exact<PER, SORT>(x, b, bias != 0, group_top2, n_group, topk_group, k_eff, lane, my_id);
         __syncwarp();
-        float my_score = lane < k_eff ? s_score[warp][(my_id % PER) * 32 + my_id / PER] : 0.f;
+        float my_score = lane < k_eff ? sigmoid_score(s_logit[warp][(my_id % PER) * 32 + my_id / PER]) : 0.f;
         rf_store(my_id, my_score, t, E, k, k_eff, norm, routed_scale, S, shared_w, gate, ids,
                  weights, probs_out, spt, lane);
         __syncwarp();
     }
 }
 
-// Sorting pays for 8 keys a lane; for 12 the sort costs more than the rescans it saves (run 11).
+// Sorting pays for 8 keys a lane; for 12 the exact path's sort (keys and positions) costs more
+// than the rescans it saves (run 11). router_screen_* screen first (router.rs says when that pays).
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_8(const RouterFusedArgs a) {
-    router_lanes_body<8, true>(a);
+    router_lanes_body<8, true, false>(a);
 }
 extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_lanes_12(const RouterFusedArgs a) {
-    router_lanes_body<12, false>(a);
+    router_lanes_body<12, false, false>(a);
+}
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_screen_8(const RouterFusedArgs a) {
+    router_lanes_body<8, true, true>(a);
+}
+extern "C" __global__ void __launch_bounds__(RF_WARPS * 32) router_screen_12(const RouterFusedArgs a) {
+    router_lanes_body<12, false, true>(a);
 }

@@ -39,6 +39,10 @@ pub enum RouterKernel {
     Fused,
     /// The general fused kernel (every shape).
     General,
+    /// The lane-contiguous kernel with its f32 screen, at every T (where it covers the shape).
+    Screened,
+    /// The lane-contiguous kernel without the screen, at every T (where it covers the shape).
+    Exact,
     /// The op-by-op router, one kernel per op.
     Unfused,
 }

@@ -75,7 +75,12 @@ pub fn bench_routers(
     );
     say!(
         progress,
-        "{:>7}  {:>6}  {:>10}  {:>10}  {:>11}  {:>8}  {:>10}  {:>8}",
+        "screened / exact = the lane-contiguous kernel with / without its f32 screen at every T \
+         (fused takes one of them by T where they cover the shape)"
+    );
+    say!(
+        progress,
+        "{:>7}  {:>6}  {:>10}  {:>10}  {:>11}  {:>8}  {:>10}  {:>8}  {:>11}  {:>9}",
         "tokens",
         "logits",
         "fused µs",
@@ -83,7 +88,9 @@ pub fn bench_routers(
         "unfused µs",
         "speedup",
         "fused GB/s",
-        "of copy"
+        "of copy",
+        "screened µs",
+        "exact µs"
     );
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut rows = Vec::new();
@@ -151,11 +158,21 @@ fn bench_tokens(
     let fused = |i| router::fused_with(gpu, sh, &io(i), t, FusedKernel::Auto);
     let general = |i| router::fused_with(gpu, sh, &io(i), t, FusedKernel::General);
     let unfused = |i| router::unfused(gpu, sh, &io(i), t, &bufs, &mut Timer::new(false));
-    Ok(vec![
+    let mut rows = vec![
         row(RouterKernel::Fused, graph_us(gpu, replay, &fused)?),
         row(RouterKernel::General, graph_us(gpu, replay, &general)?),
         row(RouterKernel::Unfused, graph_us(gpu, replay, &unfused)?),
-    ])
+    ];
+    // Both forms of the lanes kernel at every T, where it covers the shape: what the screen buys.
+    let general_id = router::fused_kernel(sh, &io(0), t, FusedKernel::General);
+    for (kernel, screen) in [(RouterKernel::Screened, true), (RouterKernel::Exact, false)] {
+        let which = FusedKernel::Lanes { screen };
+        if router::fused_kernel(sh, &io(0), t, which) != general_id {
+            let call = |i| router::fused_with(gpu, sh, &io(i), t, which);
+            rows.push(row(kernel, graph_us(gpu, replay, &call)?));
+        }
+    }
+    Ok(rows)
 }
 
 fn print_row(progress: &Progress, t: usize, logits: Logits, rows: &[RouterRow]) {
@@ -172,9 +189,10 @@ fn print_row(progress: &Progress, t: usize, logits: Logits, rows: &[RouterRow]) 
         us(RouterKernel::General),
         us(RouterKernel::Unfused),
     );
+    let (sc, ex) = (us(RouterKernel::Screened), us(RouterKernel::Exact));
     say!(
         progress,
-        "{t:>7}  {:>6}  {f:>10.2}  {g:>10.2}  {u:>11.2}  {:>7.1}x  {gbs:>10.0}  {:>7.0}%",
+        "{t:>7}  {:>6}  {f:>10.2}  {g:>10.2}  {u:>11.2}  {:>7.1}x  {gbs:>10.0}  {:>7.0}%  {sc:>11.2}  {ex:>9.2}",
         logits.name(),
         u / f,
         100.0 * of_copy

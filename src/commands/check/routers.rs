@@ -15,39 +15,60 @@ use rand::Rng;
 /// Router token counts.
 const ROUTER_TOKENS: &[usize] = &[1, 7, 64, 1000, 40000];
 
-/// Random logits: N(0, 2²); with `ties`, rounded to quarters so many values repeat exactly.
-fn random_logits(rng: &mut impl Rng, n: usize, ties: bool) -> Result<Vec<f32>> {
+/// What a case's logits look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Logits {
+    /// N(0, 2²) in f32.
+    Random,
+    /// Rounded to quarters, so many values repeat exactly.
+    Ties,
+    /// Quarters nudged by up to 2 ulp and one bias for all experts: scores a rounding apart,
+    /// which the lanes kernel's f32 screen must hand to its exact path.
+    NearTies,
+    /// Rounded to bf16 and read as bf16.
+    Bf16,
+}
+
+/// Random logits of one kind.
+fn random_logits(rng: &mut impl Rng, n: usize, kind: Logits) -> Result<Vec<f32>> {
     let normal =
         rand_distr::Normal::new(0.0f32, 2.0).map_err(|e| anyhow!("normal distribution: {e}"))?;
     Ok((0..n)
         .map(|_| {
             let v: f32 = rng.sample(normal);
-            if ties {
-                (v * 4.0).round() / 4.0
-            } else {
-                v
+            match kind {
+                Logits::Random => v,
+                Logits::Ties => (v * 4.0).round() / 4.0,
+                Logits::NearTies => {
+                    let q = (v * 4.0).round() / 4.0;
+                    let nudge: i32 = rng.random_range(-2..=2);
+                    if q == 0.0 {
+                        q // a nudge across zero would be a NaN's bits
+                    } else {
+                        f32::from_bits(q.to_bits().wrapping_add_signed(nudge))
+                    }
+                }
+                Logits::Bf16 => crate::engine::weights::round_bf16(v),
             }
         })
         .collect())
 }
 
-/// One router input: tokens, exact ties, bf16 logits, top-k.
+/// One router input: tokens, kind of logits, top-k.
 #[derive(Clone, Copy, Debug)]
 struct Case {
     t: usize,
-    ties: bool,
-    bf16: bool,
+    logits: Logits,
     k: usize,
 }
 
 impl Case {
     fn kind(&self) -> &'static str {
-        if self.ties {
-            "ties"
-        } else if self.bf16 {
-            "bf16 logits"
-        } else {
-            "f32 logits"
+        match self.logits {
+            Logits::Random => "f32 logits",
+            Logits::Ties => "ties",
+            Logits::NearTies => "near ties",
+            Logits::Bf16 => "bf16 logits",
         }
     }
 }
@@ -64,18 +85,26 @@ pub(super) fn check_routers(
         .has_bias
         .then(|| (0..e).map(|_| rng.random_range(-0.05f32..0.05)).collect());
     let k = cfg.num_experts_per_tok;
-    let case = |t, ties, bf16, k| Case { t, ties, bf16, k };
+    let case = |t, logits, k| Case { t, logits, k };
     let mut cases: Vec<Case> = ROUTER_TOKENS
         .iter()
-        .map(|&t| case(t, false, false, k))
+        .map(|&t| case(t, Logits::Random, k))
         .collect();
-    cases.push(case(1000, true, false, k));
-    cases.push(case(1000, false, true, k));
+    cases.push(case(1000, Logits::Ties, k));
+    cases.push(case(1000, Logits::NearTies, k));
+    cases.push(case(1000, Logits::Bf16, k));
     if cfg.n_shared_experts > 0 {
-        cases.push(case(1000, false, false, k + cfg.n_shared_experts)); // shared-dropped
+        cases.push(case(1000, Logits::Random, k + cfg.n_shared_experts)); // shared-dropped
     }
+    // Near ties keep their closeness only under one bias for every expert.
+    let flat_bias = bias.as_ref().map(|b| vec![b[0]; b.len()]);
     for c in cases {
-        check_case(gpu, cfg, bias.as_deref(), c, rng, table)?;
+        let bias = if c.logits == Logits::NearTies {
+            flat_bias.as_deref()
+        } else {
+            bias.as_deref()
+        };
+        check_case(gpu, cfg, bias, c, rng, table)?;
     }
     Ok(())
 }
@@ -144,12 +173,7 @@ fn check_case(
     table: &mut Table,
 ) -> Result<()> {
     let (t, k, e) = (c.t, c.k, cfg.n_routed_experts);
-    let mut logits = random_logits(rng, t * e, c.ties)?;
-    if c.bf16 {
-        logits
-            .iter_mut()
-            .for_each(|v| *v = crate::engine::weights::round_bf16(*v));
-    }
+    let logits = random_logits(rng, t * e, c.logits)?;
     let reference = routing::route(cfg, &logits, bias, k);
     let shape = format!("{} T={t} E={e} k={k} {}", cfg.name, c.kind());
     // Shared slots appended with the on-output contract's weight 1/rsf.
@@ -162,7 +186,7 @@ fn check_case(
     )?;
     let spt = sh.spt();
     let bufs = CaseBufs::new(gpu, &logits, bias, t, &sh)?;
-    let io = bufs.io(gpu, c.bf16);
+    let io = bufs.io(gpu, c.logits == Logits::Bf16);
     let check = Check {
         table: &mut *table,
         shape: &shape,
@@ -170,13 +194,25 @@ fn check_case(
         reference: &reference,
         sh: &sh,
     };
-    // The fused router as callers get it, and the general kernel (the only one for other
-    // shapes) on this shape too.
+    // The fused router as callers get it, the general kernel (the only one for other shapes) on
+    // this shape too, and where the lanes kernel covers the shape, it with and without its f32
+    // screen whatever Auto picks at this T.
     let mut check = check;
-    for (name, which) in [
+    let mut kernels = vec![
         ("router_fused", FusedKernel::Auto),
         ("router_fused general", FusedKernel::General),
+    ];
+    let general = router::fused_kernel(&sh, &io, t, FusedKernel::General);
+    for (name, screen) in [
+        ("router_fused screened", true),
+        ("router_fused exact", false),
     ] {
+        let which = FusedKernel::Lanes { screen };
+        if router::fused_kernel(&sh, &io, t, which) != general {
+            kernels.push((name, which));
+        }
+    }
+    for (name, which) in kernels {
         bufs.poison(gpu, t * spt)?;
         router::fused_with(gpu, &sh, &io, t, which)?;
         let ids = gpu.download(&bufs.ids, t * spt, "ids")?;

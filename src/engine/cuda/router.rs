@@ -121,22 +121,37 @@ pub struct RouterIo {
 /// Which fused router kernel runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FusedKernel {
-    /// The fastest kernel that covers the shape (what every caller but `check` uses): the
-    /// lane-contiguous `router_lanes_*` where it applies, else the general kernel.
+    /// The fastest kernel that covers the shape at this token count (what every caller but
+    /// `check` and `bench` uses): the lane-contiguous kernel where it applies, screened where
+    /// that pays ([`screen_pays`]), else the general kernel.
     Auto,
     /// The general warp-per-token kernel (`router_fused_e256/e512`): the only one for softmax
     /// scoring, E other than 256 or 384, group counts that are not a power of two and unaligned
     /// logits. `check` runs it on every shape, so it stays verified where Auto would not pick it.
     General,
+    /// The lane-contiguous kernel with or without its f32 screen, where it covers the shape (else
+    /// the general kernel): `check` and `bench` run both at every token count.
+    Lanes { screen: bool },
+}
+
+/// Whether the lanes kernel's f32 screen pays at `t` tokens. Every warp routes one token, and a
+/// token whose decisions are too close for the screen is routed again exactly, so a launch takes
+/// as long as its slowest warp: with a few tokens (or many more than the card runs at once) the
+/// screen's shorter chain wins, in between some warp almost always falls back and pays both
+/// (H200, run G21: the screen is faster up to T = 8 and from T = 8192 on).
+pub fn screen_pays(t: usize) -> bool {
+    t <= 8 || t >= 8192
 }
 
 /// The lane-contiguous kernel for a shape, if it covers it: sigmoid scoring, E = 256 or 384,
 /// n_group a power of two (each group whole lanes), loads aligned for 16-byte (f32) or 8-byte
 /// (bf16).
-fn lanes_kernel(sh: &RouterShape, io: &RouterIo) -> Option<KernelId> {
-    let id = match sh.e {
-        256 => KernelId::RouterLanes8,
-        384 => KernelId::RouterLanes12,
+fn lanes_kernel(sh: &RouterShape, io: &RouterIo, screen: bool) -> Option<KernelId> {
+    let id = match (sh.e, screen) {
+        (256, false) => KernelId::RouterLanes8,
+        (384, false) => KernelId::RouterLanes12,
+        (256, true) => KernelId::RouterScreen8,
+        (384, true) => KernelId::RouterScreen12,
         _ => return None,
     };
     let align = if io.logits_bf16 { 8 } else { 16 };
@@ -148,11 +163,12 @@ fn lanes_kernel(sh: &RouterShape, io: &RouterIo) -> Option<KernelId> {
     ok.then_some(id)
 }
 
-/// The kernel `which` runs for this shape and these buffers.
-pub fn fused_kernel(sh: &RouterShape, io: &RouterIo, which: FusedKernel) -> KernelId {
+/// The kernel `which` runs for this shape, these buffers and `t` tokens.
+pub fn fused_kernel(sh: &RouterShape, io: &RouterIo, t: usize, which: FusedKernel) -> KernelId {
     let lanes = match which {
-        FusedKernel::Auto => lanes_kernel(sh, io),
+        FusedKernel::Auto => lanes_kernel(sh, io, screen_pays(t)),
         FusedKernel::General => None,
+        FusedKernel::Lanes { screen } => lanes_kernel(sh, io, screen),
     };
     // General: 8 experts per lane cover E <= 256 at half the registers and loop trips of 16.
     lanes.unwrap_or(if sh.e <= 256 {
@@ -201,7 +217,7 @@ pub fn fused_with(
     t: usize,
     which: FusedKernel,
 ) -> Result<()> {
-    gpu.launch_fn(fused_kernel(sh, io, which), fused_args(sh, io, t))
+    gpu.launch_fn(fused_kernel(sh, io, t, which), fused_args(sh, io, t))
 }
 
 /// Intermediates of the unfused router, as the op-by-op router keeps them in memory.
@@ -391,49 +407,66 @@ mod tests {
         }
     }
 
-    fn kernel(preset: &str, logits: u64, bf16: bool, which: FusedKernel) -> KernelId {
+    fn kernel(preset: &str, logits: u64, bf16: bool, t: usize, which: FusedKernel) -> KernelId {
         let cfg = MoeConfig::preset(preset).unwrap();
         let sh = RouterShape::new(&cfg, cfg.num_experts_per_tok, 1, 1.0, 1.0).unwrap();
-        fused_kernel(&sh, &io(logits, bf16), which)
+        fused_kernel(&sh, &io(logits, bf16), t, which)
     }
 
     #[test]
     fn auto_takes_the_lane_kernels_where_they_apply_and_the_general_one_elsewhere() {
-        use FusedKernel::{Auto, General};
+        use FusedKernel::{Auto, General, Lanes};
+        let t = 1000; // where the screen does not pay
         assert_eq!(
-            kernel("deepseek-v3", 0x2000, false, Auto),
+            kernel("deepseek-v3", 0x2000, false, t, Auto),
             KernelId::RouterLanes8
         );
         assert_eq!(
-            kernel("kimi-k2", 0x2000, false, Auto),
+            kernel("kimi-k2", 0x2000, false, t, Auto),
             KernelId::RouterLanes12
         );
         // 8-byte aligned is enough for bf16, not for f32.
         assert_eq!(
-            kernel("deepseek-v3", 0x2008, true, Auto),
+            kernel("deepseek-v3", 0x2008, true, t, Auto),
             KernelId::RouterLanes8
         );
         assert_eq!(
-            kernel("deepseek-v3", 0x2008, false, Auto),
+            kernel("deepseek-v3", 0x2008, false, t, Auto),
             KernelId::RouterFusedE256
         );
-        // Softmax scoring and E = 512 have only the general kernel.
+        // Softmax scoring and E = 512 have only the general kernel, screened or not.
         assert_eq!(
-            kernel("mixtral-8x7b", 0x2000, false, Auto),
+            kernel("mixtral-8x7b", 0x2000, false, t, Auto),
             KernelId::RouterFusedE256
         );
         assert_eq!(
-            kernel("qwen3-next-80b-a3b", 0x2000, false, Auto),
+            kernel("mixtral-8x7b", 0x2000, false, t, Lanes { screen: true }),
+            KernelId::RouterFusedE256
+        );
+        assert_eq!(
+            kernel("qwen3-next-80b-a3b", 0x2000, false, t, Auto),
             KernelId::RouterFusedE512
         );
         assert_eq!(
-            kernel("deepseek-v3", 0x2000, false, General),
+            kernel("deepseek-v3", 0x2000, false, t, General),
             KernelId::RouterFusedE256
         );
         assert_eq!(
-            kernel("kimi-k2", 0x2000, false, General),
+            kernel("kimi-k2", 0x2000, false, t, General),
             KernelId::RouterFusedE512
         );
+    }
+
+    #[test]
+    fn auto_screens_where_the_screen_pays() {
+        let auto = |preset, t| kernel(preset, 0x2000, false, t, FusedKernel::Auto);
+        assert_eq!(auto("deepseek-v3", 1), KernelId::RouterScreen8);
+        assert_eq!(auto("deepseek-v3", 512), KernelId::RouterLanes8);
+        assert_eq!(auto("deepseek-v3", 40000), KernelId::RouterScreen8);
+        assert_eq!(auto("kimi-k2", 131072), KernelId::RouterScreen12);
+        let forced = |screen| kernel("kimi-k2", 0x2000, false, 64, FusedKernel::Lanes { screen });
+        assert_eq!(forced(true), KernelId::RouterScreen12);
+        assert_eq!(forced(false), KernelId::RouterLanes12);
     }
 
     #[test]

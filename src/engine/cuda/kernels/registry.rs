@@ -196,7 +196,8 @@ kernels! {
     }
     grid(a, sms) { Grid::x((a.t as usize).div_ceil(FUSED_WARPS) as u32, (FUSED_WARPS * 32) as u32) }
     fn RouterFusedE256 = router_fused_e256, RouterFusedE512 = router_fused_e512,
-       RouterLanes8 = router_lanes_8, RouterLanes12 = router_lanes_12;
+       RouterLanes8 = router_lanes_8, RouterLanes12 = router_lanes_12,
+       RouterScreen8 = router_screen_8, RouterScreen12 = router_screen_12;
 
     // ---- kernels/router_unfused.cu (one kernel per op of the PyTorch sequence) ----
 
