@@ -110,8 +110,8 @@ fn bench_tokens(
     dfp8::tile_scan(gpu, gpu.ptr(&d_off), groups, tile, gpu.ptr(&d_tiles))?;
     let h1 = gpu.alloc::<f32>(rows * 2 * I, "h1")?;
     let eo = gpu.alloc::<f32>(rows * H, "eo")?;
-    let up_splits = dfp8::k_splits(gpu.sms, m_tiles, 2 * I, H);
-    let down_splits = dfp8::k_splits(gpu.sms, m_tiles, H, I);
+    let up_splits = dfp8::k_splits(gpu.sms, tile, m_tiles, 2 * I, H);
+    let down_splits = dfp8::k_splits(gpu.sms, tile, m_tiles, H, I);
     let part = |splits: usize, n: usize| if splits > 1 { splits * rows * n } else { 0 };
     let parts_len = part(up_splits, 2 * I).max(part(down_splits, H));
     let parts = gpu.alloc::<f32>(parts_len, "partials")?;

@@ -140,3 +140,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m32(const 
 extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m64(const Fp8GemmArgs a) {
     grouped_gemm_tiles<E4m3Mma, 2, 2, 4>(a);
 }
+
+// 128-row tiles: prefill-sized groups (warps 2 x 4, each 64 x 32), one block per SM.
+extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8_m128(const Fp8GemmArgs a) {
+    grouped_gemm_tiles<E4m3Mma, 2, 4, 4>(a);
+}

@@ -76,6 +76,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m64(const
     grouped_gemm_tiles<Bf16Mma, 2, 2, 4>(a);
 }
 
+// 128-row tiles: prefill-sized groups (warps 2 x 4, each 64 x 32: each B fragment serves four
+// A fragments); 147 KB of shared memory, one block per SM.
+extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_bf16_m128(const GemmArgs a) {
+    grouped_gemm_tiles<Bf16Mma, 2, 4, 4>(a);
+}
+
 // Sums the K-split partials in split order (deterministic) and adds the column bias.
 extern "C" __global__ void splitk_reduce(const SplitkReduceArgs a) {
     const float *part = a.part, *bias = a.bias;

@@ -229,8 +229,8 @@ pub fn tile_scan(
 
 /// K splits of a GEMM with `tiles` M tiles, N columns and K depth (`wave_splits`), each split at
 /// least 4 K blocks deep (the pipeline's stages).
-pub fn k_splits(sms: u32, tiles: usize, n: usize, k: usize) -> usize {
-    wave_splits(sms, tiles * n.div_ceil(BLOCK), k / BLOCK, 4)
+pub fn k_splits(sms: u32, tile: Tile, tiles: usize, n: usize, k: usize) -> usize {
+    wave_splits(sms, tile, tiles * n.div_ceil(BLOCK), k / BLOCK, 4)
 }
 
 /// One FP8 grouped-GEMM launch (kernels/fp8.cu `fp8_gemm`; the fields are its arguments).
@@ -412,8 +412,8 @@ impl ExpertBuffers {
         let rows = tokens * spt;
         let tile = Tile::for_fp8_rows(rows, groups);
         let m_tiles = rows.min(rows.div_ceil(tile.rows()) + groups);
-        let up_splits = k_splits(gpu.sms, m_tiles, i2, h);
-        let down_splits = k_splits(gpu.sms, m_tiles, h, i);
+        let up_splits = k_splits(gpu.sms, tile, m_tiles, i2, h);
+        let down_splits = k_splits(gpu.sms, tile, m_tiles, h, i);
         let part = |splits: usize, n: usize| if splits > 1 { splits * rows * n } else { 0 };
         Ok(ExpertBuffers {
             tokens,
@@ -613,7 +613,9 @@ pub fn dense_tflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
     let c = gpu.alloc::<f32>(m * n, "C")?;
     let off = gpu.upload(&[0i32, m as i32], "offsets")?;
     let tiles = gpu.alloc::<i32>(2, "tiles")?;
-    tile_scan(gpu, gpu.ptr(&off), 1, Tile::M64, gpu.ptr(&tiles))?;
+    // The tile a group of m rows gets.
+    let tile = Tile::for_fp8_rows(m, 1);
+    tile_scan(gpu, gpu.ptr(&off), 1, tile, gpu.ptr(&tiles))?;
     let g = Fp8Gemm {
         a: gpu.ptr(&a),
         a_scales: gpu.ptr(&sa),
@@ -621,6 +623,7 @@ pub fn dense_tflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
         offsets: gpu.ptr(&off),
         tiles: gpu.ptr(&tiles),
         rows: m,
+        tile,
         ..Fp8Gemm::blank(gpu, &w)
     };
     let us = super::timing::median_us(gpu, repeats, || gemm(gpu, &g))?;
@@ -632,14 +635,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn two_blocks_fit_an_sm_with_either_tile() {
+    fn each_tile_fits_its_blocks_in_an_sm() {
         // 227 KB of shared memory per SM, 1 KB reserved per block.
         for t in Tile::ALL {
-            assert!(2 * (t.shared_bytes() + 1024) <= 227 * 1024, "{t:?}");
+            let blocks = t.blocks_per_sm() as u32;
+            assert!(blocks * (t.shared_bytes() + 1024) <= 227 * 1024, "{t:?}");
             assert!(t.shared_bytes().is_multiple_of(16));
         }
         assert_eq!(Tile::for_rows(8, 8), Tile::M16);
-        assert_eq!(Tile::for_rows(4096, 9), Tile::M64);
+        assert_eq!(Tile::for_rows(2048, 9), Tile::M64);
+        assert_eq!(Tile::for_rows(4096, 9), Tile::M128);
+        assert_eq!(Tile::for_fp8_rows(4096, 9), Tile::M128);
         // DeepSeek-V3 at T = 1024 (path B: 10240 rows over 257 groups).
         assert_eq!(Tile::for_rows(10240, 257), Tile::M64);
         assert_eq!(Tile::for_fp8_rows(10240, 257), Tile::M32);
@@ -648,11 +654,11 @@ mod tests {
     #[test]
     fn k_splits_fill_the_device_at_small_batches_only() {
         // T = 1, DeepSeek-V3 up projection: 9 groups × 32 column blocks, 56 K blocks.
-        let s = k_splits(132, 9, 4096, 7168);
+        let s = k_splits(132, Tile::M16, 9, 4096, 7168);
         assert!(s > 1 && 56 % s == 0 && 56 / s >= 4, "{s}");
         // Many tiles: no split.
-        assert_eq!(k_splits(132, 600, 4096, 7168), 1);
+        assert_eq!(k_splits(132, Tile::M16, 600, 4096, 7168), 1);
         // Too shallow to split.
-        assert_eq!(k_splits(132, 1, 128, 256), 1);
+        assert_eq!(k_splits(132, Tile::M16, 1, 128, 256), 1);
     }
 }

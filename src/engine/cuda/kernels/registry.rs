@@ -17,14 +17,14 @@ pub const fn gemm_shared_bytes(bm: usize) -> u32 {
     (GEMM_STAGES * (bm * GEMM_LD + GEMM_BN * GEMM_LD + 4 * bm + 16)) as u32
 }
 
-/// K splits of a grouped GEMM of `blocks` output tiles over `stages` pipeline stages of K, at two
-/// blocks per SM: none once the output fills four waves; else the divisor of `stages` (each split
+/// K splits of a grouped GEMM of `blocks` output tiles of `tile` over `stages` pipeline stages of
+/// K, at the tile's blocks per SM: none once the output fills four waves; else the divisor of `stages` (each split
 /// at least `min_depth` stages deep, at most 64 splits, at most 16 waves) whose last wave is
 /// fullest, with a little held against each extra split (more partials to sum and pipelines to
 /// fill). At DeepSeek-V3's T = 1, 288 up-projection tiles in 4 splits make 4.4 waves (the fifth
 /// 36% full); 8 splits make 8.7.
-pub fn wave_splits(sms: u32, blocks: usize, stages: usize, min_depth: usize) -> usize {
-    let slots = 2 * sms.max(1) as usize;
+pub fn wave_splits(sms: u32, tile: Tile, blocks: usize, stages: usize, min_depth: usize) -> usize {
+    let slots = tile.blocks_per_sm() * sms.max(1) as usize;
     if blocks >= 4 * slots || blocks == 0 {
         return 1;
     }
@@ -36,7 +36,7 @@ pub fn wave_splits(sms: u32, blocks: usize, stages: usize, min_depth: usize) -> 
         .unwrap_or(1)
 }
 
-/// The tile height of a grouped-GEMM launch (the same two for bf16 and FP8).
+/// The tile height of a grouped-GEMM launch (the same kernels for bf16 and FP8).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tile {
     /// 16 rows: decode and small batches, where most rows of a 64-row tile would be empty.
@@ -45,21 +45,34 @@ pub enum Tile {
     /// stream each group's weights through L2 twice or more.
     M32,
     M64,
+    /// 128 rows: prefill-sized groups, where the MMA rate bounds the GEMM and a larger warp tile
+    /// loads fewer fragments per MMA (one block per SM).
+    M128,
 }
 
 impl Tile {
-    pub const ALL: [Tile; 3] = [Tile::M16, Tile::M32, Tile::M64];
+    pub const ALL: [Tile; 4] = [Tile::M16, Tile::M32, Tile::M64, Tile::M128];
 
     pub fn rows(self) -> usize {
         match self {
             Tile::M16 => 16,
             Tile::M32 => 32,
             Tile::M64 => 64,
+            Tile::M128 => 128,
+        }
+    }
+
+    /// Blocks of this tile one SM holds (shared memory and registers).
+    pub fn blocks_per_sm(self) -> usize {
+        match self {
+            Tile::M128 => 1,
+            _ => 2,
         }
     }
 
     /// The bf16 tile for `rows` rows over `groups` groups by the groups' average rows: 16 below
-    /// 12, 32 below 32, else 64 (fewer rows of zero fill against fewer passes over the weights).
+    /// 12, 32 below 32, 64 below 256, else 128 (fewer rows of zero fill against fewer passes
+    /// over the weights and fewer fragment loads per MMA).
     pub fn for_rows(rows: usize, groups: usize) -> Tile {
         Tile::by_average(rows, groups, 32)
     }
@@ -78,8 +91,10 @@ impl Tile {
             Tile::M16
         } else if rows < m64_from * groups {
             Tile::M32
-        } else {
+        } else if rows < 256 * groups {
             Tile::M64
+        } else {
+            Tile::M128
         }
     }
 
@@ -100,6 +115,7 @@ impl Tile {
             Tile::M16 => KernelId::GroupedGemmBf16M16,
             Tile::M32 => KernelId::GroupedGemmBf16M32,
             Tile::M64 => KernelId::GroupedGemmBf16M64,
+            Tile::M128 => KernelId::GroupedGemmBf16M128,
         }
     }
 
@@ -108,6 +124,7 @@ impl Tile {
             Tile::M16 => KernelId::GroupedGemmFp8M16,
             Tile::M32 => KernelId::GroupedGemmFp8M32,
             Tile::M64 => KernelId::GroupedGemmFp8M64,
+            Tile::M128 => KernelId::GroupedGemmFp8M128,
         }
     }
 
@@ -319,7 +336,7 @@ kernels! {
         .with_shared(gemm_shared_bytes(a.bm as usize))
     }
     fn GroupedGemmBf16M16 = grouped_gemm_bf16_m16, GroupedGemmBf16M32 = grouped_gemm_bf16_m32,
-        GroupedGemmBf16M64 = grouped_gemm_bf16_m64;
+        GroupedGemmBf16M64 = grouped_gemm_bf16_m64, GroupedGemmBf16M128 = grouped_gemm_bf16_m128;
 
     /// out [n] = the sum of `splits` partials (in order) + bias per column of `cols`.
     Moe::SplitkReduceArgs {
@@ -535,7 +552,7 @@ kernels! {
             .with_shared(gemm_shared_bytes(a.bm as usize))
     }
     fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M32 = grouped_gemm_fp8_m32,
-        GroupedGemmFp8M64 = grouped_gemm_fp8_m64;
+        GroupedGemmFp8M64 = grouped_gemm_fp8_m64, GroupedGemmFp8M128 = grouped_gemm_fp8_m128;
 }
 
 /// Tokens per block of the reference router (kernels/reference.cu REF_ROUTE_WARPS).

@@ -148,7 +148,7 @@ pub fn dense_tflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
     };
     let (a, b) = (random(m * k, 5)?, random(n * k, 6)?);
     let c = gpu.alloc::<f32>(m * n, "C")?;
-    let tile = Tile::M64;
+    let tile = Tile::for_rows(m, 1); // the tile a group of m rows gets
     let offsets = gpu.upload(&[0i32, m as i32], "offsets")?;
     let tiles = gpu.upload(&[0i32, m.div_ceil(tile.rows()) as i32], "tiles")?;
     let groups = Groups {

@@ -257,8 +257,15 @@ pub(super) fn gate_splits(sms: u32, t: usize, e: usize, h: usize) -> usize {
 /// at small batches each active expert is one M tile, and an uneven last wave idles most of the
 /// device while the weights stream.
 pub(super) fn expert_splits(sms: u32, a: usize, slots: usize, n: usize, k: usize) -> usize {
-    let tiles = Tile::for_rows(a, slots).max_tiles(a, slots);
-    wave_splits(sms, tiles * n.div_ceil(GEMM_BN), k * 2 / GEMM_ROW_BYTES, 1)
+    let tile = Tile::for_rows(a, slots);
+    let tiles = tile.max_tiles(a, slots);
+    wave_splits(
+        sms,
+        tile,
+        tiles * n.div_ceil(GEMM_BN),
+        k * 2 / GEMM_ROW_BYTES,
+        1,
+    )
 }
 
 /// K splits of the separate shared MLP's GEMMs (up, down): S dense groups of T rows.
