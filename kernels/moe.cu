@@ -76,10 +76,15 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m64(const
     grouped_gemm_tiles<Bf16Mma, 2, 2, 4>(a);
 }
 
-// 128-row tiles: prefill-sized groups (warps 2 x 4, each 64 x 32: each B fragment serves four
-// A fragments); 147 KB of shared memory, one block per SM.
+// 128-row tiles: prefill-sized groups, one block per SM. On sm_90a two warpgroups on wgmma
+// (grouped_gemm_wgmma_128); elsewhere warps 2 x 4, each 64 x 32 on mma.sync (each B fragment
+// serves four A fragments; 147 KB of shared memory).
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_bf16_m128(const GemmArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    grouped_gemm_wgmma_128(a);
+#else
     grouped_gemm_tiles<Bf16Mma, 2, 4, 4>(a);
+#endif
 }
 
 // Sums the K-split partials in split order (deterministic) and adds the column bias.

@@ -58,13 +58,14 @@ fn fused_router_matches_the_reference_router_exactly() {
     }
 }
 
-/// At 100 tokens the expert GEMMs run 16-row tiles, at 500 32-row tiles, at 1100 64-row tiles.
+/// At 100 tokens the expert GEMMs run 16-row tiles, at 500 32-row tiles, at 1100 64-row tiles,
+/// at 2000 128-row tiles (wgmma on a Hopper card).
 #[test]
 fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
     if gpu().is_none() {
         return;
     }
-    for t in [100, 500, 1100] {
+    for t in [100, 500, 1100, 2000] {
         layer_step_matches_at(t);
     }
 }

@@ -15,14 +15,19 @@ fn nvrtc() -> bool {
     }
 }
 
+/// Plain sm_90 (the mma.sync kernels everywhere) and sm_90a (what a Hopper card compiles: the
+/// 128-row bf16 GEMM on wgmma).
 #[test]
-fn every_kernel_compiles_for_sm_90() {
+fn every_kernel_compiles_for_sm_90_and_sm_90a() {
     if !nvrtc() {
         return;
     }
-    for &module in Module::ALL {
-        let cubin = loader::compile(module, "sm_90")
-            .unwrap_or_else(|e| panic!("kernels/{}.cu: {e:#}", module.name()));
+    for (&module, arch) in Module::ALL
+        .iter()
+        .flat_map(|m| [(m, "sm_90"), (m, "sm_90a")])
+    {
+        let cubin = loader::compile(module, arch)
+            .unwrap_or_else(|e| panic!("kernels/{}.cu for {arch}: {e:#}", module.name()));
         assert_eq!(&cubin[..4], b"\x7fELF", "{} is not a CUBIN", module.name());
         for k in module.kernels() {
             let f = k.function;

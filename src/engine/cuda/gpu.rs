@@ -48,7 +48,12 @@ impl Gpu {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(cuda_err("reading the compute capability"))?;
-        let arch = format!("sm_{major}{minor}");
+        // Hopper's wgmma needs the architecture-specific target (the 128-row bf16 GEMM uses it).
+        let arch = if (major, minor) == (9, 0) {
+            "sm_90a".to_string()
+        } else {
+            format!("sm_{major}{minor}")
+        };
         let sms = ctx
             .attribute(
                 cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,

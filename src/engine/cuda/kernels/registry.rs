@@ -71,27 +71,31 @@ impl Tile {
     }
 
     /// The bf16 tile for `rows` rows over `groups` groups by the groups' average rows: 16 below
-    /// 12, 32 below 32, 64 below 256, else 128 (fewer rows of zero fill against fewer passes
-    /// over the weights and fewer fragment loads per MMA).
+    /// 12, 32 below 32, 64 below 64, else 128 (fewer rows of zero fill against fewer passes over
+    /// the weights). On Hopper the 128-row tile runs on wgmma at 1.5x the MMA rate of the others,
+    /// which pays even half empty (DeepSeek-V3 on an H200, run G26, layer B: T = 2048 10351 µs
+    /// from 64 rows, 10851 from 256; T = 4096 13892 and 18338). Other cards run the same rule on
+    /// the mma.sync 128-row kernel, not measured there.
     pub fn for_rows(rows: usize, groups: usize) -> Tile {
-        Tile::by_average(rows, groups, 32)
+        Tile::by_average(rows, groups, 32, 64)
     }
 
-    /// The FP8 tile: as `for_rows`, with 32-row tiles up to 48 rows a group, since an e4m3 MMA
-    /// does twice the K of a bf16 one per fragment load and the FP8 GEMM stays bound by bytes
-    /// longer (DeepSeek-V3 at T = 1024 on an H200, run G18: 32-row tiles 6384 µs, 64-row 7032;
-    /// bf16 9289 and 8113).
+    /// The FP8 tile: 32-row tiles up to 48 rows a group, since an e4m3 MMA does twice the K of a
+    /// bf16 one per fragment load and the FP8 GEMM stays bound by bytes longer (run G18 at
+    /// T = 1024: 32-row tiles 6384 µs, 64-row 7032), and 128-row tiles (mma.sync) only from 256
+    /// (run G26: from 64 rows T = 2048 took 12909 µs against 10526, T = 4096 19304 against 18194;
+    /// run G23: T = 16384 64173 -> 61511 µs from 256).
     pub fn for_fp8_rows(rows: usize, groups: usize) -> Tile {
-        Tile::by_average(rows, groups, 48)
+        Tile::by_average(rows, groups, 48, 256)
     }
 
-    fn by_average(rows: usize, groups: usize, m64_from: usize) -> Tile {
+    fn by_average(rows: usize, groups: usize, m64_from: usize, m128_from: usize) -> Tile {
         let groups = groups.max(1);
         if rows < 12 * groups {
             Tile::M16
         } else if rows < m64_from * groups {
             Tile::M32
-        } else if rows < 256 * groups {
+        } else if rows < m128_from * groups {
             Tile::M64
         } else {
             Tile::M128
