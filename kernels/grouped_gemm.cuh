@@ -287,15 +287,15 @@ __device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
     }
 }
 
-// ---- Hopper (sm_90a): the 128-row bf16 tile on wgmma ------------------------------------------
+// ---- Hopper (sm_90a): the 64- and 128-row bf16 tiles on wgmma ---------------------------------
 // The same blocks, groups, K splits, 4-stage cp.async pipeline and epilogue contract as
 // grouped_gemm_tiles, but the shared tiles are unpadded 128-byte rows in the 128-byte swizzle
-// (16-byte chunk c of row r at chunk c ^ (r & 7)), which wgmma reads straight from shared memory:
-// each of the two warpgroups multiplies its 64 rows by all 128 columns, m64n128k16 four times a
-// stage, with no fragment loads at all. Compiled only where NVRTC targets sm_90a
-// (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere the 128-row kernel is the mma.sync loop.
+// (16-byte chunk c of row r at chunk c ^ (r & 7)), which wgmma reads straight from shared memory,
+// with no fragment loads at all. Two warpgroups: with 128-row tiles each multiplies its 64 rows
+// by all 128 columns (m64n128k16), with 64-row tiles each takes all 64 rows and its 64 of the
+// columns (m64n64k16); four a stage. Compiled only where NVRTC targets sm_90a
+// (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere these kernels are the mma.sync loop.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define WG_TILE_BYTES (128 * GG_ROW)  // one 128-row operand tile of a stage
 
 // A shared-memory matrix descriptor: K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart.
 __device__ __forceinline__ u64 wg_desc(const unsigned char* smem) {
@@ -303,18 +303,28 @@ __device__ __forceinline__ u64 wg_desc(const unsigned char* smem) {
     return (u64)((a & 0x3FFFFu) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
 }
 
-// d[64] += A (64 x 16, descriptor da) . B (128 x 16, db)^T, one warpgroup.
-__device__ __forceinline__ void wg_mma_m64n128k16(float (&d)[64], u64 da, u64 db) {
+// d += A (64 x 16, descriptor da) . B (N x 16, db)^T over one warpgroup; N = 2 x the registers.
+__device__ __forceinline__ void wg_mma(float (&d)[64], u64 da, u64 db) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "l"(da), "l"(db));
 }
+__device__ __forceinline__ void wg_mma(float (&d)[32], u64 da, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db));
+}
 
-template <typename Args>
-__device__ __forceinline__ void grouped_gemm_wgmma_128(const Args& p) {
-    constexpr int BM = 128;
+template <int BM, typename Args>
+__device__ __forceinline__ void grouped_gemm_wgmma(const Args& p) {
+    static_assert(BM == 64 || BM == 128, "wgmma tiles are 64 or 128 rows");
+    constexpr int WG_N = BM == 128 ? 128 : 64;  // columns of one warpgroup
+    constexpr int A_BYTES = BM * GG_ROW, STAGE_BYTES = A_BYTES + GG_BN * GG_ROW;
+    constexpr int A_CHUNKS = BM * 8 / 256;      // 16-byte chunks of the A tile per thread
     extern __shared__ __align__(128) unsigned char gg_smem[];
     // Swizzled tiles need 1024-byte alignment (the launch's shared size leaves room).
     unsigned char* base = (unsigned char*)(((size_t)gg_smem + 1023) & ~(size_t)1023);
@@ -342,9 +352,9 @@ __device__ __forceinline__ void grouped_gemm_wgmma_128(const Args& p) {
     float* C = p.c + (i64)blockIdx.z * p.c_split;
 
     const int tid = threadIdx.x;
-    i64 a_phys[4];
+    i64 a_phys[A_CHUNKS];
 #pragma unroll
-    for (int j = 0; j < 4; j++) {
+    for (int j = 0; j < A_CHUNKS; j++) {
         int row = row0 + ((tid + 256 * j) >> 3);
         a_phys[j] = row >= row_end ? -1
                     : p.a_mode == 0 ? row
@@ -352,17 +362,20 @@ __device__ __forceinline__ void grouped_gemm_wgmma_128(const Args& p) {
                                     : row - p.offsets[g];
     }
     auto issue = [&](int kt) {
-        unsigned char* sa = base + (kt % GG_STAGES) * 2 * WG_TILE_BYTES;
-        unsigned char* sb = sa + WG_TILE_BYTES;
+        unsigned char* sa = base + (kt % GG_STAGES) * STAGE_BYTES;
+        unsigned char* sb = sa + A_BYTES;
         const i64 k0 = (i64)(kb0 + kt) * GG_ROW;
+#pragma unroll
+        for (int j = 0; j < A_CHUNKS; j++) {
+            const int c = tid + 256 * j, r = c >> 3, ch = c & 7;
+            const bool ok = a_phys[j] >= 0;
+            gg_cp16(sa + r * GG_ROW + ((ch ^ (r & 7)) << 4), ok ? A + a_phys[j] * row_bytes + k0 + ch * 16 : A, ok);
+        }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const int c = tid + 256 * j, r = c >> 3, ch = c & 7;
-            const int dst = r * GG_ROW + ((ch ^ (r & 7)) << 4);
-            const bool ok = a_phys[j] >= 0;
-            gg_cp16(sa + dst, ok ? A + a_phys[j] * row_bytes + k0 + ch * 16 : A, ok);
-            const bool okb = n0 + r < p.n;
-            gg_cp16(sb + dst, okb ? B + (i64)(n0 + r) * row_bytes + k0 + ch * 16 : B, okb);
+            const bool ok = n0 + r < p.n;
+            gg_cp16(sb + r * GG_ROW + ((ch ^ (r & 7)) << 4), ok ? B + (i64)(n0 + r) * row_bytes + k0 + ch * 16 : B, ok);
         }
     };
 #pragma unroll
@@ -372,9 +385,11 @@ __device__ __forceinline__ void grouped_gemm_wgmma_128(const Args& p) {
     }
 
     const int warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-    float acc[64];
+    // This warpgroup's rows and columns within the tile.
+    const int wg_row = BM == 128 ? wg * 64 : 0, wg_col = BM == 128 ? 0 : wg * 64;
+    float acc[WG_N / 2];
 #pragma unroll
-    for (int i = 0; i < 64; i++) acc[i] = 0.f;
+    for (int i = 0; i < WG_N / 2; i++) acc[i] = 0.f;
     for (int kt = 0; kt < kb_len; kt++) {
         gg_wait<GG_STAGES - 2>();
         // This thread's cp.async writes become visible to wgmma's (async-proxy) reads.
@@ -383,11 +398,11 @@ __device__ __forceinline__ void grouped_gemm_wgmma_128(const Args& p) {
         // The stage refilled here was read in iteration kt - 1, whose wgmma all finished.
         if (kt + GG_STAGES - 1 < kb_len) issue(kt + GG_STAGES - 1);
         gg_commit();
-        const unsigned char* sa = base + (kt % GG_STAGES) * 2 * WG_TILE_BYTES + wg * 64 * GG_ROW;
-        const unsigned char* sb = base + (kt % GG_STAGES) * 2 * WG_TILE_BYTES + WG_TILE_BYTES;
+        const unsigned char* sa = base + (kt % GG_STAGES) * STAGE_BYTES + wg_row * GG_ROW;
+        const unsigned char* sb = base + (kt % GG_STAGES) * STAGE_BYTES + A_BYTES + wg_col * GG_ROW;
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-        for (int kk = 0; kk < GG_ROW; kk += 32) wg_mma_m64n128k16(acc, wg_desc(sa + kk), wg_desc(sb + kk));
+        for (int kk = 0; kk < GG_ROW; kk += 32) wg_mma(acc, wg_desc(sa + kk), wg_desc(sb + kk));
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     }
@@ -399,11 +414,11 @@ __device__ __forceinline__ void grouped_gemm_wgmma_128(const Args& p) {
     const float* bias = p.col_bias;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
-        const int r = row0 + wg * 64 + (warp & 3) * 16 + gid + half * 8;
+        const int r = row0 + wg_row + (warp & 3) * 16 + gid + half * 8;
         if (r >= row_end) continue;
 #pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const int n = n0 + j * 8 + tig * 2;
+        for (int j = 0; j < WG_N / 8; j++) {
+            const int n = n0 + wg_col + j * 8 + tig * 2;
             if (n < p.n) {
                 float v0 = acc[4 * j + half * 2], v1 = acc[4 * j + half * 2 + 1];
                 if (bias != 0) {

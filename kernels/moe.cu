@@ -71,17 +71,22 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m32(const
     grouped_gemm_tiles<Bf16Mma, 2, 1, 4>(a);
 }
 
-// 64-row tiles: larger batches (warps 2 x 4, each 32 x 32).
+// 64-row tiles: larger batches. On sm_90a two warpgroups of 64 x 64 on wgmma
+// (grouped_gemm_wgmma); elsewhere warps 2 x 4, each 32 x 32 on mma.sync.
 extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m64(const GemmArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    grouped_gemm_wgmma<64>(a);
+#else
     grouped_gemm_tiles<Bf16Mma, 2, 2, 4>(a);
+#endif
 }
 
 // 128-row tiles: prefill-sized groups, one block per SM. On sm_90a two warpgroups on wgmma
-// (grouped_gemm_wgmma_128); elsewhere warps 2 x 4, each 64 x 32 on mma.sync (each B fragment
+// (grouped_gemm_wgmma); elsewhere warps 2 x 4, each 64 x 32 on mma.sync (each B fragment
 // serves four A fragments; 147 KB of shared memory).
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_bf16_m128(const GemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    grouped_gemm_wgmma_128(a);
+    grouped_gemm_wgmma<128>(a);
 #else
     grouped_gemm_tiles<Bf16Mma, 2, 4, 4>(a);
 #endif

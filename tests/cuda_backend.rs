@@ -58,8 +58,8 @@ fn fused_router_matches_the_reference_router_exactly() {
     }
 }
 
-/// At 100 tokens the expert GEMMs run 16-row tiles, at 500 32-row tiles, at 1100 64-row tiles,
-/// at 2000 128-row tiles (wgmma on a Hopper card).
+/// At 100 tokens the expert GEMMs run 16-row tiles, at 500 32-row tiles, at 1100 and 2000 64-row
+/// tiles (wgmma on a Hopper card; the 128-row tile is held by tests/cuda_gemm.rs).
 #[test]
 fn layer_step_matches_the_cpu_backend_and_the_f64_reference() {
     if gpu().is_none() {

@@ -643,8 +643,8 @@ mod tests {
             assert!(t.shared_bytes().is_multiple_of(16));
         }
         assert_eq!(Tile::for_rows(8, 8), Tile::M16);
-        assert_eq!(Tile::for_rows(500, 9), Tile::M64);
-        assert_eq!(Tile::for_rows(2048, 9), Tile::M128);
+        assert_eq!(Tile::for_rows(2048, 9), Tile::M64);
+        assert_eq!(Tile::for_rows(4096, 9), Tile::M128);
         assert_eq!(Tile::for_fp8_rows(2048, 9), Tile::M64);
         assert_eq!(Tile::for_fp8_rows(4096, 9), Tile::M128);
         // DeepSeek-V3 at T = 1024 (path B: 10240 rows over 257 groups).

@@ -71,20 +71,20 @@ impl Tile {
     }
 
     /// The bf16 tile for `rows` rows over `groups` groups by the groups' average rows: 16 below
-    /// 12, 32 below 32, 64 below 64, else 128 (fewer rows of zero fill against fewer passes over
-    /// the weights). On Hopper the 128-row tile runs on wgmma at 1.5x the MMA rate of the others,
-    /// which pays even half empty (DeepSeek-V3 on an H200, run G26, layer B: T = 2048 10351 µs
-    /// from 64 rows, 10851 from 256; T = 4096 13892 and 18338). Other cards run the same rule on
-    /// the mma.sync 128-row kernel, not measured there.
+    /// 12, 32 below 32, 64 below 256, else 128 (fewer rows of zero fill against fewer passes over
+    /// the weights). On Hopper the 64- and 128-row tiles run on wgmma; there 64-row tiles win up
+    /// to about 256 rows a group (DeepSeek-V3 on an H200, run G31, layer B: T = 2048 8626 µs
+    /// against 9801 with 128-row tiles from 64 rows, T = 4096 14269 against 14814, T = 16384
+    /// even). Other cards run the same rule on the mma.sync kernels, not measured there.
     pub fn for_rows(rows: usize, groups: usize) -> Tile {
-        Tile::by_average(rows, groups, 32, 64)
+        Tile::by_average(rows, groups, 32, 256)
     }
 
-    /// The FP8 tile: 32-row tiles up to 48 rows a group, since an e4m3 MMA does twice the K of a
-    /// bf16 one per fragment load and the FP8 GEMM stays bound by bytes longer (run G18 at
-    /// T = 1024: 32-row tiles 6384 µs, 64-row 7032), and 128-row tiles (mma.sync) only from 256
-    /// (run G26: from 64 rows T = 2048 took 12909 µs against 10526, T = 4096 19304 against 18194;
-    /// run G23: T = 16384 64173 -> 61511 µs from 256).
+    /// The FP8 tile (mma.sync everywhere): 32-row tiles up to 48 rows a group, since an e4m3 MMA
+    /// does twice the K of a bf16 one per fragment load and the FP8 GEMM stays bound by bytes
+    /// longer (run G18 at T = 1024: 32-row tiles 6384 µs, 64-row 7032), and 128-row tiles from
+    /// 256 (run G26: from 64 rows T = 2048 took 12909 µs against 10526, T = 4096 19304 against
+    /// 18194; run G23: T = 16384 64173 -> 61511 µs from 256).
     pub fn for_fp8_rows(rows: usize, groups: usize) -> Tile {
         Tile::by_average(rows, groups, 48, 256)
     }
