@@ -2,9 +2,10 @@
 // slots in ONE kernel, one warp per token. Selection mirrors routing::route_token exactly: values
 // are compared through order-preserving u32 keys (NaN lowest), ties to the lower index.
 // Two kernel families (router.rs picks): the lane-contiguous `router_lanes_*` (below; sigmoid,
-// E = 256 or 384, n_group a power of two, aligned loads) where they apply, and the general
-// `router_fused_e*` for every shape, where lane l holds experts l, l+32, ... and the warp-wide best
-// is found with redux.sync (max key, then min index among the lanes holding it).
+// E = 256 or 384, n_group a power of two, aligned loads) where they apply, with `router_screen_*`
+// the same kernel selecting on f32 scores first (exact fallback; see "Screening"), and the
+// general `router_fused_e*` for every shape, where lane l holds experts l, l+32, ... and the
+// warp-wide best is found with redux.sync (max key, then min index among the lanes holding it).
 // Limits (checked on the host): E <= 512, k + S <= 32. Argument struct and launch geometry:
 // RouterFusedArgs in src/engine/cuda/kernels/registry.rs.
 
