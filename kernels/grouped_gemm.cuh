@@ -132,6 +132,52 @@ __device__ __forceinline__ void gg_stage_mma(const Stage& s, float (&sum)[MI][NI
     }
 }
 
+// What one block of BM-row tiles works on (both tile loops): its group g, the group's rows
+// row0 .. row_end of this tile, its columns from n0, its K stages kb0 .. kb0 + kb_len of KB, and
+// its operands (A, this group's weights B, this split's output C).
+struct GgBlock {
+    int g, row0, row_end, n0, KB, kb_len, kb0, gi;
+    bool first;  // the group reads b0 (and bs0), else b1
+    i64 row_bytes;
+    const unsigned char *A, *B;
+    float* C;
+};
+
+// The block of blockIdx for BM-row tiles of ELEM-byte values; false for blocks past the last tile.
+template <int BM, int ELEM, typename Args>
+__device__ __forceinline__ bool gg_block(const Args& p, GgBlock& b) {
+    if (p.bm != BM) __trap(); // the launch's geometry was computed for another tile height
+    const int tile = blockIdx.x;
+    if (tile >= p.tiles[p.groups]) return false;
+    int lo = 0, hi = p.groups - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (p.tiles[mid] <= tile) lo = mid; else hi = mid - 1;
+    }
+    b.g = lo;
+    b.row0 = p.offsets[b.g] + (tile - p.tiles[b.g]) * BM;
+    b.row_end = p.offsets[b.g + 1];
+    b.n0 = blockIdx.y * GG_BN;
+    b.row_bytes = (i64)p.k * ELEM;
+    b.KB = (int)(b.row_bytes / GG_ROW); // pipeline stages over all of K
+    b.first = b.g < p.n_first;
+    b.gi = b.first ? b.g : b.g - p.n_first;
+    b.A = (const unsigned char*)p.a;
+    b.B = (const unsigned char*)(b.first ? p.b0 : p.b1) + (i64)b.gi * p.b_stride * ELEM;
+    b.kb_len = b.KB / p.k_splits;
+    b.kb0 = blockIdx.z * b.kb_len;
+    b.C = p.c + (i64)blockIdx.z * p.c_split;
+    return true;
+}
+
+// The physical A row of tile row r (-1: past the group, zero-filled).
+template <typename Args>
+__device__ __forceinline__ i64 gg_a_row(const Args& p, const GgBlock& b, int r) {
+    const int row = b.row0 + r;
+    if (row >= b.row_end) return -1;
+    return p.a_mode == 0 ? row : p.a_mode == 1 ? p.a_map[row] / p.a_div : row - p.offsets[b.g];
+}
+
 template <typename F, int WARPS_M, int MI, int NI, typename Args>
 __device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
     constexpr int BM = WARPS_M * MI * 16;
@@ -141,46 +187,27 @@ __device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
     extern __shared__ __align__(128) unsigned char gg_smem[];
     GgStage<BM>* st = (GgStage<BM>*)gg_smem;
 
-    if (p.bm != BM) __trap(); // the launch's geometry was computed for another tile height
-    const int tile = blockIdx.x;
-    if (tile >= p.tiles[p.groups]) return;
-    int lo = 0, hi = p.groups - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (p.tiles[mid] <= tile) lo = mid; else hi = mid - 1;
-    }
-    const int g = lo;
-    const int row0 = p.offsets[g] + (tile - p.tiles[g]) * BM;
-    const int row_end = p.offsets[g + 1];
-    const int n0 = blockIdx.y * GG_BN;
-    const i64 row_bytes = (i64)p.k * F::ELEM;
-    const int KB = (int)(row_bytes / GG_ROW); // pipeline stages over all of K
-    const bool first = g < p.n_first;
-    const int gi = first ? g : g - p.n_first;
-    const unsigned char* A = (const unsigned char*)p.a;
-    const unsigned char* B = (const unsigned char*)(first ? p.b0 : p.b1) + (i64)gi * p.b_stride * F::ELEM;
-    const int kb_len = KB / p.k_splits;
-    const int kb0 = blockIdx.z * kb_len;
-    float* C = p.c + (i64)blockIdx.z * p.c_split;
+    GgBlock blk;
+    if (!gg_block<BM, F::ELEM>(p, blk)) return;
+    const int row0 = blk.row0, row_end = blk.row_end, n0 = blk.n0, KB = blk.KB;
+    const int kb_len = blk.kb_len, kb0 = blk.kb0;
+    const i64 row_bytes = blk.row_bytes;
+    const unsigned char *A = blk.A, *B = blk.B;
+    float* C = blk.C;
     // FP8: this column tile's block scales, one per 128-deep K block (= one stage).
     const float* SB = 0;
     if constexpr (F::SCALED)
-        SB = (first ? p.bs0 : p.bs1) + (i64)gi * p.bs_stride + (i64)(n0 / GG_BN) * KB;
+        SB = (blk.first ? p.bs0 : p.bs1) + (i64)blk.gi * p.bs_stride + (i64)(n0 / GG_BN) * KB;
 
     const int tid = threadIdx.x;
-    // The physical A row of each tile row this thread copies (-1: past the group, zero-filled).
-    auto a_row = [&](int r) -> i64 {
-        int row = row0 + r;
-        if (row >= row_end) return -1;
-        return p.a_mode == 0 ? row : p.a_mode == 1 ? p.a_map[row] / p.a_div : row - p.offsets[g];
-    };
+    // The physical A row of each tile row this thread copies.
     i64 a_phys[A_CHUNKS];
 #pragma unroll
     for (int j = 0; j < A_CHUNKS; j++) {
         int c = tid + 256 * j;
-        a_phys[j] = c < BM * 8 ? a_row(c >> 3) : -1;
+        a_phys[j] = c < BM * 8 ? gg_a_row(p, blk, c >> 3) : -1;
     }
-    const i64 sa_phys = F::SCALED && tid < BM ? a_row(tid) : -1;
+    const i64 sa_phys = F::SCALED && tid < BM ? gg_a_row(p, blk, tid) : -1;
 
     auto issue = [&](int kt) {
         GgStage<BM>& s = st[kt % GG_STAGES];
@@ -329,38 +356,18 @@ __device__ __forceinline__ void grouped_gemm_wgmma(const Args& p) {
     // Swizzled tiles need 1024-byte alignment (the launch's shared size leaves room).
     unsigned char* base = (unsigned char*)(((size_t)gg_smem + 1023) & ~(size_t)1023);
 
-    if (p.bm != BM) __trap();
-    const int tile = blockIdx.x;
-    if (tile >= p.tiles[p.groups]) return;
-    int lo = 0, hi = p.groups - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (p.tiles[mid] <= tile) lo = mid; else hi = mid - 1;
-    }
-    const int g = lo;
-    const int row0 = p.offsets[g] + (tile - p.tiles[g]) * BM;
-    const int row_end = p.offsets[g + 1];
-    const int n0 = blockIdx.y * GG_BN;
-    const i64 row_bytes = (i64)p.k * 2;
-    const int KB = (int)(row_bytes / GG_ROW);
-    const bool first = g < p.n_first;
-    const int gi = first ? g : g - p.n_first;
-    const unsigned char* A = (const unsigned char*)p.a;
-    const unsigned char* B = (const unsigned char*)(first ? p.b0 : p.b1) + (i64)gi * p.b_stride * 2;
-    const int kb_len = KB / p.k_splits;
-    const int kb0 = blockIdx.z * kb_len;
-    float* C = p.c + (i64)blockIdx.z * p.c_split;
+    GgBlock blk;
+    if (!gg_block<BM, 2>(p, blk)) return;
+    const int row0 = blk.row0, row_end = blk.row_end, n0 = blk.n0;
+    const int kb_len = blk.kb_len, kb0 = blk.kb0;
+    const i64 row_bytes = blk.row_bytes;
+    const unsigned char *A = blk.A, *B = blk.B;
+    float* C = blk.C;
 
     const int tid = threadIdx.x;
     i64 a_phys[A_CHUNKS];
 #pragma unroll
-    for (int j = 0; j < A_CHUNKS; j++) {
-        int row = row0 + ((tid + 256 * j) >> 3);
-        a_phys[j] = row >= row_end ? -1
-                    : p.a_mode == 0 ? row
-                    : p.a_mode == 1 ? p.a_map[row] / p.a_div
-                                    : row - p.offsets[g];
-    }
+    for (int j = 0; j < A_CHUNKS; j++) a_phys[j] = gg_a_row(p, blk, (tid + 256 * j) >> 3);
     auto issue = [&](int kt) {
         unsigned char* sa = base + (kt % GG_STAGES) * STAGE_BYTES;
         unsigned char* sb = sa + A_BYTES;
