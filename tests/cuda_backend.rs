@@ -1,23 +1,15 @@
 //! The CUDA backend against the CPU reference. Every test skips (and says so) where there is no
 //! CUDA driver, device or NVRTC; without a GPU the CLI must fail cleanly instead.
 
+mod gpu_support;
+use gpu_support::gpu;
+
 use moescope::engine::config::MoeConfig;
 use moescope::engine::cpu::CpuBackend;
 use moescope::engine::paths::{PathSpec, Variant};
 use moescope::engine::weights::synthetic::SyntheticWeights;
 use moescope::engine::{compare, cuda, routing, Backend, StepInput};
 use rand::{Rng, SeedableRng};
-
-/// The GPU, or None after printing why the test is skipped.
-fn gpu() -> Option<cuda::gpu::Gpu> {
-    match cuda::probe() {
-        Ok(()) => Some(cuda::gpu::Gpu::open().expect("a probed GPU opens")),
-        Err(why) => {
-            println!("skipped: no CUDA: {why}");
-            None
-        }
-    }
-}
 
 #[test]
 fn probe_reports_instead_of_panicking() {

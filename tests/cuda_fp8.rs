@@ -2,24 +2,15 @@
 //! quantization bit for bit, the grouped GEMM against the f64 reference of the dequantized math
 //! (equal up to fp32 accumulation order). Every test skips, and says so, without a GPU.
 
-use moescope::engine::cuda;
+mod gpu_support;
+use gpu_support::gpu;
+
 use moescope::engine::cuda::fp8::{self as dfp8, Fp8Gemm, Tile};
-use moescope::engine::cuda::gpu::Gpu;
 use moescope::engine::cuda::kernels::GemmRows;
 use moescope::engine::weights::fp8::{gemm_reference, BlockScaled, TokenGroups};
 use moescope::engine::weights::round_bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn gpu() -> Option<Gpu> {
-    match cuda::probe() {
-        Ok(()) => Some(Gpu::open().expect("a probed GPU opens")),
-        Err(why) => {
-            println!("skipped: no CUDA: {why}");
-            None
-        }
-    }
-}
 
 /// bf16-exact values of varied magnitude per 128-group, one group all zero.
 fn activations(rng: &mut StdRng, rows: usize, cols: usize) -> Vec<f32> {

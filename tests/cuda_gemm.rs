@@ -1,25 +1,16 @@
 //! The grouped bf16 GEMM (kernels/grouped_gemm.cuh with the bf16 MMA) against an f64 product of
-//! the same bf16 values, for both tile heights, with and without K splits, in each of the ways
+//! the same bf16 values, for every tile height, with and without K splits, in each of the ways
 //! the layer forms its rows (tokens gathered by the assignment order; direct rows with a column
 //! bias, as the gate GEMM). Skips, and says so, without a GPU.
 
-use moescope::engine::cuda;
-use moescope::engine::cuda::gpu::Gpu;
+mod gpu_support;
+use gpu_support::gpu;
+
 use moescope::engine::cuda::kernels::{DevPtr, GemmRows, Tile};
 use moescope::engine::cuda::layer::gemm::{self, Groups, Weights};
 use moescope::engine::weights::round_bf16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn gpu() -> Option<Gpu> {
-    match cuda::probe() {
-        Ok(()) => Some(Gpu::open().expect("a probed GPU opens")),
-        Err(why) => {
-            println!("skipped: no CUDA: {why}");
-            None
-        }
-    }
-}
 
 fn bf16_values(rng: &mut StdRng, n: usize, amp: f32) -> Vec<f32> {
     (0..n)

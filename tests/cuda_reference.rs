@@ -3,13 +3,16 @@
 //! compare exactly the same data. Every test skips (and says so) without a CUDA driver, device
 //! or NVRTC.
 
+mod gpu_support;
+use gpu_support::gpu;
+
 use moescope::engine::config::MoeConfig;
 use moescope::engine::cpu::CpuBackend;
 use moescope::engine::cuda::fp8::Fp8Slots;
 use moescope::engine::cuda::gpu::Gpu;
+use moescope::engine::cuda::kernels::DevPtr;
 use moescope::engine::cuda::layer::DeviceLayer;
 use moescope::engine::cuda::reference::{DeviceReference, PathOutputs, RefWeights};
-use moescope::engine::cuda::{self, kernels::DevPtr};
 use moescope::engine::numerics::StepNumerics;
 use moescope::engine::paths::{PathSpec, Variant, VARIANTS};
 use moescope::engine::weights::fp8::{self, Fp8Mlp};
@@ -19,16 +22,6 @@ use std::sync::Arc;
 
 const SEED: u64 = 5;
 const SKEW: f32 = 0.5;
-
-fn gpu() -> Option<Gpu> {
-    match cuda::probe() {
-        Ok(()) => Some(Gpu::open().expect("a probed GPU opens")),
-        Err(why) => {
-            println!("skipped: no CUDA: {why}");
-            None
-        }
-    }
-}
 
 /// A preset at sizes the CUDA kernels take (multiples of 64), small enough for the host's f64.
 fn small(preset: &str) -> MoeConfig {
