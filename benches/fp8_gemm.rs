@@ -8,8 +8,9 @@
 //! and exits 0 without a GPU.
 
 use anyhow::Result;
+use cudarc::driver::CudaSlice;
 use moescope::engine::cuda;
-use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Tile};
+use moescope::engine::cuda::fp8::{self as dfp8, DeviceStack, Fp8Gemm, Fp8Sum, Tile};
 use moescope::engine::cuda::gpu::Gpu;
 use moescope::engine::cuda::kernels::GemmRows;
 use moescope::engine::cuda::timing;
@@ -42,8 +43,9 @@ fn main() -> Result<()> {
     println!("device: {}", gpu.describe());
     let copy_gbs = timing::copy_bandwidth(&gpu, REPEATS)?;
     println!("copy bandwidth: {copy_gbs:.0} GB/s (read + write)");
-    let dense = dfp8::dense_tflops(&gpu, REPEATS)?;
-    println!("dense FP8 (this kernel, 8192 x 4096 x 7168): {dense:.0} TFLOP/s");
+    let fp32 = dfp8::dense_tflops(&gpu, REPEATS, Fp8Sum::Fp32)?;
+    let dense = dfp8::dense_tflops(&gpu, REPEATS, Fp8Sum::TensorCore)?;
+    println!("dense FP8 (this kernel, 8192 x 4096 x 7168): {dense:.0} TFLOP/s on the tensor cores' sums, {fp32:.0} summed in fp32");
     let w13 = dfp8::random_stack(&gpu, E + 1, 2 * I, H, 1)?;
     let w2 = dfp8::random_stack(&gpu, E + 1, H, I, 2)?;
     println!(
@@ -93,11 +95,6 @@ fn bench_tokens(
     let groups = E + 1;
     let (order, offsets) = route(t, t as u64);
     let active = (0..groups).filter(|&g| offsets[g + 1] > offsets[g]).count();
-    let tile = Tile::for_fp8_rows(rows, groups);
-    let bm = tile.rows() as i32;
-    let m_tiles: usize = (0..groups)
-        .map(|g| ((offsets[g + 1] - offsets[g] + bm - 1) / bm) as usize)
-        .sum();
     let x = dfp8::random_bytes(gpu, t * H, 5)?;
     let sx = gpu.alloc::<f32>(t * H / 128, "x scales")?;
     gpu.fill(gpu.ptr(&sx), sx.len(), 1f32.to_bits())?;
@@ -106,20 +103,26 @@ fn bench_tokens(
     gpu.fill(gpu.ptr(&sact), sact.len(), 1f32.to_bits())?;
     let d_order = gpu.upload(&order, "order")?;
     let d_off = gpu.upload(&offsets, "offsets")?;
-    let d_tiles = gpu.alloc::<i32>(groups + 1, "tiles")?;
-    dfp8::tile_scan(gpu, gpu.ptr(&d_off), groups, tile, gpu.ptr(&d_tiles))?;
     let h1 = gpu.alloc::<f32>(rows * 2 * I, "h1")?;
     let eo = gpu.alloc::<f32>(rows * H, "eo")?;
-    let up_splits = dfp8::k_splits(gpu.sms, tile, m_tiles, 2 * I, H);
-    let down_splits = dfp8::k_splits(gpu.sms, tile, m_tiles, H, I);
+    // As the layer runs them (fp8::ExpertBuffers): up summed in fp32, down on the tensor cores.
+    let plan = |sum: Fp8Sum, n: usize, k: usize| -> Result<(Tile, usize, CudaSlice<i32>)> {
+        let tile = Tile::for_fp8_rows(rows, groups, sum);
+        let tiles = gpu.alloc::<i32>(groups + 1, "tiles")?;
+        dfp8::tile_scan(gpu, gpu.ptr(&d_off), groups, tile, gpu.ptr(&tiles))?;
+        let splits = dfp8::k_splits(gpu.sms, tile, tile.max_tiles(rows, groups), n, k);
+        Ok((tile, splits, tiles))
+    };
+    let (up_tile, up_splits, up_tiles) = plan(Fp8Sum::Fp32, 2 * I, H)?;
+    let (down_tile, down_splits, down_tiles) = plan(Fp8Sum::TensorCore, H, I)?;
     let part = |splits: usize, n: usize| if splits > 1 { splits * rows * n } else { 0 };
     let parts_len = part(up_splits, 2 * I).max(part(down_splits, H));
     let parts = gpu.alloc::<f32>(parts_len, "partials")?;
-    let common = |w: &DeviceStack| Fp8Gemm {
+    let common = |w: &DeviceStack, tile: Tile, tiles: &CudaSlice<i32>| Fp8Gemm {
         a_map: gpu.ptr(&d_order),
         a_div: SPT as i32,
         offsets: gpu.ptr(&d_off),
-        tiles: gpu.ptr(&d_tiles),
+        tiles: gpu.ptr(tiles),
         groups,
         rows,
         tile,
@@ -130,16 +133,18 @@ fn bench_tokens(
         a_scales: gpu.ptr(&sx),
         a_mode: GemmRows::Mapped,
         c: gpu.ptr(&h1),
-        ..common(w13)
+        ..common(w13, up_tile, &up_tiles)
     };
     let down = Fp8Gemm {
         a: gpu.ptr(&act),
         a_scales: gpu.ptr(&sact),
         a_mode: GemmRows::Direct,
         c: gpu.ptr(&eo),
-        ..common(w2)
+        sum: Fp8Sum::TensorCore,
+        ..common(w2, down_tile, &down_tiles)
     };
     for (name, g, splits, w) in [("up", up, up_splits, w13), ("down", down, down_splits, w2)] {
+        let tile = g.tile;
         let us = time_us(gpu, || dfp8::gemm_split(gpu, &g, splits, gpu.ptr(&parts)))?;
         let bytes = active * w.bytes_per_matrix();
         let floor = bytes as f64 / (copy_gbs * 1e3);

@@ -1,7 +1,8 @@
 // FP8 experts (DeepSeek-V3's format): activations quantized per row and group of 128 along K
 // (bf16 input, or SiLU*mul of the up projection's f32 output), and a grouped GEMM on e4m3 tensor
-// cores with fp32 accumulation, one weight scale per 128x128 block and one activation scale per
-// row and 128-column group, applied per K block; per-group row offsets read from device memory.
+// cores with fp32 accumulation (or, on Hopper's wgmma, fp32 sums of the tensor cores' K-block
+// sums: registry.rs Fp8Sum), one weight scale per 128x128 block and one activation scale per row and 128-column group, applied per K block;
+// per-group row offsets read from device memory.
 // The quantizers compute the bits of src/engine/weights/fp8.rs: s = amax / 448 (1 for an
 // all-zero group), q = e4m3_rn_satfinite(x / s).
 
@@ -136,7 +137,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m32(const 
     grouped_gemm_tiles<E4m3Mma, 2, 1, 4>(a);
 }
 
-// 64-row tiles: larger batches (warps 2 x 4, each 32 x 32).
+// 64-row tiles: larger batches (warps 2 x 4, each 32 x 32), fp32 sums (registry.rs Fp8Sum).
 extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m64(const Fp8GemmArgs a) {
     grouped_gemm_tiles<E4m3Mma, 2, 2, 4>(a);
 }
@@ -144,4 +145,23 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_m64(const 
 // 128-row tiles: prefill-sized groups (warps 2 x 4, each 64 x 32), one block per SM.
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8_m128(const Fp8GemmArgs a) {
     grouped_gemm_tiles<E4m3Mma, 2, 4, 4>(a);
+}
+
+// The same tiles summed by the tensor cores (Fp8Sum::TensorCore): on sm_90a two warpgroups on
+// wgmma (64 x 64 each for 64-row tiles, 64 x 128 for 128-row tiles), each K block promoted to
+// fp32 (grouped_gemm_wgmma); elsewhere the mma.sync loop above.
+extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_fp8_tc_m64(const Fp8GemmArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    grouped_gemm_wgmma<E4m3Mma, 64>(a);
+#else
+    grouped_gemm_tiles<E4m3Mma, 2, 2, 4>(a);
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_fp8_tc_m128(const Fp8GemmArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    grouped_gemm_wgmma<E4m3Mma, 128>(a);
+#else
+    grouped_gemm_tiles<E4m3Mma, 2, 4, 4>(a);
+#endif
 }

@@ -314,13 +314,17 @@ __device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
     }
 }
 
-// ---- Hopper (sm_90a): the 64- and 128-row bf16 tiles on wgmma ---------------------------------
+// ---- Hopper (sm_90a): the 64- and 128-row tiles on wgmma ---------------------------------------
 // The same blocks, groups, K splits, 4-stage cp.async pipeline and epilogue contract as
 // grouped_gemm_tiles, but the shared tiles are unpadded 128-byte rows in the 128-byte swizzle
 // (16-byte chunk c of row r at chunk c ^ (r & 7)), which wgmma reads straight from shared memory,
 // with no fragment loads at all. Two warpgroups: with 128-row tiles each multiplies its 64 rows
-// by all 128 columns (m64n128k16), with 64-row tiles each takes all 64 rows and its 64 of the
-// columns (m64n64k16); four a stage. Compiled only where NVRTC targets sm_90a
+// by all 128 columns (m64n128), with 64-row tiles each takes all 64 rows and its 64 of the
+// columns (m64n64); four instructions a stage (k16 bf16 or k32 e4m3: 32 bytes of each row
+// either way). FP8 sums each stage (one 128-deep K block) into a fresh accumulator and adds it,
+// scaled, into fp32 registers, as DeepGEMM promotes: Hopper's FP8 tensor cores keep fewer bits
+// than fp32 while they accumulate (rel-L2 about 1e-4 against the dequantized f64 math, run G28,
+// where mma.sync gives 6e-8). Compiled only where NVRTC targets sm_90a
 // (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere these kernels are the mma.sync loop.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -330,48 +334,77 @@ __device__ __forceinline__ u64 wg_desc(const unsigned char* smem) {
     return (u64)((a & 0x3FFFFu) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
 }
 
-// d += A (64 x 16, descriptor da) . B (N x 16, db)^T over one warpgroup; N = 2 x the registers.
-__device__ __forceinline__ void wg_mma(float (&d)[64], u64 da, u64 db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db));
+// The accumulator operands of one warpgroup: N = 2 x the registers.
+#define WG_D4(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define WG_D16(d, i) WG_D4(d, i), WG_D4(d, i + 4), WG_D4(d, i + 8), WG_D4(d, i + 12)
+#define WG_D32(d) WG_D16(d, 0), WG_D16(d, 16)
+#define WG_D64(d) WG_D32(d), WG_D16(d, 32), WG_D16(d, 48)
+#define WG_R32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define WG_R64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+// d = A (64 x K, descriptor da) . B (N x K, db)^T + (accumulate ? d : 0) over one warpgroup, K
+// 32 bytes of each row; the operand type picks the instruction.
+__device__ __forceinline__ void wg_mma(Bf16Mma, float (&d)[64], u64 da, u64 db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " WG_R64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : WG_D64(d)
+                 : "l"(da), "l"(db), "r"(accumulate));
 }
-__device__ __forceinline__ void wg_mma(float (&d)[32], u64 da, u64 db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db));
+__device__ __forceinline__ void wg_mma(Bf16Mma, float (&d)[32], u64 da, u64 db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " WG_R32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : WG_D32(d)
+                 : "l"(da), "l"(db), "r"(accumulate));
+}
+__device__ __forceinline__ void wg_mma(E4m3Mma, float (&d)[64], u64 da, u64 db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " WG_R64 ", %64, %65, p, 1, 1;\n}\n"
+                 : WG_D64(d)
+                 : "l"(da), "l"(db), "r"(accumulate));
+}
+__device__ __forceinline__ void wg_mma(E4m3Mma, float (&d)[32], u64 da, u64 db, int accumulate) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 " WG_R32 ", %32, %33, p, 1, 1;\n}\n"
+                 : WG_D32(d)
+                 : "l"(da), "l"(db), "r"(accumulate));
 }
 
-template <int BM, typename Args>
+template <typename F, int BM, typename Args>
 __device__ __forceinline__ void grouped_gemm_wgmma(const Args& p) {
     static_assert(BM == 64 || BM == 128, "wgmma tiles are 64 or 128 rows");
     constexpr int WG_N = BM == 128 ? 128 : 64;  // columns of one warpgroup
     constexpr int A_BYTES = BM * GG_ROW, STAGE_BYTES = A_BYTES + GG_BN * GG_ROW;
     constexpr int A_CHUNKS = BM * 8 / 256;      // 16-byte chunks of the A tile per thread
+    // FP8's scales of a stage after all tiles: A's per row, then B's one.
+    constexpr int SCALES = BM + 4;
+    static_assert(1023 + GG_STAGES * (STAGE_BYTES + SCALES * 4) <= (int)sizeof(GgStage<BM>) * GG_STAGES,
+                  "the launch's shared size (gemm_shared_bytes) holds the aligned wgmma stages");
     extern __shared__ __align__(128) unsigned char gg_smem[];
     // Swizzled tiles need 1024-byte alignment (the launch's shared size leaves room).
     unsigned char* base = (unsigned char*)(((size_t)gg_smem + 1023) & ~(size_t)1023);
+    float* scales = (float*)(base + GG_STAGES * STAGE_BYTES);
 
     GgBlock blk;
-    if (!gg_block<BM, 2>(p, blk)) return;
-    const int row0 = blk.row0, row_end = blk.row_end, n0 = blk.n0;
+    if (!gg_block<BM, F::ELEM>(p, blk)) return;
+    const int row0 = blk.row0, row_end = blk.row_end, n0 = blk.n0, KB = blk.KB;
     const int kb_len = blk.kb_len, kb0 = blk.kb0;
     const i64 row_bytes = blk.row_bytes;
     const unsigned char *A = blk.A, *B = blk.B;
     float* C = blk.C;
+    const float* SB = 0;
+    if constexpr (F::SCALED)
+        SB = (blk.first ? p.bs0 : p.bs1) + (i64)blk.gi * p.bs_stride + (i64)(n0 / GG_BN) * KB;
 
     const int tid = threadIdx.x;
     i64 a_phys[A_CHUNKS];
 #pragma unroll
     for (int j = 0; j < A_CHUNKS; j++) a_phys[j] = gg_a_row(p, blk, (tid + 256 * j) >> 3);
+    const i64 sa_phys = F::SCALED && tid < BM ? gg_a_row(p, blk, tid) : -1;
     auto issue = [&](int kt) {
         unsigned char* sa = base + (kt % GG_STAGES) * STAGE_BYTES;
         unsigned char* sb = sa + A_BYTES;
-        const i64 k0 = (i64)(kb0 + kt) * GG_ROW;
+        const int kb = kb0 + kt;
+        const i64 k0 = (i64)kb * GG_ROW;
 #pragma unroll
         for (int j = 0; j < A_CHUNKS; j++) {
             const int c = tid + 256 * j, r = c >> 3, ch = c & 7;
@@ -384,6 +417,14 @@ __device__ __forceinline__ void grouped_gemm_wgmma(const Args& p) {
             const bool ok = n0 + r < p.n;
             gg_cp16(sb + r * GG_ROW + ((ch ^ (r & 7)) << 4), ok ? B + (i64)(n0 + r) * row_bytes + k0 + ch * 16 : B, ok);
         }
+        if constexpr (F::SCALED) {
+            float* ss = scales + (kt % GG_STAGES) * SCALES;
+            if (tid < BM) {
+                const bool ok = sa_phys >= 0;
+                gg_cp4(&ss[tid], ok ? p.a_scales + sa_phys * KB + kb : p.a_scales, ok);
+            }
+            if (tid == 255) gg_cp4(&ss[BM], SB + kb, true);
+        }
     };
 #pragma unroll
     for (int s = 0; s < GG_STAGES - 1; s++) {
@@ -392,11 +433,13 @@ __device__ __forceinline__ void grouped_gemm_wgmma(const Args& p) {
     }
 
     const int warp = tid >> 5, lane = tid & 31, wg = warp >> 2;
-    // This warpgroup's rows and columns within the tile.
+    const int gid = lane >> 2, tig = lane & 3;
+    // This warpgroup's rows and columns within the tile; this thread's two rows of them.
     const int wg_row = BM == 128 ? wg * 64 : 0, wg_col = BM == 128 ? 0 : wg * 64;
-    float acc[WG_N / 2];
+    const int r_lo = wg_row + (warp & 3) * 16 + gid;
+    float acc[WG_N / 2], part[WG_N / 2];
 #pragma unroll
-    for (int i = 0; i < WG_N / 2; i++) acc[i] = 0.f;
+    for (int i = 0; i < WG_N / 2; i++) acc[i] = part[i] = 0.f;
     for (int kt = 0; kt < kb_len; kt++) {
         gg_wait<GG_STAGES - 2>();
         // This thread's cp.async writes become visible to wgmma's (async-proxy) reads.
@@ -407,21 +450,34 @@ __device__ __forceinline__ void grouped_gemm_wgmma(const Args& p) {
         gg_commit();
         const unsigned char* sa = base + (kt % GG_STAGES) * STAGE_BYTES + wg_row * GG_ROW;
         const unsigned char* sb = base + (kt % GG_STAGES) * STAGE_BYTES + A_BYTES + wg_col * GG_ROW;
+        float (&d)[WG_N / 2] = F::SCALED ? part : acc;
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-        for (int kk = 0; kk < GG_ROW; kk += 32) wg_mma(acc, wg_desc(sa + kk), wg_desc(sb + kk));
+        for (int kk = 0; kk < GG_ROW; kk += 32) wg_mma(F{}, d, wg_desc(sa + kk), wg_desc(sb + kk), !F::SCALED || kk > 0);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        if constexpr (F::SCALED) {
+            // This K block's scales: per row of A times the one block scale of B.
+            const float* ss = scales + (kt % GG_STAGES) * SCALES;
+            const float f0 = ss[r_lo] * ss[BM], f1 = ss[r_lo + 8] * ss[BM];
+#pragma unroll
+            for (int j = 0; j < WG_N / 8; j++) {
+                acc[4 * j] += part[4 * j] * f0;
+                acc[4 * j + 1] += part[4 * j + 1] * f0;
+                acc[4 * j + 2] += part[4 * j + 2] * f1;
+                acc[4 * j + 3] += part[4 * j + 3] * f1;
+            }
+        }
     }
     gg_wait<0>();
 
     // D layout: warp w of the warpgroup holds rows 16 (w % 4) .. + 15; n8 tile j in d[4j .. 4j + 3]
     // as an m16n8 accumulator.
-    const int gid = lane >> 2, tig = lane & 3;
-    const float* bias = p.col_bias;
+    const float* bias = 0;
+    if constexpr (!F::SCALED) bias = p.col_bias;
 #pragma unroll
     for (int half = 0; half < 2; half++) {
-        const int r = row0 + wg_row + (warp & 3) * 16 + gid + half * 8;
+        const int r = row0 + r_lo + half * 8;
         if (r >= row_end) continue;
 #pragma unroll
         for (int j = 0; j < WG_N / 8; j++) {

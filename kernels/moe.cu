@@ -66,7 +66,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m16(const
     grouped_gemm_tiles<Bf16Mma, 1, 1, 2>(a);
 }
 
-// 32-row tiles: groups of a few dozen rows (warps 2 x 4, each 16 x 32).
+// 32-row tiles: groups of a few dozen rows on cards without wgmma (warps 2 x 4, each 16 x 32).
 extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m32(const GemmArgs a) {
     grouped_gemm_tiles<Bf16Mma, 2, 1, 4>(a);
 }
@@ -75,7 +75,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m32(const
 // (grouped_gemm_wgmma); elsewhere warps 2 x 4, each 32 x 32 on mma.sync.
 extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m64(const GemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    grouped_gemm_wgmma<64>(a);
+    grouped_gemm_wgmma<Bf16Mma, 64>(a);
 #else
     grouped_gemm_tiles<Bf16Mma, 2, 2, 4>(a);
 #endif
@@ -86,7 +86,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) grouped_gemm_bf16_m64(const
 // serves four A fragments; 147 KB of shared memory).
 extern "C" __global__ void __launch_bounds__(256, 1) grouped_gemm_bf16_m128(const GemmArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    grouped_gemm_wgmma<128>(a);
+    grouped_gemm_wgmma<Bf16Mma, 128>(a);
 #else
     grouped_gemm_tiles<Bf16Mma, 2, 4, 4>(a);
 #endif

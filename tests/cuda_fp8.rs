@@ -1,11 +1,12 @@
 //! The FP8 kernels (kernels/fp8.cu) against the CPU side (engine::weights::fp8): activation
 //! quantization bit for bit, the grouped GEMM against the f64 reference of the dequantized math
-//! (equal up to fp32 accumulation order). Every test skips, and says so, without a GPU.
+//! (equal up to fp32 accumulation order; with `Fp8Sum::TensorCore` on Hopper's wgmma, up to the
+//! FP8 tensor cores' accumulator within each K block). Every test skips, and says so, without a GPU.
 
 mod gpu_support;
 use gpu_support::gpu;
 
-use moescope::engine::cuda::fp8::{self as dfp8, Fp8Gemm, Tile};
+use moescope::engine::cuda::fp8::{self as dfp8, Fp8Gemm, Fp8Sum, Tile};
 use moescope::engine::cuda::kernels::GemmRows;
 use moescope::engine::weights::fp8::{gemm_reference, BlockScaled, TokenGroups};
 use moescope::engine::weights::round_bf16;
@@ -154,7 +155,11 @@ fn grouped_gemm_matches_the_dequantized_reference() {
             .map(|g| (offsets[g + 1] - offsets[g] + bm - 1) / bm)
             .sum();
         assert_eq!(tiles[groups], want, "{tile:?} tile count");
-        for splits in [1, 3] {
+        let sums = match tile {
+            Tile::M16 | Tile::M32 => &[Fp8Sum::Fp32][..], // one kernel either way
+            Tile::M64 | Tile::M128 => &[Fp8Sum::Fp32, Fp8Sum::TensorCore][..],
+        };
+        for (&sum, splits) in sums.iter().flat_map(|s| [(s, 1), (s, 3)]) {
             gpu.fill(gpu.ptr(&d_c), rows * n, 0x7fc0_0000).unwrap();
             let g = Fp8Gemm {
                 a: gpu.ptr(&d_a),
@@ -170,6 +175,7 @@ fn grouped_gemm_matches_the_dequantized_reference() {
                 k,
                 rows,
                 tile,
+                sum,
                 k_splits: 1,
                 c_split: 0,
                 ..Fp8Gemm::blank(&gpu, &first)
@@ -184,26 +190,49 @@ fn grouped_gemm_matches_the_dequantized_reference() {
             check(
                 &c,
                 &refs,
-                &order,
-                &offsets,
-                spt,
-                n,
-                &format!("{tile:?}, {splits} splits"),
+                (&order, &offsets, spt, n),
+                Bound::of(tile, sum, &gpu.arch),
+                &format!("{tile:?}, {sum:?}, {splits} splits"),
             );
         }
     }
 }
 
-/// Every element written and equal to the reference up to fp32 accumulation.
+/// How far a tile's output may be from the f64 reference: rel-L2, and the largest error as a
+/// share of the largest |reference|.
+struct Bound {
+    rel_l2: f64,
+    max_err: f64,
+}
+
+impl Bound {
+    /// mma.sync accumulates in fp32 (measured rel-L2 6e-8). Hopper's wgmma sums each 128-deep K
+    /// block in the FP8 tensor cores' narrower accumulator before the kernel promotes it to fp32
+    /// (measured 1.1e-4, run G32): 4x that, and the 1e-3 for the largest error.
+    fn of(tile: Tile, sum: Fp8Sum, arch: &str) -> Bound {
+        match sum == Fp8Sum::TensorCore && tile.on_wgmma(arch) {
+            false => Bound {
+                rel_l2: 1e-5,
+                max_err: 1e-4,
+            },
+            true => Bound {
+                rel_l2: 5e-4,
+                max_err: 1e-3,
+            },
+        }
+    }
+}
+
+/// Every element written and equal to the reference up to the tile's accumulation; `rows` are
+/// the assignment order, group offsets, slots per token and columns.
 fn check(
     c: &[f32],
     refs: &[Vec<f64>],
-    order: &[i32],
-    offsets: &[i32],
-    spt: usize,
-    n: usize,
+    rows: (&[i32], &[i32], usize, usize),
+    bound: Bound,
     what: &str,
 ) {
+    let (order, offsets, spt, n) = rows;
     let (mut err2, mut ref2, mut max_ref, mut max_err) = (0f64, 0f64, 0f64, 0f64);
     for g in 0..offsets.len() - 1 {
         for p in offsets[g] as usize..offsets[g + 1] as usize {
@@ -220,8 +249,11 @@ fn check(
     }
     let rel = (err2 / ref2).sqrt();
     println!("{what}: rel-L2 {rel:.2e}, max err {max_err:.2e} of max |ref| {max_ref:.2e}");
-    assert!(rel <= 1e-5, "{what}: rel-L2 {rel:.3e}");
-    assert!(max_err <= 1e-4 * max_ref, "{what}: max err {max_err:.3e}");
+    assert!(rel <= bound.rel_l2, "{what}: rel-L2 {rel:.3e}");
+    assert!(
+        max_err <= bound.max_err * max_ref,
+        "{what}: max err {max_err:.3e}"
+    );
 }
 
 /// The tiny FP8 checkpoint's experts, uploaded as stored (no re-quantization), with the shared

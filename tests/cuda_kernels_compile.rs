@@ -16,7 +16,7 @@ fn nvrtc() -> bool {
 }
 
 /// Plain sm_90 (the mma.sync kernels everywhere) and sm_90a (what a Hopper card compiles: the
-/// 128-row bf16 GEMM on wgmma).
+/// 64- and 128-row GEMM tiles on wgmma).
 #[test]
 fn every_kernel_compiles_for_sm_90_and_sm_90a() {
     if !nvrtc() {

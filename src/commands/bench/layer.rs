@@ -6,7 +6,7 @@
 use super::report::PathRow;
 use super::{say, BenchArgs, Progress};
 use crate::engine::config::MoeConfig;
-use crate::engine::cuda::fp8 as dfp8;
+use crate::engine::cuda::fp8::{self as dfp8, Fp8Sum};
 use crate::engine::cuda::gpu::Gpu;
 use crate::engine::cuda::layer::gemm;
 use crate::engine::cuda::layer::CudaBackend;
@@ -22,7 +22,9 @@ use std::sync::Arc;
 /// The path rows and the dense rates they were measured against.
 pub struct BenchPaths {
     pub rows: Vec<PathRow>,
+    /// The FP8 kernel's dense rate on the tensor cores' sums, and summed in fp32 (`Fp8Sum`).
     pub fp8_dense_tflops: Option<f64>,
+    pub fp8_fp32_dense_tflops: Option<f64>,
     pub bf16_dense_tflops: f64,
 }
 
@@ -62,18 +64,19 @@ pub fn bench_paths(
         progress,
         "dense bf16 GEMM (the grouped kernel, 8192 × 4096 × 7168): {bf16_dense:.0} TFLOP/s"
     );
-    let dense = match crate::engine::weights::fp8::check_sizes(&cfg, true, true) {
+    let (dense, fp32_dense) = match crate::engine::weights::fp8::check_sizes(&cfg, true, true) {
         Ok(()) => {
-            let tflops = dfp8::dense_tflops(gpu, super::REPEATS)?;
+            let tflops = dfp8::dense_tflops(gpu, super::REPEATS, Fp8Sum::TensorCore)?;
+            let fp32 = dfp8::dense_tflops(gpu, super::REPEATS, Fp8Sum::Fp32)?;
             say!(
                 progress,
-                "dense FP8 GEMM (the FP8 kernel, 8192 × 4096 × 7168): {tflops:.0} TFLOP/s"
+                "dense FP8 GEMM (the FP8 kernel, 8192 × 4096 × 7168): {tflops:.0} TFLOP/s on the tensor cores' sums (the down projection's), {fp32:.0} summed in fp32 (the up projection's)"
             );
-            Some(tflops)
+            (Some(tflops), Some(fp32))
         }
         Err(why) => {
             say!(progress, "no FP8 rows: {why:#}");
-            None
+            (None, None)
         }
     };
     say!(
@@ -129,6 +132,7 @@ pub fn bench_paths(
     Ok(BenchPaths {
         rows,
         fp8_dense_tflops: dense,
+        fp8_fp32_dense_tflops: fp32_dense,
         bf16_dense_tflops: bf16_dense,
     })
 }

@@ -135,6 +135,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let paths = layer::bench_paths(&gpu, &args, copy_gbs, &progress)?;
         report.paths = paths.rows;
         report.fp8_dense_tflops = paths.fp8_dense_tflops;
+        report.fp8_fp32_dense_tflops = paths.fp8_fp32_dense_tflops;
         report.bf16_dense_tflops = Some(paths.bf16_dense_tflops);
     }
     if let Some(old) = &old {

@@ -105,9 +105,13 @@ pub struct BenchReport {
     pub launch_floor_us: f64,
     pub routers: Vec<RouterRow>,
     pub paths: Vec<PathRow>,
-    /// One dense 8192 × 4096 × 7168 GEMM of the FP8 kernel, TFLOP/s (where FP8 rows ran).
+    /// One dense 8192 × 4096 × 7168 GEMM of the FP8 kernel, TFLOP/s (where FP8 rows ran): on
+    /// the tensor cores' sums (reports before `Fp8Sum` had one kind, summed in fp32), and summed
+    /// in fp32 (none before).
     #[serde(default)]
     pub fp8_dense_tflops: Option<f64>,
+    #[serde(default)]
+    pub fp8_fp32_dense_tflops: Option<f64>,
     /// One dense 8192 × 4096 × 7168 GEMM of the bf16 grouped kernel, TFLOP/s (where path rows
     /// ran; reports before it had none).
     #[serde(default)]
@@ -130,6 +134,7 @@ impl BenchReport {
             routers: Vec::new(),
             paths: Vec::new(),
             fp8_dense_tflops: None,
+            fp8_fp32_dense_tflops: None,
             bf16_dense_tflops: None,
         }
     }
@@ -249,6 +254,7 @@ mod tests {
                 gemm_of_dense: Some(0.5),
             }],
             fp8_dense_tflops: Some(900.0),
+            fp8_fp32_dense_tflops: Some(450.0),
             bf16_dense_tflops: Some(600.0),
         };
         let dir = tempfile::tempdir().unwrap();

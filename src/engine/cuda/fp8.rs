@@ -7,11 +7,11 @@
 
 use super::gpu::{Gpu, Timer};
 use super::kernels::wave_splits;
-pub use super::kernels::Tile;
 use super::kernels::{
     DevPtr, Fp8BlocksArgs, Fp8GemmArgs, Fp8QuantArgs, Fp8SiluArgs, Fp8TilesArgs, GemmRows,
     SplitkReduceArgs,
 };
+pub use super::kernels::{Fp8Sum, Tile};
 use crate::engine::step::Stage;
 use crate::engine::weights::fp8::{BlockScaled, Fp8Mlp, BLOCK};
 use anyhow::{ensure, Result};
@@ -259,6 +259,7 @@ pub struct Fp8Gemm {
     /// An upper bound of the rows of all groups together.
     pub rows: usize,
     pub tile: Tile,
+    pub sum: Fp8Sum,
     /// K splits (partials at c + z · c_split, summed by `splitk_reduce`) or 1.
     pub k_splits: usize,
     pub c_split: usize,
@@ -317,7 +318,7 @@ pub fn gemm(gpu: &Gpu, g: &Fp8Gemm) -> Result<()> {
         bm: g.tile.rows() as i32,
         max_tiles: max_tiles as i32,
     };
-    gpu.launch_fn(g.tile.fp8_function(), args)
+    gpu.launch_fn(g.tile.fp8_function(g.sum), args)
 }
 
 /// Sums `splits` partial [rows × n] products at `parts` into `out` in split order
@@ -375,13 +376,36 @@ impl Fp8Experts {
     }
 }
 
+/// How one projection of the FP8 expert MLP launches: how it sums, its tile, its K splits and
+/// its tile offsets.
+pub struct Projection {
+    pub sum: Fp8Sum,
+    pub tile: Tile,
+    pub splits: usize,
+    /// Tile offsets [groups + 1] (`tile_scan` each step).
+    pub tiles: CudaSlice<i32>,
+}
+
+impl Projection {
+    fn new(gpu: &Gpu, sum: Fp8Sum, rows: usize, groups: usize, n: usize, k: usize) -> Result<Self> {
+        let tile = Tile::for_fp8_rows(rows, groups, sum);
+        Ok(Projection {
+            sum,
+            tile,
+            splits: k_splits(gpu.sms, tile, tile.max_tiles(rows, groups), n, k),
+            tiles: gpu.alloc(groups + 1, "FP8 GEMM tiles")?,
+        })
+    }
+}
+
 /// Device buffers of the FP8 expert MLP for `tokens` tokens of `spt` slots each.
 pub struct ExpertBuffers {
     pub tokens: usize,
     pub rows: usize,
-    pub tile: Tile,
-    pub up_splits: usize,
-    pub down_splits: usize,
+    /// The up projection sums in fp32: its output is quantized again, where a difference of
+    /// 1e-4 moves codes (`Fp8Sum`). The down projection's output is summed as it is.
+    pub up: Projection,
+    pub down: Projection,
     /// The tokens in e4m3 [T × H] and their scales [T × H/128].
     pub xq: CudaSlice<u8>,
     pub xs: CudaSlice<f32>,
@@ -390,7 +414,6 @@ pub struct ExpertBuffers {
     /// SiLU·mul in e4m3 [rows × I] and its scales.
     pub aq: CudaSlice<u8>,
     pub a_s: CudaSlice<f32>,
-    pub tiles: CudaSlice<i32>,
     pub parts: CudaSlice<f32>,
 }
 
@@ -410,27 +433,21 @@ impl ExpertBuffers {
         let (h, i2) = (like.w13.cols, like.w13.rows);
         let i = i2 / 2;
         let rows = tokens * spt;
-        let tile = Tile::for_fp8_rows(rows, groups);
-        let m_tiles = rows.min(rows.div_ceil(tile.rows()) + groups);
-        let up_splits = k_splits(gpu.sms, tile, m_tiles, i2, h);
-        let down_splits = k_splits(gpu.sms, tile, m_tiles, h, i);
+        let up = Projection::new(gpu, Fp8Sum::Fp32, rows, groups, i2, h)?;
+        let down = Projection::new(gpu, Fp8Sum::TensorCore, rows, groups, h, i)?;
         let part = |splits: usize, n: usize| if splits > 1 { splits * rows * n } else { 0 };
+        let parts = part(up.splits, i2).max(part(down.splits, h));
         Ok(ExpertBuffers {
             tokens,
             rows,
-            tile,
-            up_splits,
-            down_splits,
+            up,
+            down,
             xq: gpu.alloc(tokens * h, "FP8 tokens")?,
             xs: gpu.alloc(tokens * h / BLOCK, "FP8 token scales")?,
             h1: gpu.alloc(rows * i2, "FP8 expert gate/up outputs")?,
             aq: gpu.alloc(rows * i, "FP8 expert activations")?,
             a_s: gpu.alloc(rows * i / BLOCK, "FP8 activation scales")?,
-            tiles: gpu.alloc(groups + 1, "FP8 GEMM tiles")?,
-            parts: gpu.alloc(
-                part(up_splits, i2).max(part(down_splits, h)),
-                "FP8 GEMM partials",
-            )?,
+            parts: gpu.alloc(parts, "FP8 GEMM partials")?,
         })
     }
 }
@@ -480,18 +497,21 @@ pub fn run_slots(
     let groups = routed.w13.count + shared.map_or(0, |s| s.w13.count);
     timer.start(gpu)?;
     quant_rows(gpu, io.x, b.tokens, h, gpu.ptr(&b.xq), gpu.ptr(&b.xs))?;
-    tile_scan(gpu, io.offsets, groups, b.tile, gpu.ptr(&b.tiles))?;
+    for p in [&b.up, &b.down] {
+        tile_scan(gpu, io.offsets, groups, p.tile, gpu.ptr(&p.tiles))?;
+    }
     let quant_bytes = (b.tokens * h * 3 + 4 * b.tokens * h / BLOCK) as u64;
     timer.stop(gpu, Stage::Fp8Quant, Some(quant_bytes))?;
-    let gemm_of = |stack: &DeviceStack, shared: Option<&DeviceStack>| {
+    let gemm_of = |p: &Projection, stack: &DeviceStack, shared: Option<&DeviceStack>| {
         let g = Fp8Gemm {
             a_map: io.order,
             a_div: io.spt as i32,
             offsets: io.offsets,
-            tiles: gpu.ptr(&b.tiles),
+            tiles: gpu.ptr(&p.tiles),
             groups,
             rows: b.rows,
-            tile: b.tile,
+            tile: p.tile,
+            sum: p.sum,
             ..Fp8Gemm::blank(gpu, stack)
         };
         match shared {
@@ -508,11 +528,11 @@ pub fn run_slots(
         a_scales: gpu.ptr(&b.xs),
         a_mode: io.rows_mode,
         c: gpu.ptr(&b.h1),
-        ..gemm_of(&routed.w13, shared.map(|s| &s.w13))
+        ..gemm_of(&b.up, &routed.w13, shared.map(|s| &s.w13))
     };
     let parts = gpu.ptr(&b.parts);
     timer.start(gpu)?;
-    gemm_split(gpu, &up, b.up_splits, parts)?;
+    gemm_split(gpu, &up, b.up.splits, parts)?;
     timer.stop(gpu, Stage::ExpertGemmUp, None)?;
     timer.start(gpu)?;
     silu_mul_quant(
@@ -529,10 +549,10 @@ pub fn run_slots(
         a: gpu.ptr(&b.aq),
         a_scales: gpu.ptr(&b.a_s),
         c: io.eo,
-        ..gemm_of(&routed.w2, shared.map(|s| &s.w2))
+        ..gemm_of(&b.down, &routed.w2, shared.map(|s| &s.w2))
     };
     timer.start(gpu)?;
-    gemm_split(gpu, &down, b.down_splits, parts)?;
+    gemm_split(gpu, &down, b.down.splits, parts)?;
     timer.stop(gpu, Stage::ExpertGemmDown, None)
 }
 
@@ -595,6 +615,7 @@ impl Fp8Gemm {
             k: w.cols,
             rows: 0,
             tile: Tile::M64,
+            sum: Fp8Sum::Fp32,
             k_splits: 1,
             c_split: 0,
         }
@@ -602,9 +623,10 @@ impl Fp8Gemm {
     }
 }
 
-/// TFLOP/s of one dense GEMM [8192 × 7168] · [4096 × 7168]ᵀ with this kernel (the median of
-/// `repeats` event-timed runs): the dense FP8 rate grouped GEMMs are measured against.
-pub fn dense_tflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
+/// TFLOP/s of one dense GEMM [8192 × 7168] · [4096 × 7168]ᵀ with this kernel, summing as `sum`
+/// says (the median of `repeats` event-timed runs): the dense FP8 rates grouped GEMMs are
+/// measured against.
+pub fn dense_tflops(gpu: &Gpu, repeats: usize, sum: Fp8Sum) -> Result<f64> {
     let (m, n, k) = (8192usize, 4096usize, 7168usize);
     let w = random_stack(gpu, 1, n, k, 3)?;
     let a = random_bytes(gpu, m * k, 4)?;
@@ -614,7 +636,7 @@ pub fn dense_tflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
     let off = gpu.upload(&[0i32, m as i32], "offsets")?;
     let tiles = gpu.alloc::<i32>(2, "tiles")?;
     // The tile a group of m rows gets.
-    let tile = Tile::for_fp8_rows(m, 1);
+    let tile = Tile::for_fp8_rows(m, 1, sum);
     tile_scan(gpu, gpu.ptr(&off), 1, tile, gpu.ptr(&tiles))?;
     let g = Fp8Gemm {
         a: gpu.ptr(&a),
@@ -624,6 +646,7 @@ pub fn dense_tflops(gpu: &Gpu, repeats: usize) -> Result<f64> {
         tiles: gpu.ptr(&tiles),
         rows: m,
         tile,
+        sum,
         ..Fp8Gemm::blank(gpu, &w)
     };
     let us = super::timing::median_us(gpu, repeats, || gemm(gpu, &g))?;
@@ -645,11 +668,18 @@ mod tests {
         assert_eq!(Tile::for_rows(8, 8), Tile::M16);
         assert_eq!(Tile::for_rows(2048, 9), Tile::M64);
         assert_eq!(Tile::for_rows(4096, 9), Tile::M128);
-        assert_eq!(Tile::for_fp8_rows(2048, 9), Tile::M64);
-        assert_eq!(Tile::for_fp8_rows(4096, 9), Tile::M128);
-        // DeepSeek-V3 at T = 1024 (path B: 10240 rows over 257 groups).
+        // DeepSeek-V3 at T = 512 and 1024 (path B: 5120 and 10240 rows over 257 groups): the
+        // wgmma rule takes 64-row tiles, the mma.sync rule 32-row ones.
+        assert_eq!(Tile::for_rows(5120, 257), Tile::M64);
         assert_eq!(Tile::for_rows(10240, 257), Tile::M64);
-        assert_eq!(Tile::for_fp8_rows(10240, 257), Tile::M32);
+        assert_eq!(Tile::for_fp8_rows(5120, 257, Fp8Sum::Fp32), Tile::M32);
+        assert_eq!(Tile::for_fp8_rows(10240, 257, Fp8Sum::Fp32), Tile::M32);
+        assert_eq!(
+            Tile::for_fp8_rows(10240, 257, Fp8Sum::TensorCore),
+            Tile::M64
+        );
+        assert_eq!(Tile::for_fp8_rows(2048, 9, Fp8Sum::Fp32), Tile::M64);
+        assert_eq!(Tile::for_fp8_rows(4096, 9, Fp8Sum::Fp32), Tile::M128);
     }
 
     #[test]

@@ -48,7 +48,7 @@ impl Gpu {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(cuda_err("reading the compute capability"))?;
-        // Hopper's wgmma needs the architecture-specific target (the 128-row bf16 GEMM uses it).
+        // Hopper's wgmma needs the architecture-specific target (the 64- and 128-row GEMM tiles use it).
         let arch = if (major, minor) == (9, 0) {
             "sm_90a".to_string()
         } else {

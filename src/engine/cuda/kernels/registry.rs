@@ -41,8 +41,9 @@ pub fn wave_splits(sms: u32, tile: Tile, blocks: usize, stages: usize, min_depth
 pub enum Tile {
     /// 16 rows: decode and small batches, where most rows of a 64-row tile would be empty.
     M16,
-    /// 32 rows: groups of a few dozen rows (DeepSeek-V3 near T = 512), where 16-row tiles would
-    /// stream each group's weights through L2 twice or more.
+    /// 32 rows: on mma.sync, groups of 12 to 48 rows (DeepSeek-V3 near T = 512), where 16-row
+    /// tiles would stream each group's weights through L2 twice or more and 64-row tiles would
+    /// be mostly zero fill.
     M32,
     M64,
     /// 128 rows: prefill-sized groups, where the MMA rate bounds the GEMM and a larger warp tile
@@ -70,25 +71,36 @@ impl Tile {
         }
     }
 
-    /// The bf16 tile for `rows` rows over `groups` groups by the groups' average rows: 16 below
-    /// 12, 32 below 32, 64 below 256, else 128 (fewer rows of zero fill against fewer passes over
-    /// the weights). On Hopper the 64- and 128-row tiles run on wgmma; there 64-row tiles win up
-    /// to about 256 rows a group (DeepSeek-V3 on an H200, run G31, layer B: T = 2048 8626 µs
-    /// against 9801 with 128-row tiles from 64 rows, T = 4096 14269 against 14814, T = 16384
-    /// even). Other cards run the same rule on the mma.sync kernels, not measured there.
+    /// The tile of a bf16 GEMM, or of an FP8 one on the tensor cores' sums, for `rows` rows over
+    /// `groups` groups, by the groups' average rows: 16 below 12, 64 below 256, else 128 (fewer
+    /// rows of zero fill against fewer passes over the weights). Measured on an H200, DeepSeek-V3
+    /// layer B, where the 64- and 128-row tiles run on wgmma: 64-row tiles from 12 rows a group
+    /// beat 32-row mma.sync tiles (run G34, T = 512, 18 rows a group: bf16 6761 -> 6180 µs, FP8
+    /// 4622 -> 3256), and win up to about 256 (bf16, run G31: T = 2048 8626 µs against 9801 with
+    /// 128-row tiles from 64 rows, T = 4096 14269 against 14814, T = 16384 even). Cards without
+    /// wgmma run bf16 by this rule too (not measured there; `for_mma_sync_rows` is the H200's
+    /// mma.sync rule).
     pub fn for_rows(rows: usize, groups: usize) -> Tile {
-        Tile::by_average(rows, groups, 32, 256)
+        Tile::by_average(rows, groups, 12, 256)
     }
 
-    /// The FP8 tile (mma.sync everywhere): 32-row tiles up to 48 rows a group, since an e4m3 MMA
-    /// does twice the K of a bf16 one per fragment load and the FP8 GEMM stays bound by bytes
-    /// longer (run G18 at T = 1024: 32-row tiles 6384 µs, 64-row 7032), and 128-row tiles from
-    /// 256 (run G26: from 64 rows T = 2048 took 12909 µs against 10526, T = 4096 19304 against
-    /// 18194; run G23: T = 16384 64173 -> 61511 µs from 256).
-    pub fn for_fp8_rows(rows: usize, groups: usize) -> Tile {
+    /// The tile of a GEMM on mma.sync (FP8 summed in fp32): 32-row tiles up to 48 rows a group,
+    /// since an e4m3 MMA does twice the K of a bf16 one per fragment load and the GEMM stays
+    /// bound by bytes longer (run G18 at T = 1024: 32-row tiles 6384 µs, 64-row 7032), and
+    /// 128-row tiles from 256 (run G26: from 64 rows T = 2048 took 12909 µs against 10526).
+    pub fn for_mma_sync_rows(rows: usize, groups: usize) -> Tile {
         Tile::by_average(rows, groups, 48, 256)
     }
 
+    /// The tile of an FP8 GEMM that sums as `sum` says.
+    pub fn for_fp8_rows(rows: usize, groups: usize, sum: Fp8Sum) -> Tile {
+        match sum {
+            Fp8Sum::Fp32 => Tile::for_mma_sync_rows(rows, groups),
+            Fp8Sum::TensorCore => Tile::for_rows(rows, groups),
+        }
+    }
+
+    /// 16-row tiles below 12 rows a group, 32-row below `m64_from`, 64-row below `m128_from`.
     fn by_average(rows: usize, groups: usize, m64_from: usize, m128_from: usize) -> Tile {
         let groups = groups.max(1);
         if rows < 12 * groups {
@@ -100,6 +112,13 @@ impl Tile {
         } else {
             Tile::M128
         }
+    }
+
+    /// Whether this tile runs on Hopper's wgmma on a card of `arch` (Gpu::arch): the 64- and
+    /// 128-row tiles where the kernels compile for sm_90a (bf16, and FP8 with
+    /// `Fp8Sum::TensorCore`).
+    pub fn on_wgmma(self, arch: &str) -> bool {
+        arch == "sm_90a" && matches!(self, Tile::M64 | Tile::M128)
     }
 
     /// An upper bound of the tiles over `rows` rows in `groups` groups: every tile holds at
@@ -123,12 +142,14 @@ impl Tile {
         }
     }
 
-    pub fn fp8_function(self) -> KernelId {
-        match self {
-            Tile::M16 => KernelId::GroupedGemmFp8M16,
-            Tile::M32 => KernelId::GroupedGemmFp8M32,
-            Tile::M64 => KernelId::GroupedGemmFp8M64,
-            Tile::M128 => KernelId::GroupedGemmFp8M128,
+    pub fn fp8_function(self, sum: Fp8Sum) -> KernelId {
+        match (self, sum) {
+            (Tile::M16, _) => KernelId::GroupedGemmFp8M16,
+            (Tile::M32, _) => KernelId::GroupedGemmFp8M32,
+            (Tile::M64, Fp8Sum::Fp32) => KernelId::GroupedGemmFp8M64,
+            (Tile::M64, Fp8Sum::TensorCore) => KernelId::GroupedGemmFp8TcM64,
+            (Tile::M128, Fp8Sum::Fp32) => KernelId::GroupedGemmFp8M128,
+            (Tile::M128, Fp8Sum::TensorCore) => KernelId::GroupedGemmFp8TcM128,
         }
     }
 
@@ -138,10 +159,26 @@ impl Tile {
         Tile::ALL.into_iter().flat_map(|t| {
             [
                 (t.bf16_function(), t.shared_bytes()),
-                (t.fp8_function(), t.shared_bytes()),
+                (t.fp8_function(Fp8Sum::Fp32), t.shared_bytes()),
+                (t.fp8_function(Fp8Sum::TensorCore), t.shared_bytes()),
             ]
         })
     }
+}
+
+/// How an FP8 grouped GEMM sums each 128-deep K block before the block's scales apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Sum {
+    /// In fp32 (mma.sync; rel-L2 6e-8 against the f64 math). The up projection takes it: its
+    /// output is quantized again, and a difference of 1e-4 there moves activation codes across
+    /// rounding boundaries (the tiny FP8 checkpoint's layer: 6.5e-3 off the FP8 math in f64
+    /// with the up projection on the tensor cores, 5e-6 in fp32; run G35).
+    Fp32,
+    /// In Hopper's FP8 tensor cores, whose accumulator keeps fewer bits than fp32 (wgmma, the 64-
+    /// and 128-row tiles on sm_90a; rel-L2 1.1e-4, run G32), then promoted to fp32, as DeepGEMM
+    /// does; elsewhere as `Fp32`. Twice the dense rate (615 against 243 TFLOP/s on an H200, run
+    /// G33). The down projection takes it: the layer sums its output as it is.
+    TensorCore,
 }
 /// Tokens per block of the fused router (one warp each; kernels/router_fused.cu RF_WARPS).
 pub const FUSED_WARPS: usize = 4;
@@ -556,7 +593,8 @@ kernels! {
             .with_shared(gemm_shared_bytes(a.bm as usize))
     }
     fn GroupedGemmFp8M16 = grouped_gemm_fp8_m16, GroupedGemmFp8M32 = grouped_gemm_fp8_m32,
-        GroupedGemmFp8M64 = grouped_gemm_fp8_m64, GroupedGemmFp8M128 = grouped_gemm_fp8_m128;
+        GroupedGemmFp8M64 = grouped_gemm_fp8_m64, GroupedGemmFp8M128 = grouped_gemm_fp8_m128,
+        GroupedGemmFp8TcM64 = grouped_gemm_fp8_tc_m64, GroupedGemmFp8TcM128 = grouped_gemm_fp8_tc_m128;
 }
 
 /// Tokens per block of the reference router (kernels/reference.cu REF_ROUTE_WARPS).
