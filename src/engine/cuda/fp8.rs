@@ -666,6 +666,9 @@ mod tests {
             assert!(t.shared_bytes().is_multiple_of(16));
         }
         assert_eq!(Tile::for_rows(8, 8), Tile::M16);
+        // DeepSeek-V3 at T = 256 (2560 rows over 257 groups): 64-row wgmma tiles, 16-row mma.sync.
+        assert_eq!(Tile::for_rows(2560, 257), Tile::M64);
+        assert_eq!(Tile::for_fp8_rows(2560, 257, Fp8Sum::Fp32), Tile::M16);
         assert_eq!(Tile::for_rows(2048, 9), Tile::M64);
         assert_eq!(Tile::for_rows(4096, 9), Tile::M128);
         // DeepSeek-V3 at T = 512 and 1024 (path B: 5120 and 10240 rows over 257 groups): the

@@ -72,16 +72,16 @@ impl Tile {
     }
 
     /// The tile of a bf16 GEMM, or of an FP8 one on the tensor cores' sums, for `rows` rows over
-    /// `groups` groups, by the groups' average rows: 16 below 12, 64 below 256, else 128 (fewer
+    /// `groups` groups, by the groups' average rows: 16 below 6, 64 below 256, else 128 (fewer
     /// rows of zero fill against fewer passes over the weights). Measured on an H200, DeepSeek-V3
-    /// layer B, where the 64- and 128-row tiles run on wgmma: 64-row tiles from 12 rows a group
-    /// beat 32-row mma.sync tiles (run G34, T = 512, 18 rows a group: bf16 6761 -> 6180 µs, FP8
-    /// 4622 -> 3256), and win up to about 256 (bf16, run G31: T = 2048 8626 µs against 9801 with
-    /// 128-row tiles from 64 rows, T = 4096 14269 against 14814, T = 16384 even). Cards without
-    /// wgmma run bf16 by this rule too (not measured there; `for_mma_sync_rows` is the H200's
-    /// mma.sync rule).
+    /// layer B, where the 64- and 128-row tiles run on wgmma: 64-row tiles from 6 rows a group
+    /// beat 16-row ones (run G35, T = 256, 9 rows a group: bf16 6254 -> 5766 µs) and 32-row
+    /// mma.sync ones (run G34, T = 512, 18 rows: bf16 6761 -> 6180), and win up to about 256
+    /// (run G31: T = 2048 8626 µs against 9801 with 128-row tiles from 64 rows, T = 4096 14269
+    /// against 14814, T = 16384 even). Cards without wgmma run bf16 by this rule too (not
+    /// measured there; `for_mma_sync_rows` is the H200's mma.sync rule).
     pub fn for_rows(rows: usize, groups: usize) -> Tile {
-        Tile::by_average(rows, groups, 12, 256)
+        Tile::by_average(rows, groups, 6, 6, 256)
     }
 
     /// The tile of a GEMM on mma.sync (FP8 summed in fp32): 32-row tiles up to 48 rows a group,
@@ -89,7 +89,7 @@ impl Tile {
     /// bound by bytes longer (run G18 at T = 1024: 32-row tiles 6384 µs, 64-row 7032), and
     /// 128-row tiles from 256 (run G26: from 64 rows T = 2048 took 12909 µs against 10526).
     pub fn for_mma_sync_rows(rows: usize, groups: usize) -> Tile {
-        Tile::by_average(rows, groups, 48, 256)
+        Tile::by_average(rows, groups, 12, 48, 256)
     }
 
     /// The tile of an FP8 GEMM that sums as `sum` says.
@@ -100,10 +100,17 @@ impl Tile {
         }
     }
 
-    /// 16-row tiles below 12 rows a group, 32-row below `m64_from`, 64-row below `m128_from`.
-    fn by_average(rows: usize, groups: usize, m64_from: usize, m128_from: usize) -> Tile {
+    /// 16-row tiles below `m32_from` rows a group, 32-row below `m64_from`, 64-row below
+    /// `m128_from`, else 128-row.
+    fn by_average(
+        rows: usize,
+        groups: usize,
+        m32_from: usize,
+        m64_from: usize,
+        m128_from: usize,
+    ) -> Tile {
         let groups = groups.max(1);
-        if rows < 12 * groups {
+        if rows < m32_from * groups {
             Tile::M16
         } else if rows < m64_from * groups {
             Tile::M32
