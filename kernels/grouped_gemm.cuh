@@ -323,8 +323,9 @@ __device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
 // columns (m64n64); four instructions a stage (k16 bf16 or k32 e4m3: 32 bytes of each row
 // either way). FP8 sums each stage (one 128-deep K block) into a fresh accumulator and adds it,
 // scaled, into fp32 registers, as DeepGEMM promotes: Hopper's FP8 tensor cores keep fewer bits
-// than fp32 while they accumulate (rel-L2 about 1e-4 against the dequantized f64 math, run G28,
-// where mma.sync gives 6e-8). Compiled only where NVRTC targets sm_90a
+// than fp32 while they accumulate (rel-L2 about 1e-4 against the dequantized f64 math, runs G28
+// and G32, where mma.sync gives 6e-8), so only GEMMs whose output is not quantized again take
+// these FP8 kernels (registry.rs Fp8Sum). Compiled only where NVRTC targets sm_90a
 // (__CUDA_ARCH_FEAT_SM90_ALL); elsewhere these kernels are the mma.sync loop.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 

@@ -79,23 +79,19 @@ impl Tile {
     /// mma.sync ones (run G34, T = 512, 18 rows: bf16 6761 -> 6180), and win up to about 256
     /// (run G31: T = 2048 8626 µs against 9801 with 128-row tiles from 64 rows, T = 4096 14269
     /// against 14814, T = 16384 even). Cards without wgmma run bf16 by this rule too (not
-    /// measured there; `for_mma_sync_rows` is the H200's mma.sync rule).
+    /// measured there; on the H200's mma.sync, 32-row tiles had won at 12-31 rows, run G17).
     pub fn for_rows(rows: usize, groups: usize) -> Tile {
         Tile::by_average(rows, groups, 6, 6, 256)
     }
 
-    /// The tile of a GEMM on mma.sync (FP8 summed in fp32): 32-row tiles up to 48 rows a group,
-    /// since an e4m3 MMA does twice the K of a bf16 one per fragment load and the GEMM stays
-    /// bound by bytes longer (run G18 at T = 1024: 32-row tiles 6384 µs, 64-row 7032), and
-    /// 128-row tiles from 256 (run G26: from 64 rows T = 2048 took 12909 µs against 10526).
-    pub fn for_mma_sync_rows(rows: usize, groups: usize) -> Tile {
-        Tile::by_average(rows, groups, 12, 48, 256)
-    }
-
-    /// The tile of an FP8 GEMM that sums as `sum` says.
+    /// The tile of an FP8 GEMM that sums as `sum` says. On the tensor cores' sums, as bf16. In
+    /// fp32 (mma.sync everywhere): 16-row tiles below 12 rows a group, 32-row up to 48, since an
+    /// e4m3 MMA does twice the K of a bf16 one per fragment load and the GEMM stays bound by bytes
+    /// longer (run G18 at T = 1024: 32-row tiles 6384 µs, 64-row 7032), and 128-row tiles from
+    /// 256 (run G26: from 64 rows T = 2048 took 12909 µs against 10526).
     pub fn for_fp8_rows(rows: usize, groups: usize, sum: Fp8Sum) -> Tile {
         match sum {
-            Fp8Sum::Fp32 => Tile::for_mma_sync_rows(rows, groups),
+            Fp8Sum::Fp32 => Tile::by_average(rows, groups, 12, 48, 256),
             Fp8Sum::TensorCore => Tile::for_rows(rows, groups),
         }
     }
