@@ -178,6 +178,12 @@ __device__ __forceinline__ i64 gg_a_row(const Args& p, const GgBlock& b, int r) 
     return p.a_mode == 0 ? row : p.a_mode == 1 ? p.a_map[row] / p.a_div : row - p.offsets[b.g];
 }
 
+// FP8: the block's column tile's weight scales, one per 128-deep K block (= one stage).
+template <typename Args>
+__device__ __forceinline__ const float* gg_b_scales(const Args& p, const GgBlock& b) {
+    return (b.first ? p.bs0 : p.bs1) + (i64)b.gi * p.bs_stride + (i64)(b.n0 / GG_BN) * b.KB;
+}
+
 template <typename F, int WARPS_M, int MI, int NI, typename Args>
 __device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
     constexpr int BM = WARPS_M * MI * 16;
@@ -194,10 +200,8 @@ __device__ __forceinline__ void grouped_gemm_tiles(const Args& p) {
     const i64 row_bytes = blk.row_bytes;
     const unsigned char *A = blk.A, *B = blk.B;
     float* C = blk.C;
-    // FP8: this column tile's block scales, one per 128-deep K block (= one stage).
     const float* SB = 0;
-    if constexpr (F::SCALED)
-        SB = (blk.first ? p.bs0 : p.bs1) + (i64)blk.gi * p.bs_stride + (i64)(n0 / GG_BN) * KB;
+    if constexpr (F::SCALED) SB = gg_b_scales(p, blk);
 
     const int tid = threadIdx.x;
     // The physical A row of each tile row this thread copies.
@@ -393,8 +397,7 @@ __device__ __forceinline__ void grouped_gemm_wgmma(const Args& p) {
     const unsigned char *A = blk.A, *B = blk.B;
     float* C = blk.C;
     const float* SB = 0;
-    if constexpr (F::SCALED)
-        SB = (blk.first ? p.bs0 : p.bs1) + (i64)blk.gi * p.bs_stride + (i64)(n0 / GG_BN) * KB;
+    if constexpr (F::SCALED) SB = gg_b_scales(p, blk);
 
     const int tid = threadIdx.x;
     i64 a_phys[A_CHUNKS];

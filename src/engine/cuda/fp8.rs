@@ -382,7 +382,8 @@ pub struct Projection {
     pub sum: Fp8Sum,
     pub tile: Tile,
     pub splits: usize,
-    /// Tile offsets [groups + 1] (`tile_scan` each step).
+    /// Tile offsets [groups + 1] (`tile_scan` each step; the down projection reads the up
+    /// projection's where the two take the same tile).
     pub tiles: CudaSlice<i32>,
 }
 
@@ -497,17 +498,25 @@ pub fn run_slots(
     let groups = routed.w13.count + shared.map_or(0, |s| s.w13.count);
     timer.start(gpu)?;
     quant_rows(gpu, io.x, b.tokens, h, gpu.ptr(&b.xq), gpu.ptr(&b.xs))?;
-    for p in [&b.up, &b.down] {
-        tile_scan(gpu, io.offsets, groups, p.tile, gpu.ptr(&p.tiles))?;
-    }
+    // One scan per tile height: at decode sizes both projections take 16-row tiles.
+    tile_scan(gpu, io.offsets, groups, b.up.tile, gpu.ptr(&b.up.tiles))?;
+    let down_tiles = if b.down.tile == b.up.tile {
+        &b.up.tiles
+    } else {
+        tile_scan(gpu, io.offsets, groups, b.down.tile, gpu.ptr(&b.down.tiles))?;
+        &b.down.tiles
+    };
     let quant_bytes = (b.tokens * h * 3 + 4 * b.tokens * h / BLOCK) as u64;
     timer.stop(gpu, Stage::Fp8Quant, Some(quant_bytes))?;
-    let gemm_of = |p: &Projection, stack: &DeviceStack, shared: Option<&DeviceStack>| {
+    let gemm_of = |p: &Projection,
+                   tiles: &CudaSlice<i32>,
+                   stack: &DeviceStack,
+                   shared: Option<&DeviceStack>| {
         let g = Fp8Gemm {
             a_map: io.order,
             a_div: io.spt as i32,
             offsets: io.offsets,
-            tiles: gpu.ptr(&p.tiles),
+            tiles: gpu.ptr(tiles),
             groups,
             rows: b.rows,
             tile: p.tile,
@@ -528,7 +537,7 @@ pub fn run_slots(
         a_scales: gpu.ptr(&b.xs),
         a_mode: io.rows_mode,
         c: gpu.ptr(&b.h1),
-        ..gemm_of(&b.up, &routed.w13, shared.map(|s| &s.w13))
+        ..gemm_of(&b.up, &b.up.tiles, &routed.w13, shared.map(|s| &s.w13))
     };
     let parts = gpu.ptr(&b.parts);
     timer.start(gpu)?;
@@ -549,7 +558,7 @@ pub fn run_slots(
         a: gpu.ptr(&b.aq),
         a_scales: gpu.ptr(&b.a_s),
         c: io.eo,
-        ..gemm_of(&b.down, &routed.w2, shared.map(|s| &s.w2))
+        ..gemm_of(&b.down, down_tiles, &routed.w2, shared.map(|s| &s.w2))
     };
     timer.start(gpu)?;
     gemm_split(gpu, &down, b.down.splits, parts)?;
